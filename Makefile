@@ -1,0 +1,42 @@
+# photo: `make demo` runs the whole system on the sample catalog; `make test` runs the test suite.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: help venv mar demo test lint clean
+
+help:
+	@echo "make demo   - build the model archive, start TorchServe, index the sample catalog, serve http://127.0.0.1:5000"
+	@echo "make test   - install what the tests need and run them (starts its own TorchServe)"
+	@echo "make mar    - build model_store/embedding.mar"
+	@echo "make lint   - ruff"
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	@command -v java >/dev/null || { echo "need Java 17 for TorchServe (apt-get install openjdk-17-jre-headless)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-dev.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+venv: $(STAMP)
+
+mar: venv
+	$(BIN)/python scripts/build_mar.py --backbone auto --output model_store
+
+demo: venv
+	$(BIN)/python scripts/demo.py
+
+# pytest exit code 5 means "no tests collected": that is a failure here, never a silent pass.
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+lint: venv
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) index logs model_store/*.mar model_store/*.json .pytest_cache

@@ -1,0 +1,112 @@
+"""Get a catalog image's bytes: a local path inside the catalog folder, or an http(s) URL via a cache.
+
+The cache is keyed by URL, so a second build downloads nothing; ``refresh=True`` re-downloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+#: Where downloaded catalog images are kept between builds.
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "photo" / "images"
+USER_AGENT = "photo-index-builder/0.1"
+
+
+class FetchError(RuntimeError):
+    """The image could not be obtained; the message is one line for the error report."""
+
+
+def is_remote(image_url: str) -> bool:
+    return urlsplit(image_url).scheme.lower() in ("http", "https")
+
+
+def resolve_local(image_url: str, root: Path) -> Path:
+    """A catalog-relative path, refused if it escapes ``root`` (``..``, absolute, symlinks)."""
+    if urlsplit(image_url).scheme:
+        raise FetchError(f"unsupported URL scheme in {image_url!r}: use http, https or a relative path")
+    root = root.resolve()
+    path = (root / image_url).resolve()
+    if not path.is_relative_to(root):
+        raise FetchError(f"path escapes the catalog folder: {image_url}")
+    return path
+
+
+class ImageSource:
+    """Thread-safe fetcher with a download cache and counters for the build report."""
+
+    def __init__(
+        self,
+        root: Path,
+        cache_dir: Path,
+        timeout: float = 15.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        refresh: bool = False,
+    ) -> None:
+        self.root = Path(root)
+        self.cache_dir = Path(cache_dir)
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.refresh = refresh
+        self.downloads = 0
+        self.cache_hits = 0
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def fetch(self, image_url: str) -> bytes:
+        if not is_remote(image_url):
+            path = resolve_local(image_url, self.root)
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                raise FetchError(f"image file not found: {image_url}") from None
+            except OSError as exc:
+                raise FetchError(f"cannot read {image_url}: {exc.strerror}") from None
+            if len(data) > self.max_bytes:
+                raise FetchError(f"image larger than {self.max_bytes} bytes")
+            return data
+        cached = self.cache_dir / hashlib.sha256(image_url.encode()).hexdigest()
+        if cached.is_file() and not self.refresh:
+            with self._lock:
+                self.cache_hits += 1
+            return cached.read_bytes()
+        data = self._download(image_url)
+        self._store(cached, data)
+        with self._lock:
+            self.downloads += 1
+        return data
+
+    def _download(self, url: str) -> bytes:
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+            self._local.session.headers["User-Agent"] = USER_AGENT
+        try:
+            with self._local.session.get(url, stream=True, timeout=(5.0, self.timeout)) as resp:
+                if resp.status_code != 200:
+                    raise FetchError(f"HTTP {resp.status_code} {resp.reason} for {url}")
+                chunks, size = [], 0
+                for chunk in resp.iter_content(64 * 1024):
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise FetchError(f"image larger than {self.max_bytes} bytes: {url}")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except requests.Timeout:
+            raise FetchError(f"timed out after {self.timeout:g}s: {url}") from None
+        except requests.RequestException as exc:
+            raise FetchError(f"download failed ({type(exc).__name__}): {url}") from None
+
+    def _store(self, path: Path, data: bytes) -> None:
+        """Atomic write: an interrupted build never leaves a half file in the cache."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)

@@ -1,0 +1,24 @@
+"""photo gateway: Flask app factory. ``create_app(config)`` loads the index and wires the routes."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from gateway.config import Config
+from gateway.routes import bp
+from gateway.service import SearchService
+from handlers.client import TorchServeClient
+
+
+def create_app(config: Config | None = None) -> Flask:
+    config = config or Config.from_env()
+    app = Flask(__name__)
+    # Werkzeug answers 413 past this size before the body is read.
+    app.config["MAX_CONTENT_LENGTH"] = int(config.max_upload_mb * 1024 * 1024) + 64 * 1024
+    app.config["MAX_FORM_MEMORY_SIZE"] = app.config["MAX_CONTENT_LENGTH"]
+    client = TorchServeClient(config.torchserve_url, config.torchserve_model, timeout=config.torchserve_timeout)
+    svc = SearchService(config, client)
+    svc.load_index()
+    app.extensions["photo"] = svc
+    app.register_blueprint(bp)
+    return app

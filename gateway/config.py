@@ -1,0 +1,49 @@
+"""Gateway settings, read from environment variables (see README "Configuration")."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Config:
+    #: Index location: a folder written by scripts/build_index.py.
+    index_uri: str = "index"
+    torchserve_url: str = "http://127.0.0.1:8080"
+    torchserve_model: str = "embedding"
+    #: Seconds to wait for one embedding before answering 503.
+    torchserve_timeout: float = 10.0
+    #: Largest accepted upload; larger requests get 413.
+    max_upload_mb: float = 10.0
+    #: Decompression-bomb guard for uploads and fetched URLs.
+    max_pixels: int = 40_000_000
+    #: Default minimum similarity, in percent of cosine similarity (70 → cosine ≥ 0.70).
+    default_threshold: float = 70.0
+    default_top_k: int = 12
+    max_top_k: int = 100
+    #: Folder with the catalog's local images; default: the folder the index was built from.
+    catalog_dir: str = ""
+    url_fetch_timeout: float = 10.0
+    #: Let query image URLs point at loopback/private hosts (tests and local demos only).
+    allow_private_urls: bool = False
+    #: /readyz caches its TorchServe probe for this many seconds.
+    ready_cache_s: float = 2.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Config:
+        """Each field from its upper-case environment variable (``INDEX_URI``, ``TORCHSERVE_URL``, ...)."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f.name.upper())
+            if raw is None:
+                continue
+            kind = type(f.default)
+            try:
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on") if kind is bool else kind(raw)
+            except ValueError:
+                raise ValueError(f"{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+        values.update(overrides)
+        return cls(**values)

@@ -1,0 +1,101 @@
+"""Start and stop a real TorchServe process (for ``make demo`` and the integration tests).
+
+The config is ``infra/torchserve/config.properties`` with chosen keys overridden (ports, model store,
+batch settings), written next to the logs so a run never touches the checked-in file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG_TEMPLATE = REPO / "infra" / "torchserve" / "config.properties"
+
+
+def render_config(template: Path, overrides: dict[str, str]) -> str:
+    """The template's lines with ``key=value`` replaced (or appended) for each override."""
+    lines, seen = [], set()
+    for line in template.read_text().splitlines():
+        key = line.split("=", 1)[0].strip()
+        if not line.lstrip().startswith("#") and key in overrides:
+            line = f"{key}={overrides[key]}"
+            seen.add(key)
+        lines.append(line)
+    lines += [f"{k}={v}" for k, v in overrides.items() if k not in seen]
+    return "\n".join(lines) + "\n"
+
+
+def models_setting(mar: str, batch_size: int, max_batch_delay_ms: int, workers: int = 1) -> str:
+    name = Path(mar).stem
+    return json.dumps({name: {"1.0": {"marName": mar, "batchSize": batch_size, "maxBatchDelay": max_batch_delay_ms,
+                                      "minWorkers": workers, "maxWorkers": workers, "responseTimeout": 60}}})
+
+
+class TorchServe:
+    """A TorchServe process in the foreground of its own process group."""
+
+    def __init__(self, model_store: Path, workdir: Path, inference_port: int = 8080, management_port: int = 8081,
+                 metrics_port: int = 8082, overrides: dict[str, str] | None = None) -> None:
+        self.model_store = Path(model_store).resolve()
+        self.workdir = Path(workdir).resolve()
+        self.url = f"http://127.0.0.1:{inference_port}"
+        self.management_url = f"http://127.0.0.1:{management_port}"
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}"
+        self.overrides = {
+            "inference_address": self.url,
+            "management_address": self.management_url,
+            "metrics_address": self.metrics_url,
+            "model_store": str(self.model_store),
+            **(overrides or {}),
+        }
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> TorchServe:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "config.properties"
+        config.write_text(render_config(CONFIG_TEMPLATE, self.overrides))
+        env = {**os.environ, "LOG_LOCATION": str(self.workdir / "logs"),
+               "METRICS_LOCATION": str(self.workdir / "logs")}
+        exe = Path(sys.executable).with_name("torchserve")
+        cmd = [str(exe), "--start", "--foreground", "--ncs", "--model-store", str(self.model_store),
+               "--ts-config", str(config)]
+        self.log = open(self.workdir / "torchserve.out", "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        return self
+
+    def ready(self, model: str = "embedding") -> bool:
+        try:
+            resp = requests.get(f"{self.management_url}/models/{model}", timeout=2)
+            return resp.ok and any(w.get("status") == "READY" for w in resp.json()[0].get("workers", []))
+        except (requests.RequestException, ValueError, IndexError, KeyError):
+            return False
+
+    def wait_ready(self, model: str = "embedding", timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"TorchServe exited with {self.process.returncode}; see {self.workdir}")
+            if self.ready(model):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"TorchServe model {model!r} not READY after {timeout:g}s; see {self.workdir}/logs")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout)
+        self.log.close()

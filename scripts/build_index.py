@@ -1,0 +1,60 @@
+"""Build a catalog index: ``python scripts/build_index.py --catalog products.csv --output DIR``.
+
+Embeds through TorchServe by default (``--torchserve-url``), or in-process with ``--embedder local``.
+Bad rows never abort the build: they are listed at the end and written to the version's errors.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from catalog.build import build_index
+from catalog.fetch import DEFAULT_CACHE
+from catalog.reader import CatalogError
+from handlers.client import TorchServeClient, TorchServeError
+
+
+def make_embedder(args: argparse.Namespace):
+    if args.embedder == "local":
+        from handlers.embedder import Embedder
+
+        return Embedder.create(args.backbone, args.weights)
+    client = TorchServeClient(args.torchserve_url, args.model, timeout=args.timeout, concurrency=args.concurrency)
+    client.probe()  # fail fast, before any download, if TorchServe is not there
+    return client
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--catalog", type=Path, required=True, help="products.csv")
+    parser.add_argument("--output", required=True, help="index folder")
+    parser.add_argument("--embedder", choices=("torchserve", "local"), default="torchserve")
+    parser.add_argument("--torchserve-url", default=os.environ.get("TORCHSERVE_URL", "http://127.0.0.1:8080"))
+    parser.add_argument("--model", default=os.environ.get("TORCHSERVE_MODEL", "embedding"))
+    parser.add_argument("--backbone", default="auto", help="local embedder only")
+    parser.add_argument("--weights", type=Path, help="local embedder only: explicit weights file")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="download cache")
+    parser.add_argument("--refresh-cache", action="store_true", help="re-download remote images")
+    parser.add_argument("--workers", type=int, default=8, help="concurrent downloads")
+    parser.add_argument("--concurrency", type=int, default=8, help="concurrent TorchServe requests")
+    parser.add_argument("--timeout", type=float, default=60.0, help="TorchServe read timeout, seconds")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        embedder = make_embedder(args)
+        report = build_index(args.catalog, args.output, embedder, args.cache_dir, workers=args.workers,
+                             refresh_cache=args.refresh_cache, progress=not args.no_progress)
+    except (CatalogError, TorchServeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

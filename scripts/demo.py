@@ -1,0 +1,71 @@
+"""``make demo``: archive → TorchServe → sample index → gateway on http://127.0.0.1:5000. Ctrl-C stops all."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from catalog.build import build_index
+from catalog.fetch import DEFAULT_CACHE
+from handlers.archive import build_archive
+from handlers.client import TorchServeClient
+from handlers.serving import REPO, TorchServe, models_setting
+
+
+def _interrupt(*_: object) -> None:
+    """SIGTERM stops the demo the same way Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--catalog", type=Path, default=REPO / "data" / "demo" / "products.csv")
+    parser.add_argument("--index", default=str(REPO / "index" / "demo"))
+    parser.add_argument("--backbone", default="auto")
+    parser.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args(argv)
+
+    mar, model_id = build_archive(args.backbone, output=REPO / "model_store")
+    print(f"[demo] archive {mar} serves {model_id}", flush=True)
+    ts = TorchServe(REPO / "model_store", REPO / "logs" / "torchserve",
+                    overrides={"models": models_setting(mar.name, batch_size=8, max_batch_delay_ms=20)})
+    gateway: subprocess.Popen | None = None
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        print("[demo] starting TorchServe on http://127.0.0.1:8080 (logs in logs/torchserve)", flush=True)
+        ts.start().wait_ready()
+        report = build_index(args.catalog, args.index, TorchServeClient(ts.url), DEFAULT_CACHE)
+        print(report.summary(), flush=True)
+        env = {**os.environ, "INDEX_URI": args.index, "TORCHSERVE_URL": ts.url}
+        gateway = subprocess.Popen([sys.executable, "-m", "gateway", "--port", str(args.port)], env=env, cwd=REPO)
+        url = f"http://127.0.0.1:{args.port}"
+        for _ in range(60):
+            try:
+                if requests.get(f"{url}/readyz", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        print(f"\n[demo] photo is running: open {url}  (Ctrl-C stops everything)\n", flush=True)
+        while gateway.poll() is None:
+            time.sleep(0.5)
+        return gateway.returncode or 0
+    except KeyboardInterrupt:
+        print("\n[demo] stopping", flush=True)
+        return 0
+    finally:
+        if gateway is not None and gateway.poll() is None:
+            gateway.terminate()
+            gateway.wait(15)
+        ts.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

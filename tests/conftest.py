@@ -1,0 +1,170 @@
+"""Shared fixtures: real files, a real local HTTP server, a real TorchServe, a real gunicorn gateway."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from handlers.serving import REPO, TorchServe, models_setting
+
+DEMO_CSV = REPO / "data" / "demo" / "products.csv"
+DEMO_DIR = DEMO_CSV.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def jpeg_bytes(color=(200, 30, 30), size=(64, 48)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def demo_image(pid: str | int) -> bytes:
+    return (DEMO_DIR / "images" / f"{pid}.jpg").read_bytes()
+
+
+# --------------------------------------------------------------------------- local HTTP server
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.server.requests.append(self.path)  # type: ignore[attr-defined]
+        route = self.server.routes.get(self.path)  # type: ignore[attr-defined]
+        if route is None:
+            self.send_error(404, "Not Found")
+            return
+        status, headers, body = route
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class LocalHTTPServer:
+    """Serves ``routes[path] = (status, headers, body)`` on loopback and records every request path."""
+
+    def __init__(self) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.server.routes = {}  # type: ignore[attr-defined]
+        self.server.requests = []  # type: ignore[attr-defined]
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def requests(self) -> list[str]:
+        return self.server.requests  # type: ignore[attr-defined]
+
+    def add(self, path: str, body: bytes, status: int = 200, content_type: str = "image/jpeg", **headers) -> str:
+        self.server.routes[path] = (status, {"Content-Type": content_type, **headers}, body)  # type: ignore
+        return self.url + path
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def http_server() -> Iterator[LocalHTTPServer]:
+    server = LocalHTTPServer()
+    yield server
+    server.close()
+
+
+# --------------------------------------------------------------------------- models
+
+
+@pytest.fixture(scope="session")
+def local_embedder():
+    """The in-process embedder of the offline backbone (efficientnet_lite0, real ImageNet weights)."""
+    from handlers.embedder import Embedder
+
+    return Embedder.create("efficientnet_lite0")
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory) -> Path:
+    from handlers.archive import build_archive
+
+    store = tmp_path_factory.mktemp("model_store")
+    build_archive("efficientnet_lite0", output=store)
+    return store
+
+
+@pytest.fixture(scope="session")
+def torchserve(model_store, tmp_path_factory) -> Iterator[TorchServe]:
+    """A real TorchServe process serving the built archive with batching on (batch 4, 200 ms)."""
+    ts = TorchServe(model_store, tmp_path_factory.mktemp("torchserve"), free_port(), free_port(), free_port(),
+                    overrides={"models": models_setting("embedding.mar", batch_size=4, max_batch_delay_ms=200)})
+    ts.start()
+    try:
+        ts.wait_ready(timeout=240)
+        yield ts
+    finally:
+        ts.stop()
+
+
+# --------------------------------------------------------------------------- gateway process
+
+
+class GatewayProcess:
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / "gateway.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--port", str(self.port), "--workers", "2"],
+            env={**os.environ, **env}, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_up(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log_path.read_text()
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=1).ok:
+                    return
+            except requests.RequestException:
+                time.sleep(0.2)
+        raise TimeoutError(self.log_path.read_text())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(20)
+        self._log.close()
+
+
+@pytest.fixture
+def start_gateway(tmp_path) -> Iterator:
+    started: list[GatewayProcess] = []
+
+    def start(**env: str) -> GatewayProcess:
+        gw = GatewayProcess(env, tmp_path)
+        started.append(gw)
+        gw.wait_up()
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()
