@@ -10,13 +10,15 @@ from gateway.service import SearchService
 from handlers.client import TorchServeClient
 
 
-def create_app(config: Config | None = None) -> Flask:
+def create_app(config: Config | None = None, client: TorchServeClient | None = None) -> Flask:
+    """The WSGI app. ``client`` is for unit tests; by default it talks to ``config.torchserve_url``."""
     config = config or Config.from_env()
     app = Flask(__name__)
     # Werkzeug answers 413 past this size before the body is read.
     app.config["MAX_CONTENT_LENGTH"] = int(config.max_upload_mb * 1024 * 1024) + 64 * 1024
     app.config["MAX_FORM_MEMORY_SIZE"] = app.config["MAX_CONTENT_LENGTH"]
-    client = TorchServeClient(config.torchserve_url, config.torchserve_model, timeout=config.torchserve_timeout)
+    client = client or TorchServeClient(config.torchserve_url, config.torchserve_model,
+                                        timeout=config.torchserve_timeout)
     svc = SearchService(config, client)
     svc.load_index()
     app.extensions["photo"] = svc

@@ -130,7 +130,7 @@ def search_page():
     threshold, top_k, category = search_options(params)
     hits = service().search_image(query_image(params), threshold, top_k, category)
     return render_page(hits=hits, threshold=threshold, top_k=top_k, category=category, searched=True,
-                       took_ms=round((time.perf_counter() - started) * 1000))
+                       image_url=params.get("image_url"), took_ms=round((time.perf_counter() - started) * 1000))
 
 
 @bp.get("/products/<product_id>/similar")

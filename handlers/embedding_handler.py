@@ -47,6 +47,7 @@ class EmbeddingHandler(BaseHandler):
         self.initialized = True
 
     def handle(self, data: list[dict], context) -> list[dict]:
+        log.info("batch of %d", len(data))
         results = self.embedder.embed_bytes([request_bytes(row) for row in data])
         out: list[dict] = []
         for idx, res in enumerate(results):

@@ -1,0 +1,99 @@
+"""End to end, no stubs: sample catalog → index built through a real TorchServe → gunicorn gateway → HTTP."""
+
+from __future__ import annotations
+
+import csv
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from scripts.build_index import main as build_cli
+from tests.conftest import DEMO_CSV, demo_image, jpeg_bytes
+
+pytestmark = pytest.mark.integration
+
+PRODUCTS = list(csv.DictReader(DEMO_CSV.open()))
+
+
+@pytest.fixture(scope="module")
+def demo_index(torchserve, tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e") / "index"
+    code = build_cli(["--catalog", str(DEMO_CSV), "--output", str(out), "--torchserve-url", torchserve.url,
+                      "--cache-dir", str(out.parent / "cache"), "--no-progress"])
+    assert code == 0
+    return out
+
+
+@pytest.fixture
+def gateway(start_gateway, demo_index, torchserve, http_server):
+    return start_gateway(INDEX_URI=str(demo_index), TORCHSERVE_URL=torchserve.url, ALLOW_PRIVATE_URLS="1",
+                         MAX_UPLOAD_MB="2")
+
+
+def search(gw, blob: bytes, **fields) -> requests.Response:
+    return requests.post(f"{gw.url}/api/search", files={"file": ("q.jpg", blob)}, data=fields, timeout=60)
+
+
+def test_ready_and_catalog_image_ranks_first(gateway):
+    ready = requests.get(f"{gateway.url}/readyz", timeout=30).json()
+    assert ready["ready"] is True and ready["products"] == 240
+    for pid in ("10109", "10175", "11052"):
+        body = search(gateway, demo_image(pid), threshold="0", top_k="5").json()
+        assert body["results"][0]["id"] == pid and body["results"][0]["score"] >= 0.99
+        assert body["model"] == ready["model"] and body["took_ms"] > 0
+
+
+def test_same_category_precision_at_5(gateway):
+    """Leave-one-out over the sample catalog, every product's photo as a query through the whole stack."""
+    category = {p["id"]: p["category"] for p in PRODUCTS}
+
+    def precision(product: dict) -> float:
+        results = search(gateway, demo_image(product["id"]), threshold="0", top_k="6").json()["results"]
+        others = [r for r in results if r["id"] != product["id"]][:5]
+        return sum(category[r["id"]] == product["category"] for r in others) / 5
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        scores = list(pool.map(precision, PRODUCTS))
+    p_at_5 = sum(scores) / len(scores)
+    print(f"same-category precision@5 over {len(scores)} products: {p_at_5:.3f}")
+    assert p_at_5 >= 0.6
+
+
+def test_image_url_query_and_html_page(gateway, http_server):
+    url = http_server.add("/q/watch.jpg", demo_image("10140"))
+    body = requests.post(f"{gateway.url}/api/search", json={"image_url": url, "threshold": 0}, timeout=60).json()
+    assert body["results"][0]["id"] == "10140"
+    page = requests.post(f"{gateway.url}/search", data={"image_url": url, "threshold": "50"}, timeout=60)
+    assert page.status_code == 200 and "Esprit Women Rocks Houston Black Silver Watches" in page.text
+    assert requests.get(f"{gateway.url}/", timeout=10).status_code == 200
+
+
+def test_more_like_this(gateway):
+    body = requests.get(f"{gateway.url}/api/products/10109/similar", params={"threshold": 0, "top_k": 5},
+                        timeout=10).json()
+    assert len(body["results"]) == 5 and "10109" not in {r["id"] for r in body["results"]}
+
+
+@pytest.mark.parametrize("api", [True, False], ids=["json", "html"])
+def test_bad_inputs_get_clear_4xx_and_gateway_keeps_serving(gateway, http_server, api):
+    missing = http_server.add("/q/missing.jpg", b"", status=404)
+    cases = [
+        (dict(data={"threshold": "70"}), 400, "no image"),
+        (dict(files={"file": ("a.jpg", b"<html>not an image</html>")}), 400, "not a supported image"),
+        (dict(files={"file": ("a.jpg", demo_image("10109")[:2000])}), 400, "truncated"),
+        (dict(files={"file": ("a.jpg", jpeg_bytes())}, data={"threshold": "101"}), 400, "threshold"),
+        (dict(files={"file": ("a.jpg", jpeg_bytes())}, data={"threshold": "-1"}), 400, "threshold"),
+        (dict(data={"image_url": missing}), 400, "HTTP 404"),
+        (dict(files={"file": ("a.jpg", b"\0" * (3 * 1024 * 1024))}), 413, "too large"),
+    ]
+    path = "/api/search" if api else "/search"
+    for kwargs, status, message in cases:
+        resp = requests.post(f"{gateway.url}{path}", timeout=60, **kwargs)
+        assert resp.status_code == status, (kwargs, resp.text[:300])
+        text = resp.json()["error"] if api else resp.text
+        assert message in text and "Traceback" not in text
+    unknown = requests.get(f"{gateway.url}{'/api' if api else ''}/products/999999/similar", timeout=10)
+    assert unknown.status_code == 404 and "no product with id" in unknown.text
+    assert search(gateway, demo_image("10109")).status_code == 200
+    assert requests.get(f"{gateway.url}/readyz", timeout=30).status_code == 200

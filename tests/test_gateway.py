@@ -1,0 +1,157 @@
+"""Gateway routes with Flask's test client. TorchServe is stubbed by the in-process embedder here;
+tests/test_e2e.py runs the same paths against a real TorchServe and a real gunicorn."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from catalog.build import build_index
+from gateway import create_app
+from gateway.config import Config
+from handlers.client import TorchServeError
+from handlers.imaging import ImageError
+from tests.conftest import DEMO_CSV, demo_image, jpeg_bytes
+
+
+class StubClient:
+    """Stands in for TorchServeClient: same interface, vectors from the in-process embedder."""
+
+    def __init__(self, embedder) -> None:
+        self.embedder = embedder
+        self.down = False
+        self.calls = 0
+
+    def embed(self, blob: bytes):
+        self.calls += 1
+        if self.down:
+            raise TorchServeError("embedding service unreachable at http://127.0.0.1:1: ConnectionError")
+        res = self.embedder.embed_bytes([blob])[0]
+        if res.error:
+            raise ImageError(res.error)
+        return res.vector, self.embedder.model_id
+
+    def probe(self) -> str:
+        return self.embed(jpeg_bytes())[1]
+
+
+@pytest.fixture(scope="module")
+def small_index(tmp_path_factory, local_embedder):
+    """The first 48 demo products, indexed in-process."""
+    root = tmp_path_factory.mktemp("small")
+    lines = DEMO_CSV.read_text().splitlines()
+    (root / "products.csv").write_text("\n".join(lines[:49]) + "\n")
+    (root / "images").mkdir()
+    for line in lines[1:49]:
+        pid = line.split(",", 1)[0]
+        (root / "images" / f"{pid}.jpg").write_bytes(demo_image(pid))
+    build_index(root / "products.csv", root / "index", local_embedder, root / "cache", progress=False)
+    return root / "index"
+
+
+@pytest.fixture
+def stub(local_embedder):
+    return StubClient(local_embedder)
+
+
+@pytest.fixture
+def client(small_index, stub):
+    app = create_app(Config(index_uri=str(small_index), max_upload_mb=1, ready_cache_s=0), client=stub)
+    return app.test_client()
+
+
+def upload(client, path, data, **fields):
+    return client.post(path, data={"file": (io.BytesIO(data), "q.jpg"), **fields}, content_type="multipart/form-data")
+
+
+def test_api_search_finds_the_product_itself_first(client):
+    resp = upload(client, "/api/search", demo_image(10109), threshold="0", top_k="5")
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert body["results"][0]["id"] == "10109" and body["results"][0]["score"] >= 0.99
+    assert len(body["results"]) == 5 and body["model"].startswith("efficientnet_lite0-")
+    assert set(body["results"][0]) == {"id", "name", "category", "price", "image_url", "score"}
+    assert body["results"][0]["image_url"] == "/catalog/images/10109.jpg"
+    assert client.get(body["results"][0]["image_url"]).status_code == 200
+
+
+def test_category_filter_and_similar(client):
+    body = upload(client, "/api/search", demo_image(10109), threshold="0", top_k="50", category="watches").get_json()
+    assert body["results"] and all(r["category"] == "Watches" for r in body["results"])
+    sim = client.get("/api/products/10109/similar?threshold=0&top_k=3").get_json()
+    assert len(sim["results"]) == 3 and "10109" not in [r["id"] for r in sim["results"]]
+
+
+def test_html_search_renders_results(client):
+    resp = upload(client, "/search", demo_image(10109), threshold="0", top_k="4")
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and html.count('class="card"') == 4
+    assert "Fastrack Women Denim Analogue Steel Watch" in html and "100.0%" in html
+
+
+def test_similar_page_makes_no_model_call(client, stub):
+    resp = client.get("/products/10109/similar?threshold=0&top_k=3")
+    assert resp.status_code == 200 and stub.calls == 0
+
+
+BAD = [
+    ("no image", {}, 400, "no image"),
+    ("text bytes", {"file": b"hello"}, 400, "not a supported image"),
+    ("truncated", {"file": jpeg_bytes()[:300]}, 400, "truncated"),
+    ("empty file", {"file": b""}, 400, "empty"),
+    ("threshold high", {"file": jpeg_bytes(), "threshold": "150"}, 400, "threshold"),
+    ("threshold text", {"file": jpeg_bytes(), "threshold": "abc"}, 400, "threshold"),
+    ("top_k zero", {"file": jpeg_bytes(), "top_k": "0"}, 400, "top_k"),
+    ("bad url scheme", {"image_url": "file:///etc/passwd"}, 400, "http"),
+]
+
+
+@pytest.mark.parametrize("name, form, status, message", BAD, ids=[b[0] for b in BAD])
+@pytest.mark.parametrize("path", ["/search", "/api/search"])
+def test_bad_input_is_a_clear_4xx(client, path, name, form, status, message):
+    form = {k: (io.BytesIO(v), "a.jpg") if isinstance(v, bytes) else v for k, v in form.items()}
+    resp = client.post(path, data=form, content_type="multipart/form-data")
+    assert resp.status_code == status
+    if path.startswith("/api"):
+        assert message in resp.get_json()["error"]
+    else:
+        html = resp.get_data(as_text=True)
+        assert 'class="error"' in html and message in html and "Traceback" not in html
+    assert upload(client, "/api/search", demo_image(10109)).status_code == 200  # still serving
+
+
+def test_unknown_product_and_too_large_upload(client):
+    resp = client.get("/api/products/nope/similar")
+    assert resp.status_code == 404 and "no product with id 'nope'" in resp.get_json()["error"]
+    assert client.get("/products/nope/similar").status_code == 404
+    big = io.BytesIO()
+    Image.effect_noise((1200, 1200), 64).convert("RGB").save(big, format="PNG")
+    resp = upload(client, "/api/search", big.getvalue())
+    assert resp.status_code == 413 and "1 MB" in resp.get_json()["error"]
+
+
+def test_torchserve_down_is_503_and_not_ready(client, stub):
+    stub.down = True
+    resp = upload(client, "/api/search", demo_image(10109))
+    assert resp.status_code == 503 and "temporarily unavailable" in resp.get_json()["error"]
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "not ready" in ready.get_json()["reason"]
+    stub.down = False
+    assert client.get("/readyz").status_code == 200
+
+
+def test_missing_index_keeps_process_up(tmp_path, stub):
+    app = create_app(Config(index_uri=str(tmp_path / "none"), ready_cache_s=0), client=stub).test_client()
+    assert app.get("/healthz").status_code == 200
+    assert app.get("/readyz").status_code == 503
+    assert upload(app, "/api/search", jpeg_bytes()).status_code == 503
+    assert app.get("/").status_code == 200
+
+
+def test_catalog_images_stay_inside_the_catalog(client):
+    assert client.get("/catalog/images/10109.jpg").status_code == 200
+    assert client.get("/catalog/../products.csv").status_code == 404
+    assert client.get("/catalog/%2e%2e/%2e%2e/etc/passwd").status_code == 404
+    assert client.get("/catalog/images/none.jpg").status_code == 404
