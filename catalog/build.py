@@ -20,7 +20,16 @@ from tqdm import tqdm
 
 from catalog.fetch import FetchError, ImageSource
 from catalog.reader import RowError, read_catalog
-from catalog.store import IndexData, IndexNotFound, open_store, publish, read_current, write_version
+from catalog.store import (
+    IndexData,
+    IndexNotFound,
+    StoreUnavailable,
+    open_store,
+    prune,
+    publish,
+    read_current,
+    write_version,
+)
 from handlers.protocol import BatchEmbedder
 
 log = logging.getLogger(__name__)
@@ -66,6 +75,8 @@ def _previous_vectors(store, backbone: str) -> dict[str, np.ndarray]:
         prev = read_current(store)
     except IndexNotFound:
         return {}
+    except StoreUnavailable:
+        raise  # an unreachable store would fail the publish too: stop before any work
     except Exception as exc:  # noqa: BLE001 - an unreadable old version only costs re-embedding
         log.warning("previous version not reusable: %s", exc)
         return {}
@@ -89,6 +100,7 @@ def build_index(
     chunk_size: int = 64,
     refresh_cache: bool = False,
     progress: bool = True,
+    keep: int = 5,
 ) -> BuildReport:
     """Build and publish a new index version for ``catalog`` at ``output``."""
     catalog = Path(catalog).resolve()
@@ -147,5 +159,8 @@ def build_index(
     index = IndexData(embeddings=matrix, products=kept, manifest=manifest)
     version = write_version(store, index, errors_csv(errors))
     publish(store, version)
+    pruned = prune(store, keep)
+    if pruned:
+        log.info("removed %d old version(s): %s", len(pruned), ", ".join(pruned))
     return BuildReport(version, store.uri, backbone, len(kept), errors, source.downloads, source.cache_hits,
                        embedded, reused)

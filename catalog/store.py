@@ -9,7 +9,8 @@ Layout under the index root (a local folder; S3 uses the same keys)::
     versions/<version>/errors.csv     rows left out of the index, and why
 
 A build writes its version completely, then replaces CURRENT atomically, so a crashed or concurrent
-build never exposes a partial index.
+build never exposes a partial index. ``s3://bucket/prefix`` uses boto3's standard credential chain
+(environment, profile, instance role) and honours ``AWS_ENDPOINT_URL`` for S3-compatible stores.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import io
 import json
 import os
 import secrets
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -65,10 +67,91 @@ class LocalStore:
         except FileNotFoundError:
             raise IndexNotFound(f"{self.root / key} not found") from None
 
+    def list_versions(self) -> list[str]:
+        folder = self.root / "versions"
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
-def open_store(uri: str | Path) -> LocalStore:
-    """The store for an index location."""
-    return LocalStore(Path(uri))
+    def delete_version(self, version: str) -> None:
+        shutil.rmtree(self.root / "versions" / version, ignore_errors=True)
+
+
+class StoreUnavailable(ConnectionError):
+    """The index store cannot be reached (network, credentials, throttling)."""
+
+
+class S3Store:
+    """Keys under ``s3://bucket/prefix``. A single PUT is atomic in S3, so the pointer swap is too."""
+
+    def __init__(self, bucket: str, prefix: str, client=None) -> None:
+        import boto3
+        from botocore.config import Config as BotoConfig
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        # Short timeouts and few retries: a reader must fall back quickly when S3 is down.
+        self.client = client or boto3.client("s3", config=BotoConfig(
+            connect_timeout=3, read_timeout=20, retries={"max_attempts": 2, "mode": "standard"}))
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _call(self, fn, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(Bucket=self.bucket, **kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise IndexNotFound(f"{self.uri}/{kwargs.get('Key', '')} not found") from None
+            raise StoreUnavailable(f"S3 error {code or exc} at {self.uri}") from None
+        except BotoCoreError as exc:
+            raise StoreUnavailable(f"S3 unreachable at {self.uri}: {exc}") from None
+
+    def put(self, key: str, data: bytes) -> None:
+        self._call(self.client.put_object, Key=self._key(key), Body=data)
+
+    def get(self, key: str) -> bytes:
+        from botocore.exceptions import BotoCoreError
+
+        body = self._call(self.client.get_object, Key=self._key(key))["Body"]
+        try:
+            return body.read()
+        except (BotoCoreError, OSError) as exc:
+            raise StoreUnavailable(f"S3 read of {key} failed at {self.uri}: {exc}") from None
+
+    def list_versions(self) -> list[str]:
+        base = self._key("versions/")
+        found: set[str] = set()
+        token: dict = {}
+        while True:
+            page = self._call(self.client.list_objects_v2, Prefix=base, Delimiter="/", **token)
+            found.update(p["Prefix"][len(base):].strip("/") for p in page.get("CommonPrefixes", []))
+            if not page.get("IsTruncated"):
+                return sorted(found)
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    def delete_version(self, version: str) -> None:
+        base = self._key(f"versions/{version}/")
+        page = self._call(self.client.list_objects_v2, Prefix=base)
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            self._call(self.client.delete_objects, Delete={"Objects": keys})
+
+
+Store = LocalStore | S3Store
+
+
+def open_store(uri: str | Path) -> Store:
+    """The store for an index location: ``s3://bucket/prefix`` or a local folder."""
+    text = str(uri)
+    if text.startswith("s3://"):
+        bucket, _, prefix = text[5:].partition("/")
+        if not bucket:
+            raise ValueError(f"{text}: no bucket name")
+        return S3Store(bucket, prefix)
+    return LocalStore(Path(text))
 
 
 @dataclass
@@ -78,6 +161,8 @@ class IndexData:
     embeddings: np.ndarray
     products: list[dict]
     manifest: dict = field(default_factory=dict)
+    #: The verified raw files of a loaded version, so it can be copied without downloading it again.
+    files: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     @property
     def backbone(self) -> str:
@@ -97,7 +182,7 @@ def new_version_name() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(3)
 
 
-def write_version(store: LocalStore, index: IndexData, errors_csv: bytes, extra: dict | None = None) -> str:
+def write_version(store: Store, index: IndexData, errors_csv: bytes, extra: dict | None = None) -> str:
     """Write all files of a new version (not yet visible to readers); return its name."""
     version = new_version_name()
     buf = io.BytesIO()
@@ -125,37 +210,86 @@ def write_version(store: LocalStore, index: IndexData, errors_csv: bytes, extra:
     return version
 
 
-def publish(store: LocalStore, version: str) -> None:
+def publish(store: Store, version: str) -> None:
     """Point readers at ``version``: the single atomic step that makes a build visible."""
     manifest = json.loads(store.get(f"versions/{version}/{MANIFEST}"))
     store.put(POINTER, json.dumps({"version": version, "backbone": manifest["backbone"]}).encode())
 
 
-def current_version(store: LocalStore) -> str:
+def current_version(store: Store) -> str:
     try:
         return json.loads(store.get(POINTER))["version"]
     except (ValueError, KeyError) as exc:
         raise CorruptIndex(f"{store.uri}/{POINTER} is unreadable: {exc}") from None
 
 
-def read_version(store: LocalStore, version: str) -> IndexData:
+def read_version(store: Store, version: str) -> IndexData:
     """Load a version and verify every file against the manifest's checksums."""
     manifest = json.loads(store.get(f"versions/{version}/{MANIFEST}"))
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise CorruptIndex(f"version {version}: schema {manifest.get('schema_version')}, need {SCHEMA_VERSION}")
     blobs = {}
-    for name in (EMBEDDINGS, PRODUCTS):
+    for name, meta in manifest["files"].items():
         data = store.get(f"versions/{version}/{name}")
-        expected = manifest["files"][name]["sha256"]
-        if _sha(data) != expected:
+        if _sha(data) != meta["sha256"]:
             raise CorruptIndex(f"version {version}: {name} checksum mismatch")
         blobs[name] = data
     embeddings = np.load(io.BytesIO(blobs[EMBEDDINGS]), allow_pickle=False)
     products = [json.loads(line) for line in blobs[PRODUCTS].decode().splitlines() if line]
     if embeddings.shape != (manifest["count"], manifest["dim"]) or len(products) != manifest["count"]:
         raise CorruptIndex(f"version {version}: shape {embeddings.shape} does not match manifest")
-    return IndexData(embeddings=embeddings, products=products, manifest=manifest)
+    return IndexData(embeddings=embeddings, products=products, manifest=manifest, files=blobs)
 
 
-def read_current(store: LocalStore) -> IndexData:
+def save_copy(index: IndexData, dest: Store) -> None:
+    """Write a loaded version, byte for byte, to another store and publish it there."""
+    version = index.version
+    for name, data in index.files.items():
+        dest.put(f"versions/{version}/{name}", data)
+    dest.put(f"versions/{version}/{MANIFEST}", json.dumps(index.manifest, indent=2).encode())
+    publish(dest, version)
+
+
+def read_current(store: Store) -> IndexData:
     return read_version(store, current_version(store))
+
+
+def complete_versions(store: Store) -> list[str]:
+    """Versions whose manifest exists (a crashed build leaves none), oldest first."""
+    done = []
+    for version in store.list_versions():
+        try:
+            store.get(f"versions/{version}/{MANIFEST}")
+            done.append(version)
+        except IndexNotFound:
+            continue
+    return done
+
+
+def rollback(store: Store, to: str | None = None) -> str:
+    """Point readers at ``to`` (default: the complete version before the current one), after verifying it."""
+    current = current_version(store)
+    if to is None:
+        older = [v for v in complete_versions(store) if v < current]
+        if not older:
+            raise IndexNotFound(f"{store.uri}: no version older than {current} to roll back to")
+        to = older[-1]
+    read_version(store, to)  # refuse to publish a missing or corrupt version
+    publish(store, to)
+    return to
+
+
+def prune(store: Store, keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` complete versions (never the published one), plus leftovers
+    of crashed builds older than the oldest kept version. Returns what was deleted."""
+    try:
+        current = current_version(store)
+    except IndexNotFound:
+        current = None
+    complete = complete_versions(store)
+    kept = set(complete[-max(keep, 1):]) | {current}
+    oldest_kept = min(kept - {None}, default="")
+    doomed = [v for v in store.list_versions() if v not in kept and (v in complete or v < oldest_kept)]
+    for version in doomed:
+        store.delete_version(version)
+    return doomed

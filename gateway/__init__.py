@@ -20,7 +20,8 @@ def create_app(config: Config | None = None, client: TorchServeClient | None = N
     client = client or TorchServeClient(config.torchserve_url, config.torchserve_model,
                                         timeout=config.torchserve_timeout)
     svc = SearchService(config, client)
-    svc.load_index()
+    svc.indexes.load()
+    svc.indexes.start_polling()
     app.extensions["photo"] = svc
     app.register_blueprint(bp)
     return app

@@ -9,8 +9,12 @@ from dataclasses import dataclass, fields
 
 @dataclass(frozen=True)
 class Config:
-    #: Index location: a folder written by scripts/build_index.py.
+    #: Index location: a folder or s3://bucket/prefix written by scripts/build_index.py.
     index_uri: str = "index"
+    #: Seconds between checks for a newly published index version (0: never).
+    index_poll_s: float = 30.0
+    #: Local copy of the last good version, served when the store is unreachable at start-up.
+    index_cache_dir: str = ""
     torchserve_url: str = "http://127.0.0.1:8080"
     torchserve_model: str = "embedding"
     #: Seconds to wait for one embedding before answering 503.

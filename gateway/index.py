@@ -1,11 +1,24 @@
-"""The loaded catalog index: vectors, products, lookups by id and category."""
+"""The loaded catalog index, and the manager that keeps it current.
+
+``IndexManager`` loads the published version, verifies it, keeps a local copy of the last good
+version (so a restart while the store is unreachable still serves), and polls for new versions,
+swapping them in with one reference assignment: in-flight requests finish on the version they began.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+
 import numpy as np
 
-from catalog.store import IndexData, open_store, read_current
+from catalog.store import IndexData, LocalStore, current_version, open_store, read_current, read_version, save_copy
 from gateway.search import ExactSearch
+
+log = logging.getLogger(__name__)
 
 
 class CatalogIndex:
@@ -17,14 +30,9 @@ class CatalogIndex:
         self.backbone: str = data.backbone
         self.version: str = data.version
         self.row_of = {str(p["id"]): i for i, p in enumerate(self.products)}
-        cats = np.array([str(p.get("category", "")).casefold() for p in self.products])
-        self._cats = cats
+        self._cats = np.array([str(p.get("category", "")).casefold() for p in self.products])
         self.categories = sorted({str(p.get("category", "")) for p in self.products} - {""})
         self.engine = ExactSearch(data.embeddings)
-
-    @classmethod
-    def load(cls, uri: str) -> CatalogIndex:
-        return cls(read_current(open_store(uri)))
 
     def __len__(self) -> int:
         return len(self.products)
@@ -36,3 +44,81 @@ class CatalogIndex:
         if not category:
             return None
         return self._cats == category.strip().casefold()
+
+
+def default_cache_dir(uri: str) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "photo" / "index"
+    return base / hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+class IndexManager:
+    def __init__(self, uri: str, cache_dir: str | Path | None = None, poll_s: float = 30.0) -> None:
+        self.uri = uri
+        self.store = open_store(uri)
+        self.cache = LocalStore(Path(cache_dir) if cache_dir else default_cache_dir(uri))
+        self.poll_s = poll_s
+        self.current: CatalogIndex | None = None
+        self.from_cache = False  # serving the local copy because the store could not be read
+        self.error: str | None = None  # the last problem with the store, if any
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        """Initial load: the published version, else the local copy of the last good one."""
+        try:
+            self._swap(read_current(self.store), from_cache=False)
+        except Exception as exc:  # noqa: BLE001 - any failure: fall back to the local copy
+            self.error = f"index not loaded from {self.uri}: {exc}"
+            log.error(self.error)
+            try:
+                self._swap(read_current(self.cache), from_cache=True)
+                log.warning("serving cached copy of version %s from %s", self.current.version, self.cache.uri)
+            except Exception as cache_exc:  # noqa: BLE001
+                log.error("no usable local copy in %s: %s", self.cache.uri, cache_exc)
+
+    def refresh(self) -> bool:
+        """Swap in the published version if it changed and verifies; True if a swap happened."""
+        with self._lock:
+            try:
+                version = current_version(self.store)
+                if self.current is not None and version == self.current.version:
+                    if self.from_cache:
+                        log.info("index store reachable again; version %s unchanged", version)
+                    self.from_cache, self.error = False, None
+                    return False
+                data = read_version(self.store, version)
+            except Exception as exc:  # noqa: BLE001 - keep serving what we have, say why
+                reason = f"keeping version {self.current.version if self.current else None}: {exc}"
+                if reason != self.error:
+                    log.error("index refresh failed, %s", reason)
+                self.error = reason
+                return False
+            self._swap(data, from_cache=False)
+            return True
+
+    def _swap(self, data: IndexData, from_cache: bool) -> None:
+        index = CatalogIndex(data)
+        previous = self.current.version if self.current else None
+        self.current = index
+        self.from_cache = from_cache
+        if not from_cache:
+            self.error = None
+            try:
+                save_copy(data, self.cache)
+            except OSError as exc:
+                log.warning("could not keep a local copy in %s: %s", self.cache.uri, exc)
+        log.info("serving index version %s (%d products, %s)%s", index.version, len(index), index.backbone,
+                 f", replacing {previous}" if previous else "")
+
+    def start_polling(self) -> None:
+        if self.poll_s <= 0:
+            return
+        thread = threading.Thread(target=self._poll, name="index-poller", daemon=True)
+        thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.refresh()
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -173,6 +173,7 @@ def readyz():
     ok, reason = svc.readiness()
     index = svc.index
     body = {"ready": ok, "reason": reason, "index_version": index.version if index else None,
+            "index_cached": svc.indexes.from_cache, "index_error": svc.indexes.error,
             "model": index.backbone if index else None, "products": len(index) if index else 0}
     return jsonify(body), 200 if ok else 503
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway.config import Config
-from gateway.index import CatalogIndex
+from gateway.index import CatalogIndex, IndexManager
 from handlers.client import TorchServeClient, TorchServeError
 from handlers.imaging import ImageError
 
@@ -40,25 +40,19 @@ class SearchService:
     def __init__(self, config: Config, client: TorchServeClient) -> None:
         self.config = config
         self.client = client
-        self.index: CatalogIndex | None = None
-        self.index_error: str | None = None
+        self.indexes = IndexManager(config.index_uri, config.index_cache_dir or None, config.index_poll_s)
         self._ready: tuple[float, bool, str] = (0.0, False, "not checked yet")
         self._ready_lock = threading.Lock()
 
-    def load_index(self) -> None:
-        try:
-            self.index = CatalogIndex.load(self.config.index_uri)
-            self.index_error = None
-            log.info("index %s version %s: %d products (%s)", self.config.index_uri, self.index.version,
-                     len(self.index), self.index.backbone)
-        except Exception as exc:  # noqa: BLE001 - the process stays up and /readyz says why
-            self.index_error = f"index not loaded from {self.config.index_uri}: {exc}"
-            log.error(self.index_error)
+    @property
+    def index(self) -> CatalogIndex | None:
+        return self.indexes.current
 
     def require_index(self) -> CatalogIndex:
-        if self.index is None:
-            raise ServiceError(503, self.index_error or "index not loaded")
-        return self.index
+        index = self.indexes.current
+        if index is None:
+            raise ServiceError(503, self.indexes.error or "index not loaded")
+        return index
 
     def embed(self, image: bytes, index: CatalogIndex) -> np.ndarray:
         try:
@@ -104,12 +98,15 @@ class SearchService:
             return ok, reason
 
     def _check_ready(self) -> tuple[bool, str]:
-        if self.index is None:
-            return False, self.index_error or "index not loaded"
+        index = self.indexes.current
+        if index is None:
+            return False, self.indexes.error or "index not loaded"
         try:
             served = self.client.probe()
         except (TorchServeError, ImageError) as exc:
             return False, f"embedding model not ready: {exc}"
-        if served != self.index.backbone:
-            return False, f"model mismatch: TorchServe serves {served}, index was built with {self.index.backbone}"
+        if served != index.backbone:
+            return False, f"model mismatch: TorchServe serves {served}, index was built with {index.backbone}"
+        if self.indexes.from_cache:
+            return True, f"ready, serving the cached copy of version {index.version} ({self.indexes.error})"
         return True, "ready"

@@ -15,6 +15,7 @@ from pathlib import Path
 from catalog.build import build_index
 from catalog.fetch import DEFAULT_CACHE
 from catalog.reader import CatalogError
+from catalog.store import StoreUnavailable
 from handlers.client import TorchServeClient, TorchServeError
 
 
@@ -31,7 +32,7 @@ def make_embedder(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--catalog", type=Path, required=True, help="products.csv")
-    parser.add_argument("--output", required=True, help="index folder")
+    parser.add_argument("--output", required=True, help="index folder or s3://bucket/prefix")
     parser.add_argument("--embedder", choices=("torchserve", "local"), default="torchserve")
     parser.add_argument("--torchserve-url", default=os.environ.get("TORCHSERVE_URL", "http://127.0.0.1:8080"))
     parser.add_argument("--model", default=os.environ.get("TORCHSERVE_MODEL", "embedding"))
@@ -42,14 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=8, help="concurrent downloads")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent TorchServe requests")
     parser.add_argument("--timeout", type=float, default=60.0, help="TorchServe read timeout, seconds")
+    parser.add_argument("--keep", type=int, default=5, help="complete versions to keep (older ones deleted)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         embedder = make_embedder(args)
         report = build_index(args.catalog, args.output, embedder, args.cache_dir, workers=args.workers,
-                             refresh_cache=args.refresh_cache, progress=not args.no_progress)
-    except (CatalogError, TorchServeError) as exc:
+                             refresh_cache=args.refresh_cache, progress=not args.no_progress, keep=args.keep)
+    except (CatalogError, TorchServeError, StoreUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report.summary())

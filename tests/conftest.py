@@ -160,6 +160,7 @@ def start_gateway(tmp_path) -> Iterator:
     started: list[GatewayProcess] = []
 
     def start(**env: str) -> GatewayProcess:
+        env.setdefault("INDEX_CACHE_DIR", str(tmp_path / "index-cache"))
         gw = GatewayProcess(env, tmp_path)
         started.append(gw)
         gw.wait_up()

@@ -57,8 +57,10 @@ def stub(local_embedder):
 
 
 @pytest.fixture
-def client(small_index, stub):
-    app = create_app(Config(index_uri=str(small_index), max_upload_mb=1, ready_cache_s=0), client=stub)
+def client(small_index, stub, tmp_path):
+    config = Config(index_uri=str(small_index), max_upload_mb=1, ready_cache_s=0, index_poll_s=0,
+                    index_cache_dir=str(tmp_path / "copy"))
+    app = create_app(config, client=stub)
     return app.test_client()
 
 
@@ -143,7 +145,8 @@ def test_torchserve_down_is_503_and_not_ready(client, stub):
 
 
 def test_missing_index_keeps_process_up(tmp_path, stub):
-    app = create_app(Config(index_uri=str(tmp_path / "none"), ready_cache_s=0), client=stub).test_client()
+    config = Config(index_uri=str(tmp_path / "none"), ready_cache_s=0, index_cache_dir=str(tmp_path / "copy"))
+    app = create_app(config, client=stub).test_client()
     assert app.get("/healthz").status_code == 200
     assert app.get("/readyz").status_code == 503
     assert upload(app, "/api/search", jpeg_bytes()).status_code == 503

@@ -1,0 +1,49 @@
+"""Catalog-fitted PCA-whitening: learnt (unsupervised) at index build, applied to both sides.
+
+Centring on the catalog mean and flattening its dominant directions stops a few features that every
+product photo shares (white studio background, centred object) from dominating cosine similarity.
+The gateway applies the very same transform to query vectors and to the stored vectors.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Whitening:
+    mean: np.ndarray  # (d,)
+    projection: np.ndarray  # (d, k): eigenvectors scaled by eigenvalue^(-power/2)
+
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        """Transform row vectors (or one vector) and L2-normalise the result."""
+        x = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        y = (x - self.mean) @ self.projection
+        y /= np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+        return y.astype(np.float32) if np.ndim(vectors) == 2 else y[0].astype(np.float32)
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, mean=self.mean.astype(np.float32), projection=self.projection.astype(np.float32))
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Whitening:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return cls(npz["mean"], npz["projection"])
+
+
+def fit_whitening(vectors: np.ndarray, dims: int = 512, power: float = 1.0, shrink: float = 0.1) -> Whitening:
+    """PCA on the catalog vectors keeping ``dims`` components, each scaled by
+    (eigenvalue + shrink·mean eigenvalue)^(-power/2); shrinkage keeps tiny components from exploding."""
+    x = np.asarray(vectors, dtype=np.float64)
+    mean = x.mean(axis=0)
+    cov = np.cov(x - mean, rowvar=False)
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1][: max(1, min(dims, len(x) - 1, x.shape[1]))]
+    eigval, eigvec = np.clip(eigval[order], 0, None), eigvec[:, order]
+    scale = (eigval + shrink * eigval.mean()) ** (-power / 2)
+    return Whitening(mean.astype(np.float32), (eigvec * scale).astype(np.float32))

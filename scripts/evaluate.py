@@ -1,0 +1,100 @@
+"""Leave-one-out retrieval quality of a catalog index.
+
+    python scripts/evaluate.py --catalog products.csv --label-column category [--index DIR]
+
+Builds the index with the project's own pipeline (or reuses ``--index`` when it already holds a
+published version), keeps labels with at least ``--min-per-label`` products, lets every product
+query all the others, and writes ``evaluation.json`` and ``evaluation.md`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from catalog.evaluate import evaluate, fit_threshold, labelled_rows
+from catalog.fetch import DEFAULT_CACHE
+from catalog.store import IndexNotFound, open_store, read_current
+
+
+def load_or_build(catalog: Path, index_dir: Path, embedder_kind: str, torchserve_url: str):
+    store = open_store(index_dir)
+    try:
+        return read_current(store)
+    except IndexNotFound:
+        pass
+    from catalog.build import build_index
+
+    if embedder_kind == "local":
+        from handlers.embedder import Embedder
+
+        embedder = Embedder.create("auto")
+    else:
+        from handlers.client import TorchServeClient
+
+        embedder = TorchServeClient(torchserve_url)
+    print(build_index(catalog, index_dir, embedder, DEFAULT_CACHE).summary(), file=sys.stderr)
+    return read_current(store)
+
+
+def markdown(report: dict) -> str:
+    m = report["metrics"]
+    lines = [
+        f"# Retrieval quality: {report['catalog']}",
+        "",
+        f"Backbone `{report['backbone']}`, {m['queries']} queries over {m['labels']} labels "
+        f"(`{report['label_column']}`, ≥ {report['min_per_label']} products each), leave-one-out.",
+        "",
+        "| precision@1 | precision@5 | precision@10 | mAP@10 |",
+        "| --- | --- | --- | --- |",
+        f"| {m['precision@1']:.4f} | {m['precision@5']:.4f} | {m['precision@10']:.4f} | {m['mAP@10']:.4f} |",
+        "",
+        "| scores (cosine) | pairs | p5 | p25 | p50 | p75 | p95 |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, s in report["scores"].items():
+        lines.append(f"| {name} | {s['pairs']} | {s['p5']} | {s['p25']} | {s['p50']} | {s['p75']} | {s['p95']} |")
+    t = report["threshold"]
+    lines += ["", f"Best separating cosine: {t['cosine']} (keeps {t['same_label_kept']:.1%} of same-label pairs, "
+              f"drops {t['different_label_dropped']:.1%} of different-label pairs).", "",
+              "| label | products | precision@1 | precision@10 |", "| --- | --- | --- | --- |"]
+    for name, s in sorted(report["per_label"].items(), key=lambda kv: -kv[1]["precision@10"]):
+        lines.append(f"| {name} | {s['count']} | {s['precision@1']:.3f} | {s['precision@10']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--catalog", type=Path, required=True)
+    parser.add_argument("--label-column", default="category")
+    parser.add_argument("--index", type=Path, help="index folder to reuse or build (default: <out>/index)")
+    parser.add_argument("--min-per-label", type=int, default=20)
+    parser.add_argument("--embedder", choices=("local", "torchserve"), default="local")
+    parser.add_argument("--torchserve-url", default="http://127.0.0.1:8080")
+    parser.add_argument("--out", type=Path, default=Path("build/evaluation"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    index = load_or_build(args.catalog, args.index or args.out / "index", args.embedder, args.torchserve_url)
+    keep = {r["id"] for r in labelled_rows(args.catalog, args.label_column, args.min_per_label)}
+    rows = [i for i, p in enumerate(index.products) if str(p["id"]) in keep]
+    if len(rows) < 2:
+        print("error: fewer than 2 labelled products to evaluate", file=sys.stderr)
+        return 2
+    labels = np.array([index.products[i][args.label_column] for i in rows])
+    vectors = index.vectors_for_search()[rows] if hasattr(index, "vectors_for_search") else index.embeddings[rows]
+    result = evaluate(vectors, labels)
+    report = {"catalog": str(args.catalog), "backbone": index.backbone, "label_column": args.label_column,
+              "min_per_label": args.min_per_label, **result.as_dict(),
+              "threshold": fit_threshold(result.same_hist, result.diff_hist)}
+    (args.out / "evaluation.json").write_text(json.dumps(report, indent=2))
+    (args.out / "evaluation.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

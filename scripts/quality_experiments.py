@@ -1,0 +1,101 @@
+"""Measure candidate improvements on a labelled catalog (the numbers in docs/QUALITY.md).
+
+    python scripts/quality_experiments.py --catalog ../shared/datasets/myntra-fashion/products.csv \
+        --min-per-label 20 --out build/quality
+
+For each input variant it runs the backbone once (and once more on mirrored images), pools the
+feature map both by average (the shipped default) and by GeM, then evaluates every combination,
+with and without a catalog-fitted PCA-whitening. Results go to ``<out>/experiments.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision import transforms
+
+from catalog.evaluate import evaluate, labelled_rows
+from catalog.fetch import ImageSource
+from catalog.whitening import fit_whitening
+from handlers.backbones import SPECS, build_model, efficientnet_lite0_weights
+from handlers.imaging import decode_image
+
+VARIANTS = {
+    # name: (resize, crop). The shipped default resizes the short side to 256 and centre-crops 224.
+    "crop224": (256, 224),
+    "full224": (224, 224),
+    "full288": (288, 288),
+}
+
+
+#: PCA-whitening settings tried on every variant: (components kept, whitening power).
+WHITENING_GRID = [(128, 1.0), (256, 1.0), (512, 1.0), (256, 0.5), (512, 0.5)]
+
+
+def pooled_features(model, images, variant: str, flip: bool, batch: int = 64) -> dict[str, np.ndarray]:
+    resize, crop = VARIANTS[variant]
+    pre = SPECS["efficientnet_lite0"].preprocess
+    steps = [transforms.Resize(resize, interpolation=transforms.InterpolationMode(pre.interpolation)),
+             transforms.CenterCrop(crop)]
+    if flip:
+        steps.append(transforms.RandomHorizontalFlip(p=1.0))
+    tf = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(pre.mean, pre.std)])
+    avg, gem = [], []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch):
+            fmap = model.forward_features(torch.stack([tf(im) for im in images[start:start + batch]]))
+            avg.append(fmap.mean(dim=(2, 3)))
+            gem.append(fmap.clamp(min=1e-6).pow(3).mean(dim=(2, 3)).pow(1 / 3))
+    return {"avg": torch.cat(avg).numpy(), "gem": torch.cat(gem).numpy()}
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--catalog", type=Path, required=True)
+    parser.add_argument("--label-column", default="category")
+    parser.add_argument("--min-per-label", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("build/quality"))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = labelled_rows(args.catalog, args.label_column, args.min_per_label)
+    labels = np.array([r[args.label_column] for r in rows])
+    source = ImageSource(args.catalog.resolve().parent, args.out / "cache")
+    images = [decode_image(source.fetch(r["image_url"])) for r in rows]
+    model = build_model("efficientnet_lite0", efficientnet_lite0_weights())
+    results: dict[str, dict] = {}
+    for variant in args.variants.split(","):
+        started = time.time()
+        plain = pooled_features(model, images, variant, flip=False)
+        mirrored = pooled_features(model, images, variant, flip=True)
+        print(f"{variant}: features in {time.time() - started:.0f}s", flush=True)
+        for pool in ("avg", "gem"):
+            for flip in (False, True):
+                vec = unit(plain[pool] + mirrored[pool]) if flip else unit(plain[pool])
+                name = f"{variant}/{pool}" + ("/flip" if flip else "")
+                results[name] = evaluate(vec, labels).metrics
+                keys = [name]
+                for dims, power in WHITENING_GRID:
+                    key = f"{name}/whiten-d{dims}-p{power}"
+                    results[key] = evaluate(fit_whitening(vec, dims, power).apply(vec), labels).metrics
+                    keys.append(key)
+                for key in keys:
+                    m = results[key]
+                    print(f"  {key:40s} p@1 {m['precision@1']:.4f} p@5 {m['precision@5']:.4f} "
+                          f"p@10 {m['precision@10']:.4f} mAP@10 {m['mAP@10']:.4f}", flush=True)
+        (args.out / "experiments.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Versioned publish, live reload, outages and rollback — against a REAL S3 API server (moto's standalone
+server in its own process, on loopback) and against a local folder."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import boto3
+import pytest
+import requests
+
+from catalog.build import build_index
+from catalog.store import CorruptIndex, IndexData, current_version, open_store, publish, read_current, write_version
+from scripts.manage_index import main as manage_cli
+from tests.conftest import DEMO_CSV, REPO, demo_image, free_port
+
+pytestmark = pytest.mark.integration
+DEMO_ROWS = list(csv.DictReader(DEMO_CSV.open()))
+
+
+class MotoServer:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                requests.get(self.url, timeout=0.5)
+                return
+            except requests.RequestException:
+                time.sleep(0.1)
+        raise TimeoutError("moto server did not start")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    server = MotoServer()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": server.url}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3").create_bucket(Bucket="shop")
+    server.env = env
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["local", "s3"])
+def index_uri(request, tmp_path):
+    if request.param == "s3":
+        request.getfixturevalue("s3")
+        return "s3://shop/indexes/demo"
+    return str(tmp_path / "index")
+
+
+def write_catalog(folder, rows) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "images").mkdir(exist_ok=True)
+    with open(folder / "products.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["id", "name", "category", "price", "image_url"])
+        writer.writeheader()
+        for row in rows:
+            (folder / "images" / f"{row['id']}.jpg").write_bytes(demo_image(row["id"]))
+            writer.writerow({k: row[k] for k in writer.fieldnames})
+    return folder / "products.csv"
+
+
+def build(catalog, uri, embedder, tmp_path, **kw):
+    return build_index(catalog, uri, embedder, tmp_path / "cache", progress=False, **kw)
+
+
+def gateway_env(uri, torchserve, extra=None):
+    env = {"INDEX_URI": uri, "TORCHSERVE_URL": torchserve.url, "INDEX_POLL_S": "0.3", "READY_CACHE_S": "0"}
+    env.update({k: v for k, v in os.environ.items() if k.startswith("AWS_")})
+    env.update(extra or {})
+    return env
+
+
+def ready(gw) -> dict:
+    return requests.get(f"{gw.url}/readyz", timeout=10).json()
+
+
+def wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_swap_to_new_version_under_load_with_zero_failures(index_uri, tmp_path, local_embedder, torchserve,
+                                                           start_gateway):
+    catalog = write_catalog(tmp_path / "cat", DEMO_ROWS[:30])
+    first = build(catalog, index_uri, local_embedder, tmp_path)
+    gw = start_gateway(**gateway_env(index_uri, torchserve))
+    assert ready(gw)["index_version"] == first.version and ready(gw)["ready"]
+
+    failures, answered, versions, stop = [], [0], set(), threading.Event()
+
+    def client_loop():
+        query = demo_image(DEMO_ROWS[40]["id"])
+        deadline = time.monotonic() + 60  # bounded even if the swap never happens
+        while not stop.is_set() and time.monotonic() < deadline:
+            for resp in (requests.get(f"{gw.url}/api/products/{DEMO_ROWS[0]['id']}/similar?threshold=0", timeout=30),
+                         requests.post(f"{gw.url}/api/search", files={"file": ("q.jpg", query)},
+                                       data={"threshold": "0"}, timeout=30)):
+                answered[0] += 1
+                if resp.status_code != 200:
+                    failures.append((resp.status_code, resp.text[:200]))
+                else:
+                    versions.add(resp.json()["index_version"])
+
+    threads = [threading.Thread(target=client_loop) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        write_catalog(tmp_path / "cat", DEMO_ROWS[:30] + DEMO_ROWS[40:45])  # five new products
+        second = build(catalog, index_uri, local_embedder, tmp_path)
+        assert second.embedded == 5 and second.reused == 30
+        assert wait_for(lambda: ready(gw)["index_version"] == second.version)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == [] and answered[0] > 10
+    assert versions == {first.version, second.version}
+    top = requests.post(f"{gw.url}/api/search", files={"file": ("q.jpg", demo_image(DEMO_ROWS[40]["id"]))},
+                        timeout=30).json()["results"][0]
+    assert top["id"] == DEMO_ROWS[40]["id"]  # the new product is searchable
+
+
+class FailingStore:
+    """Wraps a real store and dies after ``n`` uploads, like a build killed mid-upload."""
+
+    def __init__(self, store, n: int) -> None:
+        self.store, self.n = store, n
+        self.uri = store.uri
+
+    def put(self, key, data):
+        if self.n == 0:
+            raise KeyboardInterrupt("killed mid-upload")
+        self.n -= 1
+        self.store.put(key, data)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def test_build_killed_mid_upload_leaves_published_version(index_uri, tmp_path, local_embedder):
+    catalog = write_catalog(tmp_path / "cat", DEMO_ROWS[:12])
+    first = build(catalog, index_uri, local_embedder, tmp_path)
+    store = open_store(index_uri)
+    published = read_current(store)
+    for n in range(5):  # die before/after each file of the new version, or at the pointer
+        index = IndexData(published.embeddings[:5], published.products[:5], {"backbone": published.backbone})
+        with pytest.raises(KeyboardInterrupt):
+            failing = FailingStore(store, n)
+            publish(failing, write_version(failing, index, b""))
+        after = read_current(store)
+        assert after.version == first.version and after.files == published.files
+    # A later real build still works and cleans up the leftovers of the killed ones.
+    second = build(catalog, index_uri, local_embedder, tmp_path, keep=1)
+    assert current_version(store) == second.version and store.list_versions() == [second.version]
+
+
+def test_kill_minus_9_build_process_then_rerun(index_uri, tmp_path):
+    catalog = write_catalog(tmp_path / "cat", DEMO_ROWS[:60])
+    cmd = [sys.executable, "scripts/build_index.py", "--catalog", str(catalog), "--output", index_uri,
+           "--embedder", "local", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    assert subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=300).returncode == 0
+    store = open_store(index_uri)
+    before = read_current(store)
+    write_catalog(tmp_path / "cat", DEMO_ROWS[:120])
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(random.uniform(4.0, 7.0))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert read_current(store).files == before.files or read_current(store).manifest["count"] == 120
+    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    reused = int(re.search(r"(\d+) reused", rerun.stdout).group(1))
+    assert reused >= 60  # the finished work of the first build is not redone
+    assert read_current(store).manifest["count"] == 120
+
+
+def test_corrupt_new_version_is_refused_and_old_one_served(index_uri, tmp_path, local_embedder, torchserve,
+                                                           start_gateway):
+    catalog = write_catalog(tmp_path / "cat", DEMO_ROWS[:12])
+    first = build(catalog, index_uri, local_embedder, tmp_path)
+    gw = start_gateway(**gateway_env(index_uri, torchserve))
+    store = open_store(index_uri)
+    data = read_current(store)
+    version = write_version(store, IndexData(data.embeddings[:6], data.products[:6], {"backbone": data.backbone}),
+                            b"")
+    store.put(f"versions/{version}/products.jsonl", b'{"id": "tampered"}\n' * 6)  # corrupted object
+    publish(store, version)
+    with pytest.raises(CorruptIndex, match="checksum mismatch"):
+        read_current(store)
+    assert wait_for(lambda: "checksum mismatch" in (ready(gw).get("index_error") or ""))
+    state = ready(gw)
+    assert state["index_version"] == first.version and state["ready"] and state["products"] == 12
+    resp = requests.get(f"{gw.url}/api/products/{DEMO_ROWS[0]['id']}/similar", timeout=10)
+    assert resp.status_code == 200 and resp.json()["index_version"] == first.version
+
+
+def test_s3_outage_keeps_serving_and_restart_uses_local_copy(s3, tmp_path, local_embedder, torchserve,
+                                                             start_gateway):
+    uri = "s3://shop/indexes/demo"
+    catalog = write_catalog(tmp_path / "cat", DEMO_ROWS[:12])
+    first = build(catalog, uri, local_embedder, tmp_path)
+    env = gateway_env(uri, torchserve, {"INDEX_CACHE_DIR": str(tmp_path / "copy")})
+    gw = start_gateway(**env)
+    assert ready(gw)["index_version"] == first.version
+    s3.stop()
+    assert wait_for(lambda: ready(gw).get("index_error") is not None)
+    query = {"files": {"file": ("q.jpg", demo_image(DEMO_ROWS[3]["id"]))}, "data": {"threshold": "0"}}
+    resp = requests.post(f"{gw.url}/api/search", timeout=30, **query)
+    assert resp.status_code == 200 and resp.json()["results"][0]["id"] == DEMO_ROWS[3]["id"]
+    gw.stop()
+    restarted = start_gateway(**env)  # S3 still down
+    state = ready(restarted)
+    assert state["ready"] and state["index_cached"] and state["index_version"] == first.version
+    assert "cached copy" in state["reason"]
+    resp = requests.post(f"{restarted.url}/api/search", timeout=30, **query)
+    assert resp.status_code == 200 and resp.json()["index_version"] == first.version
+
+
+def test_rollback_repoints_and_gateway_follows(index_uri, tmp_path, local_embedder, torchserve, start_gateway,
+                                               capsys):
+    catalog = write_catalog(tmp_path / "cat", DEMO_ROWS[:10])
+    first = build(catalog, index_uri, local_embedder, tmp_path)
+    write_catalog(tmp_path / "cat", DEMO_ROWS[:14])
+    second = build(catalog, index_uri, local_embedder, tmp_path)
+    gw = start_gateway(**gateway_env(index_uri, torchserve))
+    assert ready(gw)["index_version"] == second.version
+    assert manage_cli([index_uri, "list"]) == 0
+    listing = capsys.readouterr().out
+    assert f"* {second.version}" in listing and f"  {first.version}" in listing
+    assert manage_cli([index_uri, "rollback"]) == 0
+    assert current_version(open_store(index_uri)) == first.version
+    assert wait_for(lambda: ready(gw)["index_version"] == first.version)
+    assert ready(gw)["products"] == 10
+    assert manage_cli([index_uri, "rollback", "--to", "no-such-version"]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert manage_cli([index_uri, "rollback", "--to", second.version]) == 0
+    assert wait_for(lambda: ready(gw)["index_version"] == second.version)
