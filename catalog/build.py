@@ -18,9 +18,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from catalog.calibration import fit_calibration
 from catalog.fetch import FetchError, ImageSource
 from catalog.reader import RowError, read_catalog
 from catalog.store import (
+    ERRORS,
+    WHITENING,
     IndexData,
     IndexNotFound,
     StoreUnavailable,
@@ -30,9 +33,15 @@ from catalog.store import (
     read_current,
     write_version,
 )
+from catalog.whitening import fit_whitening
 from handlers.protocol import BatchEmbedder
 
 log = logging.getLogger(__name__)
+
+#: PCA-whitening fitted on the catalog (see docs/QUALITY.md for how these were chosen).
+WHITENING_SETTINGS = {"dims": 512, "power": 1.0, "shrink": 0.1}
+#: Below this many products the covariance is too poorly estimated to whiten with.
+MIN_WHITEN = 2000
 
 
 @dataclass
@@ -101,8 +110,12 @@ def build_index(
     refresh_cache: bool = False,
     progress: bool = True,
     keep: int = 5,
+    whiten_min: int = MIN_WHITEN,
 ) -> BuildReport:
-    """Build and publish a new index version for ``catalog`` at ``output``."""
+    """Build and publish a new index version for ``catalog`` at ``output``.
+
+    Catalogs with at least ``whiten_min`` products get a PCA-whitening fitted on them (0 disables it
+    only when set above the catalog size; see docs/QUALITY.md)."""
     catalog = Path(catalog).resolve()
     rows, errors = read_catalog(catalog)
     store = open_store(output)
@@ -157,7 +170,14 @@ def build_index(
                   "embedded": embedded, "reused": reused},
     }
     index = IndexData(embeddings=matrix, products=kept, manifest=manifest)
-    version = write_version(store, index, errors_csv(errors))
+    extra = {ERRORS: errors_csv(errors)}
+    whitening = fit_whitening(matrix, **WHITENING_SETTINGS) if len(matrix) >= max(whiten_min, 2) else None
+    if whitening is not None:
+        extra[WHITENING] = whitening.to_bytes()
+    searchable = whitening.apply(matrix) if whitening is not None else matrix
+    manifest["whitening"] = WHITENING_SETTINGS if whitening is not None else None
+    manifest["calibration"] = fit_calibration(searchable, [str(p.get("category", "")) for p in kept])
+    version = write_version(store, index, extra)
     publish(store, version)
     pruned = prune(store, keep)
     if pruned:

@@ -28,11 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from catalog.whitening import Whitening
+
 SCHEMA_VERSION = 1
 POINTER = "CURRENT"
 EMBEDDINGS = "embeddings.npy"
 PRODUCTS = "products.jsonl"
 ERRORS = "errors.csv"
+WHITENING = "whitening.npz"
 MANIFEST = "manifest.json"
 
 
@@ -172,6 +175,10 @@ class IndexData:
     def version(self) -> str:
         return self.manifest["version"]
 
+    def whitening(self) -> Whitening | None:
+        """The catalog-fitted transform stored with this version, if any."""
+        return Whitening.from_bytes(self.files[WHITENING]) if WHITENING in self.files else None
+
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -182,15 +189,17 @@ def new_version_name() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(3)
 
 
-def write_version(store: Store, index: IndexData, errors_csv: bytes, extra: dict | None = None) -> str:
-    """Write all files of a new version (not yet visible to readers); return its name."""
+def write_version(store: Store, index: IndexData, extra_files: dict[str, bytes] | None = None) -> str:
+    """Write all files of a new version (not yet visible to readers); return its name.
+
+    ``extra_files`` (e.g. ``errors.csv``, ``whitening.npz``) are stored and checksummed alongside."""
     version = new_version_name()
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(index.embeddings, dtype=np.float32), allow_pickle=False)
     files = {
         EMBEDDINGS: buf.getvalue(),
         PRODUCTS: "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in index.products).encode(),
-        ERRORS: errors_csv,
+        **(extra_files or {}),
     }
     for name, data in files.items():
         store.put(f"versions/{version}/{name}", data)
@@ -203,10 +212,10 @@ def write_version(store: Store, index: IndexData, errors_csv: bytes, extra: dict
         "dim": int(dim),
         "count": int(n),
         "files": {name: {"sha256": _sha(data), "bytes": len(data)} for name, data in files.items()},
-        **(extra or {}),
     }
     store.put(f"versions/{version}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
     index.manifest = manifest
+    index.files = files
     return version
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from catalog.calibration import Calibration
 from catalog.store import IndexData, LocalStore, current_version, open_store, read_current, read_version, save_copy
 from gateway.search import ExactSearch
 
@@ -32,7 +33,15 @@ class CatalogIndex:
         self.row_of = {str(p["id"]): i for i, p in enumerate(self.products)}
         self._cats = np.array([str(p.get("category", "")).casefold() for p in self.products])
         self.categories = sorted({str(p.get("category", "")) for p in self.products} - {""})
-        self.engine = ExactSearch(data.embeddings)
+        # The same catalog-fitted transform is applied to the stored vectors here and to every query
+        # vector in ``prepare``: both sides of the cosine live in the same space.
+        self.whitening = data.whitening()
+        self.engine = ExactSearch(self.whitening.apply(data.embeddings) if self.whitening else data.embeddings)
+        self.calibration = Calibration.from_manifest(data.manifest)
+
+    def prepare(self, query: np.ndarray) -> np.ndarray:
+        """A model vector (as TorchServe returns it) → the search space of this index."""
+        return self.whitening.apply(query) if self.whitening else np.asarray(query, dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.products)

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, current_app, jsonify, render_template, request, send_file, url_for
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from catalog.calibration import UNCALIBRATED
 from catalog.fetch import FetchError, is_remote, resolve_local
 from gateway.images import QueryImageError, check_image, fetch_url
 from gateway.service import Hit, SearchService, ServiceError
@@ -93,7 +94,8 @@ def image_link(product: dict) -> str:
 def result_json(hit: Hit) -> dict:
     p = hit.product
     return {"id": str(p["id"]), "name": p.get("name", ""), "category": p.get("category", ""),
-            "price": p.get("price"), "image_url": image_link(p), "score": round(hit.score, 6)}
+            "price": p.get("price"), "image_url": image_link(p), "score": round(hit.score, 6),
+            "similarity": hit.percent}
 
 
 def api_answer(hits: list[Hit], started: float) -> Response:
@@ -111,6 +113,8 @@ def render_page(status: int = 200, **context) -> tuple[str, int]:
     return render_template(
         "index.html",
         categories=index.categories if index else [],
+        calibrated=index.data.manifest.get("calibration") if index and index.calibration.points != UNCALIBRATED
+        else None,
         threshold=context.pop("threshold", svc.config.default_threshold),
         top_k=context.pop("top_k", svc.config.default_top_k),
         image_link=image_link,

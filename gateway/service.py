@@ -29,11 +29,12 @@ class ServiceError(Exception):
 @dataclass(frozen=True)
 class Hit:
     product: dict
-    score: float
+    score: float  # cosine similarity in the index's search space
+    similarity: float  # calibrated percent (see catalog/calibration.py)
 
     @property
     def percent(self) -> float:
-        return round(100.0 * self.score, 1)
+        return round(self.similarity, 1)
 
 
 class SearchService:
@@ -69,7 +70,7 @@ class SearchService:
 
     def search_image(self, image: bytes, threshold: float, top_k: int, category: str | None = None) -> list[Hit]:
         index = self.require_index()
-        vector = self.embed(image, index)
+        vector = index.prepare(self.embed(image, index))
         return self._rank(index, vector, threshold, top_k, index.category_mask(category))
 
     def similar(self, product_id: str, threshold: float, top_k: int, category: str | None = None) -> list[Hit]:
@@ -84,8 +85,8 @@ class SearchService:
 
     @staticmethod
     def _rank(index: CatalogIndex, vector: np.ndarray, threshold: float, top_k: int, mask) -> list[Hit]:
-        found = index.engine.search(vector, top_k, threshold / 100.0, mask)
-        return [Hit(index.products[row], score) for row, score in found]
+        found = index.engine.search(vector, top_k, index.calibration.cosine(threshold), mask)
+        return [Hit(index.products[row], score, float(index.calibration.percent(score))) for row, score in found]
 
     def readiness(self) -> tuple[bool, str]:
         """Index loaded, TorchServe answering, and serving the index's backbone. Cached briefly."""

@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: fewer than 2 labelled products to evaluate", file=sys.stderr)
         return 2
     labels = np.array([index.products[i][args.label_column] for i in rows])
-    vectors = index.vectors_for_search()[rows] if hasattr(index, "vectors_for_search") else index.embeddings[rows]
+    whitening = index.whitening()  # evaluate in the space the gateway searches
+    vectors = (whitening.apply(index.embeddings) if whitening else index.embeddings)[rows]
     result = evaluate(vectors, labels)
     report = {"catalog": str(args.catalog), "backbone": index.backbone, "label_column": args.label_column,
               "min_per_label": args.min_per_label, **result.as_dict(),

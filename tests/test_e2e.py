@@ -97,3 +97,18 @@ def test_bad_inputs_get_clear_4xx_and_gateway_keeps_serving(gateway, http_server
     assert unknown.status_code == 404 and "no product with id" in unknown.text
     assert search(gateway, demo_image("10109")).status_code == 200
     assert requests.get(f"{gateway.url}/readyz", timeout=30).status_code == 200
+
+
+def test_whitened_index_same_transform_for_queries(start_gateway, torchserve, local_embedder, tmp_path):
+    """A whitened index served with the real TorchServe: the gateway transforms each query vector
+    exactly as the stored ones, so a catalog photo still finds itself first."""
+    from catalog.build import build_index
+    from catalog.store import open_store, read_current
+
+    out = tmp_path / "white"
+    build_index(DEMO_CSV, out, local_embedder, tmp_path / "cache", progress=False, whiten_min=10)
+    assert read_current(open_store(out)).whitening() is not None
+    gw = start_gateway(INDEX_URI=str(out), TORCHSERVE_URL=torchserve.url)
+    for pid in ("10109", "10664", "11052"):
+        top = search(gw, demo_image(pid), threshold="0", top_k="3").json()["results"][0]
+        assert top["id"] == pid and top["score"] >= 0.999 and top["similarity"] == 100.0

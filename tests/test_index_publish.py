@@ -172,7 +172,7 @@ def test_build_killed_mid_upload_leaves_published_version(index_uri, tmp_path, l
         index = IndexData(published.embeddings[:5], published.products[:5], {"backbone": published.backbone})
         with pytest.raises(KeyboardInterrupt):
             failing = FailingStore(store, n)
-            publish(failing, write_version(failing, index, b""))
+            publish(failing, write_version(failing, index, {"errors.csv": b""}))
         after = read_current(store)
         assert after.version == first.version and after.files == published.files
     # A later real build still works and cleans up the leftovers of the killed ones.
@@ -207,8 +207,7 @@ def test_corrupt_new_version_is_refused_and_old_one_served(index_uri, tmp_path, 
     gw = start_gateway(**gateway_env(index_uri, torchserve))
     store = open_store(index_uri)
     data = read_current(store)
-    version = write_version(store, IndexData(data.embeddings[:6], data.products[:6], {"backbone": data.backbone}),
-                            b"")
+    version = write_version(store, IndexData(data.embeddings[:6], data.products[:6], {"backbone": data.backbone}))
     store.put(f"versions/{version}/products.jsonl", b'{"id": "tampered"}\n' * 6)  # corrupted object
     publish(store, version)
     with pytest.raises(CorruptIndex, match="checksum mismatch"):

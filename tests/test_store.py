@@ -22,7 +22,7 @@ def test_round_trip_and_pointer_written_last(tmp_path):
     with pytest.raises(IndexNotFound):
         read_current(store)
     index = make_index()
-    version = write_version(store, index, b"line,id\n")
+    version = write_version(store, index, {"errors.csv": b"line,id\n"})
     with pytest.raises(IndexNotFound):  # written but not yet published: invisible to readers
         read_current(store)
     publish(store, version)
@@ -33,9 +33,9 @@ def test_round_trip_and_pointer_written_last(tmp_path):
 
 def test_new_version_does_not_touch_the_published_one(tmp_path):
     store = open_store(tmp_path)
-    first = write_version(store, make_index(3), b"")
+    first = write_version(store, make_index(3))
     publish(store, first)
-    second = write_version(store, make_index(5), b"")
+    second = write_version(store, make_index(5))
     assert read_current(store).version == first
     publish(store, second)
     assert read_current(store).manifest["count"] == 5
@@ -43,7 +43,7 @@ def test_new_version_does_not_touch_the_published_one(tmp_path):
 
 def test_corrupted_file_is_refused(tmp_path):
     store = open_store(tmp_path)
-    version = write_version(store, make_index(), b"")
+    version = write_version(store, make_index())
     publish(store, version)
     path = tmp_path / "versions" / version / "products.jsonl"
     path.write_text(path.read_text().replace("p1", "px"))
