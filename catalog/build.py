@@ -111,6 +111,7 @@ def build_index(
     progress: bool = True,
     keep: int = 5,
     whiten_min: int = MIN_WHITEN,
+    allow_private_hosts: bool = False,
 ) -> BuildReport:
     """Build and publish a new index version for ``catalog`` at ``output``.
 
@@ -121,7 +122,7 @@ def build_index(
     store = open_store(output)
     backbone = embedder.model_id
     previous = _previous_vectors(store, backbone)
-    source = ImageSource(catalog.parent, cache_dir, refresh=refresh_cache)
+    source = ImageSource(catalog.parent, cache_dir, refresh=refresh_cache, allow_private=allow_private_hosts)
     kept: list[dict] = []
     vectors: list[np.ndarray] = []
     embedded = reused = 0

@@ -1,6 +1,7 @@
 """Get a catalog image's bytes: a local path inside the catalog folder, or an http(s) URL via a cache.
 
 The cache is keyed by URL, so a second build downloads nothing; ``refresh=True`` re-downloads.
+Downloads go through ``catalog.safe_http``: private and loopback hosts only with ``allow_private``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import requests
+from catalog.safe_http import UnsafeURL, safe_get
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 #: Where downloaded catalog images are kept between builds.
@@ -49,16 +50,17 @@ class ImageSource:
         timeout: float = 15.0,
         max_bytes: int = DEFAULT_MAX_BYTES,
         refresh: bool = False,
+        allow_private: bool = False,
     ) -> None:
         self.root = Path(root)
         self.cache_dir = Path(cache_dir)
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.refresh = refresh
+        self.allow_private = allow_private
         self.downloads = 0
         self.cache_hits = 0
         self._lock = threading.Lock()
-        self._local = threading.local()
 
     def fetch(self, image_url: str) -> bytes:
         if not is_remote(image_url):
@@ -84,24 +86,10 @@ class ImageSource:
         return data
 
     def _download(self, url: str) -> bytes:
-        if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
-            self._local.session.headers["User-Agent"] = USER_AGENT
         try:
-            with self._local.session.get(url, stream=True, timeout=(5.0, self.timeout)) as resp:
-                if resp.status_code != 200:
-                    raise FetchError(f"HTTP {resp.status_code} {resp.reason} for {url}")
-                chunks, size = [], 0
-                for chunk in resp.iter_content(64 * 1024):
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        raise FetchError(f"image larger than {self.max_bytes} bytes: {url}")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except requests.Timeout:
-            raise FetchError(f"timed out after {self.timeout:g}s: {url}") from None
-        except requests.RequestException as exc:
-            raise FetchError(f"download failed ({type(exc).__name__}): {url}") from None
+            return safe_get(url, self.max_bytes, self.timeout, self.allow_private, user_agent=USER_AGENT)
+        except UnsafeURL as exc:
+            raise FetchError(f"{exc}: {url}") from None
 
     def _store(self, path: Path, data: bytes) -> None:
         """Atomic write: an interrupted build never leaves a half file in the cache."""

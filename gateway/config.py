@@ -32,6 +32,8 @@ class Config:
     url_fetch_timeout: float = 10.0
     #: Let query image URLs point at loopback/private hosts (tests and local demos only).
     allow_private_urls: bool = False
+    #: Comma-separated CIDRs of non-public networks query URLs may still use (e.g. an internal image host).
+    allowed_image_networks: str = ""
     #: /readyz caches its TorchServe probe for this many seconds.
     ready_cache_s: float = 2.0
 

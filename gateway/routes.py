@@ -73,8 +73,9 @@ def query_image(params: dict) -> bytes:
             raise ServiceError(400, "the uploaded file is empty")
     elif str(params.get("image_url") or "").strip():
         try:
+            networks = tuple(n.strip() for n in cfg.allowed_image_networks.split(",") if n.strip())
             data = fetch_url(str(params["image_url"]), int(cfg.max_upload_mb * 1024 * 1024),
-                             cfg.url_fetch_timeout, cfg.allow_private_urls)
+                             cfg.url_fetch_timeout, cfg.allow_private_urls, networks)
         except QueryImageError as exc:
             raise ServiceError(exc.status, str(exc)) from None
     else:

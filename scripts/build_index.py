@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, help="local embedder only: explicit weights file")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="download cache")
     parser.add_argument("--refresh-cache", action="store_true", help="re-download remote images")
+    parser.add_argument("--allow-private-hosts", action="store_true",
+                        help="let image URLs point at loopback/private addresses (refused by default)")
     parser.add_argument("--workers", type=int, default=8, help="concurrent downloads")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent TorchServe requests")
     parser.add_argument("--timeout", type=float, default=60.0, help="TorchServe read timeout, seconds")
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         embedder = make_embedder(args)
         report = build_index(args.catalog, args.output, embedder, args.cache_dir, workers=args.workers,
-                             refresh_cache=args.refresh_cache, progress=not args.no_progress, keep=args.keep)
+                             refresh_cache=args.refresh_cache, progress=not args.no_progress, keep=args.keep,
+                             allow_private_hosts=args.allow_private_hosts)
     except (CatalogError, TorchServeError, StoreUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embedder", choices=("local", "torchserve"), default="local")
     parser.add_argument("--torchserve-url", default="http://127.0.0.1:8080")
     parser.add_argument("--out", type=Path, default=Path("build/evaluation"))
+    parser.add_argument("--no-whitening", action="store_true",
+                        help="evaluate the plain pooled features, ignoring the index's whitening")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     index = load_or_build(args.catalog, args.index or args.out / "index", args.embedder, args.torchserve_url)
@@ -85,10 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: fewer than 2 labelled products to evaluate", file=sys.stderr)
         return 2
     labels = np.array([index.products[i][args.label_column] for i in rows])
-    whitening = index.whitening()  # evaluate in the space the gateway searches
+    whitening = None if args.no_whitening else index.whitening()  # the space the gateway searches
     vectors = (whitening.apply(index.embeddings) if whitening else index.embeddings)[rows]
     result = evaluate(vectors, labels)
     report = {"catalog": str(args.catalog), "backbone": index.backbone, "label_column": args.label_column,
+              "index_version": index.version, "whitening": index.manifest.get("whitening") if whitening else None,
               "min_per_label": args.min_per_label, **result.as_dict(),
               "threshold": fit_threshold(result.same_hist, result.diff_hist)}
     (args.out / "evaluation.json").write_text(json.dumps(report, indent=2))

@@ -48,7 +48,8 @@ def messy_catalog(tmp_path, http_server):
 
 def test_build_reports_bad_rows_and_indexes_the_rest(messy_catalog, local_embedder, tmp_path, http_server):
     out = tmp_path / "index"
-    report = build_index(messy_catalog, out, local_embedder, tmp_path / "cache", progress=False)
+    report = build_index(messy_catalog, out, local_embedder, tmp_path / "cache", progress=False,
+                         allow_private_hosts=True)
     assert report.indexed == 4 and report.embedded == 4 and report.downloaded == 1
     problems = {(e.id, e.stage): e.error for e in report.errors}
     assert set(problems) == {("20001", "fetch"), ("20002", "fetch"), ("10109", "catalog"), ("20003", "decode")}
@@ -73,9 +74,9 @@ def test_build_reports_bad_rows_and_indexes_the_rest(messy_catalog, local_embedd
 
 def test_second_build_downloads_and_embeds_nothing(messy_catalog, local_embedder, tmp_path, http_server):
     out, cache = tmp_path / "index", tmp_path / "cache"
-    first = build_index(messy_catalog, out, local_embedder, cache, progress=False)
+    first = build_index(messy_catalog, out, local_embedder, cache, progress=False, allow_private_hosts=True)
     fetched_once = list(http_server.requests)
-    second = build_index(messy_catalog, out, local_embedder, cache, progress=False)
+    second = build_index(messy_catalog, out, local_embedder, cache, progress=False, allow_private_hosts=True)
     assert second.version != first.version
     assert second.downloaded == 0 and second.cache_hits == 1
     assert second.embedded == 0 and second.reused == 4
@@ -84,12 +85,12 @@ def test_second_build_downloads_and_embeds_nothing(messy_catalog, local_embedder
 
 def test_changed_and_added_rows_are_the_only_ones_embedded(messy_catalog, local_embedder, tmp_path):
     out, cache = tmp_path / "index", tmp_path / "cache"
-    build_index(messy_catalog, out, local_embedder, cache, progress=False)
+    build_index(messy_catalog, out, local_embedder, cache, progress=False, allow_private_hosts=True)
     shutil.copy(DEMO_DIR / "images" / "11052.jpg", tmp_path / "images" / "10664.jpg")  # changed image
     shutil.copy(DEMO_DIR / "images" / "10140.jpg", tmp_path / "images" / "10140.jpg")
     with open(messy_catalog, "a", newline="") as fh:
         csv.writer(fh).writerow(["10140", "New watch", "Watches", "", "images/10140.jpg", ""])  # added row
-    report = build_index(messy_catalog, out, local_embedder, cache, progress=False)
+    report = build_index(messy_catalog, out, local_embedder, cache, progress=False, allow_private_hosts=True)
     assert report.embedded == 1 and report.reused == 4  # 10664 now has 11052's bytes → reused by content
     assert report.indexed == 5
 
@@ -114,3 +115,11 @@ def test_path_escape_is_a_row_error(tmp_path, local_embedder):
     report = build_index(catalog, tmp_path / "idx", local_embedder, tmp_path / "cache", progress=False)
     assert report.indexed == 0
     assert all("escapes the catalog folder" in e.error for e in report.errors)
+
+
+def test_private_hosts_refused_without_the_flag(tmp_path, http_server, local_embedder):
+    url = http_server.add("/img/a.jpg", demo_image("10109"))
+    catalog = write_csv(tmp_path / "p.csv", [["1", "x", "y", "", url, ""]])
+    report = build_index(catalog, tmp_path / "idx", local_embedder, tmp_path / "cache", progress=False)
+    assert report.indexed == 0 and "loopback address" in report.errors[0].error
+    assert http_server.requests == []  # refused before connecting
