@@ -69,12 +69,17 @@ class BuildReport:
         return "\n".join(lines)
 
 
+def _inert(value: object) -> object:
+    """Neutralise spreadsheet formulas (=, +, -, @ ...) in report cells that people open in Excel."""
+    return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
 def errors_csv(errors: list[RowError]) -> bytes:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["line", "id", "image_url", "stage", "error"])
     writer.writeheader()
     for err in errors:
-        writer.writerow(err.as_dict())
+        writer.writerow({k: _inert(v) for k, v in err.as_dict().items()})
     return buf.getvalue().encode()
 
 

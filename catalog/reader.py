@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("id", "name", "category", "price", "image_url")
+#: Longest accepted cell; longer ones are almost always a broken quote swallowing the file.
+MAX_FIELD = 10_000
 
 
 class CatalogError(ValueError):
@@ -34,40 +38,76 @@ def parse_price(text: str) -> float | None:
     text = text.strip()
     if not text:
         return None
-    value = float(text.replace(",", ""))
+    try:
+        value = float(text.replace(",", ""))
+    except ValueError:
+        raise ValueError(f"price must be a number, got {text!r}") from None
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"price must be a non-negative number, got {text!r}")
     return value
 
 
+def _record_lines(path: Path, n_columns: int) -> tuple[list[int], list[RowError]]:
+    """Physical start line of each record pandas keeps, and errors for the rows it skips (too many fields)."""
+    starts: list[int] = []
+    malformed: list[RowError] = []
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
+        reader = csv.reader(fh)
+        next(reader, None)
+        previous = reader.line_num
+        for record in reader:
+            start, previous = previous + 1, reader.line_num
+            if not record:
+                continue
+            if len(record) > n_columns:
+                malformed.append(RowError(start, record[0].strip()[:100], "", "catalog",
+                                          f"malformed row: {len(record)} fields, the header has {n_columns}"))
+                continue
+            starts.append(start)
+    return starts, malformed
+
+
 def read_catalog(path: Path) -> tuple[list[dict], list[RowError]]:
-    """Rows as dicts (all columns kept as text, ``price`` parsed, ``line`` added) plus row errors."""
+    """Rows as dicts (all columns kept as text, ``price`` parsed, ``line`` added) plus row errors.
+
+    ``line`` is the line of the file where the record starts (the header is line 1)."""
+    errors: list[RowError] = []
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            # Bad bytes become U+FFFD so one mis-encoded row is reported instead of failing the file;
+            # rows with too many fields are skipped with a warning that names their line.
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig",
+                                encoding_errors="replace", on_bad_lines="warn")
     except FileNotFoundError:
         raise CatalogError(f"catalog not found: {path}") from None
-    except UnicodeDecodeError as exc:
-        raise CatalogError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise CatalogError(f"{path}: not a readable CSV ({exc})") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+        raise CatalogError(f"{path}: not a readable CSV ({str(exc).strip()})") from None
+    del caught  # pandas' own messages count records, not lines: _record_lines reports these rows
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise CatalogError(
             f"{path}: missing required column(s) {', '.join(missing)}; need {', '.join(REQUIRED_COLUMNS)}"
         )
+    starts, malformed = _record_lines(path, len(frame.columns))
+    errors += malformed
+    if len(starts) != len(frame):  # cannot happen for standard CSV; fall back to record numbers
+        starts = list(range(2, len(frame) + 2))
     rows: list[dict] = []
-    errors: list[RowError] = []
     seen: dict[str, int] = {}
-    for offset, record in enumerate(frame.to_dict(orient="records")):
-        line = offset + 2  # header is line 1
+    for line, record in zip(starts, frame.to_dict(orient="records"), strict=True):
         row = {k: (v.strip() if isinstance(v, str) else "") for k, v in record.items()}
         pid, url = row["id"], row["image_url"]
 
         def fail(msg: str, pid: str = pid, url: str = url, line: int = line) -> None:
             errors.append(RowError(line, pid, url, "catalog", msg))
 
-        if not pid:
+        if any("\ufffd" in v for v in row.values()):
+            fail("not valid UTF-8 text")
+        elif any(len(v) > MAX_FIELD for v in row.values()):
+            fail(f"a field is longer than {MAX_FIELD} characters")
+        elif not pid:
             fail("empty id")
         elif pid in seen:
             fail(f"duplicate id (first seen on line {seen[pid]})")
