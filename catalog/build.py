@@ -33,6 +33,7 @@ from catalog.store import (
     read_current,
     write_version,
 )
+from catalog.vector_cache import VectorCache
 from catalog.whitening import fit_whitening
 from handlers.protocol import BatchEmbedder
 
@@ -55,12 +56,14 @@ class BuildReport:
     cache_hits: int = 0
     embedded: int = 0
     reused: int = 0
+    resumed: int = 0
 
     def summary(self) -> str:
         lines = [
             f"index {self.output} version {self.version} ({self.backbone})",
             f"  indexed {self.indexed} products: {self.embedded} embedded, {self.reused} reused from "
-            f"the previous version; {self.downloaded} downloaded, {self.cache_hits} from cache",
+            f"the previous version, {self.resumed} from the vector cache; {self.downloaded} downloaded, "
+            f"{self.cache_hits} from cache",
             f"  {len(self.errors)} row(s) left out" + (":" if self.errors else ""),
         ]
         lines += [f"    line {e.line} id={e.id!r} [{e.stage}] {e.error}" for e in self.errors[:50]]
@@ -117,6 +120,7 @@ def build_index(
     keep: int = 5,
     whiten_min: int = MIN_WHITEN,
     allow_private_hosts: bool = False,
+    vector_cache: Path | None = None,
 ) -> BuildReport:
     """Build and publish a new index version for ``catalog`` at ``output``.
 
@@ -128,9 +132,10 @@ def build_index(
     backbone = embedder.model_id
     previous = _previous_vectors(store, backbone)
     source = ImageSource(catalog.parent, cache_dir, refresh=refresh_cache, allow_private=allow_private_hosts)
+    finished = VectorCache(vector_cache or Path(cache_dir).parent / "vectors", backbone)
     kept: list[dict] = []
     vectors: list[np.ndarray] = []
-    embedded = reused = 0
+    embedded = reused = resumed = 0
 
     def fetch(row: dict) -> bytes | FetchError:
         try:
@@ -152,14 +157,19 @@ def build_index(
                     kept.append(row)
                     vectors.append(previous[digest])
                     reused += 1
+                elif (done := finished.get(digest)) is not None:  # embedded by an interrupted build
+                    kept.append(row)
+                    vectors.append(done)
+                    resumed += 1
                 else:
                     to_embed.append((row, got, digest))
             if to_embed:
                 results = embedder.embed_bytes([blob for _, blob, _ in to_embed])
-                for (row, _, _), res in zip(to_embed, results, strict=True):
+                for (row, _, digest), res in zip(to_embed, results, strict=True):
                     if res.error is not None:
                         errors.append(RowError(row["line"], row["id"], row["image_url"], "decode", res.error))
                         continue
+                    finished.put(digest, res.vector)
                     kept.append(row)
                     vectors.append(res.vector)
                     embedded += 1
@@ -173,7 +183,7 @@ def build_index(
         "backbone": backbone,
         "catalog": {"path": str(catalog), "root": str(catalog.parent)},
         "build": {"rows": len(rows) + sum(e.stage == "catalog" for e in errors), "errors": len(errors),
-                  "embedded": embedded, "reused": reused},
+                  "embedded": embedded, "reused": reused, "resumed": resumed},
     }
     index = IndexData(embeddings=matrix, products=kept, manifest=manifest)
     extra = {ERRORS: errors_csv(errors)}
@@ -189,4 +199,4 @@ def build_index(
     if pruned:
         log.info("removed %d old version(s): %s", len(pruned), ", ".join(pruned))
     return BuildReport(version, store.uri, backbone, len(kept), errors, source.downloads, source.cache_hits,
-                       embedded, reused)
+                       embedded, reused, resumed)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import os
-import random
 import re
 import signal
 import subprocess
@@ -181,23 +180,31 @@ def test_build_killed_mid_upload_leaves_published_version(index_uri, tmp_path, l
 
 
 def test_kill_minus_9_build_process_then_rerun(index_uri, tmp_path):
-    catalog = write_catalog(tmp_path / "cat", DEMO_ROWS[:60])
+    """kill -9 in the middle of embedding: the published version stays intact, and the re-run
+    finishes without embedding again what the killed run had finished."""
+    catalog = write_catalog(tmp_path / "cat", DEMO_ROWS[:40])
     cmd = [sys.executable, "scripts/build_index.py", "--catalog", str(catalog), "--output", index_uri,
            "--embedder", "local", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
     assert subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=300).returncode == 0
     store = open_store(index_uri)
     before = read_current(store)
-    write_catalog(tmp_path / "cat", DEMO_ROWS[:120])
+    write_catalog(tmp_path / "cat", DEMO_ROWS[:240])
+    vectors = tmp_path / "vectors"
+    done_before = len(list(vectors.rglob("*.npy")))
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(random.uniform(4.0, 7.0))
+    assert wait_for(lambda: len(list(vectors.rglob("*.npy"))) > done_before, timeout=120)
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
-    assert read_current(store).files == before.files or read_current(store).manifest["count"] == 120
+    finished = len(list(vectors.rglob("*.npy"))) - done_before
+    assert 0 < finished < 200, "the kill must land mid-build"
+    assert read_current(store).files == before.files  # published version untouched
     rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    reused = int(re.search(r"(\d+) reused", rerun.stdout).group(1))
-    assert reused >= 60  # the finished work of the first build is not redone
-    assert read_current(store).manifest["count"] == 120
+    counts = dict(re.findall(r"(\d+) (embedded|reused|from the vector cache)", rerun.stdout)[i][::-1]
+                  for i in range(3))
+    assert int(counts["reused"]) == 40 and int(counts["from the vector cache"]) >= finished
+    assert int(counts["embedded"]) == 200 - int(counts["from the vector cache"])
+    assert read_current(store).manifest["count"] == 240
 
 
 def test_corrupt_new_version_is_refused_and_old_one_served(index_uri, tmp_path, local_embedder, torchserve,

@@ -1,0 +1,39 @@
+"""Vectors already computed, keyed by backbone id and image sha256, kept on local disk.
+
+Written after every embedded chunk, so a build that is killed and re-run does not embed again what
+it had finished. Each file is written atomically; a half-written one is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+class VectorCache:
+    def __init__(self, root: Path, backbone: str) -> None:
+        self.dir = Path(root) / hashlib.sha256(backbone.encode()).hexdigest()[:16]
+
+    def _path(self, digest: str) -> Path:
+        return self.dir / digest[:2] / f"{digest}.npy"
+
+    def get(self, digest: str) -> np.ndarray | None:
+        try:
+            return np.load(self._path(digest), allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+
+    def put(self, digest: str, vector: np.ndarray) -> None:
+        path = self._path(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(vector, dtype=np.float32), allow_pickle=False)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(buf.getvalue())
+        os.replace(tmp, path)
