@@ -33,8 +33,13 @@ def resolve_local(image_url: str, root: Path) -> Path:
     """A catalog-relative path, refused if it escapes ``root`` (``..``, absolute, symlinks)."""
     if urlsplit(image_url).scheme:
         raise FetchError(f"unsupported URL scheme in {image_url!r}: use http, https or a relative path")
+    if "\0" in image_url:
+        raise FetchError("path contains a NUL byte")
     root = root.resolve()
-    path = (root / image_url).resolve()
+    try:
+        path = (root / image_url).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:  # symlink loops, over-long names
+        raise FetchError(f"unusable path {image_url!r}: {exc}") from None
     if not path.is_relative_to(root):
         raise FetchError(f"path escapes the catalog folder: {image_url}")
     return path

@@ -167,6 +167,12 @@ def api_similar(product_id: str):
     return api_answer(service().similar(product_id, threshold, top_k, category), started)
 
 
+@bp.get("/openapi.json")
+def openapi():
+    """The JSON API's OpenAPI 3 description."""
+    return current_app.send_static_file("openapi.json")
+
+
 @bp.get("/healthz")
 def healthz():
     return jsonify(status="ok")

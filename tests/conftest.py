@@ -17,6 +17,11 @@ import pytest
 import requests
 from PIL import Image
 
+from catalog.build import build_index
+from gateway import create_app
+from gateway.config import Config
+from handlers.client import TorchServeError
+from handlers.imaging import ImageError
 from handlers.serving import REPO, TorchServe, models_setting
 
 DEMO_CSV = REPO / "data" / "demo" / "products.csv"
@@ -122,6 +127,58 @@ def torchserve(model_store, tmp_path_factory) -> Iterator[TorchServe]:
         yield ts
     finally:
         ts.stop()
+
+
+# --------------------------------------------------------------------------- in-process gateway
+
+
+class StubClient:
+    """Stands in for TorchServeClient: same interface, vectors from the in-process embedder."""
+
+    def __init__(self, embedder) -> None:
+        self.embedder = embedder
+        self.down = False
+        self.calls = 0
+
+    def embed(self, blob: bytes):
+        self.calls += 1
+        if self.down:
+            raise TorchServeError("embedding service unreachable at http://127.0.0.1:1: ConnectionError")
+        res = self.embedder.embed_bytes([blob])[0]
+        if res.error:
+            raise ImageError(res.error)
+        return res.vector, self.embedder.model_id
+
+    def probe(self) -> str:
+        return self.embed(jpeg_bytes())[1]
+
+
+@pytest.fixture(scope="session")
+def small_index(tmp_path_factory, local_embedder):
+    """The first 48 demo products, indexed in-process."""
+    root = tmp_path_factory.mktemp("small")
+    lines = DEMO_CSV.read_text().splitlines()
+    (root / "products.csv").write_text("\n".join(lines[:49]) + "\n")
+    (root / "images").mkdir()
+    for line in lines[1:49]:
+        pid = line.split(",", 1)[0]
+        (root / "images" / f"{pid}.jpg").write_bytes(demo_image(pid))
+    build_index(root / "products.csv", root / "index", local_embedder, root / "cache", progress=False)
+    return root / "index"
+
+
+@pytest.fixture
+def stub(local_embedder):
+    return StubClient(local_embedder)
+
+
+@pytest.fixture
+def client(small_index, stub, tmp_path):
+    config = Config(index_uri=str(small_index), max_upload_mb=1, ready_cache_s=0, index_poll_s=0,
+                    index_cache_dir=str(tmp_path / "copy"))
+    app = create_app(config, client=stub)
+    return app.test_client()
+
 
 
 # --------------------------------------------------------------------------- gateway process

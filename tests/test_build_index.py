@@ -123,3 +123,14 @@ def test_private_hosts_refused_without_the_flag(tmp_path, http_server, local_emb
     report = build_index(catalog, tmp_path / "idx", local_embedder, tmp_path / "cache", progress=False)
     assert report.indexed == 0 and "loopback address" in report.errors[0].error
     assert http_server.requests == []  # refused before connecting
+
+
+def test_symlink_escape_is_a_row_error(tmp_path, local_embedder):
+    (tmp_path / "cat" / "images").mkdir(parents=True)
+    (tmp_path / "outside.jpg").write_bytes(demo_image("10109"))
+    (tmp_path / "cat" / "images" / "link.jpg").symlink_to(tmp_path / "outside.jpg")
+    catalog = write_csv(tmp_path / "cat" / "p.csv", [["1", "x", "y", "", "images/link.jpg", ""],
+                                                      ["2", "x", "y", "", "images/a\0.jpg", ""]])
+    report = build_index(catalog, tmp_path / "idx", local_embedder, tmp_path / "cache", progress=False)
+    assert report.indexed == 0
+    assert "escapes the catalog folder" in report.errors[0].error and "NUL" in report.errors[1].error
