@@ -43,7 +43,8 @@ class TorchServe:
     """A TorchServe process in the foreground of its own process group."""
 
     def __init__(self, model_store: Path, workdir: Path, inference_port: int = 8080, management_port: int = 8081,
-                 metrics_port: int = 8082, overrides: dict[str, str] | None = None) -> None:
+                 metrics_port: int = 8082, overrides: dict[str, str] | None = None,
+                 grpc_ports: tuple[int, int] = (7070, 7071)) -> None:
         self.model_store = Path(model_store).resolve()
         self.workdir = Path(workdir).resolve()
         self.url = f"http://127.0.0.1:{inference_port}"
@@ -54,6 +55,8 @@ class TorchServe:
             "management_address": self.management_url,
             "metrics_address": self.metrics_url,
             "model_store": str(self.model_store),
+            "grpc_inference_port": str(grpc_ports[0]),
+            "grpc_management_port": str(grpc_ports[1]),
             **(overrides or {}),
         }
         self.process: subprocess.Popen | None = None
@@ -62,8 +65,12 @@ class TorchServe:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "config.properties"
         config.write_text(render_config(CONFIG_TEMPLATE, self.overrides))
+        # TorchServe keeps a pid file in the temp dir and refuses to start a second server beside it:
+        # a temp dir of its own lets several run on one machine (tests, a demo next to a test run).
+        (self.workdir / "tmp").mkdir(exist_ok=True)
         env = {**os.environ, "LOG_LOCATION": str(self.workdir / "logs"),
-               "METRICS_LOCATION": str(self.workdir / "logs")}
+               "METRICS_LOCATION": str(self.workdir / "logs"), "TMPDIR": str(self.workdir / "tmp"),
+               "TEMP": str(self.workdir / "tmp")}  # TEMP → java.io.tmpdir, where worker sockets live
         exe = Path(sys.executable).with_name("torchserve")
         cmd = [str(exe), "--start", "--foreground", "--ncs", "--model-store", str(self.model_store),
                "--ts-config", str(config)]
