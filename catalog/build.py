@@ -40,7 +40,7 @@ from handlers.protocol import BatchEmbedder
 log = logging.getLogger(__name__)
 
 #: PCA-whitening fitted on the catalog (see docs/QUALITY.md for how these were chosen).
-WHITENING_SETTINGS = {"dims": 512, "power": 1.0, "shrink": 0.1}
+WHITENING_SETTINGS = {"dims": 512, "power": 0.5, "shrink": 0.1}
 #: Below this many products the covariance is too poorly estimated to whiten with.
 MIN_WHITEN = 2000
 

@@ -1,8 +1,10 @@
 """What "70% similar" means: a monotone map from cosine scores to a calibrated similarity percent.
 
-Fitted at index build from the catalog's own labels (its ``category`` column): the cosine that best
-separates same-category from different-category pairs becomes 70%, the median cosine of unrelated
-pairs becomes 40%, identical images 100%. Without enough labels the map stays ``percent = 100·cosine``.
+Fitted at index build from the catalog's own labels (its ``category`` column). *Matches* are the
+same-category products among each product's nearest ``MATCH_K`` neighbours (what a shopper is shown);
+*unrelated* are all pairs of different categories. The cosine that best separates the two (largest
+share of matches kept minus share of unrelated kept) becomes 70%, the median unrelated pair 40%, an
+identical image 100%. Without enough labels the map stays ``percent = 100·cosine``.
 Stored in the index manifest; the gateway converts scores and thresholds with it.
 """
 
@@ -13,9 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from catalog.evaluate import fit_threshold, hist_quantile, neighbours
+from catalog.evaluate import BINS, fit_threshold, hist_quantile, neighbours
 
 UNCALIBRATED = [[0.0, 0.0], [1.0, 100.0]]
+MATCH_K = 20
 
 
 @dataclass(frozen=True)
@@ -48,12 +51,16 @@ def fit_calibration(vectors: np.ndarray, labels: list[str], max_items: int = 400
                                                    "with ≥ 5 products (need 50 and 2)"}
     if len(keep) > max_items:
         keep = sorted(np.random.default_rng(seed).choice(keep, max_items, replace=False).tolist())
-    _, _, same, diff = neighbours(np.asarray(vectors)[keep], 1, labels=np.asarray(labels)[keep])
-    best = fit_threshold(same, diff)
+    lab = np.asarray(labels)[keep]
+    idx, scores, _, diff = neighbours(np.asarray(vectors)[keep], MATCH_K, labels=lab)
+    matches = np.histogram(np.clip(scores[lab[idx] == lab[:, None]], -1, 1), BINS)[0]
+    best = fit_threshold(matches, diff)
     low, mid = hist_quantile(diff, 0.01), hist_quantile(diff, 0.5)
     if not low < mid < best["cosine"] < 1.0:
         return {"points": UNCALIBRATED, "source": f"uncalibrated: labels do not separate ({best})"}
     return {"points": [[low, 0.0], [mid, 40.0], [best["cosine"], 70.0], [1.0, 100.0]],
-            "threshold_cosine": best["cosine"], "same_label_kept": best["same_label_kept"],
+            "threshold_cosine": best["cosine"], "matches_kept": best["same_label_kept"],
             "different_label_dropped": best["different_label_dropped"],
-            "source": f"fitted on {len(keep)} products in {n_labels} categories"}
+            "unrelated_median_cosine": mid,
+            "source": f"fitted on {len(keep)} products in {n_labels} categories; matches = same category "
+                      f"among the {MATCH_K} nearest"}

@@ -62,6 +62,12 @@ def markdown(report: dict) -> str:
     lines += ["", f"Best separating cosine: {t['cosine']} (keeps {t['same_label_kept']:.1%} of same-label pairs, "
               f"drops {t['different_label_dropped']:.1%} of different-label pairs).", "",
               "| label | products | precision@1 | precision@10 |", "| --- | --- | --- | --- |"]
+    cal = report.get("calibration") or {}
+    if "threshold_cosine" in cal and not report.get("whitening_ignored"):
+        lines[-3:-3] = [f"Calibration stored in the index: 70% = cosine {cal['threshold_cosine']} (keeps "
+                        f"{cal['matches_kept']:.1%} of same-category nearest matches, drops "
+                        f"{cal['different_label_dropped']:.1%} of unrelated pairs); 40% = cosine "
+                        f"{cal['unrelated_median_cosine']:.3f}, the median unrelated pair.", ""]
     for name, s in sorted(report["per_label"].items(), key=lambda kv: -kv[1]["precision@10"]):
         lines.append(f"| {name} | {s['count']} | {s['precision@1']:.3f} | {s['precision@10']:.3f} |")
     return "\n".join(lines) + "\n"
@@ -92,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate(vectors, labels)
     report = {"catalog": str(args.catalog), "backbone": index.backbone, "label_column": args.label_column,
               "index_version": index.version, "whitening": index.manifest.get("whitening") if whitening else None,
+              "whitening_ignored": args.no_whitening,
               "min_per_label": args.min_per_label, **result.as_dict(),
-              "threshold": fit_threshold(result.same_hist, result.diff_hist)}
+              "threshold": fit_threshold(result.same_hist, result.diff_hist),
+              "calibration": index.manifest.get("calibration")}
     (args.out / "evaluation.json").write_text(json.dumps(report, indent=2))
     (args.out / "evaluation.md").write_text(markdown(report))
     print(markdown(report))

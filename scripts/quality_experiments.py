@@ -6,6 +6,10 @@
 For each input variant it runs the backbone once (and once more on mirrored images), pools the
 feature map both by average (the shipped default) and by GeM, then evaluates every combination,
 with and without a catalog-fitted PCA-whitening. Results go to ``<out>/experiments.json``.
+
+    python scripts/quality_experiments.py --catalog ... --postprocess-index build/evaluation/index
+
+tries re-ranking ideas on an index's stored vectors instead (``<out>/postprocessing.json``).
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import numpy as np
 import torch
 from torchvision import transforms
 
-from catalog.evaluate import evaluate, labelled_rows
+from catalog.evaluate import evaluate, labelled_rows, neighbours
 from catalog.fetch import ImageSource
+from catalog.store import open_store, read_current
 from catalog.whitening import fit_whitening
 from handlers.backbones import SPECS, build_model, efficientnet_lite0_weights
 from handlers.imaging import decode_image
@@ -59,6 +64,51 @@ def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
+def expanded_queries(x: np.ndarray, k: int, alpha: float) -> np.ndarray:
+    """alpha-query expansion: each query plus its top-k neighbours (itself excluded), weighted by sim^alpha."""
+    idx, scores, _, _ = neighbours(x, k)
+    return unit(x + (np.clip(scores, 0, None)[..., None] ** alpha * x[idx]).sum(axis=1))
+
+
+def precision_split(queries: np.ndarray, qlab: np.ndarray, db: np.ndarray, dblab: np.ndarray) -> dict:
+    top = np.argsort(-(queries @ db.T), axis=1)[:, :10]
+    rel = dblab[top] == qlab[:, None]
+    return {f"precision@{k}": round(float(rel[:, :k].mean()), 4) for k in (1, 5, 10)}
+
+
+def postprocessing(index_dir: Path, label_column: str, min_per_label: int) -> dict:
+    """Re-ranking candidates on the stored vectors of an index (no re-embedding): alpha-QE (leave-one-out),
+    database-side augmentation (DBA; on a 20% held-out query split, because DBA mixes the database vectors
+    and leave-one-out would leak the query into its neighbours), and ImageNet class logits."""
+    index = read_current(open_store(index_dir))
+    labels = np.array([p.get(label_column, "") for p in index.products])
+    names, counts = np.unique(labels, return_counts=True)
+    keep = np.isin(labels, names[counts >= min_per_label]) & (labels != "")
+    x, lab = index.embeddings[keep], labels[keep]
+    white = fit_whitening(x, 512, 0.5).apply(x)
+    out: dict[str, dict] = {"plain": evaluate(x, lab).metrics, "whiten-d512-p0.5": evaluate(white, lab).metrics}
+    for name, vec in (("plain", x), ("whiten-d512-p0.5", white)):
+        for k in (3, 5, 10):
+            q = expanded_queries(vec, k, 3.0)
+            sim = q @ vec.T
+            np.fill_diagonal(sim, -np.inf)
+            top = np.argsort(-sim, axis=1)[:, :10]
+            rel = lab[top] == lab[:, None]
+            out[f"{name}/aqe-k{k}"] = {f"precision@{n}": round(float(rel[:, :n].mean()), 4) for n in (1, 5, 10)}
+        held_out = np.random.default_rng(0).random(len(vec)) < 0.2
+        q, db = vec[held_out], vec[~held_out]
+        out[f"{name}/split"] = precision_split(q, lab[held_out], db, lab[~held_out])
+        for k in (3, 5, 10):
+            idx, scores, _, _ = neighbours(db, k)
+            augmented = unit(db + (np.clip(scores, 0, None)[..., None] ** 3 * db[idx]).sum(axis=1))
+            out[f"{name}/split/dba-k{k}"] = precision_split(q, lab[held_out], augmented, lab[~held_out])
+    state = torch.load(efficientnet_lite0_weights(), weights_only=True)
+    weight, bias = state["_fc.weight"].numpy(), state["_fc.bias"].numpy()
+    logits = (x * 15.0) @ weight.T + bias  # 15 ≈ the mean norm of the pooled features before normalising
+    out["imagenet-logits"] = evaluate(unit(logits), lab).metrics
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--catalog", type=Path, required=True)
@@ -66,7 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-per-label", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("build/quality"))
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--postprocess-index", type=Path,
+                        help="instead: try re-ranking ideas on the stored vectors of this index")
     args = parser.parse_args(argv)
+    if args.postprocess_index:
+        results = postprocessing(args.postprocess_index, args.label_column, args.min_per_label)
+        print(json.dumps(results, indent=2))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "postprocessing.json").write_text(json.dumps(results, indent=2))
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     rows = labelled_rows(args.catalog, args.label_column, args.min_per_label)
     labels = np.array([r[args.label_column] for r in rows])

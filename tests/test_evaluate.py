@@ -73,7 +73,7 @@ def test_calibration_maps_threshold_to_70_percent():
     vectors = unit_rows(*(centres[[int(lbl) for lbl in labels]] + 0.6 * rng.normal(size=(200, 16))))
     fitted = fit_calibration(vectors, labels)
     cal = Calibration(fitted["points"])
-    assert fitted["same_label_kept"] > 0.8 and fitted["different_label_dropped"] > 0.8
+    assert fitted["matches_kept"] > 0.8 and fitted["different_label_dropped"] > 0.8
     assert cal.percent(fitted["threshold_cosine"]) == pytest.approx(70.0)
     assert cal.cosine(70.0) == pytest.approx(fitted["threshold_cosine"])
     assert cal.percent(1.0) == 100.0 and cal.cosine(0) == -1.0
