@@ -58,13 +58,18 @@ class BuildReport:
     reused: int = 0
     resumed: int = 0
 
+    @property
+    def left_out(self) -> list[RowError]:
+        return [e for e in self.errors if e.stage != "warning"]
+
     def summary(self) -> str:
+        warnings = len(self.errors) - len(self.left_out)
         lines = [
             f"index {self.output} version {self.version} ({self.backbone})",
             f"  indexed {self.indexed} products: {self.embedded} embedded, {self.reused} reused from "
             f"the previous version, {self.resumed} from the vector cache; {self.downloaded} downloaded, "
             f"{self.cache_hits} from cache",
-            f"  {len(self.errors)} row(s) left out" + (":" if self.errors else ""),
+            f"  {len(self.left_out)} row(s) left out, {warnings} warning(s)" + (":" if self.errors else ""),
         ]
         lines += [f"    line {e.line} id={e.id!r} [{e.stage}] {e.error}" for e in self.errors[:50]]
         if len(self.errors) > 50:
@@ -182,7 +187,9 @@ def build_index(
     manifest = {
         "backbone": backbone,
         "catalog": {"path": str(catalog), "root": str(catalog.parent)},
-        "build": {"rows": len(rows) + sum(e.stage == "catalog" for e in errors), "errors": len(errors),
+        "build": {"rows": len(rows) + sum(e.stage == "catalog" for e in errors),
+                  "errors": sum(e.stage != "warning" for e in errors),
+                  "warnings": sum(e.stage == "warning" for e in errors),
                   "embedded": embedded, "reused": reused, "resumed": resumed},
     }
     index = IndexData(embeddings=matrix, products=kept, manifest=manifest)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -11,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("id", "name", "category", "price", "image_url")
+#: Cells a spreadsheet would run as a formula (CSV injection); "-20% off" and "+91..." are not flagged.
+FORMULA = re.compile(r"^(=|@|[+-][^\d\s.,%]|\t|\r)")
 #: Longest accepted cell; longer ones are almost always a broken quote swallowing the file.
 MAX_FIELD = 10_000
 
@@ -122,4 +125,8 @@ def read_catalog(path: Path) -> tuple[list[dict], list[RowError]]:
             seen[pid] = line
             row["line"] = line
             rows.append(row)
+            formulas = [k for k, v in row.items() if isinstance(v, str) and FORMULA.match(v)]
+            if formulas:  # kept (it is just text to us), but flagged: it would run in a spreadsheet
+                errors.append(RowError(line, pid, url, "warning", f"formula-looking cell in {', '.join(formulas)}: "
+                                       "kept as text, neutralised in reports"))
     return rows, errors

@@ -52,6 +52,14 @@ def test_missing_file(tmp_path):
         read_catalog(tmp_path / "none.csv")
 
 
+def test_formula_cells_are_kept_but_reported(tmp_path):
+    path = catalog(tmp_path, b'1,=HYPERLINK("http://x"),c,,a.jpg\n2,-20% off shirt,c,,b.jpg\n3,@SUM(A1),+cmd,,c.jpg\n')
+    rows, errors = read_catalog(path)
+    assert [r["id"] for r in rows] == ["1", "2", "3"]
+    assert [(e.id, e.stage) for e in errors] == [("1", "warning"), ("3", "warning")]
+    assert "name" in errors[0].error and "name, category" in errors[1].error
+
+
 def test_formula_cells_are_inert_in_the_error_report():
     report = errors_csv([RowError(2, "=cmd|' /C calc'!A0", "@SUM(1)", "catalog", "duplicate id")])
     row = next(csv.DictReader(io.StringIO(report.decode())))
@@ -75,4 +83,6 @@ def test_any_rows_are_kept_or_reported_never_raise(tmp_path, records):
     assert len(ids) == len(set(ids))  # ids are unique after parsing
     assert all(r["id"] and r["image_url"] for r in rows)
     assert all(r["price"] is None or r["price"] >= 0 for r in rows)
-    assert len(rows) + len(errors) <= len(records)  # blank records may vanish, nothing is invented
+    left_out = [e for e in errors if e.stage != "warning"]
+    assert len(rows) + len(left_out) <= len(records)  # blank records may vanish, nothing is invented
+    assert {e.id for e in errors if e.stage == "warning"} <= set(ids)  # warnings are about kept rows
