@@ -143,8 +143,10 @@ def similar_page(product_id: str):
     params = _params()
     threshold, top_k, category = search_options(params)
     svc = service()
+    index = svc.require_index()
     hits = svc.similar(product_id, threshold, top_k, category)
-    anchor = svc.require_index().products[svc.require_index().row_of[str(product_id)]]
+    row = index.row_of.get(str(product_id))  # None only if a new version without it was swapped in meanwhile
+    anchor = index.products[row] if row is not None else None
     return render_page(hits=hits, threshold=threshold, top_k=top_k, category=category, searched=True,
                        anchor=anchor)
 
