@@ -5,13 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv mar demo test lint clean
+.PHONY: help venv mar demo test lint bench clean
 
 help:
 	@echo "make demo   - build the model archive, start TorchServe, index the sample catalog, serve http://127.0.0.1:5000"
 	@echo "make test   - install what the tests need and run them (starts its own TorchServe)"
 	@echo "make mar    - build model_store/embedding.mar"
 	@echo "make lint   - ruff"
+	@echo "make bench  - embedding throughput: TorchServe batching vs none vs in-process, as ratios"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -37,6 +38,10 @@ test: venv
 
 lint: venv
 	$(BIN)/ruff check .
+
+# Throughput ratios measured in one run (TorchServe batching on vs off, vs in-process); see scripts/bench.py.
+bench: venv
+	$(BIN)/python scripts/bench.py
 
 clean:
 	rm -rf $(VENV) index logs model_store/*.mar model_store/*.json .pytest_cache
