@@ -21,7 +21,7 @@ from catalog.fetch import DEFAULT_CACHE
 from catalog.store import IndexNotFound, open_store, read_current
 
 
-def load_or_build(catalog: Path, index_dir: Path, embedder_kind: str, torchserve_url: str):
+def load_or_build(catalog: Path, index_dir: Path, embedder_kind: str, torchserve_url: str, cache_dir: Path):
     store = open_store(index_dir)
     try:
         return read_current(store)
@@ -37,7 +37,7 @@ def load_or_build(catalog: Path, index_dir: Path, embedder_kind: str, torchserve
         from handlers.client import TorchServeClient
 
         embedder = TorchServeClient(torchserve_url)
-    print(build_index(catalog, index_dir, embedder, DEFAULT_CACHE).summary(), file=sys.stderr)
+    print(build_index(catalog, index_dir, embedder, cache_dir).summary(), file=sys.stderr)
     return read_current(store)
 
 
@@ -82,11 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embedder", choices=("local", "torchserve"), default="local")
     parser.add_argument("--torchserve-url", default="http://127.0.0.1:8080")
     parser.add_argument("--out", type=Path, default=Path("build/evaluation"))
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="image download cache")
     parser.add_argument("--no-whitening", action="store_true",
                         help="evaluate the plain pooled features, ignoring the index's whitening")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    index = load_or_build(args.catalog, args.index or args.out / "index", args.embedder, args.torchserve_url)
+    index = load_or_build(args.catalog, args.index or args.out / "index", args.embedder, args.torchserve_url,
+                          args.cache_dir)
     keep = {r["id"] for r in labelled_rows(args.catalog, args.label_column, args.min_per_label)}
     rows = [i for i, p in enumerate(index.products) if str(p["id"]) in keep]
     if len(rows) < 2:

@@ -88,12 +88,13 @@ def test_too_few_labels_stays_uncalibrated():
 
 
 def test_evaluate_cli_on_the_sample_catalog(tmp_path, capsys):
-    assert evaluate_cli(["--catalog", str(DEMO_CSV), "--out", str(tmp_path), "--min-per-label", "20"]) == 0
+    cache = ["--cache-dir", str(tmp_path / "cache" / "images")]
+    assert evaluate_cli(["--catalog", str(DEMO_CSV), "--out", str(tmp_path), "--min-per-label", "20", *cache]) == 0
     report = json.loads((tmp_path / "evaluation.json").read_text())
     assert report["metrics"]["queries"] == 240 and report["metrics"]["labels"] == 12
     assert report["metrics"]["precision@5"] >= 0.6
     assert set(report["per_label"]) >= {"Watches", "Heels"} and report["scores"]["same_label"]["pairs"] == 12 * 190
     assert "| precision@1 |" in (tmp_path / "evaluation.md").read_text()
     # Reuses the index it built: the second run embeds nothing.
-    assert evaluate_cli(["--catalog", str(DEMO_CSV), "--out", str(tmp_path)]) == 0
+    assert evaluate_cli(["--catalog", str(DEMO_CSV), "--out", str(tmp_path), *cache]) == 0
     assert json.loads((tmp_path / "evaluation.json").read_text())["metrics"] == report["metrics"]
