@@ -44,4 +44,4 @@ bench: venv
 	$(BIN)/python scripts/bench.py
 
 clean:
-	rm -rf $(VENV) index logs model_store/*.mar model_store/*.json .pytest_cache
+	rm -rf $(VENV) index logs model_store/*.mar .pytest_cache

@@ -59,6 +59,5 @@ def build_archive(
         if done.returncode != 0:
             raise RuntimeError(f"torch-model-archiver failed: {done.stderr.strip() or done.stdout.strip()}")
     path = output / f"{model_name}.mar"
-    (output / f"{model_name}.json").write_text(json.dumps(meta, indent=2))
     log.info("wrote %s serving %s", path, model_id)
     return path, model_id

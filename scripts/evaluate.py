@@ -60,14 +60,14 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {s['pairs']} | {s['p5']} | {s['p25']} | {s['p50']} | {s['p75']} | {s['p95']} |")
     t = report["threshold"]
     lines += ["", f"Best separating cosine: {t['cosine']} (keeps {t['same_label_kept']:.1%} of same-label pairs, "
-              f"drops {t['different_label_dropped']:.1%} of different-label pairs).", "",
-              "| label | products | precision@1 | precision@10 |", "| --- | --- | --- | --- |"]
+              f"drops {t['different_label_dropped']:.1%} of different-label pairs).", ""]
     cal = report.get("calibration") or {}
     if "threshold_cosine" in cal and not report.get("whitening_ignored"):
-        lines[-3:-3] = [f"Calibration stored in the index: 70% = cosine {cal['threshold_cosine']} (keeps "
-                        f"{cal['matches_kept']:.1%} of same-category nearest matches, drops "
-                        f"{cal['different_label_dropped']:.1%} of unrelated pairs); 40% = cosine "
-                        f"{cal['unrelated_median_cosine']:.3f}, the median unrelated pair.", ""]
+        lines += [f"Calibration stored in the index: 70% = cosine {cal['threshold_cosine']} (keeps "
+                  f"{cal['matches_kept']:.1%} of same-category nearest matches, drops "
+                  f"{cal['different_label_dropped']:.1%} of unrelated pairs); 40% = cosine "
+                  f"{cal['unrelated_median_cosine']:.3f}, the median unrelated pair.", ""]
+    lines += ["| label | products | precision@1 | precision@10 |", "| --- | --- | --- | --- |"]
     for name, s in sorted(report["per_label"].items(), key=lambda kv: -kv[1]["precision@10"]):
         lines.append(f"| {name} | {s['count']} | {s['precision@1']:.3f} | {s['precision@10']:.3f} |")
     return "\n".join(lines) + "\n"

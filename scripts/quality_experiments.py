@@ -64,8 +64,9 @@ def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def expanded_queries(x: np.ndarray, k: int, alpha: float) -> np.ndarray:
-    """alpha-query expansion: each query plus its top-k neighbours (itself excluded), weighted by sim^alpha."""
+def neighbour_average(x: np.ndarray, k: int, alpha: float = 3.0) -> np.ndarray:
+    """Each row plus its top-k neighbours (itself excluded), weighted by sim^alpha: the query side of
+    alpha-query expansion, or the database side of DBA."""
     idx, scores, _, _ = neighbours(x, k)
     return unit(x + (np.clip(scores, 0, None)[..., None] ** alpha * x[idx]).sum(axis=1))
 
@@ -89,7 +90,7 @@ def postprocessing(index_dir: Path, label_column: str, min_per_label: int) -> di
     out: dict[str, dict] = {"plain": evaluate(x, lab).metrics, "whiten-d512-p0.5": evaluate(white, lab).metrics}
     for name, vec in (("plain", x), ("whiten-d512-p0.5", white)):
         for k in (3, 5, 10):
-            q = expanded_queries(vec, k, 3.0)
+            q = neighbour_average(vec, k)
             sim = q @ vec.T
             np.fill_diagonal(sim, -np.inf)
             top = np.argsort(-sim, axis=1)[:, :10]
@@ -99,8 +100,7 @@ def postprocessing(index_dir: Path, label_column: str, min_per_label: int) -> di
         q, db = vec[held_out], vec[~held_out]
         out[f"{name}/split"] = precision_split(q, lab[held_out], db, lab[~held_out])
         for k in (3, 5, 10):
-            idx, scores, _, _ = neighbours(db, k)
-            augmented = unit(db + (np.clip(scores, 0, None)[..., None] ** 3 * db[idx]).sum(axis=1))
+            augmented = neighbour_average(db, k)
             out[f"{name}/split/dba-k{k}"] = precision_split(q, lab[held_out], augmented, lab[~held_out])
     state = torch.load(efficientnet_lite0_weights(), weights_only=True)
     weight, bias = state["_fc.weight"].numpy(), state["_fc.bias"].numpy()

@@ -74,14 +74,13 @@ def test_fetch_connects_to_the_checked_address(http_server, monkeypatch):
 
 
 def test_redirects_checked_and_bounded(http_server):
-    target = http_server.add("/final.jpg", demo_image("10109"))
+    http_server.add("/final.jpg", demo_image("10109"))
     http_server.add("/r1", b"", status=302, Location="/final.jpg")
     assert safe_get(http_server.url + "/r1", 10_000_000, 5, allow_private=True) == demo_image("10109")
     for i in range(5):
         http_server.add(f"/loop{i}", b"", status=302, Location=f"/loop{i + 1}")
     with pytest.raises(UnsafeURL, match="redirected more than 3 times"):
         safe_get(http_server.url + "/loop0", 10_000_000, 5, allow_private=True)
-    assert target
 
 
 @pytest.mark.parametrize("location, reason", [("http://169.254.169.254/latest/", "link-local"),
