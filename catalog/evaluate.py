@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from catalog.category_first import Grouping
 from catalog.reader import read_catalog
 
 BINS = np.linspace(-1.0, 1.0, 401)  # 0.005-wide histogram bins over the cosine range
@@ -60,8 +61,13 @@ def average_precision_at_k(relevant: np.ndarray, n_relevant: np.ndarray, k: int)
         return np.where(denom > 0, (precision * rel).sum(axis=1) / denom, np.nan)
 
 
-def neighbours(embeddings: np.ndarray, k: int, block: int = 1024, labels: np.ndarray | None = None):
-    """Top-k neighbours of every row (itself excluded) and, if labels are given, pair-score histograms."""
+def neighbours(embeddings: np.ndarray, k: int, block: int = 1024, labels: np.ndarray | None = None,
+               grouping: Grouping | None = None):
+    """Top-k neighbours of every row (itself excluded) and, if labels are given, pair-score histograms.
+
+    With ``grouping``, each row's neighbours are ranked category-first, as the gateway ranks them: the
+    category guessed from the row's nearest other products comes first (the row's own label is not used).
+    """
     n = len(embeddings)
     k = min(k, n - 1)
     idx = np.empty((n, k), dtype=np.int64)
@@ -78,18 +84,24 @@ def neighbours(embeddings: np.ndarray, k: int, block: int = 1024, labels: np.nda
             same_hist += np.histogram(np.clip(sim[same & upper], -1, 1), BINS)[0]
             diff_hist += np.histogram(np.clip(sim[~same & upper], -1, 1), BINS)[0]
         sim[rows, rows + start] = -np.inf
-        part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(sim, part, axis=1), axis=1, kind="stable")
+        key = sim if grouping is None else grouping.keys(sim, grouping.guess(sim)[0])
+        part = np.argpartition(-key, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(key, part, axis=1), axis=1, kind="stable")
         idx[start:stop] = np.take_along_axis(part, order, axis=1)
         scores[start:stop] = np.take_along_axis(sim, idx[start:stop], axis=1)
     return idx, scores, same_hist, diff_hist
 
 
-def evaluate(embeddings: np.ndarray, labels: list[str] | np.ndarray, ks: tuple[int, ...] = (1, 5, 10)) -> Evaluation:
-    """Leave-one-out retrieval metrics for L2-normalised ``embeddings`` labelled by ``labels``."""
+def evaluate(embeddings: np.ndarray, labels: list[str] | np.ndarray, ks: tuple[int, ...] = (1, 5, 10),
+             grouping: Grouping | None = None) -> Evaluation:
+    """Leave-one-out retrieval metrics for L2-normalised ``embeddings`` labelled by ``labels``.
+
+    ``grouping`` (built over the same rows) ranks category-first, as the gateway does by default.
+    """
     labels = np.asarray(labels)
     kmax = max(ks)
-    idx, _, same_hist, diff_hist = neighbours(np.asarray(embeddings, dtype=np.float32), kmax, labels=labels)
+    idx, _, same_hist, diff_hist = neighbours(np.asarray(embeddings, dtype=np.float32), kmax, labels=labels,
+                                              grouping=grouping)
     relevant = labels[idx] == labels[:, None]
     names, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     n_relevant = counts[inverse] - 1

@@ -26,6 +26,8 @@ class Config:
     #: Default minimum similarity, in percent of cosine similarity (70 → cosine ≥ 0.70).
     default_threshold: float = 70.0
     default_top_k: int = 12
+    #: Rank the query's guessed category first (see catalog/category_first.py); per request: category_first.
+    category_first: bool = True
     max_top_k: int = 100
     #: Folder with the catalog's local images; default: the folder the index was built from.
     catalog_dir: str = ""

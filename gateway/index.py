@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from catalog.calibration import Calibration
+from catalog.category_first import Grouping
 from catalog.store import IndexData, LocalStore, current_version, open_store, read_current, read_version, save_copy
 from gateway.search import ExactSearch
 
@@ -38,6 +39,8 @@ class CatalogIndex:
         self.whitening = data.whitening()
         self.engine = ExactSearch(self.whitening.apply(data.embeddings) if self.whitening else data.embeddings)
         self.calibration = Calibration.from_manifest(data.manifest)
+        self.grouping, self.group_names = Grouping.from_labels(
+            [str(p.get("category", "")).strip() for p in self.products], self.calibration.percent)
 
     def prepare(self, query: np.ndarray) -> np.ndarray:
         """A model vector (as TorchServe returns it) → the search space of this index."""

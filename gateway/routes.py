@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from catalog.calibration import UNCALIBRATED
 from catalog.fetch import FetchError, is_remote, resolve_local
 from gateway.images import QueryImageError, check_image, fetch_url
-from gateway.service import Hit, SearchService, ServiceError
+from gateway.service import Hit, Results, SearchService, ServiceError
 
 log = logging.getLogger(__name__)
 bp = Blueprint("photo", __name__)
@@ -55,12 +55,28 @@ def _number(params: dict, name: str, default: float, low: float, high: float, ki
     return value
 
 
-def search_options(params: dict) -> tuple[float, int, str | None]:
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _flag(params: dict, name: str, default: bool) -> bool:
+    raw = params.get(name)
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return default
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text not in TRUE + FALSE:
+        raise ServiceError(400, f"{name} must be true or false, got {raw!r}")
+    return text in TRUE
+
+
+def search_options(params: dict) -> dict:
+    """threshold, top_k, category and category_first from the request, checked."""
     cfg = service().config
-    threshold = _number(params, "threshold", cfg.default_threshold, 0, 100)
-    top_k = _number(params, "top_k", cfg.default_top_k, 1, cfg.max_top_k, kind=int)
-    category = str(params.get("category") or "").strip() or None
-    return threshold, top_k, category
+    return {"threshold": _number(params, "threshold", cfg.default_threshold, 0, 100),
+            "top_k": _number(params, "top_k", cfg.default_top_k, 1, cfg.max_top_k, kind=int),
+            "category": str(params.get("category") or "").strip() or None,
+            "category_first": _flag(params, "category_first", cfg.category_first)}
 
 
 def query_image(params: dict) -> bytes:
@@ -99,10 +115,12 @@ def result_json(hit: Hit) -> dict:
             "similarity": hit.percent}
 
 
-def api_answer(hits: list[Hit], started: float) -> Response:
+def api_answer(found: Results, started: float) -> Response:
     index = service().require_index()
-    return jsonify(results=[result_json(h) for h in hits], model=index.backbone, index_version=index.version,
-                   took_ms=round((time.perf_counter() - started) * 1000, 1))
+    guess = found.guess and {"category": found.guess.category, "confidence": found.guess.confidence,
+                             "source": found.guess.source, "results": found.first_group}
+    return jsonify(results=[result_json(h) for h in found.hits], category_first=guess, model=index.backbone,
+                   index_version=index.version, took_ms=round((time.perf_counter() - started) * 1000, 1))
 
 
 # --------------------------------------------------------------------------- pages
@@ -118,6 +136,7 @@ def render_page(status: int = 200, **context) -> tuple[str, int]:
         else None,
         threshold=context.pop("threshold", svc.config.default_threshold),
         top_k=context.pop("top_k", svc.config.default_top_k),
+        category_first=context.pop("category_first", svc.config.category_first),
         image_link=image_link,
         **context,
     ), status
@@ -132,23 +151,21 @@ def home():
 def search_page():
     started = time.perf_counter()
     params = _params()
-    threshold, top_k, category = search_options(params)
-    hits = service().search_image(query_image(params), threshold, top_k, category)
-    return render_page(hits=hits, threshold=threshold, top_k=top_k, category=category, searched=True,
-                       image_url=params.get("image_url"), took_ms=round((time.perf_counter() - started) * 1000))
+    options = search_options(params)
+    found = service().search_image(query_image(params), **options)
+    return render_page(found=found, searched=True, image_url=params.get("image_url"),
+                       took_ms=round((time.perf_counter() - started) * 1000), **options)
 
 
 @bp.get("/products/<product_id>/similar")
 def similar_page(product_id: str):
-    params = _params()
-    threshold, top_k, category = search_options(params)
+    options = search_options(_params())
     svc = service()
     index = svc.require_index()
-    hits = svc.similar(product_id, threshold, top_k, category)
+    found = svc.similar(product_id, **options)
     row = index.row_of.get(str(product_id))  # None only if a new version without it was swapped in meanwhile
     anchor = index.products[row] if row is not None else None
-    return render_page(hits=hits, threshold=threshold, top_k=top_k, category=category, searched=True,
-                       anchor=anchor)
+    return render_page(found=found, searched=True, anchor=anchor, **options)
 
 
 # --------------------------------------------------------------------------- JSON API
@@ -158,15 +175,14 @@ def similar_page(product_id: str):
 def api_search():
     started = time.perf_counter()
     params = _params()
-    threshold, top_k, category = search_options(params)
-    return api_answer(service().search_image(query_image(params), threshold, top_k, category), started)
+    options = search_options(params)
+    return api_answer(service().search_image(query_image(params), **options), started)
 
 
 @bp.get("/api/products/<product_id>/similar")
 def api_similar(product_id: str):
     started = time.perf_counter()
-    threshold, top_k, category = search_options(_params())
-    return api_answer(service().similar(product_id, threshold, top_k, category), started)
+    return api_answer(service().similar(product_id, **search_options(_params())), started)
 
 
 @bp.get("/openapi.json")

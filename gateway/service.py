@@ -11,6 +11,7 @@ import numpy as np
 
 from gateway.config import Config
 from gateway.index import CatalogIndex, IndexManager
+from gateway.search import top_rows
 from handlers.client import TorchServeClient, TorchServeError
 from handlers.imaging import ImageError
 
@@ -35,6 +36,29 @@ class Hit:
     @property
     def percent(self) -> float:
         return round(self.similarity, 1)
+
+
+@dataclass(frozen=True)
+class Guess:
+    """The category ranked first: guessed by a vote of the nearest products, or the anchor product's own."""
+
+    category: str
+    confidence: float  # the winner's share of the vote weight (1.0 for a product's own category)
+    source: str  # "vote" or "product"
+
+
+@dataclass(frozen=True)
+class Results:
+    hits: list[Hit]
+    guess: Guess | None  # None: ranked by similarity alone
+
+    @property
+    def first_group(self) -> int:
+        """How many leading hits are in the guessed category."""
+        if self.guess is None:
+            return 0
+        return next((i for i, h in enumerate(self.hits) if str(h.product.get("category", "")).strip()
+                     != self.guess.category), len(self.hits))
 
 
 class SearchService:
@@ -68,25 +92,48 @@ class SearchService:
                                     "rebuild the index or deploy the matching model archive")
         return vector
 
-    def search_image(self, image: bytes, threshold: float, top_k: int, category: str | None = None) -> list[Hit]:
+    def search_image(self, image: bytes, threshold: float, top_k: int, category: str | None = None,
+                     category_first: bool = True) -> Results:
+        """Products that look like ``image``; with ``category_first`` its guessed category ranks first."""
         index = self.require_index()
         vector = index.prepare(self.embed(image, index))
-        return self._rank(index, vector, threshold, top_k, index.category_mask(category))
+        scores = index.engine.scores(vector, index.category_mask(category))
+        guess = self._vote(index, scores) if category_first and not category else None
+        return self._rank(index, scores, threshold, top_k, guess)
 
-    def similar(self, product_id: str, threshold: float, top_k: int, category: str | None = None) -> list[Hit]:
-        """More like this: the stored vector of a product, the product itself left out. No model call."""
+    def similar(self, product_id: str, threshold: float, top_k: int, category: str | None = None,
+                category_first: bool = True) -> Results:
+        """More like this: the stored vector of a product, the product itself left out. No model call.
+
+        Category-first here means the product's own category first (no guessing needed)."""
         index = self.require_index()
         row = index.row_of.get(str(product_id))
         if row is None:
             raise ServiceError(404, f"no product with id {product_id!r} in the catalog")
         mask = np.ones(len(index), dtype=bool) if category is None else index.category_mask(category).copy()
         mask[row] = False
-        return self._rank(index, index.vector(row), threshold, top_k, mask)
+        scores = index.engine.scores(index.vector(row), mask)
+        code = int(index.grouping.codes[row])
+        guess = Guess(index.group_names[code], 1.0, "product") if category_first and not category and code >= 0 \
+            else None
+        return self._rank(index, scores, threshold, top_k, guess)
 
     @staticmethod
-    def _rank(index: CatalogIndex, vector: np.ndarray, threshold: float, top_k: int, mask) -> list[Hit]:
-        found = index.engine.search(vector, top_k, index.calibration.cosine(threshold), mask)
-        return [Hit(index.products[row], score, float(index.calibration.percent(score))) for row, score in found]
+    def _vote(index: CatalogIndex, scores: np.ndarray) -> Guess | None:
+        winner, share = index.grouping.guess(scores)
+        if winner[0] < 0:
+            return None
+        return Guess(index.group_names[int(winner[0])], round(float(share[0]), 3), "vote")
+
+    @staticmethod
+    def _rank(index: CatalogIndex, scores: np.ndarray, threshold: float, top_k: int, guess: Guess | None
+              ) -> Results:
+        keys = None
+        if guess is not None:
+            keys = index.grouping.keys(scores, [index.group_names.index(guess.category)])[0]
+        found = top_rows(scores, top_k, index.calibration.cosine(threshold), keys)
+        hits = [Hit(index.products[row], score, float(index.calibration.percent(score))) for row, score in found]
+        return Results(hits, guess)
 
     def readiness(self) -> tuple[bool, str]:
         """Index loaded, TorchServe answering, and serving the index's backbone. Cached briefly."""

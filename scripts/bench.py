@@ -5,7 +5,7 @@
 1. TorchServe with request batching (batchSize 8) vs without (batchSize 1), same archive, same
    concurrent client (8 requests in flight), same images: images per second and the ratio.
 2. The in-process embedder (batch 32) on the same images, as a reference for TorchServe's overhead.
-3. Exact search latency over the catalog-sized matrix.
+3. Exact search latency over the catalog-sized matrix, and category-first ranking's cost on top of it.
 Writes ``build/bench.json``. Loopback only; every loop is bounded by ``--n``.
 """
 
@@ -20,11 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.search import ExactSearch
+from catalog.calibration import UNCALIBRATED, Calibration
+from catalog.category_first import Grouping
+from gateway.search import ExactSearch, top_rows
 from handlers.archive import build_archive
 from handlers.client import TorchServeClient
 from handlers.embedder import Embedder
 from handlers.serving import REPO, TorchServe, models_setting
+
+UNCALIBRATED_PERCENT = Calibration(UNCALIBRATED).percent
 
 
 def torchserve_throughput(store: Path, workdir: Path, batch: int, blobs: list[bytes]) -> float:
@@ -80,12 +84,22 @@ def main(argv: list[str] | None = None) -> int:
     for q in queries:
         engine.search(q, 12)
     report["exact_search_10k_x_1280_ms"] = round((time.perf_counter() - started) / len(queries) * 1000, 3)
+    # category-first ranking (the gateway's default): the vote and grouping on top of the same scores
+    grouping, _ = Grouping.from_labels([f"c{i % 40}" for i in range(len(matrix))], UNCALIBRATED_PERCENT)
+    started = time.perf_counter()
+    for q in queries:
+        scores = engine.scores(q)
+        top_rows(scores, 12, keys=grouping.keys(scores, grouping.guess(scores)[0])[0])
+    report["category_first_search_10k_x_1280_ms"] = round((time.perf_counter() - started) / len(queries) * 1000, 3)
+    report["category_first_vs_similarity_alone"] = round(
+        report["category_first_search_10k_x_1280_ms"] / report["exact_search_10k_x_1280_ms"], 2)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     print(f"\nTorchServe batching (batchSize 8 vs 1, 8 requests in flight): {report['batching_speedup']}x throughput")
     print(f"TorchServe batch 8 vs in-process embedder: {report['torchserve_batch8_vs_in_process']}x")
+    print(f"Category-first vs similarity alone (10k x 1280): {report['category_first_vs_similarity_alone']}x time")
     return 0
 
 

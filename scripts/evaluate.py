@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from catalog.calibration import UNCALIBRATED, Calibration, fit_calibration
+from catalog.category_first import Grouping
 from catalog.evaluate import evaluate, fit_threshold, labelled_rows
 from catalog.fetch import DEFAULT_CACHE
 from catalog.store import IndexNotFound, open_store, read_current
@@ -43,15 +45,21 @@ def load_or_build(catalog: Path, index_dir: Path, embedder_kind: str, torchserve
 
 def markdown(report: dict) -> str:
     m = report["metrics"]
-    lines = [
+    lines: list[str] = [
         f"# Retrieval quality: {report['catalog']}",
         "",
         f"Backbone `{report['backbone']}`, {m['queries']} queries over {m['labels']} labels "
-        f"(`{report['label_column']}`, ≥ {report['min_per_label']} products each), leave-one-out.",
+        f"(`{report['label_column']}`, ≥ {report['min_per_label']} products each), leave-one-out, "
+        f"{'whitened' if report['whitening'] else 'plain'} vectors.",
         "",
-        "| precision@1 | precision@5 | precision@10 | mAP@10 |",
-        "| --- | --- | --- | --- |",
-        f"| {m['precision@1']:.4f} | {m['precision@5']:.4f} | {m['precision@10']:.4f} | {m['mAP@10']:.4f} |",
+        "| ranking | precision@1 | precision@5 | precision@10 | mAP@10 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    rows = [("category-first (the gateway's default)", m), ("similarity alone", report["visual_only_metrics"])]
+    for name, r in rows if report["category_first"] else rows[1:]:
+        lines.append(f"| {name} | {r['precision@1']:.4f} | {r['precision@5']:.4f} | {r['precision@10']:.4f} "
+                     f"| {r['mAP@10']:.4f} |")
+    lines += [
         "",
         "| scores (cosine) | pairs | p5 | p25 | p50 | p75 | p95 |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -85,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="image download cache")
     parser.add_argument("--no-whitening", action="store_true",
                         help="evaluate the plain pooled features, ignoring the index's whitening")
+    parser.add_argument("--no-category-first", action="store_true",
+                        help="rank by similarity alone (the gateway's category_first=false)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     index = load_or_build(args.catalog, args.index or args.out / "index", args.embedder, args.torchserve_url,
@@ -97,11 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     labels = np.array([index.products[i][args.label_column] for i in rows])
     whitening = None if args.no_whitening else index.whitening()  # the space the gateway searches
     vectors = (whitening.apply(index.embeddings) if whitening else index.embeddings)[rows]
-    result = evaluate(vectors, labels)
+    calibration = index.manifest.get("calibration") if whitening or not index.whitening() \
+        else fit_calibration(vectors, list(labels))  # the scale a build without whitening would store
+    percent = Calibration((calibration or {}).get("points") or UNCALIBRATED).percent
+    grouping, _ = Grouping.from_labels(list(labels), percent)
+    result = evaluate(vectors, labels, grouping=None if args.no_category_first else grouping)
+    visual = evaluate(vectors, labels) if not args.no_category_first else result
     report = {"catalog": str(args.catalog), "backbone": index.backbone, "label_column": args.label_column,
               "index_version": index.version, "whitening": index.manifest.get("whitening") if whitening else None,
               "whitening_ignored": args.no_whitening,
-              "min_per_label": args.min_per_label, **result.as_dict(),
+              "min_per_label": args.min_per_label, "category_first": not args.no_category_first,
+              **result.as_dict(), "visual_only_metrics": visual.metrics,
               "threshold": fit_threshold(result.same_hist, result.diff_hist),
               "calibration": index.manifest.get("calibration")}
     (args.out / "evaluation.json").write_text(json.dumps(report, indent=2))

@@ -9,7 +9,12 @@ with and without a catalog-fitted PCA-whitening. Results go to ``<out>/experimen
 
     python scripts/quality_experiments.py --catalog ... --postprocess-index build/evaluation/index
 
-tries re-ranking ideas on an index's stored vectors instead (``<out>/postprocessing.json``).
+tries re-ranking ideas on an index's stored vectors instead (``<out>/postprocessing.json``), and
+
+    python scripts/quality_experiments.py --catalog ... --category-first-index build/evaluation/index
+
+sweeps the category-first vote (``k`` × temperature) on plain and whitened vectors: the queries are split
+in two halves, the setting is chosen on half A and reported on half B (``<out>/category_first.json``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import numpy as np
 import torch
 from torchvision import transforms
 
+from catalog.calibration import Calibration, fit_calibration
+from catalog.category_first import CategoryVote, Grouping
 from catalog.evaluate import evaluate, labelled_rows, neighbours
 from catalog.fetch import ImageSource
 from catalog.store import open_store, read_current
@@ -109,6 +116,37 @@ def postprocessing(index_dir: Path, label_column: str, min_per_label: int) -> di
     return out
 
 
+VOTE_GRID = [(k, t) for k in (1, 5, 10, 20) for t in (1.0, 2.0, 4.0, 8.0)]
+
+
+def category_first_sweep(index_dir: Path, label_column: str, min_per_label: int) -> dict:
+    """Leave-one-out p@1/p@10 of category-first ranking for each vote setting, on query halves A and B."""
+    index = read_current(open_store(index_dir))
+    labels = np.array([str(p.get(label_column, "")) for p in index.products])
+    names, counts = np.unique(labels, return_counts=True)
+    keep = np.isin(labels, names[counts >= min_per_label]) & (labels != "")
+    x, lab = index.embeddings[keep], labels[keep]
+    half_a = np.random.default_rng(0).random(len(lab)) < 0.5
+    out: dict[str, dict] = {}
+    spaces = {"plain": x}
+    if index.whitening() is not None:
+        spaces["whitened"] = index.whitening().apply(x)
+    for space, vec in spaces.items():
+        percent = Calibration(fit_calibration(vec, list(lab))["points"]).percent
+        settings = [("similarity alone", None)] + [(f"k{k}-t{t:g}", CategoryVote(k, t)) for k, t in VOTE_GRID]
+        for name, vote in settings:
+            grouping = None if vote is None else Grouping.from_labels(list(lab), percent, vote)[0]
+            idx = neighbours(vec, 10, grouping=grouping)[0]
+            rel = lab[idx] == lab[:, None]
+            out[f"{space}/{name}"] = {f"{part}/precision@{n}": round(float(rel[rows, :n].mean()), 4)
+                                      for part, rows in (("A", half_a), ("B", ~half_a)) for n in (1, 10)}
+            print(f"  {space}/{name:16s} {out[f'{space}/{name}']}", flush=True)
+        tried = [key for key in out if key.startswith(f"{space}/k")]
+        best = max(tried, key=lambda key: (out[key]["A/precision@10"], out[key]["A/precision@1"]))
+        out[f"{space}/chosen on A"] = {"setting": best, **out[best]}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--catalog", type=Path, required=True)
@@ -118,7 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--postprocess-index", type=Path,
                         help="instead: try re-ranking ideas on the stored vectors of this index")
+    parser.add_argument("--category-first-index", type=Path,
+                        help="instead: sweep the category-first vote settings on this index")
     args = parser.parse_args(argv)
+    if args.category_first_index:
+        results = category_first_sweep(args.category_first_index, args.label_column, args.min_per_label)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "category_first.json").write_text(json.dumps(results, indent=2))
+        return 0
     if args.postprocess_index:
         results = postprocessing(args.postprocess_index, args.label_column, args.min_per_label)
         print(json.dumps(results, indent=2))

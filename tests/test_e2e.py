@@ -45,11 +45,15 @@ def test_ready_and_catalog_image_ranks_first(gateway):
 
 
 def test_same_category_precision_at_5(gateway):
-    """Leave-one-out over the sample catalog, every product's photo as a query through the whole stack."""
+    """Leave-one-out over the sample catalog, every product's photo as a query through the whole stack.
+
+    By similarity alone: the query's own photo is in the catalog, so a category-first vote would see its
+    label (scripts/evaluate.py measures category-first ranking without that leak)."""
     category = {p["id"]: p["category"] for p in PRODUCTS}
 
     def precision(product: dict) -> float:
-        results = search(gateway, demo_image(product["id"]), threshold="0", top_k="6").json()["results"]
+        results = search(gateway, demo_image(product["id"]), threshold="0", top_k="6",
+                         category_first="false").json()["results"]
         others = [r for r in results if r["id"] != product["id"]][:5]
         return sum(category[r["id"]] == product["category"] for r in others) / 5
 
@@ -58,6 +62,17 @@ def test_same_category_precision_at_5(gateway):
     p_at_5 = sum(scores) / len(scores)
     print(f"same-category precision@5 over {len(scores)} products: {p_at_5:.3f}")
     assert p_at_5 >= 0.6
+
+
+def test_category_first_by_default(gateway):
+    body = search(gateway, demo_image("10109"), threshold="0", top_k="30").json()
+    guess = body["category_first"]
+    assert guess["category"] == "Watches" and guess["source"] == "vote" and guess["results"] >= 1
+    assert [r["category"] == "Watches" for r in body["results"]] == [True] * guess["results"] + [False] * (
+        len(body["results"]) - guess["results"])
+    alone = search(gateway, demo_image("10109"), threshold="0", top_k="30", category_first="false").json()
+    assert alone["category_first"] is None
+    assert [r["score"] for r in alone["results"]] == sorted((r["score"] for r in alone["results"]), reverse=True)
 
 
 def test_image_url_query_and_html_page(gateway, http_server):
