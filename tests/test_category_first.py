@@ -167,7 +167,7 @@ def test_more_like_this_puts_the_products_own_category_first(hand_made):
 def test_page_says_which_category_comes_first(hand_made):
     client, stub = hand_made
     html = ask(client, stub.image_at(1), path="/search").get_data(as_text=True)
-    assert "Looks like <strong>B</strong>" in html and "3 shown first" in html
+    assert "Looks like <strong>B</strong>" in html and "so B come first, then other categories." in html
     assert html.index('class="divider"') > html.index("Product 3") and html.index('class="divider"') < html.index(
         "Product 1<")
     html = ask(client, stub.image_at(1), path="/search", category_first="0").get_data(as_text=True)
