@@ -95,6 +95,14 @@ def test_evaluate_cli_on_the_sample_catalog(tmp_path, capsys):
     assert report["metrics"]["precision@5"] >= 0.6
     assert set(report["per_label"]) >= {"Watches", "Heels"} and report["scores"]["same_label"]["pairs"] == 12 * 190
     assert "| precision@1 |" in (tmp_path / "evaluation.md").read_text()
+    # Ranked as the gateway ranks by default (category-first), with similarity alone reported beside it.
+    assert report["category_first"] is True
+    visual = report["visual_only_metrics"]
+    assert report["metrics"]["precision@10"] > visual["precision@10"]
+    assert report["metrics"]["precision@1"] >= visual["precision@1"]
+    assert "| similarity alone |" in (tmp_path / "evaluation.md").read_text()
     # Reuses the index it built: the second run embeds nothing.
     assert evaluate_cli(["--catalog", str(DEMO_CSV), "--out", str(tmp_path), *cache]) == 0
     assert json.loads((tmp_path / "evaluation.json").read_text())["metrics"] == report["metrics"]
+    assert evaluate_cli(["--catalog", str(DEMO_CSV), "--out", str(tmp_path), "--no-category-first", *cache]) == 0
+    assert json.loads((tmp_path / "evaluation.json").read_text())["metrics"] == visual
