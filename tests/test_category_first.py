@@ -162,6 +162,9 @@ def test_more_like_this_puts_the_products_own_category_first(hand_made):
     assert body["category_first"] == {"category": "A", "confidence": 1.0, "source": "product", "results": 2}
     body = client.get("/api/products/p1/similar?threshold=0&category_first=0").get_json()
     assert [r["id"] for r in body["results"]] == ["p2", "p0", "p3", "p4", "p5"]
+    html = client.get("/products/p1/similar?threshold=0").get_data(as_text=True)
+    assert "<strong>A</strong>\n      come first, like the product, then other categories." in html
+    assert "/products/p1/similar?category_first=0&amp;threshold=0" in html
 
 
 def test_page_says_which_category_comes_first(hand_made):
