@@ -130,6 +130,18 @@ def torchserve(model_store, tmp_path_factory) -> Iterator[TorchServe]:
         ts.stop()
 
 
+@pytest.fixture(scope="session")
+def demo_index(torchserve, tmp_path_factory) -> Path:
+    """The sample catalog indexed through the real TorchServe by the build CLI."""
+    from scripts.build_index import main as build_cli
+
+    out = tmp_path_factory.mktemp("e2e") / "index"
+    code = build_cli(["--catalog", str(DEMO_CSV), "--output", str(out), "--torchserve-url", torchserve.url,
+                      "--cache-dir", str(out.parent / "cache"), "--no-progress"])
+    assert code == 0
+    return out
+
+
 # --------------------------------------------------------------------------- in-process gateway
 
 

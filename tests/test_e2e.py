@@ -16,15 +16,6 @@ pytestmark = pytest.mark.integration
 PRODUCTS = list(csv.DictReader(DEMO_CSV.open()))
 
 
-@pytest.fixture(scope="module")
-def demo_index(torchserve, tmp_path_factory):
-    out = tmp_path_factory.mktemp("e2e") / "index"
-    code = build_cli(["--catalog", str(DEMO_CSV), "--output", str(out), "--torchserve-url", torchserve.url,
-                      "--cache-dir", str(out.parent / "cache"), "--no-progress"])
-    assert code == 0
-    return out
-
-
 @pytest.fixture
 def gateway(start_gateway, demo_index, torchserve, http_server):
     return start_gateway(INDEX_URI=str(demo_index), TORCHSERVE_URL=torchserve.url, ALLOW_PRIVATE_URLS="1",
