@@ -129,8 +129,8 @@ def build_index(
 ) -> BuildReport:
     """Build and publish a new index version for ``catalog`` at ``output``.
 
-    Catalogs with at least ``whiten_min`` products get a PCA-whitening fitted on them (0 disables it
-    only when set above the catalog size; see docs/QUALITY.md)."""
+    Catalogs with at least ``whiten_min`` products get a PCA-whitening fitted on them (a value above
+    the catalog size disables it; see docs/QUALITY.md)."""
     catalog = Path(catalog).resolve()
     rows, errors = read_catalog(catalog)
     store = open_store(output)

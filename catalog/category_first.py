@@ -57,18 +57,18 @@ class Grouping:
     """Category-first ranking over one catalog: its label codes, the vote, and the similarity scale."""
 
     codes: np.ndarray  # label code per catalog row, -1 for unlabelled
-    n_labels: int
+    names: list[str]  # the label of each code, sorted
     percent: Callable[[np.ndarray], np.ndarray]  # cosine → calibrated percent
     vote: CategoryVote = CategoryVote()
 
     @classmethod
     def from_labels(cls, labels: Sequence[str], percent: Callable[[np.ndarray], np.ndarray],
-                    vote: CategoryVote = CategoryVote()) -> tuple[Grouping, list[str]]:
-        """The grouping for these row labels ("" = unlabelled), and the label of each code."""
+                    vote: CategoryVote = CategoryVote()) -> Grouping:
+        """The grouping for these row labels ("" = unlabelled)."""
         names = sorted({str(label) for label in labels} - {""})
         code_of = {name: i for i, name in enumerate(names)}
         codes = np.array([code_of.get(str(label), -1) for label in labels], dtype=np.int64)
-        return cls(codes, len(names), percent, vote), names
+        return cls(codes, names, percent, vote)
 
     def guess(self, sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Guessed label code and vote share per query row of ``sim`` (queries × catalog; excluded rows -inf)."""
@@ -80,10 +80,14 @@ class Grouping:
         top_scores = np.take_along_axis(sim, top, axis=1)
         codes = np.where(np.isfinite(top_scores), self.codes[top], -1)
         percents = np.where(np.isfinite(top_scores), self.percent(np.nan_to_num(top_scores, neginf=-1.0)), 0.0)
-        return self.vote.vote(codes, percents, self.n_labels)
+        return self.vote.vote(codes, percents, len(self.names))
 
     def keys(self, sim: np.ndarray, winner: np.ndarray) -> np.ndarray:
         """Sort keys for ``sim`` rows: each row's guessed category first (no change where there is no guess)."""
         sim = np.atleast_2d(sim)
         winner = np.asarray(winner).reshape(-1, 1)
         return group_first(sim, (self.codes[None, :] == winner) & (winner >= 0))
+
+    def guessed_first(self, sim: np.ndarray) -> np.ndarray:
+        """Sort keys with each row's guessed category first: ``keys(sim, guess(sim))``."""
+        return self.keys(sim, self.guess(sim)[0])

@@ -84,7 +84,7 @@ def neighbours(embeddings: np.ndarray, k: int, block: int = 1024, labels: np.nda
             same_hist += np.histogram(np.clip(sim[same & upper], -1, 1), BINS)[0]
             diff_hist += np.histogram(np.clip(sim[~same & upper], -1, 1), BINS)[0]
         sim[rows, rows + start] = -np.inf
-        key = sim if grouping is None else grouping.keys(sim, grouping.guess(sim)[0])
+        key = sim if grouping is None else grouping.guessed_first(sim)
         part = np.argpartition(-key, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(key, part, axis=1), axis=1, kind="stable")
         idx[start:stop] = np.take_along_axis(part, order, axis=1)

@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from functools import cached_property
+
+#: Words read as true in environment variables and request flags (requests also accept FALSE_WORDS).
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,11 @@ class Config:
     #: /readyz caches its TorchServe probe for this many seconds.
     ready_cache_s: float = 2.0
 
+    @cached_property
+    def image_networks(self) -> tuple[str, ...]:
+        """``allowed_image_networks`` as a tuple of CIDRs."""
+        return tuple(n.strip() for n in self.allowed_image_networks.split(",") if n.strip())
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Config:
         """Each field from its upper-case environment variable (``INDEX_URI``, ``TORCHSERVE_URL``, ...)."""
@@ -50,7 +60,7 @@ class Config:
                 continue
             kind = type(f.default)
             try:
-                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on") if kind is bool else kind(raw)
+                values[f.name] = raw.strip().lower() in TRUE_WORDS if kind is bool else kind(raw)
             except ValueError:
                 raise ValueError(f"{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
         values.update(overrides)

@@ -33,14 +33,14 @@ class CatalogIndex:
         self.version: str = data.version
         self.row_of = {str(p["id"]): i for i, p in enumerate(self.products)}
         self._cats = np.array([str(p.get("category", "")).casefold() for p in self.products])
-        self.categories = sorted({str(p.get("category", "")) for p in self.products} - {""})
         # The same catalog-fitted transform is applied to the stored vectors here and to every query
         # vector in ``prepare``: both sides of the cosine live in the same space.
         self.whitening = data.whitening()
         self.engine = ExactSearch(self.whitening.apply(data.embeddings) if self.whitening else data.embeddings)
         self.calibration = Calibration.from_manifest(data.manifest)
-        self.grouping, self.group_names = Grouping.from_labels(
-            [str(p.get("category", "")).strip() for p in self.products], self.calibration.percent)
+        self.grouping = Grouping.from_labels([str(p.get("category", "")) for p in self.products],
+                                             self.calibration.percent)
+        self.categories = self.grouping.names  # for the page's category list
 
     def prepare(self, query: np.ndarray) -> np.ndarray:
         """A model vector (as TorchServe returns it) → the search space of this index."""

@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from catalog.calibration import UNCALIBRATED
 from catalog.fetch import FetchError, is_remote, resolve_local
+from gateway.config import FALSE_WORDS, TRUE_WORDS
 from gateway.images import QueryImageError, check_image, fetch_url
 from gateway.service import Hit, Results, SearchService, ServiceError
 
@@ -55,9 +56,6 @@ def _number(params: dict, name: str, default: float, low: float, high: float, ki
     return value
 
 
-TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
 def _flag(params: dict, name: str, default: bool) -> bool:
     raw = params.get(name)
     if raw is None or (isinstance(raw, str) and not raw.strip()):
@@ -65,9 +63,9 @@ def _flag(params: dict, name: str, default: bool) -> bool:
     if isinstance(raw, bool):
         return raw
     text = str(raw).strip().lower()
-    if text not in TRUE + FALSE:
+    if text not in TRUE_WORDS + FALSE_WORDS:
         raise ServiceError(400, f"{name} must be true or false, got {raw!r}")
-    return text in TRUE
+    return text in TRUE_WORDS
 
 
 def search_options(params: dict) -> dict:
@@ -89,9 +87,8 @@ def query_image(params: dict) -> bytes:
             raise ServiceError(400, "the uploaded file is empty")
     elif str(params.get("image_url") or "").strip():
         try:
-            networks = tuple(n.strip() for n in cfg.allowed_image_networks.split(",") if n.strip())
             data = fetch_url(str(params["image_url"]), int(cfg.max_upload_mb * 1024 * 1024),
-                             cfg.url_fetch_timeout, cfg.allow_private_urls, networks)
+                             cfg.url_fetch_timeout, cfg.allow_private_urls, cfg.image_networks)
         except QueryImageError as exc:
             raise ServiceError(exc.status, str(exc)) from None
     else:
@@ -160,12 +157,8 @@ def search_page():
 @bp.get("/products/<product_id>/similar")
 def similar_page(product_id: str):
     options = search_options(_params())
-    svc = service()
-    index = svc.require_index()
-    found = svc.similar(product_id, **options)
-    row = index.row_of.get(str(product_id))  # None only if a new version without it was swapped in meanwhile
-    anchor = index.products[row] if row is not None else None
-    return render_page(found=found, searched=True, anchor=anchor, **options)
+    found = service().similar(product_id, **options)
+    return render_page(found=found, searched=True, anchor=found.anchor, **options)
 
 
 # --------------------------------------------------------------------------- JSON API

@@ -39,6 +39,4 @@ class ExactSearch:
 
         ``mask`` (bool per row) restricts the candidates, e.g. to one category or to all but the query.
         """
-        if len(self.matrix) == 0 or top_k <= 0:
-            return []
         return top_rows(self.scores(query, mask), top_k, min_score)

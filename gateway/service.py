@@ -45,20 +45,15 @@ class Guess:
     category: str
     confidence: float  # the winner's share of the vote weight (1.0 for a product's own category)
     source: str  # "vote" or "product"
+    code: int  # the category's code in the index's grouping
 
 
 @dataclass(frozen=True)
 class Results:
     hits: list[Hit]
     guess: Guess | None  # None: ranked by similarity alone
-
-    @property
-    def first_group(self) -> int:
-        """How many leading hits are in the guessed category."""
-        if self.guess is None:
-            return 0
-        return next((i for i, h in enumerate(self.hits) if str(h.product.get("category", "")).strip()
-                     != self.guess.category), len(self.hits))
+    first_group: int = 0  # how many leading hits are in the guessed category
+    anchor: dict | None = None  # the product of "more like this"
 
 
 class SearchService:
@@ -114,26 +109,26 @@ class SearchService:
         mask[row] = False
         scores = index.engine.scores(index.vector(row), mask)
         code = int(index.grouping.codes[row])
-        guess = Guess(index.group_names[code], 1.0, "product") if category_first and not category and code >= 0 \
-            else None
-        return self._rank(index, scores, threshold, top_k, guess)
+        guess = Guess(index.grouping.names[code], 1.0, "product", code) \
+            if category_first and not category and code >= 0 else None
+        return self._rank(index, scores, threshold, top_k, guess, anchor=index.products[row])
 
     @staticmethod
     def _vote(index: CatalogIndex, scores: np.ndarray) -> Guess | None:
         winner, share = index.grouping.guess(scores)
-        if winner[0] < 0:
-            return None
-        return Guess(index.group_names[int(winner[0])], round(float(share[0]), 3), "vote")
+        code = int(winner[0])
+        return Guess(index.grouping.names[code], round(float(share[0]), 3), "vote", code) if code >= 0 else None
 
     @staticmethod
-    def _rank(index: CatalogIndex, scores: np.ndarray, threshold: float, top_k: int, guess: Guess | None
-              ) -> Results:
-        keys = None
-        if guess is not None:
-            keys = index.grouping.keys(scores, [index.group_names.index(guess.category)])[0]
+    def _rank(index: CatalogIndex, scores: np.ndarray, threshold: float, top_k: int, guess: Guess | None,
+              anchor: dict | None = None) -> Results:
+        keys = None if guess is None else index.grouping.keys(scores, [guess.code])[0]
         found = top_rows(scores, top_k, index.calibration.cosine(threshold), keys)
-        hits = [Hit(index.products[row], score, float(index.calibration.percent(score))) for row, score in found]
-        return Results(hits, guess)
+        percents = index.calibration.percent(np.array([score for _, score in found]))
+        hits = [Hit(index.products[row], score, float(pct)) for (row, score), pct in zip(found, percents, strict=True)]
+        first_group = 0 if guess is None else next(
+            (i for i, (row, _) in enumerate(found) if index.grouping.codes[row] != guess.code), len(found))
+        return Results(hits, guess, first_group, anchor)
 
     def readiness(self) -> tuple[bool, str]:
         """Index loaded, TorchServe answering, and serving the index's backbone. Cached briefly."""

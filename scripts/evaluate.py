@@ -105,12 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         print("error: fewer than 2 labelled products to evaluate", file=sys.stderr)
         return 2
     labels = np.array([index.products[i][args.label_column] for i in rows])
-    whitening = None if args.no_whitening else index.whitening()  # the space the gateway searches
+    stored = index.whitening()
+    whitening = None if args.no_whitening else stored  # the space the gateway searches
     vectors = (whitening.apply(index.embeddings) if whitening else index.embeddings)[rows]
-    calibration = index.manifest.get("calibration") if whitening or not index.whitening() \
-        else fit_calibration(vectors, list(labels))  # the scale a build without whitening would store
+    # The stored calibration belongs to the stored space; the plain vectors of a whitened index get the
+    # calibration a build without whitening would have stored.
+    calibration = (fit_calibration(vectors, list(labels)) if stored and not whitening
+                   else index.manifest.get("calibration"))
     percent = Calibration((calibration or {}).get("points") or UNCALIBRATED).percent
-    grouping, _ = Grouping.from_labels(list(labels), percent)
+    grouping = Grouping.from_labels(list(labels), percent)
     result = evaluate(vectors, labels, grouping=None if args.no_category_first else grouping)
     visual = evaluate(vectors, labels) if not args.no_category_first else result
     report = {"catalog": str(args.catalog), "backbone": index.backbone, "label_column": args.label_column,

@@ -135,7 +135,7 @@ def category_first_sweep(index_dir: Path, label_column: str, min_per_label: int)
         percent = Calibration(fit_calibration(vec, list(lab))["points"]).percent
         settings = [("similarity alone", None)] + [(f"k{k}-t{t:g}", CategoryVote(k, t)) for k, t in VOTE_GRID]
         for name, vote in settings:
-            grouping = None if vote is None else Grouping.from_labels(list(lab), percent, vote)[0]
+            grouping = None if vote is None else Grouping.from_labels(list(lab), percent, vote)
             idx = neighbours(vec, 10, grouping=grouping)[0]
             rel = lab[idx] == lab[:, None]
             out[f"{space}/{name}"] = {f"{part}/precision@{n}": round(float(rel[rows, :n].mean()), 4)

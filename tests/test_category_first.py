@@ -51,8 +51,8 @@ def test_group_first_keeps_score_order_inside_each_group():
 
 
 def test_guess_ignores_excluded_rows():
-    grouping, names = Grouping.from_labels(["A", "B", "B", ""], UNCAL, CategoryVote(k=2))
-    assert names == ["A", "B"] and grouping.codes.tolist() == [0, 1, 1, -1]
+    grouping = Grouping.from_labels(["A", "B", "B", ""], UNCAL, CategoryVote(k=2))
+    assert grouping.names == ["A", "B"] and grouping.codes.tolist() == [0, 1, 1, -1]
     sim = np.array([[0.99, -np.inf, 0.5, 0.98]])  # row 1 excluded (e.g. the query itself)
     winner, _ = grouping.guess(sim)
     assert winner.tolist() == [0]  # votes: A (0.99) and the unlabelled row; B's 0.5 is not among the top 2
@@ -77,7 +77,7 @@ def test_evaluation_ranks_category_first_as_computed_by_hand():
     #   p4 A: p5 A, p3 B, p2 B → B: p3 p2 | ...        visual: p5 p3 → [1, 0]
     #   p5 A: p4 A, p3 B, p2 B → B: p3 p2 | ...        visual: p4 p3 → [1, 0]
     x = angles(*DEGREES)
-    grouping, _ = Grouping.from_labels(LABELS, UNCAL, CategoryVote(k=3, temperature=1e9))
+    grouping = Grouping.from_labels(LABELS, UNCAL, CategoryVote(k=3, temperature=1e9))
     grouped = evaluate(x, LABELS, ks=(1, 2), grouping=grouping).metrics
     assert grouped["precision@1"] == pytest.approx(3 / 6) and grouped["precision@2"] == pytest.approx(6 / 12)
     visual = evaluate(x, LABELS, ks=(1, 2)).metrics
@@ -86,7 +86,7 @@ def test_evaluation_ranks_category_first_as_computed_by_hand():
     assert idx[0].tolist() == [2, 3, 1, 4, 5]  # B first, each group by similarity
     assert scores[0, 0] == pytest.approx(math.cos(math.radians(5)), abs=1e-6)  # scores themselves unchanged
     # With the shipped temperature (2 percent points) p4's and p5's close A neighbour outweighs two far B's.
-    shipped, _ = Grouping.from_labels(LABELS, UNCAL, CategoryVote(k=3))
+    shipped = Grouping.from_labels(LABELS, UNCAL, CategoryVote(k=3))
     idx, _, _, _ = neighbours(x, 5, grouping=shipped)
     assert idx[4, :2].tolist() == [5, 1] and idx[5, :2].tolist() == [4, 1]
 
