@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 from handlers.serving import REPO
 from tests.conftest import demo_image
@@ -32,8 +33,6 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"])
         yield b
@@ -59,7 +58,9 @@ def page(browser, gateway):
 
 def test_choose_a_file_and_search(page):
     page.set_input_files("#file", str(IMAGES / "10109.jpg"))
-    assert page.locator("#preview").is_visible() and page.inner_text("#drop-text") == "10109.jpg"
+    # The preview has no size until the browser has decoded the picture: wait for it, don't sample once.
+    expect(page.locator("#preview")).to_be_visible()
+    assert page.inner_text("#drop-text") == "10109.jpg"
     page.click("button[type=submit]")
     page.wait_for_selector(".results")
     first = page.locator(".card").first
@@ -88,7 +89,8 @@ def _drop_file(page, selector: str, event: str, blob: bytes, name: str) -> None:
 @pytest.mark.parametrize("event,selector", [("drop", "#drop"), ("paste", "body")])
 def test_drop_or_paste_a_photo_then_search(page, event, selector):
     _drop_file(page, selector, event, demo_image("10140"), "watch.jpg")
-    assert page.locator("#preview").is_visible() and page.inner_text("#drop-text") == "watch.jpg"
+    expect(page.locator("#preview")).to_be_visible()
+    assert page.inner_text("#drop-text") == "watch.jpg"
     assert page.evaluate("document.getElementById('file').files.length") == 1
     page.click("button[type=submit]")
     page.wait_for_selector(".results")
