@@ -10,8 +10,9 @@ import csv
 import hashlib
 import io
 import logging
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,12 +27,11 @@ from catalog.store import (
     WHITENING,
     IndexData,
     IndexNotFound,
+    Store,
     StoreUnavailable,
     open_store,
-    prune,
-    publish,
     read_current,
-    write_version,
+    write_and_publish,
 )
 from catalog.vector_cache import VectorCache
 from catalog.whitening import fit_whitening
@@ -91,7 +91,7 @@ def errors_csv(errors: list[RowError]) -> bytes:
     return buf.getvalue().encode()
 
 
-def _previous_vectors(store, backbone: str) -> dict[str, np.ndarray]:
+def _previous_vectors(store: Store, backbone: str) -> dict[str, np.ndarray]:
     """image sha256 → vector from the published version, if it was built by the same backbone."""
     try:
         prev = read_current(store)
@@ -102,8 +102,8 @@ def _previous_vectors(store, backbone: str) -> dict[str, np.ndarray]:
     except Exception as exc:  # noqa: BLE001 - an unreadable old version only costs re-embedding
         log.warning("previous version not reusable: %s", exc)
         return {}
-    if prev.backbone != backbone:
-        log.info("previous version used %s, re-embedding everything with %s", prev.backbone, backbone)
+    if prev.backbone_id != backbone:
+        log.info("previous version used %s, re-embedding everything with %s", prev.backbone_id, backbone)
         return {}
     return {p["image_sha256"]: prev.embeddings[i] for i, p in enumerate(prev.products) if "image_sha256" in p}
 
@@ -111,6 +111,128 @@ def _previous_vectors(store, backbone: str) -> dict[str, np.ndarray]:
 def _chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+@dataclass
+class Collected:
+    """The vectors of a catalog, in row order, with what happened to the rows that have none."""
+
+    rows: list[dict] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
+    errors: list[RowError] = field(default_factory=list)
+    embedded: int = 0
+    reused: int = 0
+    resumed: int = 0
+
+    def keep(self, row: dict, vector: np.ndarray) -> None:
+        self.rows.append(row)
+        self.vectors.append(vector)
+
+    def extend(self, other: Collected) -> None:
+        self.rows += other.rows
+        self.vectors += other.vectors
+        self.errors += other.errors
+        self.embedded += other.embedded
+        self.reused += other.reused
+        self.resumed += other.resumed
+
+    def matrix(self) -> np.ndarray:
+        dim = len(self.vectors[0]) if self.vectors else 0
+        return np.vstack(self.vectors).astype(np.float32) if self.vectors else np.zeros((0, dim), np.float32)
+
+
+@dataclass(frozen=True)
+class VectorSources:
+    """Where a row's vector can come from before the model is asked: the published version, or the
+    vector cache of an interrupted build."""
+
+    previous: dict[str, np.ndarray]
+    finished: VectorCache
+
+
+def _collect_chunk(chunk: list[dict], fetched: list[Future], embedder: BatchEmbedder,
+                   known: VectorSources) -> Collected:
+    """One chunk: wait for its images, reuse what is known, embed the rest."""
+    out = Collected()
+    to_embed: list[tuple[dict, bytes, str]] = []
+    for row, future in zip(chunk, fetched, strict=True):
+        got = future.result()
+        if isinstance(got, FetchError):
+            out.errors.append(RowError(row["line"], row["id"], row["image_url"], "fetch", str(got)))
+            continue
+        row["image_sha256"] = digest = hashlib.sha256(got).hexdigest()
+        if digest in known.previous:
+            out.keep(row, known.previous[digest])
+            out.reused += 1
+        elif (done := known.finished.get(digest)) is not None:  # embedded by an interrupted build
+            out.keep(row, done)
+            out.resumed += 1
+        else:
+            to_embed.append((row, got, digest))
+    results = embedder.embed_bytes([blob for _, blob, _ in to_embed]) if to_embed else []
+    for (row, _, digest), res in zip(to_embed, results, strict=True):
+        if res.error is not None:
+            out.errors.append(RowError(row["line"], row["id"], row["image_url"], "decode", res.error))
+            continue
+        known.finished.put(digest, res.vector)
+        out.keep(row, res.vector)
+        out.embedded += 1
+    return out
+
+
+def collect_vectors(rows: list[dict], source: ImageSource, embedder: BatchEmbedder, known: VectorSources,
+                    workers: int = 8, chunk_size: int = 64, progress: bool = True) -> Collected:
+    """Fetch every row's image and get its vector, in row order; bad rows become errors.
+
+    A pipeline with bounded memory: the images of the next chunks download while the current ones are
+    embedded (two chunks in the model at once, so it never waits for the network or a chunk's tail)."""
+
+    def fetch(row: dict) -> bytes | FetchError:
+        try:
+            return source.fetch(row["image_url"])
+        except FetchError as exc:
+            return exc
+
+    out = Collected()
+    bar = tqdm(total=len(rows), unit="img", desc="indexing", disable=not progress)
+    with ThreadPoolExecutor(max_workers=workers) as fetchers, ThreadPoolExecutor(max_workers=2) as embedders:
+        pending: deque[tuple[int, Future]] = deque()
+        for chunk in _chunks(rows, chunk_size):
+            fetched = [fetchers.submit(fetch, row) for row in chunk]
+            pending.append((len(chunk), embedders.submit(_collect_chunk, chunk, fetched, embedder, known)))
+            while len(pending) > 2:
+                size, done = pending.popleft()
+                out.extend(done.result())
+                bar.update(size)
+        for size, done in pending:
+            out.extend(done.result())
+            bar.update(size)
+    bar.close()
+    return out
+
+
+def finish_version(collected: Collected, catalog: Path, backbone_id: str, rows_read: int,
+                   whiten_min: int = MIN_WHITEN) -> tuple[IndexData, dict[str, bytes]]:
+    """The index version for collected vectors: manifest, the catalog-fitted whitening and calibration,
+    and the error report. Not written anywhere yet."""
+    errors = collected.errors
+    matrix = collected.matrix()
+    manifest = {
+        "backbone": backbone_id,
+        "catalog": {"path": str(catalog), "root": str(catalog.parent)},
+        "build": {"rows": rows_read + sum(e.stage == "catalog" for e in errors),
+                  "errors": sum(e.stage != "warning" for e in errors),
+                  "warnings": sum(e.stage == "warning" for e in errors),
+                  "embedded": collected.embedded, "reused": collected.reused, "resumed": collected.resumed},
+    }
+    extra = {ERRORS: errors_csv(errors)}
+    whitening = fit_whitening(matrix, **WHITENING_SETTINGS) if len(matrix) >= max(whiten_min, 2) else None
+    if whitening is not None:
+        extra[WHITENING] = whitening.to_bytes()
+    searchable = whitening.apply(matrix) if whitening is not None else matrix
+    manifest["whitening"] = WHITENING_SETTINGS if whitening is not None else None
+    manifest["calibration"] = fit_calibration(searchable, [str(p.get("category", "")) for p in collected.rows])
+    return IndexData(embeddings=matrix, products=collected.rows, manifest=manifest), extra
 
 
 def build_index(
@@ -134,76 +256,15 @@ def build_index(
     catalog = Path(catalog).resolve()
     rows, errors = read_catalog(catalog)
     store = open_store(output)
-    backbone = embedder.model_id
-    previous = _previous_vectors(store, backbone)
+    backbone_id = embedder.backbone_id
+    known = VectorSources(_previous_vectors(store, backbone_id),
+                          VectorCache(vector_cache or Path(cache_dir).parent / "vectors", backbone_id))
     source = ImageSource(catalog.parent, cache_dir, refresh=refresh_cache, allow_private=allow_private_hosts)
-    finished = VectorCache(vector_cache or Path(cache_dir).parent / "vectors", backbone)
-    kept: list[dict] = []
-    vectors: list[np.ndarray] = []
-    embedded = reused = resumed = 0
-
-    def fetch(row: dict) -> bytes | FetchError:
-        try:
-            return source.fetch(row["image_url"])
-        except FetchError as exc:
-            return exc
-
-    bar = tqdm(total=len(rows), unit="img", desc="indexing", disable=not progress)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        # Chunked so memory stays bounded on large catalogs: fetch a chunk concurrently, then embed it.
-        for chunk in _chunks(rows, chunk_size):
-            to_embed: list[tuple[dict, bytes, str]] = []
-            for row, got in zip(chunk, pool.map(fetch, chunk), strict=True):
-                if isinstance(got, FetchError):
-                    errors.append(RowError(row["line"], row["id"], row["image_url"], "fetch", str(got)))
-                    continue
-                row["image_sha256"] = digest = hashlib.sha256(got).hexdigest()
-                if digest in previous:
-                    kept.append(row)
-                    vectors.append(previous[digest])
-                    reused += 1
-                elif (done := finished.get(digest)) is not None:  # embedded by an interrupted build
-                    kept.append(row)
-                    vectors.append(done)
-                    resumed += 1
-                else:
-                    to_embed.append((row, got, digest))
-            if to_embed:
-                results = embedder.embed_bytes([blob for _, blob, _ in to_embed])
-                for (row, _, digest), res in zip(to_embed, results, strict=True):
-                    if res.error is not None:
-                        errors.append(RowError(row["line"], row["id"], row["image_url"], "decode", res.error))
-                        continue
-                    finished.put(digest, res.vector)
-                    kept.append(row)
-                    vectors.append(res.vector)
-                    embedded += 1
-            bar.update(len(chunk))
-    bar.close()
-
-    errors.sort(key=lambda e: e.line)
-    dim = len(vectors[0]) if vectors else 0
-    matrix = np.vstack(vectors).astype(np.float32) if vectors else np.zeros((0, dim), np.float32)
-    manifest = {
-        "backbone": backbone,
-        "catalog": {"path": str(catalog), "root": str(catalog.parent)},
-        "build": {"rows": len(rows) + sum(e.stage == "catalog" for e in errors),
-                  "errors": sum(e.stage != "warning" for e in errors),
-                  "warnings": sum(e.stage == "warning" for e in errors),
-                  "embedded": embedded, "reused": reused, "resumed": resumed},
-    }
-    index = IndexData(embeddings=matrix, products=kept, manifest=manifest)
-    extra = {ERRORS: errors_csv(errors)}
-    whitening = fit_whitening(matrix, **WHITENING_SETTINGS) if len(matrix) >= max(whiten_min, 2) else None
-    if whitening is not None:
-        extra[WHITENING] = whitening.to_bytes()
-    searchable = whitening.apply(matrix) if whitening is not None else matrix
-    manifest["whitening"] = WHITENING_SETTINGS if whitening is not None else None
-    manifest["calibration"] = fit_calibration(searchable, [str(p.get("category", "")) for p in kept])
-    version = write_version(store, index, extra)
-    publish(store, version)
-    pruned = prune(store, keep)
+    collected = collect_vectors(rows, source, embedder, known, workers, chunk_size, progress)
+    collected.errors = sorted(collected.errors + errors, key=lambda e: e.line)
+    index, extra = finish_version(collected, catalog, backbone_id, len(rows), whiten_min)
+    version, pruned = write_and_publish(store, index, extra, keep)
     if pruned:
         log.info("removed %d old version(s): %s", len(pruned), ", ".join(pruned))
-    return BuildReport(version, store.uri, backbone, len(kept), errors, source.downloads, source.cache_hits,
-                       embedded, reused, resumed)
+    return BuildReport(version, store.uri, backbone_id, len(collected.rows), collected.errors, source.downloads,
+                       source.cache_hits, collected.embedded, collected.reused, collected.resumed)

@@ -82,6 +82,14 @@ class Grouping:
         percents = np.where(np.isfinite(top_scores), self.percent(np.nan_to_num(top_scores, neginf=-1.0)), 0.0)
         return self.vote.vote(codes, percents, len(self.names))
 
+    def guess_candidates(self, rows: np.ndarray, scores: np.ndarray) -> tuple[int, float]:
+        """Guessed label code (-1: none) and vote share for one query, from its candidates (best first)."""
+        rows, scores = np.asarray(rows)[: self.vote.k], np.asarray(scores)[: self.vote.k]
+        if len(rows) == 0:
+            return -1, 0.0
+        winner, share = self.vote.vote(self.codes[rows][None, :], self.percent(scores)[None, :], len(self.names))
+        return int(winner[0]), float(share[0])
+
     def keys(self, sim: np.ndarray, winner: np.ndarray) -> np.ndarray:
         """Sort keys for ``sim`` rows: each row's guessed category first (no change where there is no guess)."""
         sim = np.atleast_2d(sim)

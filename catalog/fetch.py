@@ -11,8 +11,8 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from catalog.paths import UnsafePath, is_remote, resolve_local
 from catalog.safe_http import UnsafeURL, safe_get
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
@@ -23,26 +23,6 @@ USER_AGENT = "photo-index-builder/0.1"
 
 class FetchError(RuntimeError):
     """The image could not be obtained; the message is one line for the error report."""
-
-
-def is_remote(image_url: str) -> bool:
-    return urlsplit(image_url).scheme.lower() in ("http", "https")
-
-
-def resolve_local(image_url: str, root: Path) -> Path:
-    """A catalog-relative path, refused if it escapes ``root`` (``..``, absolute, symlinks)."""
-    if urlsplit(image_url).scheme:
-        raise FetchError(f"unsupported URL scheme in {image_url!r}: use http, https or a relative path")
-    if "\0" in image_url:
-        raise FetchError("path contains a NUL byte")
-    root = root.resolve()
-    try:
-        path = (root / image_url).resolve()
-    except (OSError, ValueError, RuntimeError) as exc:  # symlink loops, over-long names
-        raise FetchError(f"unusable path {image_url!r}: {exc}") from None
-    if not path.is_relative_to(root):
-        raise FetchError(f"path escapes the catalog folder: {image_url}")
-    return path
 
 
 class ImageSource:
@@ -69,7 +49,10 @@ class ImageSource:
 
     def fetch(self, image_url: str) -> bytes:
         if not is_remote(image_url):
-            path = resolve_local(image_url, self.root)
+            try:
+                path = resolve_local(image_url, self.root)
+            except UnsafePath as exc:
+                raise FetchError(str(exc)) from None
             try:
                 data = path.read_bytes()
             except FileNotFoundError:

@@ -168,7 +168,8 @@ class IndexData:
     files: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     @property
-    def backbone(self) -> str:
+    def backbone_id(self) -> str:
+        """The id of the vector function that made the embeddings (stored as the manifest's ``backbone``)."""
         return self.manifest["backbone"]
 
     @property
@@ -223,6 +224,15 @@ def publish(store: Store, version: str) -> None:
     """Point readers at ``version``: the single atomic step that makes a build visible."""
     manifest = json.loads(store.get(f"versions/{version}/{MANIFEST}"))
     store.put(POINTER, json.dumps({"version": version, "backbone": manifest["backbone"]}).encode())
+
+
+def write_and_publish(store: Store, index: IndexData, extra_files: dict[str, bytes] | None = None,
+                      keep: int = 5) -> tuple[str, list[str]]:
+    """The whole write of a build: every file of a new version, then the pointer, then pruning to ``keep``
+    versions. Dying at any step leaves the previously published version served. Returns (version, pruned)."""
+    version = write_version(store, index, extra_files)
+    publish(store, version)
+    return version, prune(store, keep)
 
 
 def current_version(store: Store) -> str:

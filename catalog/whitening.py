@@ -36,7 +36,7 @@ class Whitening:
             return cls(npz["mean"], npz["projection"])
 
 
-def fit_whitening(vectors: np.ndarray, dims: int = 512, power: float = 1.0, shrink: float = 0.1) -> Whitening:
+def fit_whitening(vectors: np.ndarray, dims: int = 512, power: float = 0.5, shrink: float = 0.1) -> Whitening:
     """PCA on the catalog vectors keeping ``dims`` components, each scaled by
     (eigenvalue + shrink·mean eigenvalue)^(-power/2); shrinkage keeps tiny components from exploding."""
     x = np.asarray(vectors, dtype=np.float64)

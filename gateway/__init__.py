@@ -5,23 +5,28 @@ from __future__ import annotations
 from flask import Flask
 
 from gateway.config import Config
+from gateway.metrics import instrument
 from gateway.routes import bp
 from gateway.service import SearchService
-from handlers.client import TorchServeClient
+from modelserver.client import ModelClient, make_client
 
 
-def create_app(config: Config | None = None, client: TorchServeClient | None = None) -> Flask:
+def create_app(config: Config | None = None, client: ModelClient | None = None) -> Flask:
     """The WSGI app. ``client`` is for unit tests; by default it talks to ``config.torchserve_url``."""
     config = config or Config.from_env()
     app = Flask(__name__)
     # Werkzeug answers 413 past this size before the body is read.
     app.config["MAX_CONTENT_LENGTH"] = int(config.max_upload_mb * 1024 * 1024) + 64 * 1024
     app.config["MAX_FORM_MEMORY_SIZE"] = app.config["MAX_CONTENT_LENGTH"]
-    client = client or TorchServeClient(config.torchserve_url, config.torchserve_model,
-                                        timeout=config.torchserve_timeout)
+    client = client or make_client(config.torchserve_url, config.torchserve_model, config.torchserve_timeout,
+                                   config.torchserve_token, config.torchserve_key_file)
     svc = SearchService(config, client)
     svc.indexes.load()
-    svc.indexes.start_polling()
+    if config.index_poll_on_request:  # AWS Lambda: a background thread would be frozen between invocations
+        app.before_request(svc.indexes.refresh_if_due)
+    else:
+        svc.indexes.start_polling()
     app.extensions["photo"] = svc
+    instrument(app)
     app.register_blueprint(bp)
     return app

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import tempfile
 
 from gunicorn.app.base import BaseApplication
-
-from gateway import create_app
 
 
 class GatewayServer(BaseApplication):
@@ -20,7 +20,15 @@ class GatewayServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
+        from gateway import create_app  # imported in the worker, after PROMETHEUS_MULTIPROC_DIR is set
+
         return create_app()
+
+
+def _worker_exit(server, worker) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,6 +38,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=int(os.environ.get("GATEWAY_WORKERS", "2")))
     parser.add_argument("--threads", type=int, default=int(os.environ.get("GATEWAY_THREADS", "4")))
     args = parser.parse_args(argv)
+    own_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # /metrics adds up every worker's counts
+        own_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="photo-metrics-")
+    try:
+        serve(args)
+    finally:
+        if own_dir:
+            shutil.rmtree(own_dir, ignore_errors=True)
+
+
+def serve(args: argparse.Namespace) -> None:
     GatewayServer({
         "bind": f"{args.host}:{args.port}",
         "workers": args.workers,
@@ -38,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         "timeout": 60,
         "graceful_timeout": 10,
         "accesslog": "-",
+        "child_exit": _worker_exit,
     }).run()
 
 

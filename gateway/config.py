@@ -18,17 +18,22 @@ class Config:
     index_uri: str = "index"
     #: Seconds between checks for a newly published index version (0: never).
     index_poll_s: float = 30.0
+    #: Check for a new version at the first request after ``index_poll_s`` instead of in a thread (Lambda).
+    index_poll_on_request: bool = False
     #: Local copy of the last good version, served when the store is unreachable at start-up.
     index_cache_dir: str = ""
     torchserve_url: str = "http://127.0.0.1:8080"
     torchserve_model: str = "embedding"
+    #: TorchServe's inference token (token authorization on), or the key file it writes (re-read on 401).
+    torchserve_token: str = ""
+    torchserve_key_file: str = ""
     #: Seconds to wait for one embedding before answering 503.
     torchserve_timeout: float = 10.0
     #: Largest accepted upload; larger requests get 413.
     max_upload_mb: float = 10.0
     #: Decompression-bomb guard for uploads and fetched URLs.
     max_pixels: int = 40_000_000
-    #: Default minimum similarity, in percent of cosine similarity (70 → cosine ≥ 0.70).
+    #: Default minimum similarity, in calibrated percent (see catalog/calibration.py; uncalibrated: 100·cosine).
     default_threshold: float = 70.0
     default_top_k: int = 12
     #: Rank the query's guessed category first (see catalog/category_first.py); per request: category_first.

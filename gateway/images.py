@@ -1,32 +1,31 @@
-"""Query images from strangers: uploads and URLs, checked before any model call."""
+"""Query images from strangers: the upload or the bytes behind an image URL, checked before any model call.
+
+Refusals raise the error of the layer that found them (``BadRequest``, ``UnsafeURL``, ``ImageError``);
+routes.py turns each into its answer.
+"""
 
 from __future__ import annotations
 
-from catalog.safe_http import UnsafeURL, safe_get
-from handlers.imaging import ImageError, decode_image
+from werkzeug.datastructures import FileStorage
+
+from catalog.safe_http import safe_get
+from gateway.config import Config
+from gateway.errors import BadRequest
+from handlers.imaging import decode_image
+
+USER_AGENT = "photo-gateway/0.1"
 
 
-class QueryImageError(ValueError):
-    """Bad query image input; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def check_image(data: bytes, max_pixels: int) -> None:
-    """Refuse anything the model could not embed, with the decoder's reason."""
-    try:
-        decode_image(data, max_pixels)
-    except ImageError as exc:
-        raise QueryImageError(str(exc)) from None
-
-
-def fetch_url(url: str, max_bytes: int, timeout: float, allow_private: bool = False,
-              allow_networks: tuple[str, ...] = ()) -> bytes:
-    """Download a query image URL with every SSRF guard of ``catalog.safe_http``."""
-    try:
-        return safe_get(url, max_bytes, timeout, allow_private, user_agent="photo-gateway/0.1",
-                        allow_networks=allow_networks)
-    except UnsafeURL as exc:
-        raise QueryImageError(str(exc), exc.status) from None
+def query_image(upload: FileStorage | None, image_url: str, config: Config) -> bytes:
+    """The uploaded file, or the bytes behind ``image_url``; checked to be a decodable image."""
+    if upload is not None and upload.filename:
+        data = upload.read()
+        if not data:
+            raise BadRequest("the uploaded file is empty")
+    elif image_url.strip():
+        data = safe_get(image_url, int(config.max_upload_mb * 1024 * 1024), config.url_fetch_timeout,
+                        config.allow_private_urls, user_agent=USER_AGENT, allow_networks=config.image_networks)
+    else:
+        raise BadRequest("no image: upload a file (field 'file') or give an image_url")
+    decode_image(data, config.max_pixels)
+    return data

@@ -11,36 +11,43 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
-from catalog.calibration import Calibration
+from catalog.calibration import UNCALIBRATED, Calibration
 from catalog.category_first import Grouping
 from catalog.store import IndexData, LocalStore, current_version, open_store, read_current, read_version, save_copy
-from gateway.search import ExactSearch
+from gateway import metrics
+from gateway.search import ExactSearch, SearchBackend
 
 log = logging.getLogger(__name__)
 
 
 class CatalogIndex:
-    """One immutable index version, ready to search."""
+    """One immutable index version, ready to search. Holds the search-space vectors once (in its backend),
+    never the raw file bytes."""
 
     def __init__(self, data: IndexData) -> None:
-        self.data = data
+        self.manifest = data.manifest
         self.products = data.products
-        self.backbone: str = data.backbone
+        self.backbone_id: str = data.backbone_id
         self.version: str = data.version
         self.row_of = {str(p["id"]): i for i, p in enumerate(self.products)}
-        self._cats = np.array([str(p.get("category", "")).casefold() for p in self.products])
         # The same catalog-fitted transform is applied to the stored vectors here and to every query
         # vector in ``prepare``: both sides of the cosine live in the same space.
         self.whitening = data.whitening()
-        self.engine = ExactSearch(self.whitening.apply(data.embeddings) if self.whitening else data.embeddings)
         self.calibration = Calibration.from_manifest(data.manifest)
         self.grouping = Grouping.from_labels([str(p.get("category", "")) for p in self.products],
                                              self.calibration.percent)
         self.categories = self.grouping.names  # for the page's category list
+        self._codes_by_folded: dict[str, frozenset[int]] = {}
+        for code, name in enumerate(self.categories):
+            folded = name.casefold()
+            self._codes_by_folded[folded] = self._codes_by_folded.get(folded, frozenset()) | {code}
+        vectors = self.whitening.apply(data.embeddings) if self.whitening else data.embeddings
+        self.backend: SearchBackend = ExactSearch(vectors, self.grouping.codes)
 
     def prepare(self, query: np.ndarray) -> np.ndarray:
         """A model vector (as TorchServe returns it) → the search space of this index."""
@@ -49,13 +56,16 @@ class CatalogIndex:
     def __len__(self) -> int:
         return len(self.products)
 
-    def vector(self, row: int) -> np.ndarray:
-        return self.engine.matrix[row]
-
-    def category_mask(self, category: str | None) -> np.ndarray | None:
+    def category_codes(self, category: str | None) -> frozenset[int] | None:
+        """Codes of the categories named ``category`` (case-insensitive); None: no category filter."""
         if not category:
             return None
-        return self._cats == category.strip().casefold()
+        return self._codes_by_folded.get(category.strip().casefold(), frozenset())
+
+    @property
+    def calibration_info(self) -> dict | None:
+        """The manifest's calibration, or None for an uncalibrated index."""
+        return self.manifest.get("calibration") if self.calibration.points != UNCALIBRATED else None
 
 
 def default_cache_dir(uri: str) -> Path:
@@ -70,9 +80,9 @@ class IndexManager:
         self.cache = LocalStore(Path(cache_dir) if cache_dir else default_cache_dir(uri))
         self.poll_s = poll_s
         self.current: CatalogIndex | None = None
+        self._checked = time.monotonic()  # when the store was last asked for the published version
         self.from_cache = False  # serving the local copy because the store could not be read
         self.error: str | None = None  # the last problem with the store, if any
-        self._stop = threading.Event()
         self._lock = threading.Lock()
 
     def load(self) -> None:
@@ -88,9 +98,15 @@ class IndexManager:
             except Exception as cache_exc:  # noqa: BLE001
                 log.error("no usable local copy in %s: %s", self.cache.uri, cache_exc)
 
+    def refresh_if_due(self) -> None:
+        """``refresh`` when ``poll_s`` has passed since the last check (``poll_s`` 0: never)."""
+        if self.poll_s > 0 and time.monotonic() - self._checked >= self.poll_s:
+            self.refresh()
+
     def refresh(self) -> bool:
         """Swap in the published version if it changed and verifies; True if a swap happened."""
         with self._lock:
+            self._checked = time.monotonic()
             try:
                 version = current_version(self.store)
                 if self.current is not None and version == self.current.version:
@@ -111,6 +127,8 @@ class IndexManager:
     def _swap(self, data: IndexData, from_cache: bool) -> None:
         index = CatalogIndex(data)
         previous = self.current.version if self.current else None
+        metrics.index_served(index.version, index.backbone_id, len(index), previous,
+                             self.current.backbone_id if self.current else None)
         self.current = index
         self.from_cache = from_cache
         if not from_cache:
@@ -119,7 +137,7 @@ class IndexManager:
                 save_copy(data, self.cache)
             except OSError as exc:
                 log.warning("could not keep a local copy in %s: %s", self.cache.uri, exc)
-        log.info("serving index version %s (%d products, %s)%s", index.version, len(index), index.backbone,
+        log.info("serving index version %s (%d products, %s)%s", index.version, len(index), index.backbone_id,
                  f", replacing {previous}" if previous else "")
 
     def start_polling(self) -> None:
@@ -129,8 +147,6 @@ class IndexManager:
         thread.start()
 
     def _poll(self) -> None:
-        while not self._stop.wait(self.poll_s):
+        while True:  # a daemon thread: it ends with the process
+            time.sleep(self.poll_s)
             self.refresh()
-
-    def stop(self) -> None:
-        self._stop.set()

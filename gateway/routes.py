@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request, send_file, url_for
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from catalog.calibration import UNCALIBRATED
-from catalog.fetch import FetchError, is_remote, resolve_local
+from catalog.paths import UnsafePath, is_remote, resolve_local
+from catalog.safe_http import UnsafeURL
+from gateway import metrics
 from gateway.config import FALSE_WORDS, TRUE_WORDS
-from gateway.images import QueryImageError, check_image, fetch_url
-from gateway.service import Hit, Results, SearchService, ServiceError
+from gateway.errors import BadRequest, NotFound, ServiceError
+from gateway.images import query_image
+from gateway.service import Hit, Results, SearchOptions, SearchService
+from handlers.imaging import ImageError
+from modelserver.client import ModelServerError
 
 log = logging.getLogger(__name__)
 bp = Blueprint("photo", __name__)
@@ -38,7 +43,7 @@ def _params() -> dict:
     if request.is_json:
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
-            raise ServiceError(400, "JSON body must be an object, e.g. {\"image_url\": \"https://...\"}")
+            raise BadRequest("JSON body must be an object, e.g. {\"image_url\": \"https://...\"}")
         merged.update({k: v for k, v in body.items() if v is not None})
     return merged
 
@@ -50,9 +55,9 @@ def _number(params: dict, name: str, default: float, low: float, high: float, ki
     try:
         value = kind(raw)
     except (TypeError, ValueError):
-        raise ServiceError(400, f"{name} must be a number between {low:g} and {high:g}, got {raw!r}") from None
+        raise BadRequest(f"{name} must be a number between {low:g} and {high:g}, got {raw!r}") from None
     if not low <= value <= high:
-        raise ServiceError(400, f"{name} must be between {low:g} and {high:g}, got {value:g}")
+        raise BadRequest(f"{name} must be between {low:g} and {high:g}, got {value:g}")
     return value
 
 
@@ -64,40 +69,22 @@ def _flag(params: dict, name: str, default: bool) -> bool:
         return raw
     text = str(raw).strip().lower()
     if text not in TRUE_WORDS + FALSE_WORDS:
-        raise ServiceError(400, f"{name} must be true or false, got {raw!r}")
+        raise BadRequest(f"{name} must be true or false, got {raw!r}")
     return text in TRUE_WORDS
 
 
-def search_options(params: dict) -> dict:
+def search_options(params: dict) -> SearchOptions:
     """threshold, top_k, category and category_first from the request, checked."""
     cfg = service().config
-    return {"threshold": _number(params, "threshold", cfg.default_threshold, 0, 100),
-            "top_k": _number(params, "top_k", cfg.default_top_k, 1, cfg.max_top_k, kind=int),
-            "category": str(params.get("category") or "").strip() or None,
-            "category_first": _flag(params, "category_first", cfg.category_first)}
+    return SearchOptions(threshold=_number(params, "threshold", cfg.default_threshold, 0, 100),
+                         top_k=_number(params, "top_k", cfg.default_top_k, 1, cfg.max_top_k, kind=int),
+                         category=str(params.get("category") or "").strip() or None,
+                         category_first=_flag(params, "category_first", cfg.category_first))
 
 
-def query_image(params: dict) -> bytes:
-    """The uploaded file, or the bytes behind ``image_url``; checked to be a decodable image."""
-    cfg = service().config
-    upload = request.files.get("file")
-    if upload is not None and upload.filename:
-        data = upload.read()
-        if not data:
-            raise ServiceError(400, "the uploaded file is empty")
-    elif str(params.get("image_url") or "").strip():
-        try:
-            data = fetch_url(str(params["image_url"]), int(cfg.max_upload_mb * 1024 * 1024),
-                             cfg.url_fetch_timeout, cfg.allow_private_urls, cfg.image_networks)
-        except QueryImageError as exc:
-            raise ServiceError(exc.status, str(exc)) from None
-    else:
-        raise ServiceError(400, "no image: upload a file (field 'file') or give an image_url")
-    try:
-        check_image(data, cfg.max_pixels)
-    except QueryImageError as exc:
-        raise ServiceError(exc.status, str(exc)) from None
-    return data
+def request_image(params: dict) -> bytes:
+    """The query image of this request (upload or ``image_url``), checked."""
+    return query_image(request.files.get("file"), str(params.get("image_url") or ""), service().config)
 
 
 def image_link(product: dict) -> str:
@@ -116,7 +103,7 @@ def api_answer(found: Results, started: float) -> Response:
     index = service().require_index()
     guess = found.guess and {"category": found.guess.category, "confidence": found.guess.confidence,
                              "source": found.guess.source, "results": found.first_group}
-    return jsonify(results=[result_json(h) for h in found.hits], category_first=guess, model=index.backbone,
+    return jsonify(results=[result_json(h) for h in found.hits], category_first=guess, model=index.backbone_id,
                    index_version=index.version, took_ms=round((time.perf_counter() - started) * 1000, 1))
 
 
@@ -129,8 +116,7 @@ def render_page(status: int = 200, **context) -> tuple[str, int]:
     return render_template(
         "index.html",
         categories=index.categories if index else [],
-        calibrated=index.data.manifest.get("calibration") if index and index.calibration.points != UNCALIBRATED
-        else None,
+        calibrated=index.calibration_info if index else None,
         threshold=context.pop("threshold", svc.config.default_threshold),
         top_k=context.pop("top_k", svc.config.default_top_k),
         category_first=context.pop("category_first", svc.config.category_first),
@@ -149,16 +135,16 @@ def search_page():
     started = time.perf_counter()
     params = _params()
     options = search_options(params)
-    found = service().search_image(query_image(params), **options)
+    found = service().search_image(request_image(params), options)
     return render_page(found=found, searched=True, image_url=params.get("image_url"),
-                       took_ms=round((time.perf_counter() - started) * 1000), **options)
+                       took_ms=round((time.perf_counter() - started) * 1000), **asdict(options))
 
 
 @bp.get("/products/<product_id>/similar")
 def similar_page(product_id: str):
     options = search_options(_params())
-    found = service().similar(product_id, **options)
-    return render_page(found=found, searched=True, anchor=found.anchor, **options)
+    found = service().similar(product_id, options)
+    return render_page(found=found, searched=True, anchor=found.anchor, **asdict(options))
 
 
 # --------------------------------------------------------------------------- JSON API
@@ -168,14 +154,14 @@ def similar_page(product_id: str):
 def api_search():
     started = time.perf_counter()
     params = _params()
-    options = search_options(params)
-    return api_answer(service().search_image(query_image(params), **options), started)
+    options = search_options(params)  # checked before any fetch or model call
+    return api_answer(service().search_image(request_image(params), options), started)
 
 
 @bp.get("/api/products/<product_id>/similar")
 def api_similar(product_id: str):
     started = time.perf_counter()
-    return api_answer(service().similar(product_id, **search_options(_params())), started)
+    return api_answer(service().similar(product_id, search_options(_params())), started)
 
 
 @bp.get("/openapi.json")
@@ -196,7 +182,7 @@ def readyz():
     index = svc.index
     body = {"ready": ok, "reason": reason, "index_version": index.version if index else None,
             "index_cached": svc.indexes.from_cache, "index_error": svc.indexes.error,
-            "model": index.backbone if index else None, "products": len(index) if index else 0}
+            "model": index.backbone_id if index else None, "products": len(index) if index else 0}
     return jsonify(body), 200 if ok else 503
 
 
@@ -205,15 +191,15 @@ def catalog_image(path: str):
     """Local catalog images, only from inside the catalog folder."""
     svc = service()
     index = svc.require_index()
-    root = Path(svc.config.catalog_dir or index.data.manifest.get("catalog", {}).get("root", "."))
+    root = Path(svc.config.catalog_dir or index.manifest.get("catalog", {}).get("root", "."))
     if urlsplit(path).scheme:
-        raise ServiceError(404, "not a catalog image")
+        raise NotFound("not a catalog image")
     try:
         file = resolve_local(path, root)
-    except FetchError:
-        raise ServiceError(404, "not a catalog image") from None
+    except UnsafePath:
+        raise NotFound("not a catalog image") from None
     if not file.is_file():
-        raise ServiceError(404, "image not found")
+        raise NotFound("image not found")
     return send_file(file, max_age=3600)
 
 
@@ -229,6 +215,23 @@ def _error(status: int, message: str):
 @bp.app_errorhandler(ServiceError)
 def on_service_error(exc: ServiceError):
     return _error(exc.status, exc.message)
+
+
+@bp.app_errorhandler(ImageError)
+def on_bad_image(exc: ImageError):
+    return _error(400, str(exc))
+
+
+@bp.app_errorhandler(UnsafeURL)
+def on_refused_url(exc: UnsafeURL):
+    metrics.FETCH_ERRORS.labels(str(exc.status)).inc()
+    return _error(exc.status, str(exc))
+
+
+@bp.app_errorhandler(ModelServerError)
+def on_model_server_down(exc: ModelServerError):
+    log.warning("embedding failed: %s", exc)
+    return _error(503, f"search is temporarily unavailable: {exc}")
 
 
 @bp.app_errorhandler(RequestEntityTooLarge)

@@ -1,8 +1,80 @@
-"""Ranking backends: cosine similarity over L2-normalised rows. Swappable (exact NumPy today)."""
+"""Search backends: the best rows of the index for a query vector, under a filter. Swappable.
+
+The service asks a backend for *candidates* (row ids and cosine scores, best first) and does
+everything else (category-first ranking, the threshold, "more like this") on what comes back; it
+never sees a backend's matrix. ``ExactSearch`` is brute-force NumPy, exact and fast to ~10^5 rows.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Protocol
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which rows may be returned: by category code (see catalog/category_first.py) and by row."""
+
+    categories: frozenset[int] | None = None  # only rows of these category codes (None: any)
+    exclude_categories: frozenset[int] = frozenset()
+    exclude_rows: frozenset[int] = frozenset()
+
+    def narrowed(self, categories: frozenset[int] | None = None,
+                 exclude_categories: frozenset[int] = frozenset()) -> Filter:
+        """This filter and, in addition, the given category conditions."""
+        if categories is not None and self.categories is not None:
+            categories = categories & self.categories
+        return Filter(categories if categories is not None else self.categories,
+                      self.exclude_categories | exclude_categories, self.exclude_rows)
+
+    def admits(self, row: int, code: int) -> bool:
+        """Whether row ``row`` of category code ``code`` may be returned."""
+        return ((self.categories is None or code in self.categories) and code not in self.exclude_categories
+                and row not in self.exclude_rows)
+
+    def mask(self, codes: np.ndarray) -> np.ndarray | None:
+        """Bool per row (``codes``: category code per row), or None when every row is admitted."""
+        if self.categories is None and not self.exclude_categories and not self.exclude_rows:
+            return None
+        keep = np.ones(len(codes), dtype=bool)
+        if self.categories is not None:
+            keep &= np.isin(codes, list(self.categories))
+        if self.exclude_categories:
+            keep &= ~np.isin(codes, list(self.exclude_categories))
+        if self.exclude_rows:
+            keep[list(self.exclude_rows)] = False
+        return keep
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Rows and scores, best first. ``exhausted``: every admitted row above ``min_score`` is here."""
+
+    rows: np.ndarray  # int64
+    scores: np.ndarray  # float32 cosine in the index's search space
+    exhausted: bool
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def pairs(self) -> list[tuple[int, float]]:
+        return [(int(r), float(s)) for r, s in zip(self.rows, self.scores, strict=True)]
+
+
+class SearchBackend(Protocol):
+    """What the service needs of a backend; vectors are L2-normalised, cosine = inner product."""
+
+    def __len__(self) -> int: ...
+
+    def search(self, query: np.ndarray, k: int, where: Filter = Filter(), min_score: float = -1.0) -> Candidates:
+        """The best ``k`` rows admitted by ``where`` with score ≥ ``min_score``, best first."""
+        ...
+
+    def vector(self, row: int) -> np.ndarray:
+        """The stored (search-space) vector of a row, for "more like this"."""
+        ...
 
 
 def top_rows(scores: np.ndarray, top_k: int, min_score: float = -1.0, keys: np.ndarray | None = None
@@ -22,21 +94,25 @@ def top_rows(scores: np.ndarray, top_k: int, min_score: float = -1.0, keys: np.n
 
 
 class ExactSearch:
-    """Brute-force inner product: exact, and fast enough for catalogs up to ~10^6 × 1280 floats."""
+    """Brute-force inner product over the whole matrix: exact; the default for small catalogs."""
 
-    def __init__(self, embeddings: np.ndarray) -> None:
-        self.matrix = np.ascontiguousarray(embeddings, dtype=np.float32)
+    name = "exact"
 
-    def scores(self, query: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        """Cosine of ``query`` with every row; -inf where ``mask`` (bool per row) is False."""
-        scores = self.matrix @ np.asarray(query, dtype=np.float32)
-        return scores if mask is None else np.where(mask, scores, -np.inf)
+    def __init__(self, embeddings: np.ndarray, codes: np.ndarray | None = None) -> None:
+        self._matrix = np.ascontiguousarray(embeddings, dtype=np.float32)
+        self._codes = np.full(len(self._matrix), -1, np.int64) if codes is None else np.asarray(codes)
 
-    def search(
-        self, query: np.ndarray, top_k: int, min_score: float = -1.0, mask: np.ndarray | None = None
-    ) -> list[tuple[int, float]]:
-        """Row indices and scores of the best ``top_k`` rows with score ≥ ``min_score``, best first.
+    def __len__(self) -> int:
+        return len(self._matrix)
 
-        ``mask`` (bool per row) restricts the candidates, e.g. to one category or to all but the query.
-        """
-        return top_rows(self.scores(query, mask), top_k, min_score)
+    def search(self, query: np.ndarray, k: int, where: Filter = Filter(), min_score: float = -1.0) -> Candidates:
+        scores = self._matrix @ np.asarray(query, dtype=np.float32)
+        mask = where.mask(self._codes)
+        if mask is not None:
+            scores = np.where(mask, scores, -np.inf)
+        found = top_rows(scores, k, min_score)
+        rows = np.array([r for r, _ in found], dtype=np.int64)
+        return Candidates(rows, scores[rows].astype(np.float32), exhausted=len(found) < k)
+
+    def vector(self, row: int) -> np.ndarray:
+        return self._matrix[row]

@@ -1,4 +1,9 @@
-"""Search as the routes see it: query image or product id in, ranked products out."""
+"""Search as the routes see it: query image or product id in, ranked products out.
+
+The service asks the index's search backend for candidates (gateway/search.py) and ranks them:
+the threshold, the category filter and category-first ranking all work on what the backend returns,
+so every backend ranks the same way.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +14,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gateway import metrics
 from gateway.config import Config
+from gateway.errors import NotFound, Unavailable
 from gateway.index import CatalogIndex, IndexManager
-from gateway.search import top_rows
-from handlers.client import TorchServeClient, TorchServeError
+from gateway.search import Candidates, Filter
 from handlers.imaging import ImageError
+from modelserver.client import ModelClient, ModelServerError
 
 log = logging.getLogger(__name__)
 
 
-class ServiceError(Exception):
-    """A request that cannot be answered; ``status`` and ``message`` go to the user as they are."""
+@dataclass(frozen=True)
+class SearchOptions:
+    """What a shopper can set on one search (checked by the routes)."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+    threshold: float  # minimum calibrated similarity, percent
+    top_k: int
+    category: str | None = None  # only this category (case-insensitive)
+    category_first: bool = True  # rank the guessed (or the anchor's) category first
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,7 @@ class Results:
 
 
 class SearchService:
-    def __init__(self, config: Config, client: TorchServeClient) -> None:
+    def __init__(self, config: Config, client: ModelClient) -> None:
         self.config = config
         self.client = client
         self.indexes = IndexManager(config.index_uri, config.index_cache_dir or None, config.index_poll_s)
@@ -71,64 +79,66 @@ class SearchService:
     def require_index(self) -> CatalogIndex:
         index = self.indexes.current
         if index is None:
-            raise ServiceError(503, self.indexes.error or "index not loaded")
+            raise Unavailable(self.indexes.error or "index not loaded")
         return index
 
     def embed(self, image: bytes, index: CatalogIndex) -> np.ndarray:
-        try:
-            vector, model = self.client.embed(image)
-        except ImageError as exc:
-            raise ServiceError(400, str(exc)) from None
-        except TorchServeError as exc:
-            log.warning("embedding failed: %s", exc)
-            raise ServiceError(503, f"search is temporarily unavailable: {exc}") from None
-        if model != index.backbone:
-            raise ServiceError(503, f"the embedding model ({model}) does not match the index ({index.backbone}); "
-                                    "rebuild the index or deploy the matching model archive")
-        return vector
+        """The query's vector in the index's search space. ``ImageError``/``ModelServerError`` pass through."""
+        with metrics.EMBEDDING.time():
+            vector, backbone_id = self.client.embed(image)
+        if backbone_id != index.backbone_id:
+            raise Unavailable(f"the embedding model ({backbone_id}) does not match the index ({index.backbone_id}); "
+                              "rebuild the index or deploy the matching model archive")
+        return index.prepare(vector)
 
-    def search_image(self, image: bytes, threshold: float, top_k: int, category: str | None = None,
-                     category_first: bool = True) -> Results:
+    def search_image(self, image: bytes, options: SearchOptions) -> Results:
         """Products that look like ``image``; with ``category_first`` its guessed category ranks first."""
         index = self.require_index()
-        vector = index.prepare(self.embed(image, index))
-        scores = index.engine.scores(vector, index.category_mask(category))
-        guess = self._vote(index, scores) if category_first and not category else None
-        return self._rank(index, scores, threshold, top_k, guess)
+        query = self.embed(image, index)
+        where = Filter(categories=index.category_codes(options.category))
+        vote = options.category_first and not options.category
+        return self._rank(index, query, where, options, guess_code=None if vote else -1)
 
-    def similar(self, product_id: str, threshold: float, top_k: int, category: str | None = None,
-                category_first: bool = True) -> Results:
+    def similar(self, product_id: str, options: SearchOptions) -> Results:
         """More like this: the stored vector of a product, the product itself left out. No model call.
 
         Category-first here means the product's own category first (no guessing needed)."""
         index = self.require_index()
         row = index.row_of.get(str(product_id))
         if row is None:
-            raise ServiceError(404, f"no product with id {product_id!r} in the catalog")
-        mask = np.ones(len(index), dtype=bool) if category is None else index.category_mask(category).copy()
-        mask[row] = False
-        scores = index.engine.scores(index.vector(row), mask)
-        code = int(index.grouping.codes[row])
-        guess = Guess(index.grouping.names[code], 1.0, "product", code) \
-            if category_first and not category and code >= 0 else None
-        return self._rank(index, scores, threshold, top_k, guess, anchor=index.products[row])
+            raise NotFound(f"no product with id {product_id!r} in the catalog")
+        where = Filter(categories=index.category_codes(options.category), exclude_rows=frozenset({row}))
+        own = int(index.grouping.codes[row])
+        code = own if options.category_first and not options.category else -1
+        return self._rank(index, index.backend.vector(row), where, options, guess_code=code,
+                          anchor=index.products[row])
 
-    @staticmethod
-    def _vote(index: CatalogIndex, scores: np.ndarray) -> Guess | None:
-        winner, share = index.grouping.guess(scores)
-        code = int(winner[0])
-        return Guess(index.grouping.names[code], round(float(share[0]), 3), "vote", code) if code >= 0 else None
-
-    @staticmethod
-    def _rank(index: CatalogIndex, scores: np.ndarray, threshold: float, top_k: int, guess: Guess | None,
-              anchor: dict | None = None) -> Results:
-        keys = None if guess is None else index.grouping.keys(scores, [guess.code])[0]
-        found = top_rows(scores, top_k, index.calibration.cosine(threshold), keys)
+    def _rank(self, index: CatalogIndex, query: np.ndarray, where: Filter, options: SearchOptions,
+              guess_code: int | None, anchor: dict | None = None) -> Results:
+        """Candidates → results. ``guess_code``: None to vote for a category, -1 for none, else that code."""
+        min_score = index.calibration.cosine(options.threshold)
+        top_k = options.top_k
+        cands = index.backend.search(query, max(top_k, index.grouping.vote.k), where)
+        guess = self._guess(index, cands, guess_code)
+        if guess is None:
+            found = _best(index, query, cands, where, top_k, min_score)
+        else:
+            group = frozenset({guess.code})
+            found = _best(index, query, cands, where.narrowed(categories=group), top_k, min_score)
+            found += _best(index, query, cands, where.narrowed(exclude_categories=group), top_k - len(found),
+                           min_score)
         percents = index.calibration.percent(np.array([score for _, score in found]))
         hits = [Hit(index.products[row], score, float(pct)) for (row, score), pct in zip(found, percents, strict=True)]
-        first_group = 0 if guess is None else next(
-            (i for i, (row, _) in enumerate(found) if index.grouping.codes[row] != guess.code), len(found))
+        first_group = 0 if guess is None else sum(int(index.grouping.codes[row]) == guess.code for row, _ in found)
         return Results(hits, guess, first_group, anchor)
+
+    @staticmethod
+    def _guess(index: CatalogIndex, cands: Candidates, code: int | None) -> Guess | None:
+        grouping = index.grouping
+        if code is None:
+            code, share = grouping.guess_candidates(cands.rows, cands.scores)
+            return Guess(grouping.names[code], round(share, 3), "vote", code) if code >= 0 else None
+        return Guess(grouping.names[code], 1.0, "product", code) if code >= 0 else None
 
     def readiness(self) -> tuple[bool, str]:
         """Index loaded, TorchServe answering, and serving the index's backbone. Cached briefly."""
@@ -146,10 +156,27 @@ class SearchService:
             return False, self.indexes.error or "index not loaded"
         try:
             served = self.client.probe()
-        except (TorchServeError, ImageError) as exc:
+        except (ModelServerError, ImageError) as exc:
             return False, f"embedding model not ready: {exc}"
-        if served != index.backbone:
-            return False, f"model mismatch: TorchServe serves {served}, index was built with {index.backbone}"
+        if served != index.backbone_id:
+            return False, f"model mismatch: TorchServe serves {served}, index was built with {index.backbone_id}"
         if self.indexes.from_cache:
             return True, f"ready, serving the cached copy of version {index.version} ({self.indexes.error})"
         return True, "ready"
+
+
+def _best(index: CatalogIndex, query: np.ndarray, cands: Candidates, where: Filter, k: int,
+          min_score: float) -> list[tuple[int, float]]:
+    """The best ``k`` rows admitted by ``where`` (a narrowing of the filter ``cands`` came from) with score
+    ≥ ``min_score``: taken from ``cands`` when they settle it, else from one more backend search.
+
+    ``cands`` settle it when they hold ``k`` such rows, or when every row they left out scores below
+    ``min_score`` (their last score is below it) or none was left out (exhausted)."""
+    if k <= 0:
+        return []
+    codes = index.grouping.codes
+    admitted = [(row, score) for row, score in cands.pairs()
+                if score >= min_score and where.admits(row, int(codes[row]))]
+    if len(admitted) >= k or cands.exhausted or (len(cands) and cands.scores[-1] < min_score):
+        return admitted[:k]
+    return index.backend.search(query, k, where, min_score).pairs()

@@ -12,10 +12,10 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torchvision import transforms
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,18 @@ class WeightsUnavailable(RuntimeError):
     """No usable weights for a backbone; the message names every way to provide them."""
 
 
+#: PIL resampling filter per interpolation name (the names torchvision uses).
+RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+            "bicubic": Image.Resampling.BICUBIC}
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """Input transform as data: resize the shorter side, centre-crop, scale to [0,1], normalise."""
+    """Input transform as data: resize the shorter side, centre-crop, scale to [0,1], normalise.
+
+    Computed with PIL and NumPy, identically to torchvision's ``Resize(resize) → CenterCrop(crop) →
+    ToTensor → Normalize`` on PIL images (tests/test_backbones.py holds the two equal), so that every
+    runtime (eager PyTorch, ONNX Runtime, OpenVINO) gets the very same input array."""
 
     resize: int
     crop: int
@@ -39,16 +48,25 @@ class Preprocess:
     std: tuple[float, float, float]
     interpolation: str = "bilinear"
 
-    def transform(self) -> transforms.Compose:
-        mode = transforms.InterpolationMode(self.interpolation)
-        return transforms.Compose(
-            [
-                transforms.Resize(self.resize, interpolation=mode),
-                transforms.CenterCrop(self.crop),
-                transforms.ToTensor(),
-                transforms.Normalize(self.mean, self.std),
-            ]
-        )
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) with the shorter side at ``resize``, the longer truncated like torchvision."""
+        if width <= height:
+            return self.resize, int(self.resize * height / width)
+        return int(self.resize * width / height), self.resize
+
+    def __call__(self, img: Image.Image) -> np.ndarray:
+        """One RGB image → float32 array (3, crop, crop)."""
+        img = img.resize(self.resized_size(*img.size), RESAMPLE[self.interpolation])
+        left, top = int(round((img.width - self.crop) / 2.0)), int(round((img.height - self.crop) / 2.0))
+        img = img.crop((left, top, left + self.crop, top + self.crop))
+        x = np.asarray(img, dtype=np.float32) / 255.0
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+    def batch(self, images: list[Image.Image]) -> np.ndarray:
+        """(n, 3, crop, crop) float32."""
+        return np.stack([self(img) for img in images]) if images else np.zeros((0, 3, self.crop, self.crop),
+                                                                               np.float32)
 
     def fingerprint(self) -> str:
         """Short hash of the transform, part of the backbone id: change it and old vectors are stale."""
@@ -196,27 +214,30 @@ def build_model(name: str, weights: Path) -> nn.Module:
 
 
 class LoadedBackbone:
-    """A ready model plus its transform and identity; ``embed`` maps RGB images to unit vectors."""
+    """A ready model plus its transform and identity; ``embed`` maps RGB images to unit vectors.
 
-    def __init__(self, name: str, weights: Path, device: str = "cpu") -> None:
+    ``runtime`` picks what runs the network (handlers/runtimes.py); the weights file is hashed for the
+    backbone id whatever the runtime, and ``model_file`` is the exported network the runtime loads."""
+
+    def __init__(self, name: str, weights: Path, device: str = "cpu", runtime: str = "eager",
+                 model_file: Path | None = None) -> None:
+        from handlers.runtimes import load_runtime
+
         self.spec = SPECS[name]
         self.weights_sha256 = sha256_file(weights)
-        self.id = backbone_id(name, self.weights_sha256)
-        self.device = torch.device(device)
-        self.model = build_model(name, weights).to(self.device)
-        self.transform = self.spec.preprocess.transform()
+        self.backbone_id = backbone_id(name, self.weights_sha256)
+        self.runtime = load_runtime(runtime, name, weights, model_file, device)
 
     @property
     def dim(self) -> int:
         return self.spec.dim
 
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        return torch.stack([self.transform(img) for img in images])
+    def preprocess(self, images: list[Image.Image]) -> np.ndarray:
+        return self.spec.preprocess.batch(images)
 
-    @torch.inference_mode()
-    def embed(self, images: list[Image.Image]) -> torch.Tensor:
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
         """(n, dim) float32, each row L2-normalised."""
         if not images:
-            return torch.empty(0, self.dim)
-        feats = self.model(self.preprocess(images).to(self.device)).float()
-        return nn.functional.normalize(feats, dim=1).cpu()
+            return np.zeros((0, self.dim), np.float32)
+        feats = np.asarray(self.runtime(self.preprocess(images)), dtype=np.float32)
+        return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)

@@ -14,6 +14,7 @@ import numpy as np
 from handlers.backbones import LoadedBackbone, resolve_weights
 from handlers.imaging import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from handlers.protocol import EmbedResult
+from handlers.runtimes import MIN_COSINE, min_cosine, probe_images
 
 #: Written into the model archive next to the weights: which backbone the weights belong to.
 BACKBONE_FILE = "backbone.json"
@@ -37,13 +38,43 @@ class Embedder:
 
     @classmethod
     def from_model_dir(cls, model_dir: Path, device: str = "cpu") -> Embedder:
-        """Load what ``scripts/build_mar.py`` packed: ``backbone.json`` names the weights file."""
-        meta = json.loads((Path(model_dir) / BACKBONE_FILE).read_text())
-        return cls(LoadedBackbone(meta["name"], Path(model_dir) / meta["weights_file"], device))
+        """Load what ``scripts/build_mar.py`` packed, and check it: ``backbone.json`` names the weights, the
+        runtime and its model file, the backbone id and dim, and eager's vectors of the probe images."""
+        model_dir = Path(model_dir)
+        meta = json.loads((model_dir / BACKBONE_FILE).read_text())
+        model_file = model_dir / meta["model_file"] if meta.get("model_file") else None
+        backbone = LoadedBackbone(meta["name"], model_dir / meta["weights_file"], device,
+                                  meta.get("runtime", "eager"), model_file)
+        # The archive says what it packed; a different checksum or size means a damaged or mixed-up archive.
+        if (backbone.backbone_id, backbone.dim) != (meta["id"], meta["dim"]):
+            raise ValueError(f"{BACKBONE_FILE} promises {meta['id']} (dim {meta['dim']}) but the packed weights "
+                             f"give {backbone.backbone_id} (dim {backbone.dim})")
+        embedder = cls(backbone)
+        if meta.get("probe") is not None:  # the runtime must give eager's vectors, or the shared id would lie
+            agree = min_cosine(backbone.embed(probe_images()), np.asarray(meta["probe"], np.float32))
+            if agree < MIN_COSINE:
+                raise ValueError(f"runtime {backbone.runtime.name} disagrees with eager PyTorch on the probe "
+                                 f"images (cosine {agree:.5f} < {MIN_COSINE}); refusing to serve its vectors")
+        return embedder
+
+    @classmethod
+    def from_archive(cls, mar: Path, device: str = "cpu") -> Embedder:
+        """The model of a built ``.mar``, in-process (e.g. ``build_index.py --embedder local --archive``)."""
+        import tempfile
+        import zipfile
+
+        with tempfile.TemporaryDirectory(prefix="mar-") as tmp, zipfile.ZipFile(mar) as archive:
+            archive.extractall(tmp)
+            return cls.from_model_dir(Path(tmp), device)
 
     @property
-    def model_id(self) -> str:
-        return self.backbone.id
+    def runtime(self) -> str:
+        """The runtime really running the network (``eager`` when an optimised one had to fall back)."""
+        return self.backbone.runtime.name
+
+    @property
+    def backbone_id(self) -> str:
+        return self.backbone.backbone_id
 
     @property
     def dim(self) -> int:
@@ -55,12 +86,12 @@ class Embedder:
         good: list[tuple[int, object]] = []
         for i, blob in enumerate(blobs):
             try:
-                good.append((i, decode_image(blob, self.max_pixels)))
+                good.append((i, decode_image(blob, self.max_pixels, draft=self.backbone.spec.preprocess.resize)))
             except ImageError as exc:
                 results[i] = EmbedResult(error=str(exc))
         for start in range(0, len(good), self.batch_size):
             chunk = good[start : start + self.batch_size]
-            vectors = self.backbone.embed([img for _, img in chunk]).numpy().astype(np.float32)
+            vectors = self.backbone.embed([img for _, img in chunk])
             for (i, _), vec in zip(chunk, vectors, strict=True):
                 results[i] = EmbedResult(vector=vec)
         return results

@@ -43,7 +43,8 @@ class EmbeddingHandler(BaseHandler):
         gpu = props.get("gpu_id")
         device = f"cuda:{gpu}" if torch.cuda.is_available() and gpu is not None else "cpu"
         self.embedder = Embedder.from_model_dir(Path(props["model_dir"]), device=device)
-        log.info("loaded %s (dim %d) on %s", self.embedder.model_id, self.embedder.dim, device)
+        log.info("loaded %s (dim %d) with runtime %s on %s", self.embedder.backbone_id, self.embedder.dim,
+                 self.embedder.runtime, device)
         self.initialized = True
 
     def handle(self, data: list[dict], context) -> list[dict]:
@@ -53,9 +54,8 @@ class EmbeddingHandler(BaseHandler):
         for idx, res in enumerate(results):
             if res.error is not None:
                 context.set_response_status(code=400, phrase="Bad image", idx=idx)
-                out.append({"error": res.error, "model": self.embedder.model_id})
+                out.append({"error": res.error, "model": self.embedder.backbone_id})
             else:
-                out.append(
-                    {"embedding": res.vector.tolist(), "dim": self.embedder.dim, "model": self.embedder.model_id}
-                )
+                out.append({"embedding": res.vector.tolist(), "dim": self.embedder.dim,
+                            "model": self.embedder.backbone_id, "runtime": self.embedder.runtime})
         return out

@@ -21,11 +21,13 @@ class ImageError(ValueError):
     """An input that is not a usable image. ``str(err)`` is safe to show to a user."""
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None) -> Image.Image:
     """Decode ``data`` into an upright RGB image, or raise ``ImageError`` with a clear reason.
 
     Handles EXIF rotation, animated images (first frame), palette/alpha (composited on white),
-    CMYK and 16-bit greyscale.
+    CMYK and 16-bit greyscale. ``draft``: a large JPEG may be decoded at 1/2, 1/4 or 1/8 scale, never
+    below ``draft`` pixels on either side (the model resizes its input to about that anyway), which
+    makes decoding a 12-megapixel photo several times cheaper.
     """
     if not data:
         raise ImageError("empty image: no bytes received")
@@ -44,6 +46,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         raise ImageError("image has no pixels")
     if width * height > max_pixels:
         raise ImageError(f"image too large: {width}x{height} is more than {max_pixels:,} pixels")
+    if draft and img.format == "JPEG":
+        img.draft(img.mode, (draft, draft))
     try:
         img.seek(0)  # first frame of GIF/WebP animations
         img.load()

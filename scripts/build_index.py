@@ -16,15 +16,19 @@ from catalog.build import build_index
 from catalog.fetch import DEFAULT_CACHE
 from catalog.reader import CatalogError
 from catalog.store import StoreUnavailable
-from handlers.client import TorchServeClient, TorchServeError
+from modelserver.client import ModelServerError, make_client
 
 
 def make_embedder(args: argparse.Namespace):
     if args.embedder == "local":
         from handlers.embedder import Embedder
 
+        if args.archive:  # the archive's runtime (e.g. OpenVINO), checked as the handler checks it
+            return Embedder.from_archive(args.archive)
         return Embedder.create(args.backbone, args.weights)
-    client = TorchServeClient(args.torchserve_url, args.model, timeout=args.timeout, concurrency=args.concurrency)
+    client = make_client(args.torchserve_url, args.model, args.timeout, os.environ.get("TORCHSERVE_TOKEN", ""),
+                         os.environ.get("TORCHSERVE_KEY_FILE", ""))
+    client.concurrency = args.concurrency
     client.probe()  # fail fast, before any download, if TorchServe is not there
     return client
 
@@ -34,10 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--catalog", type=Path, required=True, help="products.csv")
     parser.add_argument("--output", required=True, help="index folder or s3://bucket/prefix")
     parser.add_argument("--embedder", choices=("torchserve", "local"), default="torchserve")
-    parser.add_argument("--torchserve-url", default=os.environ.get("TORCHSERVE_URL", "http://127.0.0.1:8080"))
+    parser.add_argument("--torchserve-url", default=os.environ.get("TORCHSERVE_URL", "http://127.0.0.1:8080"),
+                        help="TorchServe, or sagemaker://ENDPOINT; TORCHSERVE_TOKEN / TORCHSERVE_KEY_FILE "
+                             "when TorchServe's token authorization is on")
     parser.add_argument("--model", default=os.environ.get("TORCHSERVE_MODEL", "embedding"))
     parser.add_argument("--backbone", default="auto", help="local embedder only")
     parser.add_argument("--weights", type=Path, help="local embedder only: explicit weights file")
+    parser.add_argument("--archive", type=Path,
+                        help="local embedder only: embed with a built model archive (its runtime), e.g. "
+                             "model_store/embedding.mar")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="download cache")
     parser.add_argument("--refresh-cache", action="store_true", help="re-download remote images")
     parser.add_argument("--allow-private-hosts", action="store_true",
@@ -54,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         report = build_index(args.catalog, args.output, embedder, args.cache_dir, workers=args.workers,
                              refresh_cache=args.refresh_cache, progress=not args.no_progress, keep=args.keep,
                              allow_private_hosts=args.allow_private_hosts)
-    except (CatalogError, TorchServeError, StoreUnavailable) as exc:
+    except (CatalogError, ModelServerError, StoreUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report.summary())

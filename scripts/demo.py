@@ -14,9 +14,9 @@ import requests
 
 from catalog.build import build_index
 from catalog.fetch import DEFAULT_CACHE
-from handlers.archive import build_archive
-from handlers.client import TorchServeClient
-from handlers.serving import REPO, TorchServe, models_setting
+from modelserver.archive import build_archive
+from modelserver.client import TorchServeClient
+from modelserver.process import REPO, TorchServe, models_setting
 
 
 def _interrupt(*_: object) -> None:
@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args(argv)
 
-    mar, model_id = build_archive(args.backbone, output=REPO / "model_store")
-    print(f"[demo] archive {mar} serves {model_id}", flush=True)
+    archive = build_archive(args.backbone, output=REPO / "model_store")
+    print(f"[demo] archive {archive.path} serves {archive.backbone_id} with runtime {archive.runtime}", flush=True)
     ts = TorchServe(REPO / "model_store", REPO / "logs" / "torchserve",
-                    overrides={"models": models_setting(mar.name, batch_size=8, max_batch_delay_ms=20)})
+                    overrides={"models": models_setting(archive.path.name, batch_size=8, max_batch_delay_ms=20)})
     gateway: subprocess.Popen | None = None
     signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -18,9 +18,10 @@ import numpy as np
 
 from catalog.calibration import UNCALIBRATED, Calibration, fit_calibration
 from catalog.category_first import Grouping
-from catalog.evaluate import evaluate, fit_threshold, labelled_rows
 from catalog.fetch import DEFAULT_CACHE
+from catalog.neighbours import fit_threshold
 from catalog.store import IndexNotFound, open_store, read_current
+from evaluation.metrics import evaluate, labelled_rows
 
 
 def load_or_build(catalog: Path, index_dir: Path, embedder_kind: str, torchserve_url: str, cache_dir: Path):
@@ -36,7 +37,7 @@ def load_or_build(catalog: Path, index_dir: Path, embedder_kind: str, torchserve
 
         embedder = Embedder.create("auto")
     else:
-        from handlers.client import TorchServeClient
+        from modelserver.client import TorchServeClient
 
         embedder = TorchServeClient(torchserve_url)
     print(build_index(catalog, index_dir, embedder, cache_dir).summary(), file=sys.stderr)
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     grouping = Grouping.from_labels(list(labels), percent)
     result = evaluate(vectors, labels, grouping=None if args.no_category_first else grouping)
     visual = evaluate(vectors, labels) if not args.no_category_first else result
-    report = {"catalog": str(args.catalog), "backbone": index.backbone, "label_column": args.label_column,
+    report = {"catalog": str(args.catalog), "backbone": index.backbone_id, "label_column": args.label_column,
               "index_version": index.version, "whitening": index.manifest.get("whitening") if whitening else None,
               "whitening_ignored": args.no_whitening,
               "min_per_label": args.min_per_label, "category_first": not args.no_category_first,

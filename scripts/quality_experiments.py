@@ -31,10 +31,11 @@ from torchvision import transforms
 
 from catalog.calibration import Calibration, fit_calibration
 from catalog.category_first import CategoryVote, Grouping
-from catalog.evaluate import evaluate, labelled_rows, neighbours
 from catalog.fetch import ImageSource
+from catalog.neighbours import neighbours
 from catalog.store import open_store, read_current
 from catalog.whitening import fit_whitening
+from evaluation.metrics import evaluate, labelled_rows
 from handlers.backbones import SPECS, build_model, efficientnet_lite0_weights
 from handlers.imaging import decode_image
 

@@ -20,9 +20,9 @@ from PIL import Image
 from catalog.build import build_index
 from gateway import create_app
 from gateway.config import Config
-from handlers.client import TorchServeError
 from handlers.imaging import ImageError
-from handlers.serving import REPO, TorchServe, models_setting
+from modelserver.client import ModelServerError
+from modelserver.process import REPO, TorchServe, models_setting
 
 DEMO_CSV = REPO / "data" / "demo" / "products.csv"
 DEMO_DIR = DEMO_CSV.parent
@@ -109,7 +109,7 @@ def local_embedder():
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory) -> Path:
-    from handlers.archive import build_archive
+    from modelserver.archive import build_archive
 
     store = tmp_path_factory.mktemp("model_store")
     build_archive("efficientnet_lite0", output=store)
@@ -156,11 +156,11 @@ class StubClient:
     def embed(self, blob: bytes):
         self.calls += 1
         if self.down:
-            raise TorchServeError("embedding service unreachable at http://127.0.0.1:1: ConnectionError")
+            raise ModelServerError("embedding service unreachable at http://127.0.0.1:1: ConnectionError")
         res = self.embedder.embed_bytes([blob])[0]
         if res.error:
             raise ImageError(res.error)
-        return res.vector, self.embedder.model_id
+        return res.vector, self.embedder.backbone_id
 
     def probe(self) -> str:
         return self.embed(jpeg_bytes())[1]

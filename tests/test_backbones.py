@@ -31,7 +31,7 @@ def test_resnet18_from_explicit_file(resnet_file):
     vec = emb.embed_one(demo_image(10109))
     assert vec.shape == (512,) and vec.dtype.name == "float32"
     assert abs(float((vec**2).sum()) - 1.0) < 1e-5
-    assert emb.model_id.startswith("resnet18-" + backbones.sha256_file(resnet_file)[:12])
+    assert emb.backbone_id.startswith("resnet18-" + backbones.sha256_file(resnet_file)[:12])
 
 
 def test_resnet18_from_torch_hub_cache(resnet_file, empty_hub):
@@ -80,7 +80,7 @@ def test_efficientnet_is_really_pretrained(local_embedder):
 
     watches = [10109, 10140, 10195]  # Watches in the sample catalog
     x = local_embedder.backbone.preprocess([decode_image(demo_image(pid)) for pid in watches])
-    top1 = model.eval()(x).argmax(1).tolist()
+    top1 = model.eval()(torch.from_numpy(x)).argmax(1).tolist()
     assert all(label in (409, 531) for label in top1)  # ImageNet 409 analog clock, 531 digital watch
 
 

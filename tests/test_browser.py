@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from handlers.serving import REPO
+from modelserver.process import REPO
 from tests.conftest import demo_image
 
 pytestmark = pytest.mark.integration

@@ -66,7 +66,7 @@ def test_build_reports_bad_rows_and_indexes_the_rest(messy_catalog, local_embedd
     assert np.allclose(np.linalg.norm(index.embeddings, axis=1), 1.0, atol=1e-5)
     assert float(index.embeddings[0] @ local_embedder.embed_one(demo_image("10109"))) > 0.9999
     manifest = index.manifest
-    assert manifest["backbone"] == local_embedder.model_id and manifest["count"] == 4 and manifest["dim"] == 1280
+    assert manifest["backbone"] == local_embedder.backbone_id and manifest["count"] == 4 and manifest["dim"] == 1280
     assert set(manifest["files"]) == {"embeddings.npy", "products.jsonl", "errors.csv"}
     errors_file = out / "versions" / manifest["version"] / "errors.csv"
     assert len(list(csv.DictReader(errors_file.open()))) == 4

@@ -11,8 +11,9 @@ import pytest
 
 from catalog.calibration import Calibration
 from catalog.category_first import CategoryVote, Grouping, group_first
-from catalog.evaluate import evaluate, neighbours
+from catalog.neighbours import neighbours
 from catalog.store import IndexData, open_store, publish, write_version
+from evaluation.metrics import evaluate
 from gateway import create_app
 from gateway.config import Config
 from tests.conftest import jpeg_bytes
@@ -51,11 +52,13 @@ def test_group_first_keeps_score_order_inside_each_group():
 
 
 def test_guess_ignores_excluded_rows():
-    grouping = Grouping.from_labels(["A", "B", "B", ""], UNCAL, CategoryVote(k=2))
-    assert grouping.names == ["A", "B"] and grouping.codes.tolist() == [0, 1, 1, -1]
-    sim = np.array([[0.99, -np.inf, 0.5, 0.98]])  # row 1 excluded (e.g. the query itself)
-    winner, _ = grouping.guess(sim)
-    assert winner.tolist() == [0]  # votes: A (0.99) and the unlabelled row; B's 0.5 is not among the top 2
+    grouping = Grouping.from_labels(["A", "B", "B", "B", ""], UNCAL, CategoryVote(k=4, temperature=1e9))
+    assert grouping.names == ["A", "B"] and grouping.codes.tolist() == [0, 1, 1, 1, -1]
+    # Rows 1-3 (B) are excluded (e.g. the query itself, or filtered out) but still fall among the top 4.
+    # Counted, they would outvote A three to one at this temperature; excluded, only A votes.
+    sim = np.array([[0.99, -np.inf, -np.inf, -np.inf, 0.98]])
+    winner, share = grouping.guess(sim)
+    assert winner.tolist() == [0] and share.tolist() == [1.0]
 
 
 def angles(*degrees):

@@ -1,9 +1,8 @@
-"""The archive served by a REAL TorchServe process (handlers/embedding_handler.py, handlers/archive.py)."""
+"""The archive served by a REAL TorchServe process (handlers/embedding_handler.py)."""
 
 from __future__ import annotations
 
 import base64
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -22,17 +21,12 @@ def post(ts, data: bytes, content_type: str = "application/octet-stream") -> req
                          timeout=60)
 
 
-def test_archive_carries_handler_package_and_backbone(model_store):
-    names = zipfile.ZipFile(model_store / "embedding.mar").namelist()
-    assert {"embedding_handler.py", "backbone.json", "handlers/backbones.py", "handlers/imaging.py"} <= set(names)
-
-
 def test_vectors_equal_in_process_vectors(torchserve, local_embedder):
     for pid in IDS:
         resp = post(torchserve, demo_image(pid))
         assert resp.status_code == 200, resp.text
         body = resp.json()
-        assert body["dim"] == 1280 and body["model"] == local_embedder.model_id
+        assert body["dim"] == 1280 and body["model"] == local_embedder.backbone_id
         served = np.asarray(body["embedding"], dtype=np.float32)
         local = local_embedder.embed_one(demo_image(pid))
         assert float(served @ local) >= 0.9999
@@ -84,3 +78,59 @@ def test_base64_json_and_form_upload(torchserve, local_embedder):
         assert float(np.asarray(resp.json()["embedding"]) @ want) >= 0.9999
     empty_json = requests.post(f"{torchserve.url}/predictions/embedding", json={"nothing": 1}, timeout=60)
     assert empty_json.status_code == 400 and "empty image" in empty_json.json()["error"]
+
+
+@pytest.fixture(scope="module", params=["eager", "onnxruntime", "openvino"])
+def runtime_server(request, tmp_path_factory):
+    """A real TorchServe serving an archive built with one explicit runtime (batching on)."""
+    from modelserver.archive import build_archive
+    from modelserver.process import TorchServe, models_setting
+    from tests.conftest import free_port
+
+    store = tmp_path_factory.mktemp(f"store-{request.param}")
+    archive = build_archive("efficientnet_lite0", output=store, runtime=request.param)
+    assert archive.runtime == request.param
+    ts = TorchServe(store, tmp_path_factory.mktemp(f"ts-{request.param}"), free_port(), free_port(), free_port(),
+                    grpc_ports=(free_port(), free_port()),
+                    overrides={"models": models_setting("embedding.mar", batch_size=4, max_batch_delay_ms=100)})
+    ts.start()
+    try:
+        ts.wait_ready(timeout=240)
+        yield request.param, ts
+    finally:
+        ts.stop()
+
+
+def test_each_runtime_serves_eager_vectors_and_a_bad_image_fails_alone(runtime_server, local_embedder):
+    runtime, ts = runtime_server
+    blobs = [demo_image(pid) for pid in IDS[:6]]
+    blobs.insert(3, b"GIF89a not really")
+    with ThreadPoolExecutor(max_workers=len(blobs)) as pool:  # concurrent, so TorchServe batches them
+        responses = list(pool.map(lambda b: post(ts, b), blobs))
+    assert [r.status_code for r in responses] == [200, 200, 200, 400, 200, 200, 200]
+    assert "not a supported image" in responses[3].json()["error"]
+    for resp, blob in zip(responses, blobs, strict=True):
+        if resp.status_code == 200:
+            body = resp.json()
+            assert body["runtime"] == runtime and body["model"] == local_embedder.backbone_id
+            assert float(np.asarray(body["embedding"]) @ local_embedder.embed_one(blob)) >= 0.999
+
+
+def test_default_runtime_keeps_retrieval_quality(demo_index, local_embedder):
+    """The sample catalog indexed through TorchServe with the default (optimised) runtime ranks like eager
+    PyTorch in-process: leave-one-out same-category precision within 0.005."""
+    from catalog.calibration import Calibration
+    from catalog.category_first import Grouping
+    from catalog.store import open_store, read_current
+    from evaluation.metrics import evaluate
+
+    index = read_current(open_store(demo_index))
+    labels = [p["category"] for p in index.products]
+    images = [(DEMO_DIR / p["image_url"]).read_bytes() for p in index.products]
+    eager_vectors = np.stack([r.vector for r in local_embedder.embed_bytes(images)])
+    assert float((eager_vectors * index.embeddings).sum(axis=1).min()) >= 0.999
+    percent = Calibration.from_manifest(index.manifest).percent  # the gateway's vote scale, for both
+    served = evaluate(index.embeddings, labels, grouping=Grouping.from_labels(labels, percent)).metrics
+    eager = evaluate(eager_vectors, labels, grouping=Grouping.from_labels(labels, percent)).metrics
+    for key in ("precision@1", "precision@5", "precision@10", "mAP@10"):
+        assert abs(served[key] - eager[key]) <= 0.005, (key, served[key], eager[key])

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from catalog.calibration import UNCALIBRATED, Calibration, fit_calibration
-from catalog.evaluate import evaluate, fit_threshold, neighbours
+from catalog.neighbours import fit_threshold, neighbours
 from catalog.whitening import fit_whitening
+from evaluation.metrics import evaluate
 from scripts.evaluate import main as evaluate_cli
 from tests.conftest import DEMO_CSV
 

@@ -17,8 +17,8 @@ import requests
 
 from gateway import create_app
 from gateway.config import Config
-from handlers.client import TorchServeClient
-from handlers.serving import TorchServe, models_setting
+from modelserver.client import TorchServeClient
+from modelserver.process import TorchServe, models_setting
 from scripts.loadtest import run_load
 from tests.conftest import DEMO_DIR, demo_image, free_port
 

@@ -4,12 +4,15 @@ tests/test_e2e.py runs the same paths against a real TorchServe and a real gunic
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
 
 from gateway import create_app
 from gateway.config import Config
+from modelserver.process import REPO
 from tests.conftest import demo_image, jpeg_bytes
 
 
@@ -107,3 +110,11 @@ def test_catalog_images_stay_inside_the_catalog(client):
     assert client.get("/catalog/../products.csv").status_code == 404
     assert client.get("/catalog/%2e%2e/%2e%2e/etc/passwd").status_code == 404
     assert client.get("/catalog/images/none.jpg").status_code == 404
+
+
+def test_import_gateway_loads_neither_pandas_nor_torch():
+    code = ("import sys, gateway, gateway.__main__; "
+            "heavy = sorted(m for m in ('pandas', 'torch', 'torchvision', 'timm') if m in sys.modules); "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr

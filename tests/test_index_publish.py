@@ -168,7 +168,7 @@ def test_build_killed_mid_upload_leaves_published_version(index_uri, tmp_path, l
     store = open_store(index_uri)
     published = read_current(store)
     for n in range(5):  # die before/after each file of the new version, or at the pointer
-        index = IndexData(published.embeddings[:5], published.products[:5], {"backbone": published.backbone})
+        index = IndexData(published.embeddings[:5], published.products[:5], {"backbone": published.backbone_id})
         with pytest.raises(KeyboardInterrupt):
             failing = FailingStore(store, n)
             publish(failing, write_version(failing, index, {"errors.csv": b""}))
@@ -214,7 +214,7 @@ def test_corrupt_new_version_is_refused_and_old_one_served(index_uri, tmp_path, 
     gw = start_gateway(**gateway_env(index_uri, torchserve))
     store = open_store(index_uri)
     data = read_current(store)
-    version = write_version(store, IndexData(data.embeddings[:6], data.products[:6], {"backbone": data.backbone}))
+    version = write_version(store, IndexData(data.embeddings[:6], data.products[:6], {"backbone": data.backbone_id}))
     store.put(f"versions/{version}/products.jsonl", b'{"id": "tampered"}\n' * 6)  # corrupted object
     publish(store, version)
     with pytest.raises(CorruptIndex, match="checksum mismatch"):

@@ -27,7 +27,7 @@ def test_round_trip_and_pointer_written_last(tmp_path):
         read_current(store)
     publish(store, version)
     loaded = read_current(store)
-    assert loaded.version == version and loaded.backbone == "test-backbone"
+    assert loaded.version == version and loaded.backbone_id == "test-backbone"
     assert np.array_equal(loaded.embeddings, index.embeddings) and loaded.products == index.products
 
 

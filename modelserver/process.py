@@ -44,7 +44,7 @@ class TorchServe:
 
     def __init__(self, model_store: Path, workdir: Path, inference_port: int = 8080, management_port: int = 8081,
                  metrics_port: int = 8082, overrides: dict[str, str] | None = None,
-                 grpc_ports: tuple[int, int] = (7070, 7071)) -> None:
+                 grpc_ports: tuple[int, int] = (7070, 7071), env: dict[str, str] | None = None) -> None:
         self.model_store = Path(model_store).resolve()
         self.workdir = Path(workdir).resolve()
         self.url = f"http://127.0.0.1:{inference_port}"
@@ -59,6 +59,7 @@ class TorchServe:
             "grpc_management_port": str(grpc_ports[1]),
             **(overrides or {}),
         }
+        self.env = env or {}  # e.g. PHOTO_THREADS for several workers on few cores (handlers/runtimes.py)
         self.process: subprocess.Popen | None = None
 
     def start(self) -> TorchServe:
@@ -70,7 +71,7 @@ class TorchServe:
         (self.workdir / "tmp").mkdir(exist_ok=True)
         env = {**os.environ, "LOG_LOCATION": str(self.workdir / "logs"),
                "METRICS_LOCATION": str(self.workdir / "logs"), "TMPDIR": str(self.workdir / "tmp"),
-               "TEMP": str(self.workdir / "tmp")}  # TEMP → java.io.tmpdir, where worker sockets live
+               "TEMP": str(self.workdir / "tmp"), **self.env}  # TEMP → java.io.tmpdir, where worker sockets live
         exe = Path(sys.executable).with_name("torchserve")
         cmd = [str(exe), "--start", "--foreground", "--ncs", "--model-store", str(self.model_store),
                "--ts-config", str(config)]

@@ -1,0 +1,33 @@
+"""Catalog image locations: an http(s) URL, or a path relative to the catalog's folder that may not leave it.
+
+Shared by the index build (reading local catalog images) and the gateway (serving them under /catalog/).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+class UnsafePath(ValueError):
+    """A catalog image path that is unusable or points outside the catalog folder."""
+
+
+def is_remote(image_url: str) -> bool:
+    return urlsplit(image_url).scheme.lower() in ("http", "https")
+
+
+def resolve_local(image_url: str, root: Path) -> Path:
+    """A catalog-relative path, refused if it escapes ``root`` (``..``, absolute, symlinks)."""
+    if urlsplit(image_url).scheme:
+        raise UnsafePath(f"unsupported URL scheme in {image_url!r}: use http, https or a relative path")
+    if "\0" in image_url:
+        raise UnsafePath("path contains a NUL byte")
+    root = root.resolve()
+    try:
+        path = (root / image_url).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:  # symlink loops, over-long names
+        raise UnsafePath(f"unusable path {image_url!r}: {exc}") from None
+    if not path.is_relative_to(root):
+        raise UnsafePath(f"path escapes the catalog folder: {image_url}")
+    return path

@@ -1,0 +1,1 @@
+"""Offline retrieval-quality evaluation of an index. Production code never imports this package."""

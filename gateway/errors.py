@@ -1,0 +1,35 @@
+"""The gateway's own request errors: one type per kind, each with the HTTP status it answers with.
+
+``str(err)`` is shown to the user as it is. Errors of other layers that reach a request keep their own
+types (``ImageError``, ``UnsafeURL``, ``ModelServerError``); routes.py registers one handler for each.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """A request that cannot be answered; subclasses fix the status."""
+
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ServiceError):
+    """The request's parameters are wrong or missing."""
+
+    status = 400
+
+
+class NotFound(ServiceError):
+    """No such product or catalog image."""
+
+    status = 404
+
+
+class Unavailable(ServiceError):
+    """The index is not loaded, or the model does not match it: try again later."""
+
+    status = 503

@@ -1,0 +1,209 @@
+"""Clients for the embedding model server, used by the gateway and the index build.
+
+``TorchServeClient`` speaks TorchServe's ``/predictions`` API (sending its inference token when one is
+configured); ``SageMakerClient`` calls a SageMaker endpoint that runs the same archive and gets the same
+JSON. ``make_client`` picks one from ``TORCHSERVE_URL`` (``sagemaker://ENDPOINT`` for the latter).
+No torch here: the gateway only needs requests, numpy and (for SageMaker) boto3. Concurrent calls let
+TorchServe fuse requests into batches (``batchSize`` in ``infra/torchserve/config.properties``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import requests
+
+from handlers.imaging import ImageError
+from handlers.protocol import EmbedResult
+
+SAGEMAKER_SCHEME = "sagemaker://"
+
+
+class ModelServerError(RuntimeError):
+    """The model server is unreachable, too slow, or answered with a server error."""
+
+
+class ModelClient(Protocol):
+    """What the gateway needs of a model server: one image's vector and the backbone id that made it."""
+
+    def embed(self, blob: bytes) -> tuple[np.ndarray, str]:
+        """Vector and backbone id; ``ImageError`` if the server refused the image, else ``ModelServerError``."""
+        ...
+
+    def probe(self) -> str:
+        """Embed a tiny image; the served backbone id."""
+        ...
+
+
+def parse_answer(status: int, body: object, reason: str) -> tuple[np.ndarray, str]:
+    """The handler's JSON answer → (vector, backbone id), or the error it means."""
+    if status == 400 and isinstance(body, dict) and "error" in body:
+        raise ImageError(str(body["error"]))
+    if status != 200 or not isinstance(body, dict) or "embedding" not in body or "model" not in body:
+        detail = body.get("message") if isinstance(body, dict) else None
+        raise ModelServerError(f"embedding service answered {status}: {detail or reason}")
+    return np.asarray(body["embedding"], dtype=np.float32), str(body["model"])
+
+
+class BatchingClient:
+    """``embed_bytes`` and ``probe`` on top of a subclass's ``embed``."""
+
+    concurrency = 8
+    _backbone_id: str | None = None
+
+    def embed(self, blob: bytes) -> tuple[np.ndarray, str]:
+        raise NotImplementedError
+
+    def embed_bytes(self, blobs: list[bytes]) -> list[EmbedResult]:
+        """One result per blob; bad images become error results, a dead service raises."""
+
+        def one(blob: bytes) -> EmbedResult:
+            try:
+                return EmbedResult(vector=self.embed(blob)[0])
+            except ImageError as exc:
+                return EmbedResult(error=str(exc))
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(blobs)))) as pool:
+            return list(pool.map(one, blobs))
+
+    @property
+    def backbone_id(self) -> str:
+        """The served backbone id, learnt from the last answer (probes once if none yet)."""
+        if self._backbone_id is None:
+            self.probe()
+        return self._backbone_id  # type: ignore[return-value]
+
+    def probe(self) -> str:
+        """Embed a tiny generated image: proves the model answers and returns its id."""
+        return self.embed(PROBE_PNG)[1]
+
+
+class TorchServeClient(BatchingClient):
+    """TorchServe's inference API. With token authorization on (TorchServe's default), pass the inference
+    ``token``, or the ``key_file`` TorchServe wrote (read again when TorchServe answers 401: keys rotate)."""
+
+    def __init__(self, url: str, model: str = "embedding", timeout: float = 30.0, concurrency: int = 8,
+                 token: str = "", key_file: str | Path = "") -> None:
+        self.url = url.rstrip("/")
+        self.model = model
+        self.timeout = timeout
+        self.concurrency = concurrency
+        self.key_file = Path(key_file) if key_file else None
+        self._token = token
+        if not token and self.key_file is not None and self.key_file.is_file():
+            self._token = self._read_key_file()  # else read on the first 401: TorchServe may start later
+        self._local = threading.local()
+
+    def _read_key_file(self) -> str:
+        if self.key_file is None:
+            return ""
+        try:
+            return str(json.loads(self.key_file.read_text())["inference"]["key"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelServerError(f"cannot read the TorchServe key file {self.key_file}: {exc}") from None
+
+    def _session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+            self._local.session.trust_env = False  # never send the image through an environment proxy
+        return self._local.session
+
+    def _post(self, blob: bytes) -> requests.Response:
+        headers = {"Content-Type": "application/octet-stream"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        try:
+            return self._session().post(f"{self.url}/predictions/{self.model}", data=blob, headers=headers,
+                                        timeout=(3.0, self.timeout))
+        except requests.Timeout:
+            raise ModelServerError(f"embedding service timed out after {self.timeout:g}s") from None
+        except requests.RequestException as exc:
+            raise ModelServerError(f"embedding service unreachable at {self.url}: {type(exc).__name__}") from None
+
+    def embed(self, blob: bytes) -> tuple[np.ndarray, str]:
+        """Vector and backbone id for one image. ``ImageError`` if TorchServe refused the image."""
+        resp = self._post(blob)
+        if resp.status_code == 401 and self.key_file is not None:
+            self._token = self._read_key_file()
+            resp = self._post(blob)
+        if resp.status_code == 401:
+            raise ModelServerError("embedding service refused the token (401): set TORCHSERVE_TOKEN or "
+                                   "TORCHSERVE_KEY_FILE to TorchServe's inference key")
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {}
+        vector, backbone_id = parse_answer(resp.status_code, body, resp.reason)
+        self._backbone_id = backbone_id
+        return vector, backbone_id
+
+
+class SageMakerClient(BatchingClient):
+    """A SageMaker endpoint serving the same archive: ``InvokeEndpoint`` with the image bytes, the
+    handler's JSON back. Credentials, region and ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`` come from boto3's
+    standard chain."""
+
+    def __init__(self, endpoint: str, timeout: float = 30.0, concurrency: int = 8, runtime=None) -> None:
+        import boto3
+        from botocore.config import Config as BotoConfig
+
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.concurrency = concurrency
+        self.runtime = runtime or boto3.client("sagemaker-runtime", config=BotoConfig(
+            connect_timeout=3, read_timeout=timeout, retries={"max_attempts": 2, "mode": "standard"}))
+
+    def embed(self, blob: bytes) -> tuple[np.ndarray, str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            resp = self.runtime.invoke_endpoint(EndpointName=self.endpoint, Body=blob,
+                                                ContentType="application/octet-stream", Accept="application/json")
+            body = json.loads(resp["Body"].read())
+        except ClientError as exc:
+            raise self._model_error(exc) from None
+        except (BotoCoreError, ValueError) as exc:
+            raise ModelServerError(f"embedding endpoint {self.endpoint} unreachable: {type(exc).__name__}") from None
+        vector, backbone_id = parse_answer(200, body, "OK")
+        self._backbone_id = backbone_id
+        return vector, backbone_id
+
+    def _model_error(self, exc) -> Exception:
+        """SageMaker wraps the container's own 4xx answer as a ModelError with its status and body."""
+        error = exc.response.get("Error", {})
+        if error.get("Code") == "ModelError" and exc.response.get("OriginalStatusCode") == 400:
+            try:
+                return ImageError(str(json.loads(exc.response.get("OriginalMessage", ""))["error"]))
+            except (ValueError, KeyError, TypeError):
+                pass
+        return ModelServerError(f"embedding endpoint {self.endpoint} answered {error.get('Code', 'an error')}: "
+                                f"{error.get('Message', '')}".rstrip(": "))
+
+
+def make_client(url: str, model: str = "embedding", timeout: float = 30.0, token: str = "",
+                key_file: str = "") -> TorchServeClient | SageMakerClient:
+    """``sagemaker://ENDPOINT`` → ``SageMakerClient``; an http(s) URL → ``TorchServeClient``."""
+    if url.startswith(SAGEMAKER_SCHEME):
+        endpoint = url[len(SAGEMAKER_SCHEME):].strip("/")
+        if not endpoint:
+            raise ValueError(f"{url}: no SageMaker endpoint name")
+        return SageMakerClient(endpoint, timeout)
+    return TorchServeClient(url, model, timeout=timeout, token=token, key_file=key_file)
+
+
+def _probe_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (128, 128, 128)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+PROBE_PNG = _probe_png()

@@ -1,0 +1,54 @@
+"""The model archive (modelserver/archive.py): what it packs, and that the handler can trust it."""
+
+from __future__ import annotations
+
+import ast
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from handlers.embedder import BACKBONE_FILE, Embedder
+from handlers.runtimes import RUNTIMES
+from modelserver.archive import HANDLERS_DIR
+
+
+def handler_imports(module: str = "embedding_handler", seen: set[str] | None = None) -> set[str]:
+    """Modules of the handlers package the handler imports, directly or through each other."""
+    seen = set() if seen is None else seen
+    seen.add(module)
+    tree = ast.parse((HANDLERS_DIR / f"{module}.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("handlers."):
+            name = node.module.split(".", 1)[1]
+            if name not in seen:
+                handler_imports(name, seen)
+    return seen
+
+
+def test_archive_packs_exactly_what_the_handler_imports(model_store):
+    names = set(zipfile.ZipFile(model_store / "embedding.mar").namelist())
+    assert {"embedding_handler.py", BACKBONE_FILE} <= names
+    packed = {Path(n).stem for n in names if n.startswith("handlers/") and n.endswith(".py")} - {"__init__"}
+    assert packed == handler_imports()  # nothing the handler does not need (no client, no process manager)
+
+
+def test_backbone_json_is_checked_when_the_handler_loads(model_store, tmp_path):
+    with zipfile.ZipFile(model_store / "embedding.mar") as mar:
+        mar.extractall(tmp_path)
+    meta = json.loads((tmp_path / BACKBONE_FILE).read_text())
+    assert set(meta) == {"name", "weights_file", "weights_sha256", "id", "dim", "runtime", "model_file", "probe"}
+    assert meta["runtime"] in RUNTIMES and (tmp_path / meta["model_file"]).is_file()
+    loaded = Embedder.from_model_dir(tmp_path)
+    assert loaded.backbone_id == meta["id"] and loaded.runtime == meta["runtime"]
+    (tmp_path / BACKBONE_FILE).write_text(json.dumps({**meta, "id": meta["id"] + "-other"}))
+    with pytest.raises(ValueError, match="promises"):
+        Embedder.from_model_dir(tmp_path)
+    # A runtime that does not give eager's vectors on the probe images is refused, not served under the id.
+    probe = np.asarray(meta["probe"])
+    probe[:, : probe.shape[1] // 2] *= -1
+    (tmp_path / BACKBONE_FILE).write_text(json.dumps({**meta, "probe": probe.tolist()}))
+    with pytest.raises(ValueError, match="disagrees with eager"):
+        Embedder.from_model_dir(tmp_path)

@@ -1,0 +1,76 @@
+"""The TorchServe HTTP client (modelserver/client.py) against a local stand-in speaking TorchServe's answers.
+
+The real TorchServe is exercised through this client by the integration tests (test_e2e, test_faults)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from handlers.imaging import ImageError
+from modelserver.client import ModelServerError, TorchServeClient
+
+
+class _Fake(BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        status, answer = self.server.answer(body)  # type: ignore[attr-defined]
+        data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def fake():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Fake)
+    server.answer = lambda body: (200, {"embedding": [0.6, 0.8], "dim": 2, "model": "m-1"})
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def client_for(server, **kw) -> TorchServeClient:
+    return TorchServeClient(f"http://127.0.0.1:{server.server_address[1]}", **kw)
+
+
+def test_vector_and_backbone_id(fake):
+    client = client_for(fake)
+    vector, backbone_id = client.embed(b"img")
+    assert vector.dtype == np.float32 and vector.tolist() == [np.float32(0.6), np.float32(0.8)]
+    assert backbone_id == "m-1" and client.backbone_id == "m-1"
+
+
+def test_refused_image_is_an_image_error_and_a_batch_keeps_going(fake):
+    fake.answer = lambda body: (400, {"error": "not a supported image"}) if body == b"bad" else \
+        (200, {"embedding": [1.0], "dim": 1, "model": "m-1"})
+    client = client_for(fake)
+    with pytest.raises(ImageError, match="not a supported image"):
+        client.embed(b"bad")
+    results = client.embed_bytes([b"good", b"bad", b"good"])
+    assert [r.error for r in results] == [None, "not a supported image", None]
+
+
+@pytest.mark.parametrize(("status", "answer", "message"), [
+    (503, {"code": 503, "message": "Model is not ready"}, "answered 503: Model is not ready"),
+    (200, b"<html>proxy page</html>", "answered 200"),
+    (200, {"something": "else"}, "answered 200"),
+])
+def test_server_trouble_is_a_model_server_error(fake, status, answer, message):
+    fake.answer = lambda body: (status, answer)
+    with pytest.raises(ModelServerError, match=message):
+        client_for(fake).embed(b"img")
+
+
+def test_unreachable_server():
+    with pytest.raises(ModelServerError, match="unreachable"):
+        TorchServeClient("http://127.0.0.1:9").embed(b"img")

@@ -1,0 +1,25 @@
+"""Gateway settings from the environment (gateway/config.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import Config
+
+
+def test_defaults_and_environment_names():
+    assert Config.from_env({}) == Config()
+    cfg = Config.from_env({"INDEX_URI": "s3://b/p", "MAX_UPLOAD_MB": "2.5", "DEFAULT_TOP_K": "7",
+                           "CATEGORY_FIRST": "no", "ALLOW_PRIVATE_URLS": " YES "})
+    assert (cfg.index_uri, cfg.max_upload_mb, cfg.default_top_k) == ("s3://b/p", 2.5, 7)
+    assert cfg.category_first is False and cfg.allow_private_urls is True
+
+
+def test_a_bad_number_names_the_variable():
+    with pytest.raises(ValueError, match="DEFAULT_TOP_K='many' is not a valid int"):
+        Config.from_env({"DEFAULT_TOP_K": "many"})
+
+
+def test_overrides_win_and_networks_are_split():
+    cfg = Config.from_env({"INDEX_URI": "a"}, index_uri="b", allowed_image_networks=" 10.0.0.0/8, ,fd00::/8")
+    assert cfg.index_uri == "b" and cfg.image_networks == ("10.0.0.0/8", "fd00::/8")

@@ -1,0 +1,25 @@
+"""The TorchServe process manager's config rendering (modelserver/process.py); the process itself is
+exercised by every integration test through the ``torchserve`` fixture."""
+
+from __future__ import annotations
+
+import json
+
+from modelserver.process import CONFIG_TEMPLATE, models_setting, render_config
+
+
+def test_overrides_replace_keys_and_append_new_ones(tmp_path):
+    template = tmp_path / "config.properties"
+    template.write_text("# inference_address=commented\ninference_address=http://127.0.0.1:8080\nkeep=1\n")
+    out = render_config(template, {"inference_address": "http://127.0.0.1:9", "extra": "x"})
+    assert out == "# inference_address=commented\ninference_address=http://127.0.0.1:9\nkeep=1\nextra=x\n"
+
+
+def test_models_setting_and_the_checked_in_config():
+    setting = json.loads(models_setting("embedding.mar", batch_size=4, max_batch_delay_ms=50, workers=2))
+    assert setting == {"embedding": {"1.0": {"marName": "embedding.mar", "batchSize": 4, "maxBatchDelay": 50,
+                                             "minWorkers": 2, "maxWorkers": 2, "responseTimeout": 60}}}
+    keys = dict(line.split("=", 1) for line in CONFIG_TEMPLATE.read_text().splitlines()
+                if line and not line.startswith("#"))
+    assert all(keys[k].startswith("http://127.0.0.1:") for k in ("inference_address", "management_address",
+                                                                  "metrics_address"))

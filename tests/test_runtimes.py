@@ -1,0 +1,98 @@
+"""Runtimes (handlers/runtimes.py) and the export that feeds them (modelserver/export.py), in-process.
+
+Through a real TorchServe: tests/test_embedding_handler.py."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+from torchvision import transforms
+
+from handlers.backbones import SPECS, resolve_weights
+from handlers.imaging import decode_image
+from handlers.runtimes import MIN_COSINE, Runtime, eager, load_runtime, min_cosine, probe_images
+from modelserver.export import ExportError, choose_runtime, export_onnx
+from tests.conftest import DEMO_DIR
+
+NAME = "efficientnet_lite0"
+
+
+def real_images(n: int = 12) -> list[Image.Image]:
+    return [decode_image(p.read_bytes()) for p in sorted((DEMO_DIR / "images").glob("*.jpg"))[::20][:n]]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    _, weights = resolve_weights(NAME)
+    return weights, export_onnx(NAME, weights, tmp_path_factory.mktemp("onnx") / "model.onnx")
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("size", [(224, 224), (300, 180), (181, 640), (1000, 999)])
+def test_preprocess_equals_torchvision(name, size):
+    """The one definition (PIL + NumPy) gives torchvision's own pipeline's array, so no runtime needs torch."""
+    pre = SPECS[name].preprocess
+    img = real_images(1)[0].resize(size)
+    torchvision_way = transforms.Compose([
+        transforms.Resize(pre.resize, interpolation=transforms.InterpolationMode(pre.interpolation)),
+        transforms.CenterCrop(pre.crop), transforms.ToTensor(), transforms.Normalize(pre.mean, pre.std)])
+    np.testing.assert_allclose(pre(img), torchvision_way(img).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_optimised_runtimes_give_eager_vectors(exported, runtime):
+    weights, onnx_file = exported
+    batch = SPECS[NAME].preprocess.batch(real_images() + probe_images())
+    run = load_runtime(runtime, NAME, weights, onnx_file)
+    assert run.name == runtime
+    assert min_cosine(run(batch), eager(NAME, weights)(batch)) >= MIN_COSINE
+
+
+def test_missing_model_file_falls_back_to_eager_and_says_so(exported, tmp_path, caplog):
+    weights, _ = exported
+    with caplog.at_level(logging.WARNING):
+        run = load_runtime("openvino", NAME, weights, tmp_path / "missing.onnx")
+    assert run.name == "eager" and "falling back to eager" in caplog.text
+    with pytest.raises(ValueError, match="unknown runtime"):
+        load_runtime("tensorflow", NAME, weights, None)
+
+
+def test_auto_packs_the_fastest_runtime_that_matches_eager(exported, monkeypatch):
+    weights, onnx_file = exported
+    images = real_images(4)
+    choice = choose_runtime("auto", NAME, weights, onnx_file, images)
+    assert set(choice.images_per_s) == {"eager", "onnxruntime", "openvino"} and not choice.refused
+    assert choice.runtime == max(choice.images_per_s, key=choice.images_per_s.get)
+    # A runtime whose vectors drift from eager is refused, whatever its speed.
+    import handlers.runtimes as runtimes
+
+    real = runtimes.openvino
+    monkeypatch.setattr(runtimes, "openvino", lambda f, d="cpu": (lambda b: real(f, d)(b)[:, ::-1].copy()))
+    monkeypatch.setattr("modelserver.export.load_runtime", runtimes.load_runtime)
+    choice = choose_runtime("auto", NAME, weights, onnx_file, images)
+    assert "openvino" in choice.refused and choice.runtime != "openvino"
+    with pytest.raises(ExportError, match="cosine to eager"):
+        choose_runtime("openvino", NAME, weights, onnx_file, images)
+
+
+def test_min_cosine():
+    a = np.array([[1.0, 0.0], [0.0, 2.0]])
+    assert min_cosine(a, a * 3) == pytest.approx(1.0)
+    assert min_cosine(a, np.array([[1.0, 1.0], [0.0, 1.0]])) == pytest.approx(np.sqrt(0.5))
+    assert Runtime("x", lambda b: b * 2)(np.ones(2)).tolist() == [2.0, 2.0]
+
+
+def test_large_jpeg_decodes_at_reduced_size_never_below_the_draft():
+    buf = io.BytesIO()
+    real_images(1)[0].resize((2400, 1800)).save(buf, format="JPEG", quality=90)
+    full = decode_image(buf.getvalue())
+    small = decode_image(buf.getvalue(), draft=256)
+    assert full.size == (2400, 1800) and small.size == (600, 450)  # 1/4 scale: 1/8 would leave 225 < 256
+    assert min(decode_image(buf.getvalue(), draft=300).size) >= 300
+    png = io.BytesIO()
+    real_images(1)[0].resize((800, 600)).save(png, format="PNG")
+    assert decode_image(png.getvalue(), draft=256).size == (800, 600)  # only JPEG has a draft mode
