@@ -5,14 +5,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv mar demo test lint bench clean
+.PHONY: help venv mar demo test lint bench infra-check clean
 
 help:
 	@echo "make demo   - build the model archive, start TorchServe, index the sample catalog, serve http://127.0.0.1:5000"
 	@echo "make test   - install what the tests need and run them (starts its own TorchServe)"
 	@echo "make mar    - build model_store/embedding.mar"
 	@echo "make lint   - ruff"
-	@echo "make bench  - embedding throughput: TorchServe batching vs none vs in-process, as ratios"
+	@echo "make bench  - speed figures as ratios within one run (build/bench.json), checked against targets"
+	@echo "make infra-check - lint and validate every deployment file in infra/ (offline)"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -39,9 +40,23 @@ test: venv
 lint: venv
 	$(BIN)/ruff check .
 
-# Throughput ratios measured in one run (TorchServe batching on vs off, vs in-process); see scripts/bench.py.
+# Speed figures as ratios measured in one run (scripts/bench.py), then checked against their targets.
 bench: venv
 	$(BIN)/python scripts/bench.py
+	$(BIN)/python scripts/check_bench.py build/bench.json
+
+# Every deployment file, validated offline: Dockerfiles (hadolint), CloudFormation/SAM (cfn-lint, which
+# expands SAM), Kubernetes (kustomize build, then the 1.37 schemas, strict), compose (the compose spec),
+# YAML style (yamllint), then the cross-file consistency tests. Any finding fails.
+infra-check: venv
+	@mkdir -p build
+	$(BIN)/hadolint infra/docker/*.Dockerfile
+	$(BIN)/cfn-lint infra/aws/*.yaml
+	$(BIN)/kubectl kustomize infra/k8s > build/k8s.yaml
+	$(BIN)/kubernetes-validate --strict --kubernetes-version 1.37 build/k8s.yaml
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec infra/compose.yaml
+	$(BIN)/yamllint --strict -c infra/yamllint.yaml infra
+	$(BIN)/python -m pytest -q tests/test_infra.py -m "not integration"
 
 clean:
 	rm -rf $(VENV) index logs model_store/*.mar .pytest_cache

@@ -80,7 +80,8 @@ class IndexManager:
         self.cache = LocalStore(Path(cache_dir) if cache_dir else default_cache_dir(uri))
         self.poll_s = poll_s
         self.current: CatalogIndex | None = None
-        self._checked = time.monotonic()  # when the store was last asked for the published version
+        self.checked_at = time.monotonic()  # when the store was last asked for the published version
+        self.polling = False  # a background thread polls (not on AWS Lambda: see refresh_if_due)
         self.from_cache = False  # serving the local copy because the store could not be read
         self.error: str | None = None  # the last problem with the store, if any
         self._lock = threading.Lock()
@@ -100,13 +101,13 @@ class IndexManager:
 
     def refresh_if_due(self) -> None:
         """``refresh`` when ``poll_s`` has passed since the last check (``poll_s`` 0: never)."""
-        if self.poll_s > 0 and time.monotonic() - self._checked >= self.poll_s:
+        if self.poll_s > 0 and time.monotonic() - self.checked_at >= self.poll_s:
             self.refresh()
 
     def refresh(self) -> bool:
         """Swap in the published version if it changed and verifies; True if a swap happened."""
         with self._lock:
-            self._checked = time.monotonic()
+            self.checked_at = time.monotonic()
             try:
                 version = current_version(self.store)
                 if self.current is not None and version == self.current.version:
@@ -145,6 +146,7 @@ class IndexManager:
             return
         thread = threading.Thread(target=self._poll, name="index-poller", daemon=True)
         thread.start()
+        self.polling = True
 
     def _poll(self) -> None:
         while True:  # a daemon thread: it ends with the process

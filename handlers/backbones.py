@@ -38,9 +38,11 @@ RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BI
 class Preprocess:
     """Input transform as data: resize the shorter side, centre-crop, scale to [0,1], normalise.
 
-    Computed with PIL and NumPy, identically to torchvision's ``Resize(resize) → CenterCrop(crop) →
-    ToTensor → Normalize`` on PIL images (tests/test_backbones.py holds the two equal), so that every
-    runtime (eager PyTorch, ONNX Runtime, OpenVINO) gets the very same input array."""
+    Split where it is cheapest: the geometry (resize, crop) runs on PIL images (``__call__``/``batch``,
+    uint8 out), the arithmetic (scale, normalise, to channels-first) runs inside the network
+    (``Normalized``), where ONNX Runtime and OpenVINO fuse it with the first convolution. Together they
+    equal torchvision's ``Resize(resize) → CenterCrop(crop) → ToTensor → Normalize`` on PIL images
+    (tests/test_runtimes.py holds the two equal), and every runtime gets the very same input."""
 
     resize: int
     crop: int
@@ -55,23 +57,37 @@ class Preprocess:
         return int(self.resize * width / height), self.resize
 
     def __call__(self, img: Image.Image) -> np.ndarray:
-        """One RGB image → float32 array (3, crop, crop)."""
+        """One RGB image → uint8 array (crop, crop, 3)."""
         img = img.resize(self.resized_size(*img.size), RESAMPLE[self.interpolation])
         left, top = int(round((img.width - self.crop) / 2.0)), int(round((img.height - self.crop) / 2.0))
-        img = img.crop((left, top, left + self.crop, top + self.crop))
-        x = np.asarray(img, dtype=np.float32) / 255.0
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        return np.asarray(img.crop((left, top, left + self.crop, top + self.crop)), dtype=np.uint8)
 
     def batch(self, images: list[Image.Image]) -> np.ndarray:
-        """(n, 3, crop, crop) float32."""
-        return np.stack([self(img) for img in images]) if images else np.zeros((0, 3, self.crop, self.crop),
-                                                                               np.float32)
+        """(n, crop, crop, 3) uint8: the network's input."""
+        if not images:
+            return np.zeros((0, self.crop, self.crop, 3), np.uint8)
+        return np.stack([self(img) for img in images])
 
     def fingerprint(self) -> str:
         """Short hash of the transform, part of the backbone id: change it and old vectors are stale."""
         blob = json.dumps(asdict(self), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:8]
+
+
+class Normalized(nn.Module):
+    """The backbone behind ``Preprocess``'s arithmetic: uint8 (n, h, w, 3) in, pooled features out."""
+
+    def __init__(self, backbone: nn.Module, preprocess: Preprocess) -> None:
+        super().__init__()
+        self.backbone = backbone
+        std = torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1)
+        mean = torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * std))  # (x/255 - mean)/std = x·scale + offset
+        self.register_buffer("offset", -mean / std)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.permute(0, 3, 1, 2).to(torch.float32)
+        return self.backbone(x * self.scale + self.offset)
 
 
 @dataclass(frozen=True)
@@ -184,8 +200,13 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def build_network(name: str, weights: Path) -> nn.Module:
+    """What every runtime runs: ``Normalized(build_model(...))``, uint8 pixels in, features out."""
+    return Normalized(build_model(name, weights), SPECS[name].preprocess).eval()
+
+
 def build_model(name: str, weights: Path) -> nn.Module:
-    """The feature extractor in eval mode: classifier removed, pooled features out."""
+    """The feature extractor in eval mode: classifier removed, pooled features out (float input)."""
     state = _load_state(weights)
     if name == "resnet18":
         from torchvision.models import resnet18

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.embedder import Embedder
+from handlers.protocol import COMPACT, encode_answer
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,12 @@ def request_bytes(row: dict) -> bytes:
     return bytes(payload or b"")
 
 
+def wants_compact(context, idx: int) -> bool:
+    """Whether request ``idx`` accepts the base64 float32 answer (handlers/protocol.py)."""
+    headers = context.get_all_request_header(idx) or {}
+    return any(k.lower() == "accept" and COMPACT in str(v) for k, v in headers.items())
+
+
 class EmbeddingHandler(BaseHandler):
     def initialize(self, context) -> None:
         props = context.system_properties
@@ -47,15 +55,17 @@ class EmbeddingHandler(BaseHandler):
                  self.embedder.runtime, device)
         self.initialized = True
 
-    def handle(self, data: list[dict], context) -> list[dict]:
-        log.info("batch of %d", len(data))
+    def handle(self, data: list[dict], context) -> list[bytes]:
+        log.debug("batch of %d", len(data))
         results = self.embedder.embed_bytes([request_bytes(row) for row in data])
-        out: list[dict] = []
+        out: list[bytes] = []
         for idx, res in enumerate(results):
+            # Encoded here: TorchServe would json.dumps a dict with indent=2, a line per float.
+            context.set_response_content_type(idx, "application/json")
             if res.error is not None:
                 context.set_response_status(code=400, phrase="Bad image", idx=idx)
-                out.append({"error": res.error, "model": self.embedder.backbone_id})
+                out.append(json.dumps({"error": res.error, "model": self.embedder.backbone_id}).encode())
             else:
-                out.append({"embedding": res.vector.tolist(), "dim": self.embedder.dim,
-                            "model": self.embedder.backbone_id, "runtime": self.embedder.runtime})
+                out.append(encode_answer(res.vector, self.embedder.backbone_id, self.embedder.runtime,
+                                         compact=wants_compact(context, idx)))
         return out

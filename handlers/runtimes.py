@@ -1,6 +1,7 @@
 """What runs the network: eager PyTorch, ONNX Runtime or OpenVINO, behind one call.
 
-A runtime maps a preprocessed batch (n, 3, crop, crop) float32 to pooled features (n, dim). The ONNX
+A runtime maps a preprocessed batch (n, crop, crop, 3) uint8 to pooled features (n, dim); the
+normalisation is part of the network (``handlers.backbones.Normalized``). The ONNX
 file is exported from the same weights when the archive is built (modelserver/export.py), never here.
 Every runtime gets the same input array from ``Preprocess`` (handlers/backbones.py); their vectors
 agree to cosine ≥ 0.999 (checked when the archive is built, and again by the handler when it loads), so
@@ -56,9 +57,9 @@ def threads() -> int:
 def eager(name: str, weights: Path, device: str = "cpu") -> Run:
     import torch
 
-    from handlers.backbones import build_model
+    from handlers.backbones import build_network
 
-    model = build_model(name, weights).to(device)
+    model = build_network(name, weights).to(device)
     target = torch.device(device)
 
     @torch.inference_mode()
@@ -76,6 +77,9 @@ def onnxruntime(model_file: Path, device: str = "cpu") -> Run:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No busy-waiting between runs: on a small machine the spinning threads starve TorchServe's frontend,
+    # the gateway and the next request's decoding (measured: docs/PERFORMANCE.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if device.startswith("cuda"):  # onnxruntime-gpu: TensorRT first where it is built in, then CUDA
         wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider"]

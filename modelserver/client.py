@@ -19,7 +19,7 @@ import numpy as np
 import requests
 
 from handlers.imaging import ImageError
-from handlers.protocol import EmbedResult
+from handlers.protocol import COMPACT, EmbedResult, decode_vector
 
 SAGEMAKER_SCHEME = "sagemaker://"
 
@@ -41,13 +41,16 @@ class ModelClient(Protocol):
 
 
 def parse_answer(status: int, body: object, reason: str) -> tuple[np.ndarray, str]:
-    """The handler's JSON answer → (vector, backbone id), or the error it means."""
+    """The handler's JSON answer (either form, handlers/protocol.py) → (vector, backbone id), or the error."""
     if status == 400 and isinstance(body, dict) and "error" in body:
         raise ImageError(str(body["error"]))
-    if status != 200 or not isinstance(body, dict) or "embedding" not in body or "model" not in body:
-        detail = body.get("message") if isinstance(body, dict) else None
-        raise ModelServerError(f"embedding service answered {status}: {detail or reason}")
-    return np.asarray(body["embedding"], dtype=np.float32), str(body["model"])
+    if status == 200 and isinstance(body, dict) and "model" in body:
+        try:
+            return decode_vector(body), str(body["model"])
+        except (ValueError, KeyError, TypeError):
+            pass
+    detail = body.get("message") if isinstance(body, dict) else None
+    raise ModelServerError(f"embedding service answered {status}: {detail or reason}")
 
 
 class BatchingClient:
@@ -85,7 +88,7 @@ class BatchingClient:
 
 class TorchServeClient(BatchingClient):
     """TorchServe's inference API. With token authorization on (TorchServe's default), pass the inference
-    ``token``, or the ``key_file`` TorchServe wrote (read again when TorchServe answers 401: keys rotate)."""
+    ``token``, or the ``key_file`` TorchServe wrote (read again when TorchServe refuses it: keys rotate)."""
 
     def __init__(self, url: str, model: str = "embedding", timeout: float = 30.0, concurrency: int = 8,
                  token: str = "", key_file: str | Path = "") -> None:
@@ -114,7 +117,7 @@ class TorchServeClient(BatchingClient):
         return self._local.session
 
     def _post(self, blob: bytes) -> requests.Response:
-        headers = {"Content-Type": "application/octet-stream"}
+        headers = {"Content-Type": "application/octet-stream", "Accept": COMPACT}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         try:
@@ -128,11 +131,11 @@ class TorchServeClient(BatchingClient):
     def embed(self, blob: bytes) -> tuple[np.ndarray, str]:
         """Vector and backbone id for one image. ``ImageError`` if TorchServe refused the image."""
         resp = self._post(blob)
-        if resp.status_code == 401 and self.key_file is not None:
+        if _token_refused(resp) and self.key_file is not None:  # rotated or not read yet: read it again
             self._token = self._read_key_file()
             resp = self._post(blob)
-        if resp.status_code == 401:
-            raise ModelServerError("embedding service refused the token (401): set TORCHSERVE_TOKEN or "
+        if _token_refused(resp):
+            raise ModelServerError("embedding service refused the token: set TORCHSERVE_TOKEN or "
                                    "TORCHSERVE_KEY_FILE to TorchServe's inference key")
         try:
             body = resp.json()
@@ -141,6 +144,13 @@ class TorchServeClient(BatchingClient):
         vector, backbone_id = parse_answer(resp.status_code, body, resp.reason)
         self._backbone_id = backbone_id
         return vector, backbone_id
+
+
+def _token_refused(resp: requests.Response) -> bool:
+    """TorchServe 0.12 answers a missing or wrong token with 400 InvalidKeyException (401 elsewhere)."""
+    if resp.status_code == 401:
+        return True
+    return resp.status_code == 400 and b"InvalidKeyException" in resp.content[:400]
 
 
 class SageMakerClient(BatchingClient):
@@ -163,7 +173,7 @@ class SageMakerClient(BatchingClient):
 
         try:
             resp = self.runtime.invoke_endpoint(EndpointName=self.endpoint, Body=blob,
-                                                ContentType="application/octet-stream", Accept="application/json")
+                                                ContentType="application/octet-stream", Accept=COMPACT)
             body = json.loads(resp["Body"].read())
         except ClientError as exc:
             raise self._model_error(exc) from None

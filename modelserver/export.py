@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from handlers.backbones import SPECS, build_model
+from handlers.backbones import SPECS, build_network
 from handlers.runtimes import MIN_COSINE, RUNTIMES, Runtime, RuntimeUnavailable, eager, load_runtime, min_cosine
 
 log = logging.getLogger(__name__)
@@ -39,14 +39,14 @@ class RuntimeChoice:
 
 
 def export_onnx(name: str, weights: Path, dest: Path) -> Path:
-    """The backbone as an ONNX graph (opset 18, dynamic batch) at ``dest``."""
+    """The network (uint8 pixels in, normalisation inside) as an ONNX graph, dynamic batch, at ``dest``."""
     import torch
 
     crop = SPECS[name].preprocess.crop
-    model = build_model(name, weights)
+    model = build_network(name, weights)
     batch = torch.export.Dim("batch", min=1, max=4096)
     # torch.export-based exporter (PyTorch's supported one; needs onnxscript), one self-contained file.
-    torch.onnx.export(model, (torch.zeros(2, 3, crop, crop),), str(dest), input_names=["pixels"],
+    torch.onnx.export(model, (torch.zeros(2, crop, crop, 3, dtype=torch.uint8),), str(dest), input_names=["pixels"],
                       output_names=["features"], dynamic_shapes=({0: batch},), opset_version=18, dynamo=True,
                       external_data=False, verbose=False)
     return dest

@@ -44,7 +44,8 @@ class TorchServe:
 
     def __init__(self, model_store: Path, workdir: Path, inference_port: int = 8080, management_port: int = 8081,
                  metrics_port: int = 8082, overrides: dict[str, str] | None = None,
-                 grpc_ports: tuple[int, int] = (7070, 7071), env: dict[str, str] | None = None) -> None:
+                 grpc_ports: tuple[int, int] = (7070, 7071), env: dict[str, str] | None = None,
+                 template: Path = CONFIG_TEMPLATE) -> None:
         self.model_store = Path(model_store).resolve()
         self.workdir = Path(workdir).resolve()
         self.url = f"http://127.0.0.1:{inference_port}"
@@ -59,13 +60,14 @@ class TorchServe:
             "grpc_management_port": str(grpc_ports[1]),
             **(overrides or {}),
         }
+        self.template = Path(template)  # infra/torchserve/config*.properties; the overrides win
         self.env = env or {}  # e.g. PHOTO_THREADS for several workers on few cores (handlers/runtimes.py)
         self.process: subprocess.Popen | None = None
 
     def start(self) -> TorchServe:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "config.properties"
-        config.write_text(render_config(CONFIG_TEMPLATE, self.overrides))
+        config.write_text(render_config(self.template, self.overrides))
         # TorchServe keeps a pid file in the temp dir and refuses to start a second server beside it:
         # a temp dir of its own lets several run on one machine (tests, a demo next to a test run).
         (self.workdir / "tmp").mkdir(exist_ok=True)
@@ -80,9 +82,18 @@ class TorchServe:
                                         start_new_session=True)
         return self
 
+    def management_headers(self) -> dict[str, str]:
+        """The management key, when token authorization is on (TorchServe writes key_file.json into its cwd)."""
+        try:
+            key = json.loads((self.workdir / "key_file.json").read_text())["management"]["key"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+        return {"Authorization": f"Bearer {key}"}
+
     def ready(self, model: str = "embedding") -> bool:
         try:
-            resp = requests.get(f"{self.management_url}/models/{model}", timeout=2)
+            resp = requests.get(f"{self.management_url}/models/{model}", headers=self.management_headers(),
+                                timeout=2)
             return resp.ok and any(w.get("status") == "READY" for w in resp.json()[0].get("workers", []))
         except (requests.RequestException, ValueError, IndexError, KeyError):
             return False

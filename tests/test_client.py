@@ -4,6 +4,7 @@ The real TorchServe is exercised through this client by the integration tests (t
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from handlers.imaging import ImageError
+from handlers.protocol import COMPACT
 from modelserver.client import ModelServerError, TorchServeClient
 
 
@@ -74,3 +76,28 @@ def test_server_trouble_is_a_model_server_error(fake, status, answer, message):
 def test_unreachable_server():
     with pytest.raises(ModelServerError, match="unreachable"):
         TorchServeClient("http://127.0.0.1:9").embed(b"img")
+
+
+def test_compact_answer_is_asked_for_and_decoded(fake):
+    seen = {}
+
+    def answer(body):
+        return 200, {"embedding_b64": base64.b64encode(np.array([0.6, 0.8], "<f4").tobytes()).decode(),
+                     "dim": 2, "model": "m-1"}
+
+    fake.answer = answer
+    fake.RequestHandlerClass = type("Recording", (_Fake,), {"do_POST": lambda self: (
+        seen.update(accept=self.headers["Accept"]), _Fake.do_POST(self))})
+    vector, _ = client_for(fake).embed(b"img")
+    assert seen["accept"] == COMPACT and vector.tolist() == [np.float32(0.6), np.float32(0.8)]
+
+
+@pytest.mark.parametrize("body", [
+    {"embedding_b64": "not base64!", "dim": 2, "model": "m-1"},
+    {"embedding_b64": base64.b64encode(np.ones(3, "<f4").tobytes()).decode(), "dim": 2, "model": "m-1"},
+    {"embedding": [1.0, 2.0], "dim": 3, "model": "m-1"},
+])
+def test_malformed_vector_is_a_model_server_error(fake, body):
+    fake.answer = lambda _: (200, body)
+    with pytest.raises(ModelServerError, match="answered 200"):
+        client_for(fake).embed(b"img")

@@ -1,0 +1,47 @@
+# The gateway (Flask under gunicorn), the index builder, and the gateway as an AWS Lambda function.
+# Build from the repository root:
+#   docker build -f infra/docker/gateway.Dockerfile --target gateway -t photo-gateway .
+#   docker build -f infra/docker/gateway.Dockerfile --target indexer -t photo-indexer .
+#   docker build -f infra/docker/gateway.Dockerfile --target lambda  -t photo-gateway-lambda .
+FROM python:3.11.11-slim-bookworm AS gateway
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    GATEWAY_HOST=0.0.0.0 \
+    GATEWAY_PORT=5000 \
+    XDG_CACHE_HOME=/home/photo/.cache \
+    PYTHONPATH=/app
+RUN useradd --create-home --home-dir /home/photo --uid 1000 photo
+WORKDIR /app
+COPY infra/docker/requirements-gateway.txt /tmp/requirements-gateway.txt
+RUN pip install -r /tmp/requirements-gateway.txt
+COPY catalog/ catalog/
+COPY gateway/ gateway/
+COPY handlers/__init__.py handlers/imaging.py handlers/protocol.py handlers/
+COPY modelserver/__init__.py modelserver/client.py modelserver/
+USER 1000:1000
+EXPOSE 5000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5000/healthz', timeout=4)"]
+CMD ["python", "-m", "gateway"]
+
+FROM gateway AS indexer
+USER 0
+COPY infra/docker/requirements-indexer.txt /tmp/requirements-indexer.txt
+RUN pip install -r /tmp/requirements-indexer.txt
+COPY scripts/__init__.py scripts/build_index.py scripts/manage_index.py scripts/
+USER 1000:1000
+HEALTHCHECK NONE
+ENTRYPOINT ["python", "scripts/build_index.py"]
+CMD ["--help"]
+
+FROM public.ecr.aws/lambda/python:3.11.2025.04.03.11 AS lambda
+COPY infra/docker/requirements-gateway.txt /tmp/requirements-gateway.txt
+RUN pip install --no-cache-dir -r /tmp/requirements-gateway.txt
+COPY catalog/ ${LAMBDA_TASK_ROOT}/catalog/
+COPY gateway/ ${LAMBDA_TASK_ROOT}/gateway/
+COPY handlers/__init__.py handlers/imaging.py handlers/protocol.py ${LAMBDA_TASK_ROOT}/handlers/
+COPY modelserver/__init__.py modelserver/client.py ${LAMBDA_TASK_ROOT}/modelserver/
+# Lambda's filesystem is read-only but /tmp: the local copy of the index lives there.
+ENV INDEX_CACHE_DIR=/tmp/photo-index \
+    INDEX_POLL_ON_REQUEST=true
+CMD ["gateway.lambda_handler.handler"]

@@ -1,0 +1,44 @@
+# TorchServe serving model_store/embedding.mar (build it first: make mar). Follows the official
+# pytorch/torchserve image's conventions: user model-server, /home/model-server with model-store/ and
+# config.properties. Build from the repository root:
+#   docker build -f infra/docker/torchserve.Dockerfile -t photo-torchserve .
+# CONFIG picks the TorchServe config: config.container.properties (token auth on; compose, ECS,
+# Kubernetes) or config.sagemaker.properties (SageMaker: /ping and /invocations on 8080).
+FROM python:3.11.11-slim-bookworm
+
+ARG CONFIG=config.container.properties
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    TEMP=/home/model-server/tmp
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless=17.* \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --home-dir /home/model-server --uid 1000 model-server
+
+COPY infra/docker/requirements-torchserve.txt /tmp/requirements.txt
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 torchvision==0.29.1 \
+    && pip install -r /tmp/requirements.txt
+
+WORKDIR /home/model-server
+COPY --chown=model-server:model-server model_store/embedding.mar model-store/embedding.mar
+COPY --chown=model-server:model-server infra/torchserve/${CONFIG} config.properties
+COPY --chown=model-server:model-server infra/torchserve/ping.py ping.py
+RUN mkdir -p keys tmp logs && chown model-server:model-server keys tmp logs \
+    && if [ "${CONFIG}" = "config.sagemaker.properties" ]; then \
+         mkdir -p /opt/ml/model && cp model-store/embedding.mar /opt/ml/model/ \
+         && chown -R model-server:model-server /opt/ml; fi
+
+USER 1000:1000
+# Only the inference API is published; management (8081) listens on loopback, metrics (8082) are
+# scraped from inside the cluster.
+EXPOSE 8080
+# /ping needs the inference token too (TorchServe 0.12): ping.py sends it. Under SageMaker (token off,
+# no key file) SageMaker probes /ping itself.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s \
+    CMD ["python", "/home/model-server/ping.py"]
+# key_file.json (the inference token) is written into the working directory: keys/, a volume the
+# gateway can read.
+WORKDIR /home/model-server/keys
+CMD ["torchserve", "--start", "--foreground", "--ncs", "--model-store", "/home/model-server/model-store", \
+     "--ts-config", "/home/model-server/config.properties"]

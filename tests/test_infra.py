@@ -1,0 +1,193 @@
+"""infra/: the deployment files agree with the code and with each other, and each runs what it says.
+
+The linters and schema checks (hadolint, cfn-lint, kubernetes-validate, the compose spec) run in
+``make infra-check``; here: names, ports, limits and pins across files, which no linter sees, and
+the TorchServe configs started for real on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from gateway.config import Config
+from modelserver.process import REPO, TorchServe
+from tests.conftest import demo_image, free_port
+
+INFRA = REPO / "infra"
+#: Read outside Config: gunicorn's (gateway/__main__.py), boto3's, and TorchServe's thread share.
+EXTRA_GATEWAY_ENV = {"GATEWAY_HOST", "GATEWAY_PORT", "GATEWAY_WORKERS", "GATEWAY_THREADS", "AWS_ACCESS_KEY_ID",
+                     "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"}
+MIB = 1024 * 1024
+MULTIPART_SLACK = 64 * 1024  # the gateway's own allowance over MAX_UPLOAD_MB (gateway/__init__.py)
+SAGEMAKER_SERVERLESS_PAYLOAD = 4_000_000  # "4 MB", read as the smaller decimal value
+LAMBDA_SYNC_PAYLOAD = 6 * MIB
+
+
+class CfnLoader(yaml.SafeLoader):
+    """YAML with CloudFormation's short tags (!Ref, !Sub, ...) read as plain values."""
+
+
+CfnLoader.add_multi_constructor("!", lambda loader, suffix, node: (
+    loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode) else
+    loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode) else loader.construct_mapping(node)))
+
+
+def cfn(name: str) -> dict:
+    return yaml.load((INFRA / "aws" / name).read_text(), Loader=CfnLoader)  # noqa: S506 - SafeLoader subclass
+
+
+def properties(name: str) -> dict[str, str]:
+    lines = (INFRA / "torchserve" / name).read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def k8s() -> list[dict]:
+    return [doc for f in sorted((INFRA / "k8s").glob("*.yaml")) if f.name != "kustomization.yaml"
+            for doc in yaml.safe_load_all(f.read_text()) if doc]
+
+
+def compose() -> dict:
+    return yaml.safe_load((INFRA / "compose.yaml").read_text())
+
+
+def gateway_envs() -> dict[str, dict[str, str]]:
+    """Every deployment's gateway environment, by where it is set."""
+    sam = cfn("template.yaml")["Resources"]["GatewayFunction"]["Properties"]["Environment"]["Variables"]
+    ecs = cfn("ecs-fargate.yaml")["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"]
+    configmap = next(d for d in k8s() if d["kind"] == "ConfigMap")
+    return {"compose": compose()["services"]["gateway"]["environment"], "sam": sam, "k8s": configmap["data"],
+            "ecs": {e["Name"]: e["Value"] for e in next(c for c in ecs if c["Name"] == "gateway")["Environment"]}}
+
+
+def upload_bytes(env: dict[str, str]) -> int:
+    return int(float(env.get("MAX_UPLOAD_MB", Config.max_upload_mb)) * MIB)
+
+
+def test_environment_names_are_the_gateways_own():
+    known = {f.name.upper() for f in fields(Config)} | EXTRA_GATEWAY_ENV
+    main = (REPO / "gateway" / "__main__.py").read_text()
+    assert {n for n in EXTRA_GATEWAY_ENV if n.startswith("GATEWAY_")} <= set(re.findall(r'"(GATEWAY_\w+)"', main))
+    for where, env in gateway_envs().items():
+        unknown = {k for k in env if not k.startswith("<<")} - known
+        assert not unknown, f"{where} sets variables the gateway never reads: {unknown}"
+
+
+def test_upload_limits_fit_every_path():
+    container = int(properties("config.container.properties")["max_request_size"])
+    sagemaker = int(properties("config.sagemaker.properties")["max_request_size"])
+    envs = gateway_envs()
+    for where in ("compose", "k8s", "ecs"):
+        assert upload_bytes(envs[where]) + MULTIPART_SLACK <= container, where
+    sam = upload_bytes(envs["sam"])
+    assert sam <= SAGEMAKER_SERVERLESS_PAYLOAD and sam <= sagemaker  # the image itself goes to SageMaker
+    assert (sam + MULTIPART_SLACK) * 4 / 3 + 64 * 1024 <= LAMBDA_SYNC_PAYLOAD  # base64 in the Lambda event
+    assert int(properties("config.properties")["max_request_size"]) >= upload_bytes({}) + MULTIPART_SLACK
+
+
+def test_serverless_settings_are_within_aws_limits():
+    params = cfn("template.yaml")["Parameters"]
+    assert set(params["ServerlessMemoryMB"]["AllowedValues"]) <= set(range(1024, 6145, 1024))
+    assert params["ServerlessMemoryMB"]["Default"] in params["ServerlessMemoryMB"]["AllowedValues"]
+    concurrency = params["ServerlessMaxConcurrency"]
+    assert 1 <= concurrency["MinValue"] <= concurrency["Default"] <= concurrency["MaxValue"] <= 200
+
+
+def test_ports_and_exposure():
+    container = properties("config.container.properties")
+    assert container["inference_address"].endswith(":8080") and container["management_address"].startswith(
+        "http://127.0.0.1:")
+    assert "disable_token_authorization" not in container  # token auth on wherever TorchServe is exposed
+    assert properties("config.sagemaker.properties")["management_address"].startswith("http://127.0.0.1:")
+    ts_docker = (INFRA / "docker" / "torchserve.Dockerfile").read_text()
+    gw_docker = (INFRA / "docker" / "gateway.Dockerfile").read_text()
+    assert re.findall(r"^EXPOSE (.+)$", ts_docker, re.M) == ["8080"]
+    assert re.findall(r"^EXPOSE (.+)$", gw_docker, re.M) == ["5000"] and "GATEWAY_PORT=5000" in gw_docker
+    services = compose()["services"]
+    published = {name: s.get("ports", []) for name, s in services.items() if s.get("ports")}
+    assert published == {"gateway": ["127.0.0.1:5000:5000"]}  # nothing else leaves the compose network
+    docs = k8s()
+    service = next(d for d in docs if d["kind"] == "Service")
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"]
+    container_ports = {p["containerPort"] for c in pod for p in c.get("ports", [])}
+    assert 8081 not in container_ports and [p["port"] for p in service["spec"]["ports"]] == [80]
+    gateway = next(c for c in pod if c["name"] == "gateway")
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert gateway_envs()["k8s"]["GATEWAY_PORT"] == str(gateway["ports"][0]["containerPort"])
+
+
+def test_kustomization_lists_every_manifest():
+    listed = yaml.safe_load((INFRA / "k8s" / "kustomization.yaml").read_text())["resources"]
+    assert sorted(listed) == sorted(f.name for f in (INFRA / "k8s").glob("*.yaml") if f.name != "kustomization.yaml")
+
+
+def pins(text: str) -> dict[str, str]:
+    return {m[0].lower(): m[1] for m in re.findall(r"([A-Za-z0-9_.-]+)==([0-9][^\s\\\"']*)", text)}
+
+
+def test_image_pins_equal_the_tested_ones():
+    tested = pins((REPO / "requirements.txt").read_text())
+    for f in [*sorted((INFRA / "docker").glob("requirements-*.txt")), *sorted((INFRA / "docker").glob("*.Dockerfile"))]:
+        for name, version in pins(f.read_text()).items():
+            assert tested.get(name) == version, f"{f.name}: {name}=={version}, requirements.txt has {tested.get(name)}"
+    gateway_image = pins((INFRA / "docker" / "requirements-gateway.txt").read_text())
+    assert not {"torch", "pandas", "torchvision", "timm"} & set(gateway_image)
+
+
+def serve_with(model_store: Path, tmp_path: Path, config: str) -> TorchServe:
+    """A TorchServe with one of infra/torchserve's configs, on free loopback ports and the test's store."""
+    return TorchServe(model_store, tmp_path / "ts", free_port(), free_port(), free_port(),
+                      grpc_ports=(free_port(), free_port()), template=INFRA / "torchserve" / config,
+                      overrides={"model_store": str(model_store), "allowed_urls": f"file://{model_store}/.*"})
+
+
+@pytest.mark.integration
+def test_torchserve_sagemaker_contract(model_store, tmp_path):
+    """The SageMaker container config: GET /ping and POST /invocations as SageMaker calls them."""
+    ts = serve_with(model_store, tmp_path, "config.sagemaker.properties")
+    ts.start()
+    try:
+        ts.wait_ready()
+        assert requests.get(f"{ts.url}/ping", timeout=5).json() == {"status": "Healthy"}
+        ok = requests.post(f"{ts.url}/invocations", data=demo_image("10109"), timeout=60,
+                           headers={"Content-Type": "application/octet-stream"})
+        assert ok.status_code == 200 and ok.json()["dim"] == 1280 and len(ok.json()["embedding"]) == 1280
+        bad = requests.post(f"{ts.url}/invocations", data=b"not an image", timeout=60)
+        assert bad.status_code == 400 and "not a supported image" in bad.json()["error"]
+    finally:
+        ts.stop()
+
+
+@pytest.mark.integration
+def test_token_auth_on_end_to_end(model_store, tmp_path, local_embedder):
+    """The container config (token auth on): refused without the key, the gateway's client reads the key file,
+    and infra/torchserve/ping.py (the images' health check) passes with it."""
+    from modelserver.client import ModelServerError, TorchServeClient
+
+    ts = serve_with(model_store, tmp_path, "config.container.properties")
+    ts.start()
+    try:
+        ts.wait_ready()  # through the management API, with the management key TorchServe wrote
+        key_file = ts.workdir / "key_file.json"
+        with pytest.raises(ModelServerError, match="refused the token"):
+            TorchServeClient(ts.url).embed(demo_image("10109"))
+        vector, backbone_id = TorchServeClient(ts.url, key_file=key_file).embed(demo_image("10109"))
+        assert backbone_id == local_embedder.backbone_id and float(vector @ local_embedder.embed_one(
+            demo_image("10109"))) >= 0.999
+        token = json.loads(key_file.read_text())["inference"]["key"]
+        assert TorchServeClient(ts.url, token=token).probe() == backbone_id
+        ping = [sys.executable, str(INFRA / "torchserve" / "ping.py"), str(key_file), f"{ts.url}/ping"]
+        assert subprocess.run(ping).returncode == 0
+        key_file.write_text(json.dumps({"inference": {"key": "wrong"}}))
+        assert subprocess.run(ping).returncode == 1
+    finally:
+        ts.stop()

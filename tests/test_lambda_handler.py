@@ -1,0 +1,67 @@
+"""The Lambda entry point (gateway/lambda_handler.py) answering API Gateway events, with a real TorchServe."""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import json
+import sys
+
+import pytest
+
+from tests.conftest import demo_image
+
+pytestmark = pytest.mark.integration
+
+
+def event(method: str, path: str, body: bytes = b"", headers: dict | None = None) -> dict:
+    """An API Gateway REST API (payload 1.0) proxy event, binary bodies base64-encoded as API Gateway sends them."""
+    return {"resource": "/{proxy+}", "path": path, "httpMethod": method, "headers": headers or {},
+            "multiValueHeaders": {k: [v] for k, v in (headers or {}).items()}, "queryStringParameters": None,
+            "multiValueQueryStringParameters": None, "pathParameters": {"proxy": path.lstrip("/")},
+            "stageVariables": None, "requestContext": {"path": f"/prod{path}", "stage": "prod",
+                                                       "httpMethod": method, "requestId": "test"},
+            "body": base64.b64encode(body).decode() if body else None, "isBase64Encoded": bool(body)}
+
+
+def multipart(fields: dict[str, str], file: bytes) -> tuple[bytes, str]:
+    boundary = "photo-test-boundary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="q.jpg"\r\n'
+                 f"Content-Type: image/jpeg\r\n\r\n".encode() + file + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.fixture
+def lambda_module(monkeypatch, small_index, torchserve, tmp_path):
+    monkeypatch.setenv("INDEX_URI", str(small_index))
+    monkeypatch.setenv("TORCHSERVE_URL", torchserve.url)
+    monkeypatch.setenv("INDEX_CACHE_DIR", str(tmp_path / "copy"))
+    monkeypatch.delenv("INDEX_POLL_ON_REQUEST", raising=False)
+    sys.modules.pop("gateway.lambda_handler", None)
+    module = importlib.import_module("gateway.lambda_handler")
+    yield module
+    sys.modules.pop("gateway.lambda_handler", None)
+
+
+def test_health_and_a_search_through_api_gateway_events(lambda_module):
+    health = lambda_module.handler(event("GET", "/healthz"), None)
+    assert health["statusCode"] == 200 and json.loads(health["body"]) == {"status": "ok"}
+    body, content_type = multipart({"threshold": "0", "top_k": "3"}, demo_image("10109"))
+    found = lambda_module.handler(event("POST", "/api/search", body, {"Content-Type": content_type}), None)
+    assert found["statusCode"] == 200, found["body"]
+    answer = json.loads(found["body"])
+    assert answer["results"][0]["id"] == "10109" and len(answer["results"]) == 3
+    body, content_type = multipart({}, b"not an image")
+    refused = lambda_module.handler(event("POST", "/api/search", body, {"Content-Type": content_type}), None)
+    assert refused["statusCode"] == 400 and "not a supported image" in json.loads(refused["body"])["error"]
+
+
+def test_index_poll_happens_on_requests_not_in_a_thread(lambda_module):
+    svc = lambda_module.app.extensions["photo"]
+    assert svc.config.index_poll_on_request and svc.indexes.poll_s > 0 and not svc.indexes.polling
+    checked = svc.indexes.checked_at
+    svc.indexes.poll_s = 0.01
+    assert lambda_module.handler(event("GET", "/healthz"), None)["statusCode"] == 200
+    assert svc.indexes.checked_at > checked  # the request itself looked for a new version
