@@ -185,7 +185,7 @@ def collect_vectors(rows: list[dict], source: ImageSource, embedder: BatchEmbedd
     """Fetch every row's image and get its vector, in row order; bad rows become errors.
 
     A pipeline with bounded memory: the images of the next chunks download while the current ones are
-    embedded (two chunks in the model at once, so it never waits for the network or a chunk's tail)."""
+    embedded (three chunks in the model at once, so it never waits for the network or a chunk's tail)."""
 
     def fetch(row: dict) -> bytes | FetchError:
         try:
@@ -195,12 +195,12 @@ def collect_vectors(rows: list[dict], source: ImageSource, embedder: BatchEmbedd
 
     out = Collected()
     bar = tqdm(total=len(rows), unit="img", desc="indexing", disable=not progress)
-    with ThreadPoolExecutor(max_workers=workers) as fetchers, ThreadPoolExecutor(max_workers=2) as embedders:
+    with ThreadPoolExecutor(max_workers=workers) as fetchers, ThreadPoolExecutor(max_workers=3) as embedders:
         pending: deque[tuple[int, Future]] = deque()
         for chunk in _chunks(rows, chunk_size):
             fetched = [fetchers.submit(fetch, row) for row in chunk]
             pending.append((len(chunk), embedders.submit(_collect_chunk, chunk, fetched, embedder, known)))
-            while len(pending) > 2:
+            while len(pending) > 3:
                 size, done = pending.popleft()
                 out.extend(done.result())
                 bar.update(size)

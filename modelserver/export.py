@@ -52,9 +52,9 @@ def export_onnx(name: str, weights: Path, dest: Path) -> Path:
     return dest
 
 
-def _speed(run: Runtime, batch: np.ndarray, repeats: int = 2) -> float:
-    """Model-only images/s on (at most) 32 of the check images, best of ``repeats``."""
-    batch = batch[:32]
+def _speed(run: Runtime, batch: np.ndarray, repeats: int = 3) -> float:
+    """Model-only images/s on (at most) 64 of the check images, best of ``repeats``."""
+    batch = batch[:64]
     run(batch[:2])  # warm-up: first-call allocation and compilation
     best = float("inf")
     for _ in range(repeats):

@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     archive = build_archive(args.backbone, output=REPO / "model_store")
     print(f"[demo] archive {archive.path} serves {archive.backbone_id} with runtime {archive.runtime}", flush=True)
     ts = TorchServe(REPO / "model_store", REPO / "logs" / "torchserve",
-                    overrides={"models": models_setting(archive.path.name, batch_size=8, max_batch_delay_ms=20)})
+                    overrides={"models": models_setting(archive.path.name, 4, 2, workers=2)},
+                    env={"PHOTO_THREADS": "1"})  # the tuned settings: docs/PERFORMANCE.md
     gateway: subprocess.Popen | None = None
     signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -7,9 +7,12 @@
 FROM python:3.11.11-slim-bookworm
 
 ARG CONFIG=config.container.properties
+# PHOTO_THREADS: threads per model worker; the configs run 2 workers, so 1 each on 2 cores (raise both
+# on larger machines: docs/PERFORMANCE.md).
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    TEMP=/home/model-server/tmp
+    TEMP=/home/model-server/tmp \
+    PHOTO_THREADS=1
 
 RUN apt-get update \
     && apt-get install -y --no-install-recommends openjdk-17-jre-headless=17.* \
