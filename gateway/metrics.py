@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 
 REQUESTS = Counter("photo_requests_total", "HTTP requests answered", ["route", "method", "status"])
-LATENCY = Histogram("photo_request_seconds", "Time to answer an HTTP request", ["route"],
+LATENCY = Histogram("photo_request_seconds", "Time to answer an HTTP request", ["route", "status"],
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 EMBEDDING = Histogram("photo_embedding_seconds", "Time the model server took for one query image",
                       buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10))
@@ -56,7 +56,7 @@ def instrument(app: Flask) -> None:
         route = request.url_rule.rule if request.url_rule else "unmatched"
         REQUESTS.labels(route, request.method, str(response.status_code)).inc()
         if "metrics_started" in g:
-            LATENCY.labels(route).observe(time.perf_counter() - g.metrics_started)
+            LATENCY.labels(route, str(response.status_code)).observe(time.perf_counter() - g.metrics_started)
         return response
 
     @app.get("/metrics")

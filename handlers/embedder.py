@@ -46,7 +46,8 @@ class Embedder:
         backbone = LoadedBackbone(meta["name"], model_dir / meta["weights_file"], device,
                                   meta.get("runtime", "eager"), model_file)
         # The archive says what it packed; a different checksum or size means a damaged or mixed-up archive.
-        if (backbone.backbone_id, backbone.dim) != (meta["id"], meta["dim"]):
+        promised = (meta["id"], meta["dim"], meta["weights_sha256"])
+        if (backbone.backbone_id, backbone.dim, backbone.weights_sha256) != promised:
             raise ValueError(f"{BACKBONE_FILE} promises {meta['id']} (dim {meta['dim']}) but the packed weights "
                              f"give {backbone.backbone_id} (dim {backbone.dim})")
         embedder = cls(backbone)

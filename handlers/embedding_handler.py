@@ -56,7 +56,7 @@ class EmbeddingHandler(BaseHandler):
         self.initialized = True
 
     def handle(self, data: list[dict], context) -> list[bytes]:
-        log.debug("batch of %d", len(data))
+        log.info("batch of %d", len(data))
         results = self.embedder.embed_bytes([request_bytes(row) for row in data])
         out: list[bytes] = []
         for idx, res in enumerate(results):

@@ -115,7 +115,10 @@ def test_ports_and_exposure():
     published = {name: s.get("ports", []) for name, s in services.items() if s.get("ports")}
     assert published == {"gateway": ["127.0.0.1:5000:5000"]}  # nothing else leaves the compose network
     docs = k8s()
-    service = next(d for d in docs if d["kind"] == "Service")
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "photo")
+    metrics_service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] != "photo")
+    assert metrics_service["spec"]["type"] == "ClusterIP" and [p["port"] for p in metrics_service["spec"]["ports"]] == [
+        8082]
     pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"]
     container_ports = {p["containerPort"] for c in pod for p in c.get("ports", [])}
     assert 8081 not in container_ports and [p["port"] for p in service["spec"]["ports"]] == [80]

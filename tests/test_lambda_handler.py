@@ -6,6 +6,7 @@ import base64
 import importlib
 import json
 import sys
+import time
 
 import pytest
 
@@ -62,6 +63,9 @@ def test_index_poll_happens_on_requests_not_in_a_thread(lambda_module):
     svc = lambda_module.app.extensions["photo"]
     assert svc.config.index_poll_on_request and svc.indexes.poll_s > 0 and not svc.indexes.polling
     checked = svc.indexes.checked_at
+    assert lambda_module.handler(event("GET", "/healthz"), None)["statusCode"] == 200
+    assert svc.indexes.checked_at == checked  # within INDEX_POLL_S: no look at the store
     svc.indexes.poll_s = 0.01
+    time.sleep(0.05)
     assert lambda_module.handler(event("GET", "/healthz"), None)["statusCode"] == 200
     assert svc.indexes.checked_at > checked  # the request itself looked for a new version

@@ -1,0 +1,47 @@
+"""Prometheus metrics on /metrics (gateway/metrics.py), through the Flask app."""
+
+from __future__ import annotations
+
+import io
+import re
+
+from tests.conftest import demo_image
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the Prometheus text format (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        m = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
+        if m and ",".join(sorted((m.group(1) or "").split(","))) == wanted:
+            return float(m.group(2))
+    return 0.0
+
+
+def test_requests_embedding_and_index_are_counted(client):
+    before = client.get("/metrics").get_data(as_text=True)
+    route = "/api/search"
+    ok = client.post(route, data={"file": (io.BytesIO(demo_image("10109")), "q.jpg")},
+                     content_type="multipart/form-data")
+    bad = client.post(route, data={"file": (io.BytesIO(b"nope"), "q.jpg")}, content_type="multipart/form-data")
+    assert (ok.status_code, bad.status_code) == (200, 400)
+    after = client.get("/metrics")
+    text = after.get_data(as_text=True)
+    assert after.status_code == 200 and after.mimetype == "text/plain"
+    for status in ("200", "400"):
+        key = {"route": route, "method": "POST", "status": status}
+        assert sample(text, "photo_requests_total", **key) == sample(before, "photo_requests_total", **key) + 1
+    assert sample(text, "photo_request_seconds_count", route=route, status="200") >= 1
+    assert sample(text, "photo_embedding_seconds_count") >= 1  # the model call of the good search only
+    assert sample(text, "photo_index_products") == 48
+    version = client.get("/readyz").get_json()["index_version"]
+    assert f'version="{version}"' in text and "photo_index_info{" in text
+
+
+def test_refused_urls_are_counted_by_status(client):
+    before = client.get("/metrics").get_data(as_text=True)
+    resp = client.post("/api/search", json={"image_url": "http://127.0.0.1:9/x.jpg"})
+    assert resp.status_code == 400
+    text = client.get("/metrics").get_data(as_text=True)
+    assert sample(text, "photo_url_fetch_errors_total", status="400") == sample(
+        before, "photo_url_fetch_errors_total", status="400") + 1
