@@ -101,3 +101,28 @@ def test_malformed_vector_is_a_model_server_error(fake, body):
     fake.answer = lambda _: (200, body)
     with pytest.raises(ModelServerError, match="answered 200"):
         client_for(fake).embed(b"img")
+
+
+def test_token_is_sent_and_a_rotated_key_file_is_read_again(fake, tmp_path):
+    """TorchServe refuses a stale key with 400 InvalidKeyException; the client reads the key file again once."""
+    current = {"key": "k1"}
+    seen = []
+
+    def answer(body):
+        return (200, {"embedding": [1.0], "dim": 1, "model": "m-1"}) if seen[-1] == f"Bearer {current['key']}" \
+            else (400, {"code": 400, "type": "InvalidKeyException", "message": "Token Authorization failed."})
+
+    fake.answer = answer
+    fake.RequestHandlerClass = type("Recording", (_Fake,), {"do_POST": lambda self: (
+        seen.append(self.headers.get("Authorization")), _Fake.do_POST(self))})
+    key_file = tmp_path / "key_file.json"
+    client = client_for(fake, key_file=key_file)  # TorchServe has not written its keys yet
+    key_file.write_text(json.dumps({"inference": {"key": "k1"}}))
+    assert client.embed(b"img")[1] == "m-1" and seen == [None, "Bearer k1"]
+    current["key"] = "k2"  # rotated through the management API
+    key_file.write_text(json.dumps({"inference": {"key": "k2"}}))
+    assert client.embed(b"img")[1] == "m-1" and seen[-2:] == ["Bearer k1", "Bearer k2"]
+    current["key"] = "k3"  # rotated, but the file still says k2: a clear error, not a loop
+    with pytest.raises(ModelServerError, match="refused the token"):
+        client.embed(b"img")
+    assert client_for(fake, token="k3").embed(b"img")[1] == "m-1"

@@ -134,3 +134,16 @@ def test_default_runtime_keeps_retrieval_quality(demo_index, local_embedder):
     eager = evaluate(eager_vectors, labels, grouping=Grouping.from_labels(labels, percent)).metrics
     for key in ("precision@1", "precision@5", "precision@10", "mAP@10"):
         assert abs(served[key] - eager[key]) <= 0.005, (key, served[key], eager[key])
+
+
+def test_compact_answer_when_asked_for(torchserve):
+    """``Accept: COMPACT`` (handlers/protocol.py) gets base64 float32, the same vector as the JSON list."""
+    from handlers.protocol import COMPACT, decode_vector
+
+    blob = demo_image(IDS[0])
+    plain = post(torchserve, blob).json()
+    compact = requests.post(f"{torchserve.url}/predictions/embedding", data=blob, timeout=60,
+                            headers={"Content-Type": "application/octet-stream", "Accept": COMPACT}).json()
+    assert "embedding" in plain and "embedding_b64" not in plain
+    assert "embedding_b64" in compact and "embedding" not in compact
+    np.testing.assert_array_equal(decode_vector(compact), np.asarray(plain["embedding"], dtype=np.float32))

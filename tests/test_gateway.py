@@ -34,6 +34,11 @@ def test_api_search_finds_the_product_itself_first(client):
 def test_category_filter_and_similar(client):
     body = upload(client, "/api/search", demo_image(10109), threshold="0", top_k="50", category="watches").get_json()
     assert body["results"] and all(r["category"] == "Watches" for r in body["results"])
+    for spelling in (" WATCHES ", "Watches", "wAtChEs"):  # case and surrounding spaces do not matter
+        again = upload(client, "/api/search", demo_image(10109), threshold="0", top_k="50", category=spelling)
+        assert [r["id"] for r in again.get_json()["results"]] == [r["id"] for r in body["results"]]
+    none = upload(client, "/api/search", demo_image(10109), threshold="0", category="Watch").get_json()
+    assert none["results"] == []  # no such category: nothing, rather than everything
     sim = client.get("/api/products/10109/similar?threshold=0&top_k=3").get_json()
     assert len(sim["results"]) == 3 and "10109" not in [r["id"] for r in sim["results"]]
 
