@@ -1,18 +1,30 @@
-"""photo gateway: Flask app factory. ``create_app(config)`` loads the index and wires the routes."""
+"""photo gateway: Flask app factory. ``create_app(config)`` loads the index and wires the routes.
+
+Nothing heavy is imported at package import: ``python -m gateway`` imports this package before its
+``__main__`` sets ``PROMETHEUS_MULTIPROC_DIR``, and prometheus-client fixes its storage when first imported.
+"""
 
 from __future__ import annotations
 
-from flask import Flask
+from typing import TYPE_CHECKING
 
-from gateway.config import Config
-from gateway.metrics import instrument
-from gateway.routes import bp
-from gateway.service import SearchService
-from modelserver.client import ModelClient, make_client
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from gateway.config import Config
+    from modelserver.client import ModelClient
 
 
 def create_app(config: Config | None = None, client: ModelClient | None = None) -> Flask:
     """The WSGI app. ``client`` is for unit tests; by default it talks to ``config.torchserve_url``."""
+    from flask import Flask
+
+    from gateway.config import Config
+    from gateway.metrics import instrument
+    from gateway.routes import bp
+    from gateway.service import SearchService
+    from modelserver.client import make_client
+
     config = config or Config.from_env()
     app = Flask(__name__)
     # Werkzeug answers 413 past this size before the body is read.

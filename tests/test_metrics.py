@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import re
 
+import pytest
+import requests
+
 from tests.conftest import demo_image
 
 
@@ -45,3 +48,15 @@ def test_refused_urls_are_counted_by_status(client):
     text = client.get("/metrics").get_data(as_text=True)
     assert sample(text, "photo_url_fetch_errors_total", status="400") == sample(
         before, "photo_url_fetch_errors_total", status="400") + 1
+
+
+@pytest.mark.integration
+def test_metrics_add_up_every_gunicorn_worker(start_gateway, demo_index, torchserve):
+    """Under ``python -m gateway`` (2 workers) /metrics counts the requests whichever worker served them."""
+    gw = start_gateway(INDEX_URI=str(demo_index), TORCHSERVE_URL=torchserve.url)
+    for _ in range(6):
+        resp = requests.post(f"{gw.url}/api/search", files={"file": ("q.jpg", demo_image("10109"))}, timeout=60)
+        assert resp.status_code == 200
+    text = requests.get(f"{gw.url}/metrics", timeout=10).text
+    assert sample(text, "photo_requests_total", route="/api/search", method="POST", status="200") == 6
+    assert sample(text, "photo_embedding_seconds_count") == 6
