@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -44,7 +45,21 @@ class IndexNotFound(FileNotFoundError):
 
 
 class CorruptIndex(ValueError):
-    """A version whose files do not match its manifest."""
+    """A version whose files do not match its manifest, or store content that is not what a build writes."""
+
+
+#: What ``new_version_name`` makes; anything else read from a store (pointer, manifest, listing, a rollback
+#: target) is refused before it can become part of a path.
+VERSION_NAME = re.compile(r"^[0-9]{8}T[0-9]{12}Z-[0-9a-f]{6}$")
+#: The only files a version may list in its manifest.
+FILE_NAMES = frozenset({"embeddings.npy", "products.jsonl", "errors.csv", "whitening.npz"})
+
+
+def checked_version(name: object, where: str) -> str:
+    """``name`` if it is a version name a build writes, else ``CorruptIndex`` (it came from ``where``)."""
+    if not isinstance(name, str) or not VERSION_NAME.match(name):
+        raise CorruptIndex(f"{where}: {str(name)[:80]!r} is not an index version name")
+    return name
 
 
 class LocalStore:
@@ -54,8 +69,16 @@ class LocalStore:
         self.root = Path(root)
         self.uri = str(self.root)
 
+    def _path(self, key: str) -> Path:
+        """The file of ``key``, refused if it would resolve outside the root (``..``, absolute, links)."""
+        root = self.root.resolve()
+        path = (root / key).resolve()
+        if not path.is_relative_to(root) or path == root:
+            raise CorruptIndex(f"{key[:80]!r} is outside the index folder {self.root}")
+        return path
+
     def put(self, key: str, data: bytes) -> None:
-        path = self.root / key
+        path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
         with os.fdopen(fd, "wb") as fh:
@@ -66,16 +89,17 @@ class LocalStore:
 
     def get(self, key: str) -> bytes:
         try:
-            return (self.root / key).read_bytes()
+            return self._path(key).read_bytes()
         except FileNotFoundError:
             raise IndexNotFound(f"{self.root / key} not found") from None
 
     def list_versions(self) -> list[str]:
         folder = self.root / "versions"
-        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        names = (p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else ()
+        return sorted(n for n in names if VERSION_NAME.match(n))
 
     def delete_version(self, version: str) -> None:
-        shutil.rmtree(self.root / "versions" / version, ignore_errors=True)
+        shutil.rmtree(self._path(f"versions/{checked_version(version, 'delete')}"), ignore_errors=True)
 
 
 class StoreUnavailable(ConnectionError):
@@ -130,13 +154,14 @@ class S3Store:
         token: dict = {}
         while True:
             page = self._call(self.client.list_objects_v2, Prefix=base, Delimiter="/", **token)
-            found.update(p["Prefix"][len(base):].strip("/") for p in page.get("CommonPrefixes", []))
+            found.update(name for p in page.get("CommonPrefixes", [])
+                         if VERSION_NAME.match(name := p["Prefix"][len(base):].strip("/")))
             if not page.get("IsTruncated"):
                 return sorted(found)
             token = {"ContinuationToken": page["NextContinuationToken"]}
 
     def delete_version(self, version: str) -> None:
-        base = self._key(f"versions/{version}/")
+        base = self._key(f"versions/{checked_version(version, 'delete')}/")
         page = self._call(self.client.list_objects_v2, Prefix=base)
         keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
         if keys:
@@ -237,18 +262,32 @@ def write_and_publish(store: Store, index: IndexData, extra_files: dict[str, byt
 
 def current_version(store: Store) -> str:
     try:
-        return json.loads(store.get(POINTER))["version"]
-    except (ValueError, KeyError) as exc:
+        version = json.loads(store.get(POINTER))["version"]
+    except (ValueError, KeyError, TypeError) as exc:
         raise CorruptIndex(f"{store.uri}/{POINTER} is unreadable: {exc}") from None
+    return checked_version(version, f"{store.uri}/{POINTER}")
 
 
 def read_version(store: Store, version: str) -> IndexData:
-    """Load a version and verify every file against the manifest's checksums."""
-    manifest = json.loads(store.get(f"versions/{version}/{MANIFEST}"))
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise CorruptIndex(f"version {version}: schema {manifest.get('schema_version')}, need {SCHEMA_VERSION}")
+    """Load a version and verify every file against the manifest's checksums.
+
+    The manifest is untrusted input: its version must be the one asked for and it may name only the
+    files a build writes, so nothing it says becomes a path (``CorruptIndex`` otherwise)."""
+    version = checked_version(version, "requested version")
+    try:
+        manifest = json.loads(store.get(f"versions/{version}/{MANIFEST}"))
+    except ValueError as exc:
+        raise CorruptIndex(f"version {version}: manifest is not JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        found = manifest.get("schema_version") if isinstance(manifest, dict) else type(manifest).__name__
+        raise CorruptIndex(f"version {version}: schema {found}, need {SCHEMA_VERSION}")
+    if manifest.get("version") != version:
+        raise CorruptIndex(f"version {version}: its manifest says {str(manifest.get('version'))[:80]!r}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not set(files) <= FILE_NAMES or not {EMBEDDINGS, PRODUCTS} <= set(files):
+        raise CorruptIndex(f"version {version}: the manifest lists unexpected files")
     blobs = {}
-    for name, meta in manifest["files"].items():
+    for name, meta in files.items():
         data = store.get(f"versions/{version}/{name}")
         if _sha(data) != meta["sha256"]:
             raise CorruptIndex(f"version {version}: {name} checksum mismatch")
@@ -287,13 +326,15 @@ def complete_versions(store: Store) -> list[str]:
 
 def rollback(store: Store, to: str | None = None) -> str:
     """Point readers at ``to`` (default: the complete version before the current one), after verifying it."""
+    if to is not None:
+        checked_version(to, "rollback target")
     current = current_version(store)
     if to is None:
         older = [v for v in complete_versions(store) if v < current]
         if not older:
             raise IndexNotFound(f"{store.uri}: no version older than {current} to roll back to")
         to = older[-1]
-    read_version(store, to)  # refuse to publish a missing or corrupt version
+    read_version(store, to)  # refuse to publish a missing, corrupt or wrongly named version
     publish(store, to)
     return to
 

@@ -263,7 +263,9 @@ def test_rollback_repoints_and_gateway_follows(index_uri, tmp_path, local_embedd
     assert current_version(open_store(index_uri)) == first.version
     assert wait_for(lambda: ready(gw)["index_version"] == first.version)
     assert ready(gw)["products"] == 10
-    assert manage_cli([index_uri, "rollback", "--to", "no-such-version"]) == 2
+    assert manage_cli([index_uri, "rollback", "--to", "20200101T000000000000Z-000000"]) == 2
     assert "not found" in capsys.readouterr().err
+    assert manage_cli([index_uri, "rollback", "--to", "no-such-version"]) == 2
+    assert "not an index version name" in capsys.readouterr().err
     assert manage_cli([index_uri, "rollback", "--to", second.version]) == 0
     assert wait_for(lambda: ready(gw)["index_version"] == second.version)

@@ -7,7 +7,19 @@ import json
 import numpy as np
 import pytest
 
-from catalog.store import CorruptIndex, IndexData, IndexNotFound, open_store, publish, read_current, write_version
+from catalog.store import (
+    CorruptIndex,
+    IndexData,
+    IndexNotFound,
+    current_version,
+    open_store,
+    prune,
+    publish,
+    read_current,
+    read_version,
+    rollback,
+    write_version,
+)
 
 
 def make_index(n=3, dim=4, backbone="test-backbone"):
@@ -55,6 +67,83 @@ def test_unreadable_pointer(tmp_path):
     (tmp_path / "CURRENT").write_text("{not json")
     with pytest.raises(CorruptIndex, match="CURRENT is unreadable"):
         read_current(open_store(tmp_path))
-    (tmp_path / "CURRENT").write_text(json.dumps({"version": "nope"}))
-    with pytest.raises(IndexNotFound):
+    (tmp_path / "CURRENT").write_text(json.dumps({"version": "20260101T000000000000Z-abcdef"}))
+    with pytest.raises(IndexNotFound):  # well formed, but no such version
         read_current(open_store(tmp_path))
+
+
+# --------------------------------------------------------------------------- the store is untrusted input
+
+
+@pytest.mark.parametrize("pointer", ["nope", "../../..", "../../../../tmp/x", "/etc", 7, None,
+                                     "20260101T000000000000Z-abcdef/../../..", "20260101T000000000000Z-ABCDEF"])
+def test_pointer_must_name_a_version_a_build_writes(tmp_path, pointer):
+    (tmp_path / "CURRENT").write_text(json.dumps({"version": pointer}))
+    with pytest.raises(CorruptIndex, match="not an index version name"):
+        current_version(open_store(tmp_path))  # also what `manage_index list` and prune read
+    with pytest.raises(CorruptIndex, match="not an index version name"):
+        read_current(open_store(tmp_path))
+
+
+def test_manifest_version_and_file_names_are_checked(tmp_path):
+    store = open_store(tmp_path / "index")
+    version = write_version(store, make_index())
+    path = tmp_path / "index" / "versions" / version / "manifest.json"
+    manifest = json.loads(path.read_text())
+    other = "20260101T000000000000Z-abcdef"
+    for bad, reason in [({**manifest, "version": "../../.."}, "its manifest says"),
+                        ({**manifest, "version": other}, "its manifest says"),
+                        ({**manifest, "files": {**manifest["files"], "../../evil.pth": {"sha256": "x"}}},
+                         "unexpected files"),
+                        ({**manifest, "files": {"products.jsonl": manifest["files"]["products.jsonl"]}},
+                         "unexpected files"),
+                        ([1, 2], "schema")]:
+        path.write_text(json.dumps(bad))
+        with pytest.raises(CorruptIndex, match=reason):
+            read_version(store, version)
+    path.write_text(json.dumps(manifest))
+    assert read_version(store, version).version == version
+
+
+def test_a_crafted_version_never_writes_outside_the_gateways_copy(tmp_path):
+    """The attack from the security review: a pointer and manifest saying "../../..", served to a gateway."""
+    from gateway.index import IndexManager
+
+    store = open_store(tmp_path / "index")
+    version = write_version(store, make_index())
+    (tmp_path / "index" / "CURRENT").write_text(json.dumps({"version": "../../.."}))
+    manager = IndexManager(str(tmp_path / "index"), tmp_path / "cache" / "copy", poll_s=0)
+    manager.load()
+    assert manager.current is None and "not an index version name" in manager.error
+    before = sorted(p for p in tmp_path.rglob("*"))
+    publish(store, version)
+    manifest_path = tmp_path / "index" / "versions" / version / "manifest.json"
+    manifest_path.write_text(json.dumps({**json.loads(manifest_path.read_text()), "version": "../../.."}))
+    manager.load()
+    assert manager.current is None and "its manifest says" in manager.error
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written anywhere
+
+
+def test_local_store_refuses_keys_outside_its_root(tmp_path):
+    store = open_store(tmp_path / "index")
+    for key in ("../escape", "/etc/passwd", "versions/../../escape", ""):
+        with pytest.raises(CorruptIndex, match="outside the index folder"):
+            store.put(key, b"x")
+        with pytest.raises(CorruptIndex, match="outside the index folder"):
+            store.get(key)
+    assert not (tmp_path / "escape").exists()
+    with pytest.raises(CorruptIndex, match="not an index version name"):
+        store.delete_version("..")
+    with pytest.raises(CorruptIndex, match="not an index version name"):
+        rollback(store, to="../../x")
+
+
+def test_listing_ignores_what_a_build_never_writes(tmp_path):
+    store = open_store(tmp_path / "index")
+    version = write_version(store, make_index())
+    (tmp_path / "index" / "versions" / "..hidden").mkdir()
+    (tmp_path / "index" / "versions" / "notes").mkdir()
+    assert store.list_versions() == [version]
+    publish(store, version)
+    assert prune(store, keep=1) == [] and (tmp_path / "index" / "versions" / "notes").is_dir()
+
