@@ -82,13 +82,14 @@ def build_archive(
         stage.mkdir()
         # Whole package as a sub-folder: the handler does `from handlers.backbones import ...` there too.
         shutil.copytree(HANDLERS_DIR, stage / "handlers", ignore=shutil.ignore_patterns("__pycache__"))
+        reference = Runtime("eager", eager(name, weights_path))  # the vectors every runtime must give
         choice = RuntimeChoice("eager", {"eager": 1.0})
         if runtime != "eager":
             onnx_file = export_onnx(name, weights_path, stage / ONNX_FILE)
-            choice = choose_runtime(runtime, name, weights_path, onnx_file, check_images(images))
+            choice = choose_runtime(runtime, name, weights_path, onnx_file, check_images(images), reference)
             if choice.runtime == "eager":
                 onnx_file.unlink()
-        probe = Runtime("eager", eager(name, weights_path))(SPECS[name].preprocess.batch(probe_images()))
+        probe = reference(SPECS[name].preprocess.batch(probe_images()))
         meta = {"name": name, "weights_file": weights_path.name, "weights_sha256": digest, "id": served_id,
                 "dim": SPECS[name].dim, "runtime": choice.runtime,
                 "model_file": ONNX_FILE if choice.runtime != "eager" else None,

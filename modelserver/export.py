@@ -64,12 +64,12 @@ def _speed(run: Runtime, batch: np.ndarray, repeats: int = 3) -> float:
     return len(batch) / best
 
 
-def choose_runtime(requested: str, name: str, weights: Path, model_file: Path, images: list[Image.Image]
-                   ) -> RuntimeChoice:
-    """Check each candidate against eager on ``images`` and pick ``requested``, or for ``auto`` the fastest
-    that passes. Raises ``ExportError`` when an explicitly requested runtime cannot be packed."""
+def choose_runtime(requested: str, name: str, weights: Path, model_file: Path, images: list[Image.Image],
+                   reference_run: Runtime | None = None) -> RuntimeChoice:
+    """Check each candidate against eager (``reference_run``, loaded here if not given) on ``images`` and pick
+    ``requested``, or for ``auto`` the fastest that passes. ``ExportError`` when a requested one cannot be packed."""
     batch = SPECS[name].preprocess.batch(images)
-    reference_run = Runtime("eager", eager(name, weights))
+    reference_run = reference_run or Runtime("eager", eager(name, weights))
     reference = reference_run(batch)
     choice = RuntimeChoice(runtime="eager", min_cosine={"eager": 1.0})
     candidates = RUNTIMES if requested == AUTO else (requested,)

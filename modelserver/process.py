@@ -39,6 +39,19 @@ def models_setting(mar: str, batch_size: int, max_batch_delay_ms: int, workers: 
                                       "minWorkers": workers, "maxWorkers": workers, "responseTimeout": 60}}})
 
 
+def wait_for_http(url: str, timeout: float = 60.0, interval: float = 0.2) -> bool:
+    """Poll ``url`` until it answers 2xx (True) or ``timeout`` seconds pass (False): a started server's readiness."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).ok:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(interval)
+    return False
+
+
 class TorchServe:
     """A TorchServe process in the foreground of its own process group."""
 

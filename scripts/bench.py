@@ -40,7 +40,7 @@ from gateway.search import ExactSearch, top_rows
 from handlers.runtimes import min_cosine
 from modelserver.archive import build_archive
 from modelserver.client import TorchServeClient
-from modelserver.process import REPO, TorchServe, models_setting
+from modelserver.process import REPO, TorchServe, models_setting, wait_for_http
 
 MYNTRA = REPO.parent / "shared" / "datasets" / "myntra-fashion" / "images"
 
@@ -176,14 +176,7 @@ def gateway(index: Path, torchserve_url: str, workdir: Path) -> Iterator[str]:
                                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(300):
-                try:
-                    if requests.get(f"{url}/readyz", timeout=2).ok:
-                        break
-                except requests.RequestException:
-                    pass
-                time.sleep(0.2)
-            else:
+            if not wait_for_http(f"{url}/readyz", timeout=60):
                 raise RuntimeError(f"gateway not ready; see {workdir / 'gateway.log'}")
             yield url
         finally:

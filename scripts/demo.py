@@ -10,13 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import requests
-
 from catalog.build import build_index
 from catalog.fetch import DEFAULT_CACHE
 from modelserver.archive import build_archive
 from modelserver.client import TorchServeClient
-from modelserver.process import REPO, TorchServe, models_setting
+from modelserver.process import REPO, TorchServe, models_setting, wait_for_http
 
 
 def _interrupt(*_: object) -> None:
@@ -47,13 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "INDEX_URI": args.index, "TORCHSERVE_URL": ts.url}
         gateway = subprocess.Popen([sys.executable, "-m", "gateway", "--port", str(args.port)], env=env, cwd=REPO)
         url = f"http://127.0.0.1:{args.port}"
-        for _ in range(60):
-            try:
-                if requests.get(f"{url}/readyz", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
+        wait_for_http(f"{url}/readyz", timeout=30)
         print(f"\n[demo] photo is running: open {url}  (Ctrl-C stops everything)\n", flush=True)
         while gateway.poll() is None:
             time.sleep(0.5)

@@ -23,3 +23,16 @@ def test_models_setting_and_the_checked_in_config():
                 if line and not line.startswith("#"))
     assert all(keys[k].startswith("http://127.0.0.1:") for k in ("inference_address", "management_address",
                                                                   "metrics_address"))
+
+
+def test_wait_for_http_answers_true_when_up_and_false_at_the_deadline(http_server):
+    import time
+
+    from modelserver.process import wait_for_http
+    from tests.conftest import free_port
+
+    assert wait_for_http(http_server.add("/readyz", b"{}", content_type="application/json"), timeout=5)
+    assert not wait_for_http(http_server.url + "/missing", timeout=0.5)  # 404 is not ready
+    started = time.monotonic()
+    assert not wait_for_http(f"http://127.0.0.1:{free_port()}/readyz", timeout=0.6, interval=0.1)
+    assert 0.5 <= time.monotonic() - started < 5
