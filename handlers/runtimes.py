@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,10 +100,12 @@ def openvino(model_file: Path, device: str = "cpu") -> Run:
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
               "INFERENCE_NUM_THREADS": str(threads())}
     compiled = ov.Core().compile_model(str(model_file), "GPU" if device.startswith("cuda") else "CPU", config)
-    request = compiled.create_infer_request()
+    requests = threading.local()  # an infer request runs one batch at a time: one per calling thread
 
     def run(batch: np.ndarray) -> np.ndarray:
-        return np.array(request.infer({0: batch})[0])  # copy: the request reuses its output buffer
+        if not hasattr(requests, "request"):
+            requests.request = compiled.create_infer_request()
+        return np.array(requests.request.infer({0: batch})[0])  # copy: the request reuses its output buffer
 
     return run
 

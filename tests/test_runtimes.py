@@ -55,6 +55,21 @@ def test_optimised_runtimes_give_eager_vectors(exported, runtime):
     assert min_cosine(run(batch), eager(NAME, weights)(batch)) >= MIN_COSINE
 
 
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_runtimes_serve_several_threads_at_once(exported, runtime):
+    """The index build embeds chunks from several threads (catalog/build.py): one OpenVINO infer request
+    runs one batch at a time ("Infer Request is busy"), so each thread gets its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    weights, onnx_file = exported
+    batch = SPECS[NAME].preprocess.batch(real_images(4))
+    run = load_runtime(runtime, NAME, weights, onnx_file)
+    alone = run(batch)
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda _: run(batch), range(12)))
+    assert all(min_cosine(v, alone) >= 0.99999 for v in together)
+
+
 def test_missing_model_file_falls_back_to_eager_and_says_so(exported, tmp_path, caplog):
     weights, _ = exported
     with caplog.at_level(logging.WARNING):
