@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv mar demo test lint bench infra-check clean
+.PHONY: help venv mar demo test lint bench bench-search infra-check clean
 
 help:
 	@echo "make demo   - build the model archive, start TorchServe, index the sample catalog, serve http://127.0.0.1:5000"
@@ -13,6 +13,7 @@ help:
 	@echo "make mar    - build model_store/embedding.mar"
 	@echo "make lint   - ruff"
 	@echo "make bench  - speed figures as ratios within one run (build/bench.json), checked against targets"
+	@echo "make bench-search - ANN / exact / Milvus Lite at 1M vectors, gateway memory (build/bench_search.json)"
 	@echo "make infra-check - lint and validate every deployment file in infra/ (offline)"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -44,6 +45,11 @@ lint: venv
 bench: venv
 	$(BIN)/python scripts/bench.py
 	$(BIN)/python scripts/check_bench.py build/bench.json
+
+# Search at catalog scale (scripts/bench_search.py; reuses build/bench-search/ between runs).
+bench-search: venv
+	$(BIN)/python scripts/bench_search.py
+	$(BIN)/python scripts/check_bench.py build/bench_search.json
 
 # Every deployment file, validated offline: Dockerfiles (hadolint), CloudFormation/SAM (cfn-lint, which
 # expands SAM), Kubernetes (kustomize build, then the 1.37 schemas, strict), compose (the compose spec),

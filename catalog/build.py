@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from catalog.ann import AnnSettings, build_ann
 from catalog.calibration import fit_calibration
 from catalog.fetch import FetchError, ImageSource
 from catalog.reader import RowError, read_catalog
 from catalog.store import (
+    ANN,
     ERRORS,
     WHITENING,
     IndexData,
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 WHITENING_SETTINGS = {"dims": 512, "power": 0.5, "shrink": 0.1}
 #: Below this many products the covariance is too poorly estimated to whiten with.
 MIN_WHITEN = 2000
+#: When a build writes the ANN graph (``build_index(ann=...)``).
+ANN_CHOICES = ("auto", "always", "never")
 
 
 @dataclass
@@ -212,9 +216,9 @@ def collect_vectors(rows: list[dict], source: ImageSource, embedder: BatchEmbedd
 
 
 def finish_version(collected: Collected, catalog: Path, backbone_id: str, rows_read: int,
-                   whiten_min: int = MIN_WHITEN) -> tuple[IndexData, dict[str, bytes]]:
+                   whiten_min: int = MIN_WHITEN, ann: AnnSettings | None = None) -> tuple[IndexData, dict[str, bytes]]:
     """The index version for collected vectors: manifest, the catalog-fitted whitening and calibration,
-    and the error report. Not written anywhere yet."""
+    the error report, and the ANN graph when ``ann`` is given. Not written anywhere yet."""
     errors = collected.errors
     matrix = collected.matrix()
     manifest = {
@@ -232,6 +236,11 @@ def finish_version(collected: Collected, catalog: Path, backbone_id: str, rows_r
     searchable = whitening.apply(matrix) if whitening is not None else matrix
     manifest["whitening"] = WHITENING_SETTINGS if whitening is not None else None
     manifest["calibration"] = fit_calibration(searchable, [str(p.get("category", "")) for p in collected.rows])
+    manifest["ann"] = None
+    if ann is not None and len(searchable):
+        extra[ANN] = build_ann(searchable, ann)
+        manifest["ann"] = {"library": "faiss", "index": "HNSWFlat", "metric": "inner_product",
+                           "connectivity": ann.connectivity, "expansion_add": ann.expansion_add}
     return IndexData(embeddings=matrix, products=collected.rows, manifest=manifest), extra
 
 
@@ -248,11 +257,17 @@ def build_index(
     whiten_min: int = MIN_WHITEN,
     allow_private_hosts: bool = False,
     vector_cache: Path | None = None,
+    ann: str = "auto",
+    ann_settings: AnnSettings | None = None,
 ) -> BuildReport:
     """Build and publish a new index version for ``catalog`` at ``output``.
 
     Catalogs with at least ``whiten_min`` products get a PCA-whitening fitted on them (a value above
-    the catalog size disables it; see docs/QUALITY.md)."""
+    the catalog size disables it; see docs/QUALITY.md). ``ann``: ``always`` / ``never`` write the HNSW
+    graph (catalog/ann.py), ``auto`` from ``ann_settings.min_products`` products (``ANN_MIN_PRODUCTS``)."""
+    if ann not in ANN_CHOICES:
+        raise ValueError(f"ann={ann!r}: use one of {', '.join(ANN_CHOICES)}")
+    ann_settings = ann_settings or AnnSettings.from_env()
     catalog = Path(catalog).resolve()
     rows, errors = read_catalog(catalog)
     store = open_store(output)
@@ -262,7 +277,9 @@ def build_index(
     source = ImageSource(catalog.parent, cache_dir, refresh=refresh_cache, allow_private=allow_private_hosts)
     collected = collect_vectors(rows, source, embedder, known, workers, chunk_size, progress)
     collected.errors = sorted(collected.errors + errors, key=lambda e: e.line)
-    index, extra = finish_version(collected, catalog, backbone_id, len(rows), whiten_min)
+    with_ann = ann == "always" or (ann == "auto" and len(collected.rows) >= ann_settings.min_products)
+    index, extra = finish_version(collected, catalog, backbone_id, len(rows), whiten_min,
+                                  ann_settings if with_ann else None)
     version, pruned = write_and_publish(store, index, extra, keep)
     if pruned:
         log.info("removed %d old version(s): %s", len(pruned), ", ".join(pruned))

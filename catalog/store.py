@@ -15,6 +15,7 @@ build never exposes a partial index. ``s3://bucket/prefix`` uses boto3's standar
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -23,9 +24,11 @@ import re
 import secrets
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -37,6 +40,7 @@ EMBEDDINGS = "embeddings.npy"
 PRODUCTS = "products.jsonl"
 ERRORS = "errors.csv"
 WHITENING = "whitening.npz"
+ANN = "ann.faiss"  # optional: the HNSW graph over the search-space vectors (catalog/ann.py)
 MANIFEST = "manifest.json"
 
 
@@ -52,7 +56,9 @@ class CorruptIndex(ValueError):
 #: target) is refused before it can become part of a path.
 VERSION_NAME = re.compile(r"^[0-9]{8}T[0-9]{12}Z-[0-9a-f]{6}$")
 #: The only files a version may list in its manifest.
-FILE_NAMES = frozenset({"embeddings.npy", "products.jsonl", "errors.csv", "whitening.npz"})
+FILE_NAMES = frozenset({EMBEDDINGS, PRODUCTS, ERRORS, WHITENING, ANN})
+#: Bytes per read when a file is streamed (copied and checksummed without holding it in memory).
+CHUNK = 8 << 20
 
 
 def checked_version(name: object, where: str) -> str:
@@ -92,6 +98,17 @@ class LocalStore:
             return self._path(key).read_bytes()
         except FileNotFoundError:
             raise IndexNotFound(f"{self.root / key} not found") from None
+
+    def open(self, key: str) -> BinaryIO:
+        """A file object to stream ``key`` from."""
+        try:
+            return self._path(key).open("rb")
+        except FileNotFoundError:
+            raise IndexNotFound(f"{self.root / key} not found") from None
+
+    def file(self, key: str) -> Path:
+        """The local path of ``key`` (checked like every other key)."""
+        return self._path(key)
 
     def list_versions(self) -> list[str]:
         folder = self.root / "versions"
@@ -148,6 +165,10 @@ class S3Store:
         except (BotoCoreError, OSError) as exc:
             raise StoreUnavailable(f"S3 read of {key} failed at {self.uri}: {exc}") from None
 
+    def open(self, key: str) -> BinaryIO:
+        """A stream of ``key``'s body; a broken read raises ``StoreUnavailable``."""
+        return _S3Body(self._call(self.client.get_object, Key=self._key(key))["Body"], f"{self.uri}/{key}")
+
     def list_versions(self) -> list[str]:
         base = self._key("versions/")
         found: set[str] = set()
@@ -166,6 +187,28 @@ class S3Store:
         keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
         if keys:
             self._call(self.client.delete_objects, Delete={"Objects": keys})
+
+
+class _S3Body(io.RawIOBase):
+    """An S3 object body whose read errors are ``StoreUnavailable``, like every other S3 failure."""
+
+    def __init__(self, body, where: str) -> None:
+        self._body, self._where = body, where
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            return self._body.read(None if size < 0 else size)
+        except (BotoCoreError, OSError) as exc:
+            raise StoreUnavailable(f"S3 read of {self._where} failed: {exc}") from None
+
+    def close(self) -> None:
+        self._body.close()
+        super().close()
 
 
 Store = LocalStore | S3Store
@@ -187,10 +230,18 @@ class IndexData:
     """A loaded (or about to be written) index version."""
 
     embeddings: np.ndarray
-    products: list[dict]
+    products: Sequence[dict]  # a list, or a ProductTable for a memory-mapped version
     manifest: dict = field(default_factory=dict)
     #: The verified raw files of a loaded version, so it can be copied without downloading it again.
     files: dict[str, bytes] = field(default_factory=dict, repr=False)
+    #: The local folder of a memory-mapped version (``open_local``); its files are read from there.
+    folder: Path | None = None
+
+    def has_file(self, name: str) -> bool:
+        return name in self.files or (self.folder is not None and name in self.manifest.get("files", {}))
+
+    def file_bytes(self, name: str) -> bytes:
+        return self.files[name] if name in self.files else (self.folder / name).read_bytes()
 
     @property
     def backbone_id(self) -> str:
@@ -203,7 +254,7 @@ class IndexData:
 
     def whitening(self) -> Whitening | None:
         """The catalog-fitted transform stored with this version, if any."""
-        return Whitening.from_bytes(self.files[WHITENING]) if WHITENING in self.files else None
+        return Whitening.from_bytes(self.file_bytes(WHITENING)) if self.has_file(WHITENING) else None
 
 
 def _sha(data: bytes) -> str:
@@ -268,11 +319,9 @@ def current_version(store: Store) -> str:
     return checked_version(version, f"{store.uri}/{POINTER}")
 
 
-def read_version(store: Store, version: str) -> IndexData:
-    """Load a version and verify every file against the manifest's checksums.
-
-    The manifest is untrusted input: its version must be the one asked for and it may name only the
-    files a build writes, so nothing it says becomes a path (``CorruptIndex`` otherwise)."""
+def read_manifest(store: Store, version: str) -> dict:
+    """The manifest of ``version``, checked as untrusted input: its version must be the one asked for and it
+    may name only the files a build writes, so nothing it says becomes a path (``CorruptIndex`` otherwise)."""
     version = checked_version(version, "requested version")
     try:
         manifest = json.loads(store.get(f"versions/{version}/{MANIFEST}"))
@@ -286,17 +335,106 @@ def read_version(store: Store, version: str) -> IndexData:
     files = manifest.get("files")
     if not isinstance(files, dict) or not set(files) <= FILE_NAMES or not {EMBEDDINGS, PRODUCTS} <= set(files):
         raise CorruptIndex(f"version {version}: the manifest lists unexpected files")
+    if not all(isinstance(meta, dict) and isinstance(meta.get("sha256"), str) for meta in files.values()):
+        raise CorruptIndex(f"version {version}: the manifest's checksums are malformed")
+    if not all(isinstance(manifest.get(key), int) and manifest[key] >= 0 for key in ("count", "dim")):
+        raise CorruptIndex(f"version {version}: the manifest's count or dim is missing")
+    return manifest
+
+
+def _check_shape(version: str, manifest: dict, embeddings: np.ndarray, products: int) -> None:
+    if embeddings.shape != (manifest["count"], manifest["dim"]) or products != manifest["count"]:
+        raise CorruptIndex(f"version {version}: shape {embeddings.shape} does not match manifest")
+
+
+def read_version(store: Store, version: str) -> IndexData:
+    """Load a version into memory and verify every file against the manifest's checksums."""
+    manifest = read_manifest(store, version)
     blobs = {}
-    for name, meta in files.items():
+    for name, meta in manifest["files"].items():
         data = store.get(f"versions/{version}/{name}")
         if _sha(data) != meta["sha256"]:
             raise CorruptIndex(f"version {version}: {name} checksum mismatch")
         blobs[name] = data
-    embeddings = np.load(io.BytesIO(blobs[EMBEDDINGS]), allow_pickle=False)
-    products = [json.loads(line) for line in blobs[PRODUCTS].decode().splitlines() if line]
-    if embeddings.shape != (manifest["count"], manifest["dim"]) or len(products) != manifest["count"]:
-        raise CorruptIndex(f"version {version}: shape {embeddings.shape} does not match manifest")
+    try:
+        embeddings = np.load(io.BytesIO(blobs[EMBEDDINGS]), allow_pickle=False)
+        products = [json.loads(line) for line in blobs[PRODUCTS].decode().splitlines() if line]
+    except ValueError as exc:
+        raise CorruptIndex(f"version {version}: unreadable data ({exc})") from None
+    _check_shape(version, manifest, embeddings, len(products))
     return IndexData(embeddings=embeddings, products=products, manifest=manifest, files=blobs)
+
+
+def _copy_checked(source: BinaryIO, target: Path, sha256: str, what: str) -> None:
+    """Stream ``source`` to ``target`` (atomically: temp file + rename) if its checksum is ``sha256``."""
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
+    try:
+        with os.fdopen(fd, "wb") as out, source:
+            while chunk := source.read(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if digest.hexdigest() != sha256:
+            raise CorruptIndex(f"{what} checksum mismatch")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _file_sha(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sync_version(store: Store, version: str, dest: LocalStore) -> dict:
+    """Make ``dest`` hold a verified copy of ``version`` and point its CURRENT at it; return the manifest.
+
+    Files are streamed (never whole in memory) and checksummed on the way; files already in ``dest`` are
+    re-verified, not copied again. The manifest is written last, so a copy that dies midway is never
+    complete. Several processes may sync the same folder at once: a file lock takes turns."""
+    manifest = read_manifest(store, version)
+    folder = dest.file(f"versions/{version}/{MANIFEST}").parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(dest.root / ".sync.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for name, meta in manifest["files"].items():
+            target = dest.file(f"versions/{version}/{name}")
+            if target.exists() and _file_sha(target) == meta["sha256"]:
+                continue
+            source = store.open(f"versions/{version}/{name}")
+            _copy_checked(source, target, meta["sha256"], f"version {version}: {name}")
+        dest.put(f"versions/{version}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
+        publish(dest, version)
+    return manifest
+
+
+def open_local(store: LocalStore, version: str, verify: bool = True) -> IndexData:
+    """A version of a local store, memory-mapped rather than read: the embeddings as a read-only memmap and
+    the products as a ``ProductTable``, shared by every process that opens them. ``verify`` re-checks the
+    checksums first (one streamed read of each file)."""
+    from catalog.products import ProductTable
+
+    manifest = read_manifest(store, version)
+    for name, meta in manifest["files"].items():
+        path = store.file(f"versions/{version}/{name}")
+        if not path.is_file():
+            raise IndexNotFound(f"{path} not found")
+        if verify and _file_sha(path) != meta["sha256"]:
+            raise CorruptIndex(f"version {version}: {name} checksum mismatch")
+    try:
+        embeddings = np.load(store.file(f"versions/{version}/{EMBEDDINGS}"), mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise CorruptIndex(f"version {version}: unreadable embeddings ({exc})") from None
+    products = ProductTable.open(store.file(f"versions/{version}/{PRODUCTS}"))
+    _check_shape(version, manifest, embeddings, len(products))
+    folder = store.file(f"versions/{version}/{MANIFEST}").parent
+    return IndexData(embeddings=embeddings, products=products, manifest=manifest, folder=folder)
 
 
 def save_copy(index: IndexData, dest: Store) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 
 from gunicorn.app.base import BaseApplication
@@ -48,10 +49,22 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(own_dir, ignore_errors=True)
 
 
+def workers_for(requested: int, env: dict[str, str] | None = None) -> int:
+    """``requested``, except 1 with Milvus Lite: its local file can be opened by one process only."""
+    env = os.environ if env is None else env
+    uri = env.get("MILVUS_URI", "")
+    lite = env.get("SEARCH_BACKEND", "").strip() == "milvus" and uri and "://" not in uri
+    if lite and requested > 1:
+        print(f"gateway: MILVUS_URI={uri} is a Milvus Lite file, which one process can open: 1 worker "
+              f"(not {requested}); raise GATEWAY_THREADS instead", file=sys.stderr)
+        return 1
+    return requested
+
+
 def serve(args: argparse.Namespace) -> None:
     GatewayServer({
         "bind": f"{args.host}:{args.port}",
-        "workers": args.workers,
+        "workers": workers_for(args.workers),
         "threads": args.threads,
         "worker_class": "gthread",
         "timeout": 60,

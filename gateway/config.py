@@ -10,6 +10,7 @@ from functools import cached_property
 #: Words read as true in environment variables and request flags (requests also accept FALSE_WORDS).
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
+SEARCH_BACKENDS = ("auto", "exact", "ann", "milvus")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,19 @@ class Config:
     allow_private_urls: bool = False
     #: Comma-separated CIDRs of non-public networks query URLs may still use (e.g. an internal image host).
     allowed_image_networks: str = ""
+    #: Search backend: auto (exact below ``ann_min_products``, else the version's ANN file), exact, ann, milvus.
+    search_backend: str = "auto"
+    #: ``auto`` searches with the ANN file from this many products (the build writes one from this size).
+    ann_min_products: int = 100_000
+    #: HNSW search depth (efSearch): higher is more exact and slower (see docs/SCALING.md).
+    ann_expansion: int = 128
+    #: Milvus cluster / Zilliz Cloud address, or a local file for Milvus Lite (``search_backend=milvus``).
+    milvus_uri: str = ""
+    milvus_token: str = ""
+    #: Alias switched to the served version's collection.
+    milvus_alias: str = "photo_current"
+    #: Milvus index type of new collections: AUTOINDEX (approximate, Milvus picks), HNSW, FLAT (exact), ...
+    milvus_index_type: str = "AUTOINDEX"
     #: /readyz caches its TorchServe probe for this many seconds.
     ready_cache_s: float = 2.0
 

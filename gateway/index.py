@@ -12,42 +12,111 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from catalog.ann import check_file, open_ann
 from catalog.calibration import UNCALIBRATED, Calibration
 from catalog.category_first import Grouping
-from catalog.store import IndexData, LocalStore, current_version, open_store, read_current, read_version, save_copy
+from catalog.products import ProductTable
+from catalog.store import (
+    ANN,
+    CorruptIndex,
+    IndexData,
+    LocalStore,
+    current_version,
+    open_local,
+    open_store,
+    prune,
+    sync_version,
+)
 from gateway import metrics
-from gateway.search import ExactSearch, SearchBackend
+from gateway.config import Config
+from gateway.milvus import MilvusSearch, MilvusSettings
+from gateway.search import AnnSearch, ExactSearch, SearchBackend
 
 log = logging.getLogger(__name__)
 
 
-class CatalogIndex:
-    """One immutable index version, ready to search. Holds the search-space vectors once (in its backend),
-    never the raw file bytes."""
+@dataclass(frozen=True)
+class BackendSettings:
+    """Which search backend serves a version (``Config.search_backend`` and friends)."""
 
-    def __init__(self, data: IndexData) -> None:
+    kind: str = "auto"
+    ann_min_products: int = 100_000
+    ann_expansion: int = 128
+    milvus: MilvusSettings | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> BackendSettings:
+        milvus = MilvusSettings(config.milvus_uri, config.milvus_token, config.milvus_alias,
+                                config.milvus_index_type) if config.milvus_uri else None
+        return cls(config.search_backend, config.ann_min_products, config.ann_expansion, milvus)
+
+
+class CatalogIndex:
+    """One immutable index version, ready to search. Its vectors live in its backend (memory-mapped for
+    the ANN backend, in Milvus for milvus), its products in a ``ProductTable`` over the local copy."""
+
+    def __init__(self, data: IndexData, backends: BackendSettings = BackendSettings()) -> None:
         self.manifest = data.manifest
         self.products = data.products
         self.backbone_id: str = data.backbone_id
         self.version: str = data.version
-        self.row_of = {str(p["id"]): i for i, p in enumerate(self.products)}
+        if isinstance(self.products, ProductTable):
+            self.products.index_ids()
         # The same catalog-fitted transform is applied to the stored vectors here and to every query
         # vector in ``prepare``: both sides of the cosine live in the same space.
         self.whitening = data.whitening()
         self.calibration = Calibration.from_manifest(data.manifest)
-        self.grouping = Grouping.from_labels([str(p.get("category", "")) for p in self.products],
-                                             self.calibration.percent)
+        labels = self.products.column("category") if isinstance(self.products, ProductTable) \
+            else [str(p.get("category", "")) for p in self.products]
+        self.grouping = Grouping.from_labels(labels, self.calibration.percent)
         self.categories = self.grouping.names  # for the page's category list
         self._codes_by_folded: dict[str, frozenset[int]] = {}
         for code, name in enumerate(self.categories):
             folded = name.casefold()
             self._codes_by_folded[folded] = self._codes_by_folded.get(folded, frozenset()) | {code}
-        vectors = self.whitening.apply(data.embeddings) if self.whitening else data.embeddings
-        self.backend: SearchBackend = ExactSearch(vectors, self.grouping.codes)
+        self.backend: SearchBackend = self._backend(data, backends)
+
+    def _backend(self, data: IndexData, backends: BackendSettings) -> SearchBackend:
+        kind = backends.kind
+        has_ann = data.folder is not None and data.has_file(ANN)
+        if kind == "auto":
+            kind = "ann" if has_ann and len(data.products) >= backends.ann_min_products else "exact"
+            if kind == "exact" and len(data.products) >= backends.ann_min_products:
+                log.warning("version %s has %d products but no ANN file: searching exactly (rebuild with "
+                            "--ann always for the faster search)", data.version, len(data.products))
+        if kind == "ann":
+            if not has_ann:
+                raise CorruptIndex(f"version {data.version} has no ANN file, and SEARCH_BACKEND=ann needs one "
+                                   "(build it with scripts/build_index.py --ann always)")
+            path, shape = data.folder / ANN, self._search_shape(data)
+            check_file(path, *shape)  # in a child process: a malformed file must not crash this worker
+            return AnnSearch(open_ann(path, *shape), self.grouping.codes, backends.ann_expansion)
+        if kind == "milvus":
+            return MilvusSearch.serve(backends.milvus, data.version, self._search_blocks(data), self.grouping.codes)
+        return ExactSearch(self._search_vectors(data), self.grouping.codes)
+
+    def _search_vectors(self, data: IndexData) -> np.ndarray:
+        """The stored vectors in the search space (a view of the memory map when there is no whitening)."""
+        return self.whitening.apply(data.embeddings) if self.whitening else data.embeddings
+
+    def _search_blocks(self, data: IndexData) -> Transformed:
+        """The same, transformed block by block as it is read (for filling Milvus without a full copy)."""
+        return Transformed(data.embeddings, self.whitening)
+
+    def _search_shape(self, data: IndexData) -> tuple[int, int]:
+        dim = self.whitening.projection.shape[1] if self.whitening else data.embeddings.shape[1]
+        return len(data.products), int(dim)
+
+    def retire(self) -> None:
+        """This version is no longer served: let the backend free what it holds outside the process."""
+        retire = getattr(self.backend, "retire", None)
+        if retire is not None:
+            retire()
 
     def prepare(self, query: np.ndarray) -> np.ndarray:
         """A model vector (as TorchServe returns it) → the search space of this index."""
@@ -55,6 +124,11 @@ class CatalogIndex:
 
     def __len__(self) -> int:
         return len(self.products)
+
+    def row_of(self, product_id: str) -> int | None:
+        if isinstance(self.products, ProductTable):
+            return self.products.row_of(product_id)
+        return next((i for i, p in enumerate(self.products) if str(p["id"]) == str(product_id)), None)
 
     def category_codes(self, category: str | None) -> frozenset[int] | None:
         """Codes of the categories named ``category`` (case-insensitive); None: no category filter."""
@@ -74,11 +148,16 @@ def default_cache_dir(uri: str) -> Path:
 
 
 class IndexManager:
-    def __init__(self, uri: str, cache_dir: str | Path | None = None, poll_s: float = 30.0) -> None:
+    #: Versions kept in the local copy: the served one and the one before (a rollback needs no download).
+    CACHE_KEEP = 2
+
+    def __init__(self, uri: str, cache_dir: str | Path | None = None, poll_s: float = 30.0,
+                 backends: BackendSettings = BackendSettings()) -> None:
         self.uri = uri
         self.store = open_store(uri)
         self.cache = LocalStore(Path(cache_dir) if cache_dir else default_cache_dir(uri))
         self.poll_s = poll_s
+        self.backends = backends
         self.current: CatalogIndex | None = None
         self.checked_at = time.monotonic()  # when the store was last asked for the published version
         self.polling = False  # a background thread polls (not on AWS Lambda: see refresh_if_due)
@@ -86,16 +165,22 @@ class IndexManager:
         self.error: str | None = None  # the last problem with the store, if any
         self._lock = threading.Lock()
 
+    def _open(self, version: str) -> CatalogIndex:
+        """Copy ``version`` into the local cache (streamed, verified) and open it from there."""
+        sync_version(self.store, version, self.cache)
+        return CatalogIndex(open_local(self.cache, version, verify=False), self.backends)
+
     def load(self) -> None:
         """Initial load: the published version, else the local copy of the last good one."""
         try:
-            self._swap(read_current(self.store), from_cache=False)
+            self._swap(self._open(current_version(self.store)), from_cache=False)
         except Exception as exc:  # noqa: BLE001 - any failure: fall back to the local copy
             self.error = f"index not loaded from {self.uri}: {exc}"
             log.error(self.error)
             try:
-                self._swap(read_current(self.cache), from_cache=True)
-                log.warning("serving cached copy of version %s from %s", self.current.version, self.cache.uri)
+                index = CatalogIndex(open_local(self.cache, current_version(self.cache)), self.backends)
+                self._swap(index, from_cache=True)
+                log.warning("serving cached copy of version %s from %s", index.version, self.cache.uri)
             except Exception as cache_exc:  # noqa: BLE001
                 log.error("no usable local copy in %s: %s", self.cache.uri, cache_exc)
 
@@ -115,31 +200,33 @@ class IndexManager:
                         log.info("index store reachable again; version %s unchanged", version)
                     self.from_cache, self.error = False, None
                     return False
-                data = read_version(self.store, version)
+                index = self._open(version)
             except Exception as exc:  # noqa: BLE001 - keep serving what we have, say why
                 reason = f"keeping version {self.current.version if self.current else None}: {exc}"
                 if reason != self.error:
                     log.error("index refresh failed, %s", reason)
                 self.error = reason
                 return False
-            self._swap(data, from_cache=False)
+            self._swap(index, from_cache=False)
             return True
 
-    def _swap(self, data: IndexData, from_cache: bool) -> None:
-        index = CatalogIndex(data)
-        previous = self.current.version if self.current else None
+    def _swap(self, index: CatalogIndex, from_cache: bool) -> None:
+        old = self.current
+        previous = old.version if old else None
         metrics.index_served(index.version, index.backbone_id, len(index), previous,
-                             self.current.backbone_id if self.current else None)
+                             old.backbone_id if old else None)
         self.current = index
         self.from_cache = from_cache
         if not from_cache:
             self.error = None
             try:
-                save_copy(data, self.cache)
+                prune(self.cache, self.CACHE_KEEP)
             except OSError as exc:
-                log.warning("could not keep a local copy in %s: %s", self.cache.uri, exc)
-        log.info("serving index version %s (%d products, %s)%s", index.version, len(index), index.backbone_id,
-                 f", replacing {previous}" if previous else "")
+                log.warning("could not prune the local copy in %s: %s", self.cache.uri, exc)
+        if old is not None and old.version != index.version:
+            old.retire()
+        log.info("serving index version %s (%d products, %s, %s search)%s", index.version, len(index),
+                 index.backbone_id, index.backend.name, f", replacing {previous}" if previous else "")
 
     def start_polling(self) -> None:
         if self.poll_s <= 0:
@@ -152,3 +239,19 @@ class IndexManager:
         while True:  # a daemon thread: it ends with the process
             time.sleep(self.poll_s)
             self.refresh()
+
+
+class Transformed:
+    """Rows of ``embeddings`` in the search space, computed per slice (``whitening`` None: as stored)."""
+
+    def __init__(self, embeddings: np.ndarray, whitening) -> None:
+        self._embeddings, self._whitening = embeddings, whitening
+        dim = whitening.projection.shape[1] if whitening else embeddings.shape[1]
+        self.shape = (len(embeddings), int(dim))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        block = np.asarray(self._embeddings[rows], dtype=np.float32)
+        return self._whitening.apply(block) if self._whitening else block

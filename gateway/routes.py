@@ -182,7 +182,8 @@ def readyz():
     index = svc.index
     body = {"ready": ok, "reason": reason, "index_version": index.version if index else None,
             "index_cached": svc.indexes.from_cache, "index_error": svc.indexes.error,
-            "model": index.backbone_id if index else None, "products": len(index) if index else 0}
+            "model": index.backbone_id if index else None, "products": len(index) if index else 0,
+            "search_backend": index.backend.name if index else None}
     return jsonify(body), 200 if ok else 503
 
 

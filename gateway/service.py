@@ -17,7 +17,7 @@ import numpy as np
 from gateway import metrics
 from gateway.config import Config
 from gateway.errors import NotFound, Unavailable
-from gateway.index import CatalogIndex, IndexManager
+from gateway.index import BackendSettings, CatalogIndex, IndexManager
 from gateway.search import Candidates, Filter
 from handlers.imaging import ImageError
 from modelserver.client import ModelClient, ModelServerError
@@ -68,7 +68,8 @@ class SearchService:
     def __init__(self, config: Config, client: ModelClient) -> None:
         self.config = config
         self.client = client
-        self.indexes = IndexManager(config.index_uri, config.index_cache_dir or None, config.index_poll_s)
+        self.indexes = IndexManager(config.index_uri, config.index_cache_dir or None, config.index_poll_s,
+                                    BackendSettings.from_config(config))
         self._ready: tuple[float, bool, str] = (0.0, False, "not checked yet")
         self._ready_lock = threading.Lock()
 
@@ -104,7 +105,7 @@ class SearchService:
 
         Category-first here means the product's own category first (no guessing needed)."""
         index = self.require_index()
-        row = index.row_of.get(str(product_id))
+        row = index.row_of(str(product_id))
         if row is None:
             raise NotFound(f"no product with id {product_id!r} in the catalog")
         where = Filter(categories=index.category_codes(options.category), exclude_rows=frozenset({row}))

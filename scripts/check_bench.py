@@ -1,5 +1,7 @@
 """Check a bench report against its targets: ``python scripts/check_bench.py [build/bench.json]``.
 
+``build/bench_search.json`` (``make bench-search``) is checked against the search targets (by its name).
+
 Exits 1 naming every figure that is missing or misses its target. The figures are ratios measured within
 one run (scripts/bench.py), so they hold on any machine that runs both sides of each.
 """
@@ -18,6 +20,17 @@ TARGETS = {
     "optimized_min_cosine": (operator.ge, 0.999),
     "index_build_vs_torchserve": (operator.ge, 0.9),
     "query_p50_vs_model_p50": (operator.le, 1.3),
+}
+
+#: figure → (comparison, target) for build/bench_search.json (issue: catalog scale).
+SEARCH_TARGETS = {
+    "n": (operator.ge, 1_000_000),
+    "p50_ms": (operator.le, 5.0),
+    "recall_at_10": (operator.ge, 0.95),
+    "gateway_rss_ratio": (operator.le, 1.5),
+    "exact_p50_ms": (operator.ge, 0.0),  # reported beside the ANN figure
+    "ann_build_s": (operator.ge, 0.0),
+    "milvus_lite_p50_ms": (operator.ge, 0.0),
 }
 
 
@@ -42,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: cannot read {path}: {exc}", file=sys.stderr)
         return 1
-    found = problems(report)
+    found = problems(report, SEARCH_TARGETS if "search" in path.name else TARGETS)
     for line in found:
         print(f"FAIL {line}")
     if not found:

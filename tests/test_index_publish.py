@@ -104,10 +104,26 @@ def wait_for(predicate, timeout=20.0):
 
 def test_swap_to_new_version_under_load_with_zero_failures(index_uri, tmp_path, local_embedder, torchserve,
                                                            start_gateway):
+    swap_under_load(index_uri, tmp_path, local_embedder, torchserve, start_gateway)
+
+
+@pytest.mark.parametrize("backend", ["ann", "milvus"])
+def test_swap_under_load_on_every_search_backend(backend, tmp_path, local_embedder, torchserve, start_gateway):
+    """The same swap with the in-process ANN (a graph file per version) and with Milvus Lite (a collection per
+    version; tests/test_milvus.py checks the alias and the drop)."""
+    extra = {"SEARCH_BACKEND": backend, "MILVUS_URI": str(tmp_path / "milvus.db"), "MILVUS_INDEX_TYPE": "FLAT"}
+    swap_under_load(str(tmp_path / "index"), tmp_path, local_embedder, torchserve, start_gateway, extra,
+                    ann="always" if backend == "ann" else "never")
+
+
+def swap_under_load(index_uri, tmp_path, local_embedder, torchserve, start_gateway, extra=None, **build_kw):
+    """Three clients query without pause while a new version is built and published: no request fails,
+    both versions answer, and the new product is found afterwards."""
     catalog = write_catalog(tmp_path / "cat", DEMO_ROWS[:30])
-    first = build(catalog, index_uri, local_embedder, tmp_path)
-    gw = start_gateway(**gateway_env(index_uri, torchserve))
+    first = build(catalog, index_uri, local_embedder, tmp_path, **build_kw)
+    gw = start_gateway(**gateway_env(index_uri, torchserve, extra))
     assert ready(gw)["index_version"] == first.version and ready(gw)["ready"]
+    assert ready(gw)["search_backend"] == (extra or {}).get("SEARCH_BACKEND", "exact")
 
     failures, answered, versions, stop = [], [0], set(), threading.Event()
 
@@ -130,7 +146,7 @@ def test_swap_to_new_version_under_load_with_zero_failures(index_uri, tmp_path, 
     try:
         time.sleep(1.0)
         write_catalog(tmp_path / "cat", DEMO_ROWS[:30] + DEMO_ROWS[40:45])  # five new products
-        second = build(catalog, index_uri, local_embedder, tmp_path)
+        second = build(catalog, index_uri, local_embedder, tmp_path, **build_kw)
         assert second.embedded == 5 and second.reused == 30
         assert wait_for(lambda: ready(gw)["index_version"] == second.version)
         time.sleep(1.0)

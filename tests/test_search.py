@@ -53,6 +53,11 @@ def test_category_filters_and_exhaustion():
     (Filter(categories=frozenset({1})).narrowed(exclude_categories=frozenset({1})), 7, 1, False),
     (Filter(categories=frozenset({1, 2})).narrowed(categories=frozenset({2})), 7, 1, False),
     (Filter(categories=frozenset({1, 2})).narrowed(categories=frozenset({2})), 7, 2, True),
+    # four codes are tested one by one, five through np.isin: both ways agree at the switch
+    (Filter(categories=frozenset({1, 2, 3, 4})), 7, 4, True),
+    (Filter(categories=frozenset({1, 2, 3, 4, 6})), 7, 6, True),
+    (Filter(categories=frozenset({1, 2, 3, 4, 6})), 7, 5, False),
+    (Filter(exclude_categories=frozenset({1, 2, 3, 4, 6})), 7, 6, False),
 ])
 def test_filter_admits_and_mask_agree(where, row, code, admitted):
     assert where.admits(row, code) is admitted

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from catalog.store import IndexData, open_store, write_and_publish
+from catalog.ann import build_ann
+from catalog.store import ANN, IndexData, open_store, write_and_publish
 from gateway.config import Config
 from gateway.search import top_rows
 from gateway.service import SearchOptions, SearchService
@@ -25,9 +26,9 @@ class FixedClient:
         return self.backbone
 
 
-def reference(index, query, options, exclude=None, own_code=None):
+def reference(index, x, query, options, exclude=None, own_code=None):
     """The whole-catalog definition: full score vector, the vote over it, grouped sort keys."""
-    scores = index.backend._matrix @ query
+    scores = x @ query
     if options.category:
         scores = np.where(np.isin(index.grouping.codes, list(index.category_codes(options.category))),
                           scores, -np.inf)
@@ -40,8 +41,13 @@ def reference(index, query, options, exclude=None, own_code=None):
     return [row for row, _ in top_rows(scores, options.top_k, index.calibration.cosine(options.threshold), keys)]
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory):
+#: Every search backend runs the same cases; "ann-filtered" sends filtered searches through the HNSW graph
+#: (a bitmap selector) instead of the brute-force path small filters take.
+BACKENDS = ["exact", "ann", "ann-filtered", "milvus"]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def service(tmp_path_factory, request):
     rng = np.random.default_rng(7)
     centres = rng.normal(size=(4, 8))
     labels = rng.integers(0, 4, 300)
@@ -50,10 +56,17 @@ def service(tmp_path_factory):
     cats = ["Shoes", "Bags", "Watches", ""]
     products = [{"id": str(i), "name": f"p{i}", "category": cats[c]} for i, c in enumerate(labels)]
     root = tmp_path_factory.mktemp("svc")
-    write_and_publish(open_store(root / "index"), IndexData(x, products, {"backbone": FixedClient.backbone}))
-    svc = SearchService(Config(index_uri=str(root / "index"), index_poll_s=0, index_cache_dir=str(root / "c")),
-                        FixedClient())
+    extra = {ANN: build_ann(x)} if request.param.startswith("ann") else {}
+    write_and_publish(open_store(root / "index"), IndexData(x, products, {"backbone": FixedClient.backbone}), extra)
+    kind = request.param.split("-")[0]
+    config = Config(index_uri=str(root / "index"), index_poll_s=0, index_cache_dir=str(root / "c"),
+                    search_backend=kind, milvus_uri=str(root / "milvus.db") if kind == "milvus" else "",
+                    milvus_index_type="FLAT")  # exact, so that results can be compared row for row
+    svc = SearchService(config, FixedClient())
     svc.indexes.load()
+    assert svc.require_index().backend.name == kind
+    if request.param == "ann-filtered":
+        svc.require_index().backend.SMALL_FILTER = 0
     return svc, x
 
 
@@ -69,7 +82,7 @@ def test_candidates_rank_like_the_whole_catalog(service, top_k, threshold, categ
         q = x[rng.integers(len(x))] + rng.normal(scale=0.5, size=8)
         svc.client.vector = (q / np.linalg.norm(q)).astype(np.float32)
         got = [int(h.product["id"]) for h in svc.search_image(b"q", options).hits]
-        assert got == reference(index, svc.client.vector, options)
+        assert got == reference(index, x, svc.client.vector, options)
         row = int(rng.integers(len(x)))
         got = [int(h.product["id"]) for h in svc.similar(str(row), options).hits]
-        assert got == reference(index, x[row], options, exclude=row, own_code=int(index.grouping.codes[row]))
+        assert got == reference(index, x, x[row], options, exclude=row, own_code=int(index.grouping.codes[row]))

@@ -12,12 +12,15 @@ from catalog.store import (
     IndexData,
     IndexNotFound,
     current_version,
+    open_local,
     open_store,
     prune,
     publish,
     read_current,
     read_version,
     rollback,
+    sync_version,
+    write_and_publish,
     write_version,
 )
 
@@ -147,3 +150,81 @@ def test_listing_ignores_what_a_build_never_writes(tmp_path):
     publish(store, version)
     assert prune(store, keep=1) == [] and (tmp_path / "index" / "versions" / "notes").is_dir()
 
+
+
+class DiesAfter:
+    """A store whose streamed reads die after ``n`` files, like a gateway killed mid-copy."""
+
+    def __init__(self, store, n: int) -> None:
+        self.store, self.n, self.opened = store, n, []
+
+    def open(self, key):
+        if self.n == 0:
+            raise KeyboardInterrupt("killed mid-copy")
+        self.n -= 1
+        self.opened.append(key.rsplit("/", 1)[-1])
+        return self.store.open(key)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+@pytest.mark.parametrize("dies_after", [0, 1, 2])
+def test_a_copy_that_dies_at_any_file_is_never_complete_and_resumes(tmp_path, dies_after):
+    """The gateway's local copy is a multi-file write: killed after any file, the copy has no manifest (so it
+    is neither served nor published locally), the previous copy stays current, and the next sync finishes."""
+    source = open_store(tmp_path / "index")
+    old, _ = write_and_publish(source, make_index(n=2))
+    cache = open_store(tmp_path / "cache")
+    sync_version(source, old, cache)
+    new, _ = write_and_publish(source, make_index(n=5), {"errors.csv": b"line,stage,reason\n"})  # three files
+    with pytest.raises(KeyboardInterrupt):
+        sync_version(DiesAfter(source, dies_after), new, cache)
+    assert current_version(cache) == old
+    with pytest.raises(IndexNotFound):
+        open_local(cache, new)
+    assert not list((tmp_path / "cache" / "versions" / new).glob(".part-*"))  # no half-written file left
+    resumed = DiesAfter(source, 10)
+    sync_version(resumed, new, cache)
+    assert current_version(cache) == new and len(resumed.opened) == 3 - dies_after  # copied files are kept
+    loaded = open_local(cache, new)
+    assert len(loaded.products) == 5 and np.array_equal(loaded.embeddings, read_current(source).embeddings)
+
+
+def test_a_corrupt_file_is_not_copied(tmp_path):
+    source = open_store(tmp_path / "index")
+    version, _ = write_and_publish(source, make_index())
+    (tmp_path / "index" / "versions" / version / "products.jsonl").write_text('{"id": "tampered"}\n')
+    cache = open_store(tmp_path / "cache")
+    with pytest.raises(CorruptIndex, match="checksum mismatch"):
+        sync_version(source, version, cache)
+    assert not (tmp_path / "cache" / "versions" / version / "products.jsonl").exists()
+    with pytest.raises(IndexNotFound):
+        current_version(cache)
+
+
+def test_a_copy_altered_on_disk_is_refused_when_opened(tmp_path):
+    source = open_store(tmp_path / "index")
+    version, _ = write_and_publish(source, make_index())
+    cache = open_store(tmp_path / "cache")
+    sync_version(source, version, cache)
+    (tmp_path / "cache" / "versions" / version / "products.jsonl").write_text('{"id": "x"}\n' * 3)
+    with pytest.raises(CorruptIndex, match="checksum mismatch"):
+        open_local(cache, version)
+    sync_version(source, version, cache)  # a sync repairs it
+    assert open_local(cache, version).products[0]["id"] == "0"
+
+
+def test_the_gateways_copy_keeps_the_served_version_and_the_one_before(tmp_path):
+    from gateway.index import IndexManager
+
+    source = open_store(tmp_path / "index")
+    write_and_publish(source, make_index())
+    manager = IndexManager(str(tmp_path / "index"), tmp_path / "cache", poll_s=0)
+    manager.load()
+    versions = [manager.current.version]
+    for n in (4, 5, 6):
+        write_and_publish(source, make_index(n=n))
+        assert manager.refresh()
+        versions.append(manager.current.version)
+    assert sorted(p.name for p in (tmp_path / "cache" / "versions").iterdir()) == versions[-2:]

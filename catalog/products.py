@@ -1,0 +1,86 @@
+"""An index version's products, read on demand from its products.jsonl instead of held as dicts.
+
+A million products as Python dicts cost about a gigabyte in every gateway worker; here they cost a few
+NumPy arrays (line offsets, id hashes), and the file itself is memory-mapped, so all workers share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def _id_hash(product_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(product_id.encode(), digest_size=8).digest(), "little")
+
+
+class ProductTable(Sequence[dict]):
+    """Products by row, one JSON object per line of ``data`` (bytes or a memory map); blank lines skipped."""
+
+    def __init__(self, data: bytes | mmap.mmap) -> None:
+        self._data = data
+        raw = np.frombuffer(data, dtype=np.uint8) if len(data) else np.zeros(0, np.uint8)
+        ends = np.flatnonzero(raw == ord("\n"))
+        if len(raw) and raw[-1] != ord("\n"):
+            ends = np.append(ends, len(raw))
+        starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64) if len(ends) else np.zeros(0, np.int64)
+        keep = ends > starts
+        self._starts, self._ends = starts[keep], ends[keep].astype(np.int64)
+        self._hashes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    @classmethod
+    def open(cls, path: Path) -> ProductTable:
+        """Memory-map ``path`` read-only (shared between processes)."""
+        with open(path, "rb") as fh:
+            if fh.seek(0, 2) == 0:
+                return cls(b"")
+            return cls(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __getitem__(self, row: int) -> dict:  # type: ignore[override]
+        if not -len(self) <= row < len(self):
+            raise IndexError(row)
+        return json.loads(self._data[self._starts[row]:self._ends[row]])
+
+    def __iter__(self) -> Iterator[dict]:
+        for row in range(len(self)):
+            yield self[row]
+
+    def column(self, name: str) -> list[str]:
+        """``str(product.get(name, ""))`` for every row (one pass over the file)."""
+        return [str(p.get(name, "")) for p in self]
+
+    def _hashed(self, column: str) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted hashes of ``str(product[column])`` and their rows, built once per column (one pass)."""
+        if column not in self._hashes:
+            hashes = np.fromiter((_id_hash(str(p.get(column, ""))) for p in self), dtype=np.uint64, count=len(self))
+            order = np.argsort(hashes, kind="stable")
+            self._hashes[column] = (hashes[order], order)
+        return self._hashes[column]
+
+    def index_ids(self) -> None:
+        """Hash every product id once, so that ``row_of`` is a binary search."""
+        self._hashed("id")
+
+    def first_row(self, column: str, value: str) -> int | None:
+        """The first row whose ``str(product[column])`` equals ``value``, or None."""
+        hashes, order = self._hashed(column)
+        key = np.uint64(_id_hash(str(value)))
+        at = int(np.searchsorted(hashes, key))
+        while at < len(hashes) and hashes[at] == key:  # a hash collision is possible; the value decides
+            row = int(order[at])
+            if str(self[row].get(column, "")) == str(value):
+                return row
+            at += 1
+        return None
+
+    def row_of(self, product_id: str) -> int | None:
+        """The first row whose product has this id, or None."""
+        return self.first_row("id", product_id)

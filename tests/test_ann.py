@@ -1,0 +1,150 @@
+"""The ANN file (catalog/ann.py) and its backend (gateway/search.py AnnSearch): built by the index build from
+a size on, checked in a child process before the gateway opens it, chosen by ``SEARCH_BACKEND=auto``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from catalog.ann import AnnFileError, AnnSettings, build_ann, check_file, open_ann
+from catalog.build import Collected, finish_version
+from catalog.store import ANN, IndexData, open_store, publish, write_and_publish, write_version
+from gateway.index import BackendSettings, IndexManager
+from gateway.search import AnnSearch, ExactSearch, Filter
+
+
+def unit_rows(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def products(n: int) -> list[dict]:
+    return [{"id": str(i), "name": f"p{i}", "category": "AB"[i % 2]} for i in range(n)]
+
+
+def test_graph_search_matches_exact_and_filters(tmp_path):
+    x = unit_rows(500)
+    path = tmp_path / ANN
+    path.write_bytes(build_ann(x))
+    check_file(path, 500, 16)
+    codes = np.arange(500) % 2
+    ann, exact = AnnSearch(open_ann(path, 500, 16), codes), ExactSearch(x, codes)
+    ann.SMALL_FILTER = 0  # filtered searches through the graph as well
+    q = x[3]
+    for where in (Filter(), Filter(categories=frozenset({1})), Filter(exclude_rows=frozenset({3}))):
+        got, want = ann.search(q, 10, where), exact.search(q, 10, where)
+        assert got.rows.tolist() == want.rows.tolist()
+        assert np.allclose(got.scores, want.scores, atol=1e-5)
+    assert np.array_equal(ann.vector(7), x[7])
+    assert ann.search(q, 10, Filter(categories=frozenset())).rows.tolist() == []  # nothing admitted
+    assert ann.search(q, 0).rows.tolist() == []
+
+
+def test_min_score_is_kept_by_both_paths(tmp_path):
+    x = unit_rows(200)
+    path = tmp_path / ANN
+    path.write_bytes(build_ann(x))
+    ann = AnnSearch(open_ann(path, 200, 16), np.zeros(200, np.int64))
+    floor = float(np.sort(x @ x[0])[-5])  # exactly five rows score at least this
+    assert len(ann.search(x[0], 50, min_score=floor)) == 5
+    assert len(ann.search(x[0], 5000, min_score=floor)) == 5  # deeper than EXACT_BEYOND: brute force
+
+
+@pytest.mark.parametrize(("size_at_build", "expect_file"), [(100, True), (101, False)])
+def test_build_writes_the_graph_from_its_size_on(tmp_path, size_at_build, expect_file):
+    """``ANN_MIN_PRODUCTS`` at the catalog's size writes the graph; one more product than it does not."""
+    x = unit_rows(100)
+    collected = Collected(rows=products(100), vectors=list(x))
+    settings = AnnSettings(min_products=size_at_build)
+    with_ann = len(collected.rows) >= settings.min_products
+    index, extra = finish_version(collected, tmp_path / "products.csv", "bb", 100, ann=settings if with_ann else None)
+    assert (ANN in extra) is expect_file and (index.manifest["ann"] is not None) is expect_file
+
+
+@pytest.mark.parametrize("junk", [b"", b"garbage" * 100, "truncate", "flip"])
+def test_a_malformed_file_is_refused_without_crashing_the_caller(tmp_path, junk):
+    good = build_ann(unit_rows(50))
+    data = {"truncate": good[: len(good) // 2], "flip": good[:200] + b"\xff" * 64 + good[264:]}.get(junk, junk)
+    path = tmp_path / ANN
+    path.write_bytes(data)
+    with pytest.raises(AnnFileError):
+        check_file(path, 50, 16)
+
+
+def test_a_graph_of_another_shape_is_refused(tmp_path):
+    path = tmp_path / ANN
+    path.write_bytes(build_ann(unit_rows(50)))
+    for count, dim in ((51, 16), (50, 8)):
+        with pytest.raises(AnnFileError, match="not an inner-product HNSW graph"):
+            check_file(path, count, dim)
+
+
+def publish_version(root, n: int, ann: bytes | None) -> str:
+    index = IndexData(unit_rows(n), products(n), {"backbone": "bb"})
+    return write_and_publish(open_store(root), index, {ANN: ann} if ann is not None else {})[0]
+
+
+@pytest.mark.parametrize(("min_products", "backend"), [(120, "ann"), (121, "exact")])
+def test_auto_uses_the_graph_from_the_configured_size(tmp_path, min_products, backend):
+    publish_version(tmp_path / "index", 120, build_ann(unit_rows(120)))
+    manager = IndexManager(str(tmp_path / "index"), tmp_path / "cache", 0,
+                           BackendSettings("auto", ann_min_products=min_products))
+    manager.load()
+    assert manager.current.backend.name == backend
+
+
+def test_ann_backend_refuses_a_version_without_the_graph_and_keeps_the_old_one(tmp_path):
+    first = publish_version(tmp_path / "index", 60, build_ann(unit_rows(60)))
+    manager = IndexManager(str(tmp_path / "index"), tmp_path / "cache", 0, BackendSettings("ann"))
+    manager.load()
+    assert manager.current.version == first and manager.current.backend.name == "ann"
+    publish_version(tmp_path / "index", 60, None)
+    assert not manager.refresh()
+    assert manager.current.version == first and "no ANN file" in manager.error
+
+
+def test_a_crafted_graph_with_a_matching_checksum_is_refused_and_the_old_version_serves(tmp_path):
+    """The store is untrusted: a file whose manifest checksum matches but that crashes FAISS's loader must
+    not take the worker down."""
+    first = publish_version(tmp_path / "index", 60, build_ann(unit_rows(60)))
+    manager = IndexManager(str(tmp_path / "index"), tmp_path / "cache", 0, BackendSettings("ann"))
+    manager.load()
+    store = open_store(tmp_path / "index")
+    good = build_ann(unit_rows(60, seed=1))
+    crafted = good[:200] + b"\xff" * 64 + good[264:]
+    version = write_version(store, IndexData(unit_rows(60), products(60), {"backbone": "bb"}), {ANN: crafted})
+    publish(store, version)
+    assert not manager.refresh()
+    assert manager.current.version == first and ANN in manager.error
+    assert len(manager.current.backend.search(unit_rows(1)[0], 5)) == 5  # still serving
+
+
+def test_a_corrupt_graph_is_refused_by_its_checksum(tmp_path):
+    first = publish_version(tmp_path / "index", 60, build_ann(unit_rows(60)))
+    manager = IndexManager(str(tmp_path / "index"), tmp_path / "cache", 0, BackendSettings("ann"))
+    manager.load()
+    store = open_store(tmp_path / "index")
+    version = write_version(store, IndexData(unit_rows(60), products(60), {"backbone": "bb"}),
+                            {ANN: build_ann(unit_rows(60))})
+    store.put(f"versions/{version}/{ANN}", build_ann(unit_rows(60, seed=5)))  # replaced after the manifest
+    publish(store, version)
+    assert not manager.refresh()
+    assert manager.current.version == first and "checksum mismatch" in manager.error
+    manifest = json.loads(store.get(f"versions/{version}/manifest.json"))
+    assert ANN in manifest["files"]
+
+
+def test_a_loader_that_crashes_is_reported_not_inherited(tmp_path, monkeypatch):
+    """``check_file`` runs the loader in a child: a child killed by a signal (what a native loader does on
+    a file it cannot handle) becomes ``AnnFileError`` here, and this process lives on."""
+    crashing = tmp_path / "python"
+    crashing.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    crashing.chmod(0o755)
+    path = tmp_path / ANN
+    path.write_bytes(build_ann(unit_rows(20)))
+    check_file(path, 20, 16)  # the real interpreter accepts it
+    monkeypatch.setattr("sys.executable", str(crashing))
+    with pytest.raises(AnnFileError, match="died"):
+        check_file(path, 20, 16)

@@ -1,0 +1,32 @@
+"""The bench checker (scripts/check_bench.py): each target holds at its limit and fails one step past it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scripts.check_bench import SEARCH_TARGETS, TARGETS, main, problems
+
+SEARCH_OK = {"n": 1_000_000, "p50_ms": 5.0, "recall_at_10": 0.95, "gateway_rss_ratio": 1.5, "exact_p50_ms": 90.0,
+             "ann_build_s": 200.0, "milvus_lite_p50_ms": 20.0}
+
+
+def test_search_figures_at_their_limits_pass():
+    assert problems(SEARCH_OK, SEARCH_TARGETS) == []
+
+
+@pytest.mark.parametrize(("key", "past"), [("n", 999_999), ("p50_ms", 5.001), ("recall_at_10", 0.9499),
+                                           ("gateway_rss_ratio", 1.501)])
+def test_one_past_a_search_limit_fails(key, past):
+    assert [line.split(":")[0] for line in problems({**SEARCH_OK, key: past}, SEARCH_TARGETS)] == [key]
+
+
+def test_missing_figure_fails_and_file_name_picks_the_targets(tmp_path):
+    search = tmp_path / "bench_search.json"
+    search.write_text(json.dumps(SEARCH_OK))
+    assert main([str(search)]) == 0
+    speed = tmp_path / "bench.json"
+    speed.write_text(json.dumps(SEARCH_OK))  # no speed figures in it
+    assert main([str(speed)]) == 1
+    assert {line.split(":")[0] for line in problems({}, TARGETS)} == set(TARGETS)

@@ -1,0 +1,58 @@
+"""ProductTable (catalog/products.py): products read by row from the JSON-lines file, ids found by hash."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import catalog.products as products_module
+from catalog.products import ProductTable
+
+
+def table(rows, trailing_newline=True, blank_lines=False) -> ProductTable:
+    lines = [json.dumps(r) for r in rows]
+    if blank_lines:
+        lines = [""] + [x for line in lines for x in (line, "")]
+    text = "\n".join(lines) + ("\n" if trailing_newline else "")
+    return ProductTable(text.encode())
+
+
+ROWS = [{"id": "a", "category": "Shoes"}, {"id": "b", "category": ""}, {"id": 7, "name": "Ünïcode ✓"}]
+
+
+@pytest.mark.parametrize("trailing_newline", [True, False])
+@pytest.mark.parametrize("blank_lines", [True, False])
+def test_rows_read_back_whatever_the_line_endings(trailing_newline, blank_lines):
+    t = table(ROWS, trailing_newline, blank_lines)
+    assert len(t) == 3 and list(t) == ROWS and t[-1] == ROWS[-1]
+    assert t.column("category") == ["Shoes", "", ""]
+
+
+def test_row_index_limits_on_both_sides():
+    t = table(ROWS)
+    assert t[2] == ROWS[2] and t[-3] == ROWS[0]
+    for outside in (3, -4):
+        with pytest.raises(IndexError):
+            t[outside]
+
+
+def test_row_of_finds_ids_as_strings_and_the_first_duplicate():
+    t = table(ROWS + [{"id": "a", "category": "later duplicate"}])
+    assert t.row_of("a") == 0 and t.row_of("7") == 2 and t.row_of("b") == 1
+    assert t.row_of("missing") is None and t.row_of("") is None
+
+
+def test_a_hash_collision_is_settled_by_the_id(monkeypatch):
+    monkeypatch.setattr(products_module, "_id_hash", lambda product_id: 42)  # every id collides
+    t = table(ROWS)
+    assert [t.row_of(i) for i in ("a", "b", "7", "zzz")] == [0, 1, 2, None]
+
+
+def test_empty_file_and_memory_mapped_file(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    assert len(ProductTable.open(empty)) == 0 and ProductTable.open(empty).row_of("a") is None
+    path = tmp_path / "products.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    assert list(ProductTable.open(path)) == ROWS
