@@ -22,6 +22,7 @@ from tqdm import tqdm
 from catalog.ann import AnnSettings, build_ann
 from catalog.calibration import fit_calibration
 from catalog.fetch import FetchError, ImageSource
+from catalog.paths import printable, redact_url
 from catalog.reader import RowError, read_catalog
 from catalog.store import (
     ANN,
@@ -75,7 +76,8 @@ class BuildReport:
             f"{self.cache_hits} from cache",
             f"  {len(self.left_out)} row(s) left out, {warnings} warning(s)" + (":" if self.errors else ""),
         ]
-        lines += [f"    line {e.line} id={e.id!r} [{e.stage}] {e.error}" for e in self.errors[:50]]
+        lines += [f"    line {e.line} id={printable(repr(e.id))} [{e.stage}] {printable(e.error)}"
+                  for e in self.errors[:50]]
         if len(self.errors) > 50:
             lines.append(f"    ... {len(self.errors) - 50} more in errors.csv")
         return "\n".join(lines)
@@ -91,7 +93,8 @@ def errors_csv(errors: list[RowError]) -> bytes:
     writer = csv.DictWriter(buf, fieldnames=["line", "id", "image_url", "stage", "error"])
     writer.writeheader()
     for err in errors:
-        writer.writerow({k: _inert(v) for k, v in err.as_dict().items()})
+        row = {**err.as_dict(), "image_url": redact_url(err.image_url)}
+        writer.writerow({k: _inert(v) for k, v in row.items()})
     return buf.getvalue().encode()
 
 

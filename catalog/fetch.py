@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 import threading
 from pathlib import Path
 
-from catalog.paths import UnsafePath, is_remote, resolve_local
+from catalog.paths import UnsafePath, is_remote, redact_url, resolve_local
 from catalog.safe_http import UnsafeURL, safe_get
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
@@ -53,15 +54,7 @@ class ImageSource:
                 path = resolve_local(image_url, self.root)
             except UnsafePath as exc:
                 raise FetchError(str(exc)) from None
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                raise FetchError(f"image file not found: {image_url}") from None
-            except OSError as exc:
-                raise FetchError(f"cannot read {image_url}: {exc.strerror}") from None
-            if len(data) > self.max_bytes:
-                raise FetchError(f"image larger than {self.max_bytes} bytes")
-            return data
+            return self._read_local(path, image_url)
         cached = self.cache_dir / hashlib.sha256(image_url.encode()).hexdigest()
         if cached.is_file() and not self.refresh:
             with self._lock:
@@ -73,11 +66,30 @@ class ImageSource:
             self.downloads += 1
         return data
 
+    def _read_local(self, path: Path, image_url: str) -> bytes:
+        """A regular file's bytes, at most ``max_bytes``: checked before reading (a FIFO or a device would
+        block or never end), and counted while reading (a file that grows meanwhile)."""
+        try:
+            info = path.stat()
+            if not stat.S_ISREG(info.st_mode):
+                raise FetchError(f"not a regular file: {image_url}")
+            if info.st_size > self.max_bytes:
+                raise FetchError(f"image larger than {self.max_bytes} bytes")
+            with path.open("rb") as fh:
+                data = fh.read(self.max_bytes + 1)
+        except FileNotFoundError:
+            raise FetchError(f"image file not found: {image_url}") from None
+        except OSError as exc:
+            raise FetchError(f"cannot read {image_url}: {exc.strerror}") from None
+        if len(data) > self.max_bytes:
+            raise FetchError(f"image larger than {self.max_bytes} bytes")
+        return data
+
     def _download(self, url: str) -> bytes:
         try:
             return safe_get(url, self.max_bytes, self.timeout, self.allow_private, user_agent=USER_AGENT)
         except UnsafeURL as exc:
-            raise FetchError(f"{exc}: {url}") from None
+            raise FetchError(f"{exc}: {redact_url(url)}") from None
 
     def _store(self, path: Path, data: bytes) -> None:
         """Atomic write: an interrupted build never leaves a half file in the cache."""

@@ -6,7 +6,7 @@ Shared by the index build (reading local catalog images) and the gateway (servin
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 
 class UnsafePath(ValueError):
@@ -31,3 +31,18 @@ def resolve_local(image_url: str, root: Path) -> Path:
     if not path.is_relative_to(root):
         raise UnsafePath(f"path escapes the catalog folder: {image_url}")
     return path
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its query string and fragment (signed URLs carry credentials there), for reports."""
+    if not is_remote(url):
+        return url
+    parts = urlsplit(url)
+    hidden = "?…" if parts.query else ""
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", "")) + hidden
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` safe to print on a terminal: control characters (escape sequences, CR) shown escaped."""
+    clean = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
+    return clean if len(clean) <= limit else clean[:limit] + "…"

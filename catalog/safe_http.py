@@ -5,17 +5,24 @@
 - loopback, private, link-local (cloud metadata), multicast, reserved, unspecified and IPv4-mapped
   IPv6 forms of those are refused unless ``allow_private`` is set;
 - redirects are followed by hand, at most ``MAX_REDIRECTS``, each hop checked again;
-- connect/read timeouts, a byte cap while streaming, and a content-type check.
+- one wall-clock deadline for the whole fetch: every lookup, connect, read and redirect (a server that
+  drips a byte at a time is cut off at the deadline, not kept as long as it keeps dripping);
+- a byte cap while streaming, and a content-type check; proxy environment variables are ignored (a
+  proxy would connect to the name again, around the pinned address); names are sent as IDNA.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 MAX_REDIRECTS = 3
@@ -33,20 +40,57 @@ class UnsafeURL(ValueError):
         self.status = status
 
 
+#: Lookups run here so that a slow resolver cannot outlast the fetch's deadline.
+_LOOKUPS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dns")
+
+
 def system_resolve(host: str, port: int) -> list[str]:
     infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     return [info[4][0] for info in infos]
 
 
+def idna_host(host: str) -> str:
+    """``host`` as sent on the wire: IDNA (punycode) for an internationalised name, IP literals unchanged."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise UnsafeURL(f"image URL host {host[:80]!r} is not a valid host name") from None
+
+
+class Deadline:
+    """One wall-clock budget shared by every step of a fetch."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def left(self) -> float:
+        """Seconds left; ``UnsafeURL`` (504) when none are."""
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise UnsafeURL(f"image URL took longer than {self.seconds:g}s", 504)
+        return left
+
+
 def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    """Why an address must not be fetched from, or None if it is a public unicast address."""
+    """Why an address must not be fetched from, or None if it is a public unicast address.
+
+    IPv6 forms that carry an IPv4 address (mapped, 6to4, Teredo) are judged by what they carry too."""
     mapped = getattr(ip, "ipv4_mapped", None) or getattr(ip, "sixtofour", None)
     if mapped is not None:
         return address_problem(mapped)
+    teredo = getattr(ip, "teredo", None)
+    if teredo is not None:
+        return next((p for p in map(address_problem, teredo) if p), None) or "Teredo tunnel"
     for attr, what in (("is_unspecified", "unspecified"), ("is_loopback", "loopback"),
-                       ("is_link_local", "link-local"), ("is_multicast", "multicast"),
-                       ("is_private", "private"), ("is_reserved", "reserved")):
-        if getattr(ip, attr):
+                       ("is_link_local", "link-local"), ("is_site_local", "site-local"),
+                       ("is_multicast", "multicast"), ("is_private", "private"), ("is_reserved", "reserved")):
+        if getattr(ip, attr, False):
             return what
     if not ip.is_global:
         return "non-public"
@@ -54,8 +98,8 @@ def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | 
 
 
 def check_url(url: str, allow_private: bool, resolve: Resolver,
-              allow_networks: tuple[str, ...] = ()) -> tuple[str, str, int, str]:
-    """(scheme, host, port, pinned address) for a URL that may be fetched, else ``UnsafeURL``.
+              allow_networks: tuple[str, ...] = (), deadline: Deadline | None = None) -> tuple[str, str, int, str]:
+    """(scheme, IDNA host, port, pinned address) for a URL that may be fetched, else ``UnsafeURL``.
 
     ``allow_networks`` (CIDRs) admits chosen non-public ranges, e.g. an internal image host."""
     try:
@@ -71,9 +115,13 @@ def check_url(url: str, allow_private: bool, resolve: Resolver,
     host = parts.hostname
     if not host:
         raise UnsafeURL("image URL has no host")
+    host = idna_host(host)
     port = port or (443 if scheme == "https" else 80)
+    lookup = _LOOKUPS.submit(resolve, host, port)
     try:
-        addresses = resolve(host, port)
+        addresses = lookup.result(timeout=deadline.left() if deadline else None)
+    except FutureTimeout:
+        raise UnsafeURL(f"image URL took longer than {deadline.seconds:g}s (looking up {host!r})", 504) from None
     except (OSError, UnicodeError):
         raise UnsafeURL(f"cannot resolve host {host!r}") from None
     if not addresses:
@@ -102,42 +150,71 @@ class _PinnedAdapter(HTTPAdapter):
 def safe_get(url: str, max_bytes: int, timeout: float, allow_private: bool = False,
              resolve: Resolver | None = None, user_agent: str = "photo/0.1",
              allow_networks: tuple[str, ...] = ()) -> bytes:
-    """The body of ``url`` (an image), with every guard above, or ``UnsafeURL`` saying why not."""
+    """The body of ``url`` (an image), with every guard above, or ``UnsafeURL`` saying why not.
+
+    ``timeout`` is the whole fetch's budget: lookups, connects, redirects and the body together."""
     resolve = resolve or system_resolve
+    deadline = Deadline(timeout)
     url = url.strip()
     for _ in range(MAX_REDIRECTS + 1):
-        scheme, host, port, address = check_url(url, allow_private, resolve, allow_networks)
+        scheme, host, port, address = check_url(url, allow_private, resolve, allow_networks, deadline)
         parts = urlsplit(url)
         literal = f"[{address}]" if ":" in address else address
         pinned = urlunsplit((scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
         default_port = port == (443 if scheme == "https" else 80)
+        name = f"[{host}]" if ":" in host else host  # an IPv6 literal is bracketed in Host
         with requests.Session() as session:
+            session.trust_env = False  # no proxies from the environment: they would bypass the pinning
             session.mount(f"{scheme}://", _PinnedAdapter(host))
-            headers = {"Host": host if default_port else f"{host}:{port}", "User-Agent": user_agent}
+            headers = {"Host": name if default_port else f"{name}:{port}", "User-Agent": user_agent}
+            left = deadline.left()
             try:
                 resp = session.get(pinned, headers=headers, stream=True, allow_redirects=False,
-                                   timeout=(min(timeout, 5.0), timeout))
+                                   timeout=(min(left, 5.0), left))
             except requests.Timeout:
-                raise UnsafeURL(f"image URL timed out after {timeout:g}s") from None
+                raise UnsafeURL(f"image URL took longer than {timeout:g}s", 504) from None
             except requests.RequestException as exc:
                 raise UnsafeURL(f"could not fetch image URL ({type(exc).__name__})") from None
             with resp:
                 if resp.is_redirect and "location" in resp.headers:
                     url = urljoin(url, resp.headers["location"])
                     continue
-                if resp.status_code != 200:
-                    raise UnsafeURL(f"image URL answered HTTP {resp.status_code}")
-                ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
-                if ctype and ctype not in IMAGE_TYPES:
-                    raise UnsafeURL(f"image URL is not an image (content-type {ctype})")
-                declared = resp.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > max_bytes:
-                    raise UnsafeURL(f"image URL is larger than {max_bytes // (1024 * 1024)} MB", 413)
-                chunks, size = [], 0
-                for chunk in resp.iter_content(64 * 1024):
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise UnsafeURL(f"image URL is larger than {max_bytes // (1024 * 1024)} MB", 413)
-                    chunks.append(chunk)
-                return b"".join(chunks)
+                return _image_body(resp, max_bytes, deadline)
     raise UnsafeURL(f"image URL redirected more than {MAX_REDIRECTS} times")
+
+
+def _image_body(resp: requests.Response, max_bytes: int, deadline: Deadline) -> bytes:
+    """The body of an image answer, at most ``max_bytes``, read before ``deadline``."""
+    if resp.status_code != 200:
+        raise UnsafeURL(f"image URL answered HTTP {resp.status_code}")
+    ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype and ctype not in IMAGE_TYPES:
+        raise UnsafeURL(f"image URL is not an image (content-type {ctype})")
+    too_large = UnsafeURL(f"image URL is larger than {max_bytes // (1024 * 1024)} MB", 413)
+    declared = resp.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_large
+    chunks, size = [], 0
+    sock = _socket_of(resp)
+    while True:
+        if sock is not None:
+            sock.settimeout(deadline.left())  # a stalled read ends at the deadline too
+        try:
+            chunk = resp.raw.read1(64 * 1024)  # returns what has arrived: a drip is seen byte by byte
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            deadline.left()  # a read cut off by the deadline is reported as the deadline
+            raise UnsafeURL(f"could not fetch image URL ({type(exc).__name__})") from None
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+        chunks.append(chunk)
+        deadline.left()
+
+
+def _socket_of(resp: requests.Response) -> socket.socket | None:
+    """The connection's socket, so that each read can be given the time left (None if not reachable)."""
+    connection = getattr(resp.raw, "connection", None) or getattr(resp.raw, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    return sock if isinstance(sock, socket.socket) else None

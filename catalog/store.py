@@ -182,11 +182,17 @@ class S3Store:
             token = {"ContinuationToken": page["NextContinuationToken"]}
 
     def delete_version(self, version: str) -> None:
+        """Delete every object of ``version``: all listing pages (1,000 keys each), one batch per page."""
         base = self._key(f"versions/{checked_version(version, 'delete')}/")
-        page = self._call(self.client.list_objects_v2, Prefix=base)
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if keys:
-            self._call(self.client.delete_objects, Delete={"Objects": keys})
+        token: dict = {}
+        while True:
+            page = self._call(self.client.list_objects_v2, Prefix=base, **token)
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                self._call(self.client.delete_objects, Delete={"Objects": keys, "Quiet": True})
+            if not page.get("IsTruncated"):
+                return
+            token = {"ContinuationToken": page["NextContinuationToken"]}
 
 
 class _S3Body(io.RawIOBase):

@@ -32,17 +32,20 @@ class Config:
     torchserve_timeout: float = 10.0
     #: Largest accepted upload; larger requests get 413.
     max_upload_mb: float = 10.0
-    #: Decompression-bomb guard for uploads and fetched URLs.
-    max_pixels: int = 40_000_000
+    #: Decompression-bomb guard for uploads and fetched URLs: a 6000×4000 photo; the model needs 224×224.
+    max_pixels: int = 24_000_000
     #: Default minimum similarity, in calibrated percent (see catalog/calibration.py; uncalibrated: 100·cosine).
     default_threshold: float = 70.0
     default_top_k: int = 12
     #: Rank the query's guessed category first (see catalog/category_first.py); per request: category_first.
     category_first: bool = True
     max_top_k: int = 100
-    #: Folder with the catalog's local images; default: the folder the index was built from.
+    #: Folder with the catalog's local images, served on /catalog/ (unset: none are; never taken from the index).
     catalog_dir: str = ""
+    #: Seconds for the whole fetch of a query image URL: lookup, connect, redirects and body together.
     url_fetch_timeout: float = 10.0
+    #: Image URLs fetched at once per worker process; more get 503 with Retry-After.
+    url_fetch_concurrency: int = 4
     #: Let query image URLs point at loopback/private hosts (tests and local demos only).
     allow_private_urls: bool = False
     #: Comma-separated CIDRs of non-public networks query URLs may still use (e.g. an internal image host).
@@ -62,6 +65,16 @@ class Config:
     milvus_index_type: str = "AUTOINDEX"
     #: /readyz caches its TorchServe probe for this many seconds.
     ready_cache_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.search_backend not in SEARCH_BACKENDS:
+            raise ValueError(f"SEARCH_BACKEND={self.search_backend!r}: use one of {', '.join(SEARCH_BACKENDS)}")
+        if self.search_backend == "milvus" and not self.milvus_uri:
+            raise ValueError("SEARCH_BACKEND=milvus needs MILVUS_URI (a Milvus address, or a file for Milvus Lite)")
+        if self.url_fetch_concurrency < 1:
+            raise ValueError("URL_FETCH_CONCURRENCY must be at least 1")
+        if self.ann_min_products < 0 or self.ann_expansion < 1:
+            raise ValueError("ANN_MIN_PRODUCTS must be ≥ 0 and ANN_EXPANSION ≥ 1")
 
     @cached_property
     def image_networks(self) -> tuple[str, ...]:

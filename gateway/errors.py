@@ -23,6 +23,12 @@ class BadRequest(ServiceError):
     status = 400
 
 
+class TooLarge(ServiceError):
+    """The request body is larger than this kind of request may be."""
+
+    status = 413
+
+
 class NotFound(ServiceError):
     """No such product or catalog image."""
 
@@ -33,3 +39,9 @@ class Unavailable(ServiceError):
     """The index is not loaded, or the model does not match it: try again later."""
 
     status = 503
+
+
+class Busy(Unavailable):
+    """Every slot for this kind of work is taken: answered 503 with ``Retry-After``."""
+
+    retry_after_s = 2

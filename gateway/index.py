@@ -130,6 +130,12 @@ class CatalogIndex:
             return self.products.row_of(product_id)
         return next((i for i, p in enumerate(self.products) if str(p["id"]) == str(product_id)), None)
 
+    def has_image(self, path: str) -> bool:
+        """Whether a product of this version names ``path`` as its (local) image."""
+        if isinstance(self.products, ProductTable):
+            return self.products.first_row("image_url", path) is not None
+        return any(str(p.get("image_url", "")) == path for p in self.products)
+
     def category_codes(self, category: str | None) -> frozenset[int] | None:
         """Codes of the categories named ``category`` (case-insensitive); None: no category filter."""
         if not category:

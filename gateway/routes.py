@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict
@@ -15,7 +16,7 @@ from catalog.paths import UnsafePath, is_remote, resolve_local
 from catalog.safe_http import UnsafeURL
 from gateway import metrics
 from gateway.config import FALSE_WORDS, TRUE_WORDS
-from gateway.errors import BadRequest, NotFound, ServiceError
+from gateway.errors import BadRequest, NotFound, ServiceError, TooLarge
 from gateway.images import query_image
 from gateway.service import Hit, Results, SearchOptions, SearchService
 from handlers.imaging import ImageError
@@ -41,11 +42,28 @@ def _params() -> dict:
     merged = dict(request.args.items())
     merged.update(request.form.items())
     if request.is_json:
-        body = request.get_json(silent=True)
+        body = _json_body()
         if not isinstance(body, dict):
             raise BadRequest("JSON body must be an object, e.g. {\"image_url\": \"https://...\"}")
         merged.update({k: v for k, v in body.items() if v is not None})
     return merged
+
+
+#: A JSON body carries a URL and a few settings: far less than this.
+MAX_JSON_BYTES = 16 * 1024
+
+
+def _json_body() -> object:
+    """The JSON body, at most ``MAX_JSON_BYTES`` (413 above); None when it does not parse (any depth)."""
+    if (request.content_length or 0) > MAX_JSON_BYTES:
+        raise TooLarge(f"a JSON request may be at most {MAX_JSON_BYTES // 1024} KB")
+    raw = request.stream.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:  # no Content-Length (chunked): counted while read
+        raise TooLarge(f"a JSON request may be at most {MAX_JSON_BYTES // 1024} KB")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):  # 200,000 "[" is a RecursionError, not a ValueError
+        return None
 
 
 def _number(params: dict, name: str, default: float, low: float, high: float, kind=float):
@@ -84,7 +102,8 @@ def search_options(params: dict) -> SearchOptions:
 
 def request_image(params: dict) -> bytes:
     """The query image of this request (upload or ``image_url``), checked."""
-    return query_image(request.files.get("file"), str(params.get("image_url") or ""), service().config)
+    svc = service()
+    return query_image(request.files.get("file"), str(params.get("image_url") or ""), svc.config, svc.url_fetches)
 
 
 def image_link(product: dict) -> str:
@@ -187,21 +206,49 @@ def readyz():
     return jsonify(body), 200 if ok else 503
 
 
+#: What ``/catalog/`` serves, by file suffix, with the content type it is served as.
+IMAGE_SUFFIXES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
+                  ".gif": "image/gif"}
+
+
 @bp.get("/catalog/<path:path>")
 def catalog_image(path: str):
-    """Local catalog images, only from inside the catalog folder."""
+    """A local catalog image: only one that a product of the served index names, only an image type, and
+    only from ``CATALOG_DIR`` (a path is never taken from the index's manifest: the store is untrusted)."""
     svc = service()
     index = svc.require_index()
-    root = Path(svc.config.catalog_dir or index.manifest.get("catalog", {}).get("root", "."))
-    if urlsplit(path).scheme:
+    kind = IMAGE_SUFFIXES.get(Path(path).suffix.lower())
+    if not svc.config.catalog_dir or kind is None or urlsplit(path).scheme or not index.has_image(path):
         raise NotFound("not a catalog image")
     try:
-        file = resolve_local(path, root)
+        file = resolve_local(path, Path(svc.config.catalog_dir))
     except UnsafePath:
         raise NotFound("not a catalog image") from None
     if not file.is_file():
         raise NotFound("image not found")
-    return send_file(file, max_age=3600)
+    return send_file(file, mimetype=kind, max_age=3600)
+
+
+# --------------------------------------------------------------------------- headers
+
+#: No inline script or style (the page's script is static/page.js); images from the catalog's hosts (http/https),
+#: the shopper's own preview (blob:); never framed, never sending the page's address to image hosts.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' https: http: "
+                           "blob: data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                           "frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+@bp.after_app_request
+def security_headers(response: Response) -> Response:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 # --------------------------------------------------------------------------- errors
@@ -215,7 +262,12 @@ def _error(status: int, message: str):
 
 @bp.app_errorhandler(ServiceError)
 def on_service_error(exc: ServiceError):
-    return _error(exc.status, exc.message)
+    response = _error(exc.status, exc.message)
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        response = current_app.make_response(response)
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 @bp.app_errorhandler(ImageError)

@@ -17,6 +17,7 @@ import numpy as np
 from gateway import metrics
 from gateway.config import Config
 from gateway.errors import NotFound, Unavailable
+from gateway.images import FetchSlots
 from gateway.index import BackendSettings, CatalogIndex, IndexManager
 from gateway.search import Candidates, Filter
 from handlers.imaging import ImageError
@@ -70,6 +71,7 @@ class SearchService:
         self.client = client
         self.indexes = IndexManager(config.index_uri, config.index_cache_dir or None, config.index_poll_s,
                                     BackendSettings.from_config(config))
+        self.url_fetches = FetchSlots(config.url_fetch_concurrency)
         self._ready: tuple[float, bool, str] = (0.0, False, "not checked yet")
         self._ready_lock = threading.Lock()
 

@@ -12,8 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-from catalog.build import build_index
+from catalog.build import ANN_CHOICES, build_index
 from catalog.fetch import DEFAULT_CACHE
+from catalog.paths import printable
 from catalog.reader import CatalogError
 from catalog.store import StoreUnavailable
 from modelserver.client import ModelServerError, make_client
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent TorchServe requests")
     parser.add_argument("--timeout", type=float, default=60.0, help="TorchServe read timeout, seconds")
     parser.add_argument("--keep", type=int, default=5, help="complete versions to keep (older ones deleted)")
+    parser.add_argument("--ann", choices=ANN_CHOICES, default="auto",
+                        help="write the HNSW graph for approximate search: auto = from ANN_MIN_PRODUCTS products "
+                             "(default 100000)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -62,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         embedder = make_embedder(args)
         report = build_index(args.catalog, args.output, embedder, args.cache_dir, workers=args.workers,
                              refresh_cache=args.refresh_cache, progress=not args.no_progress, keep=args.keep,
-                             allow_private_hosts=args.allow_private_hosts)
+                             allow_private_hosts=args.allow_private_hosts, ann=args.ann)
     except (CatalogError, ModelServerError, StoreUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2
     print(report.summary())
     return 0

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         ts.start().wait_ready()
         report = build_index(args.catalog, args.index, TorchServeClient(ts.url), DEFAULT_CACHE)
         print(report.summary(), flush=True)
-        env = {**os.environ, "INDEX_URI": args.index, "TORCHSERVE_URL": ts.url}
+        env = {**os.environ, "INDEX_URI": args.index, "TORCHSERVE_URL": ts.url,
+               "CATALOG_DIR": str(args.catalog.resolve().parent)}
         gateway = subprocess.Popen([sys.executable, "-m", "gateway", "--port", str(args.port)], env=env, cwd=REPO)
         url = f"http://127.0.0.1:{args.port}"
         wait_for_http(f"{url}/readyz", timeout=30)

@@ -188,7 +188,7 @@ def stub(local_embedder):
 @pytest.fixture
 def client(small_index, stub, tmp_path):
     config = Config(index_uri=str(small_index), max_upload_mb=1, ready_cache_s=0, index_poll_s=0,
-                    index_cache_dir=str(tmp_path / "copy"))
+                    index_cache_dir=str(tmp_path / "copy"), catalog_dir=str(small_index.parent))
     app = create_app(config, client=stub)
     return app.test_client()
 

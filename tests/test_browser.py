@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from modelserver.process import REPO
-from tests.conftest import demo_image
+from tests.conftest import DEMO_CSV, demo_image
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,8 @@ def browser() -> Iterator:
 
 @pytest.fixture
 def gateway(start_gateway, demo_index, torchserve):
-    return start_gateway(INDEX_URI=str(demo_index), TORCHSERVE_URL=torchserve.url, ALLOW_PRIVATE_URLS="1")
+    return start_gateway(INDEX_URI=str(demo_index), TORCHSERVE_URL=torchserve.url, ALLOW_PRIVATE_URLS="1",
+                         CATALOG_DIR=str(DEMO_CSV.parent))
 
 
 @pytest.fixture

@@ -23,3 +23,20 @@ def test_a_bad_number_names_the_variable():
 def test_overrides_win_and_networks_are_split():
     cfg = Config.from_env({"INDEX_URI": "a"}, index_uri="b", allowed_image_networks=" 10.0.0.0/8, ,fd00::/8")
     assert cfg.index_uri == "b" and cfg.image_networks == ("10.0.0.0/8", "fd00::/8")
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"SEARCH_BACKEND": "faiss"}, "SEARCH_BACKEND='faiss'"),
+    ({"SEARCH_BACKEND": "milvus"}, "needs MILVUS_URI"),
+    ({"ANN_MIN_PRODUCTS": "-1"}, "ANN_MIN_PRODUCTS"),
+    ({"ANN_EXPANSION": "0"}, "ANN_EXPANSION"),
+])
+def test_search_backend_settings_are_checked(env, message):
+    with pytest.raises(ValueError, match=message):
+        Config.from_env(env)
+
+
+def test_search_backend_limits_pass():
+    config = Config.from_env({"SEARCH_BACKEND": "milvus", "MILVUS_URI": "x.db", "ANN_MIN_PRODUCTS": "0",
+                              "ANN_EXPANSION": "1"})
+    assert (config.search_backend, config.ann_min_products, config.ann_expansion) == ("milvus", 0, 1)

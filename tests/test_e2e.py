@@ -19,7 +19,7 @@ PRODUCTS = list(csv.DictReader(DEMO_CSV.open()))
 @pytest.fixture
 def gateway(start_gateway, demo_index, torchserve, http_server):
     return start_gateway(INDEX_URI=str(demo_index), TORCHSERVE_URL=torchserve.url, ALLOW_PRIVATE_URLS="1",
-                         MAX_UPLOAD_MB="2")
+                         MAX_UPLOAD_MB="2", CATALOG_DIR=str(DEMO_CSV.parent))
 
 
 def search(gw, blob: bytes, **fields) -> requests.Response:

@@ -38,3 +38,50 @@ def test_private_hosts_need_permission(tmp_path, http_server):
     with pytest.raises(FetchError, match="loopback"):
         ImageSource(tmp_path, tmp_path / "cache").fetch(url)
     assert http_server.requests == []
+
+
+def test_a_fifo_or_device_in_the_catalog_is_refused_without_reading(tmp_path):
+    """A named pipe would block the build forever on read; it is refused by its type before any read."""
+    import os
+    import threading
+
+    os.mkfifo(tmp_path / "pipe.jpg")
+    source = ImageSource(tmp_path, tmp_path / "cache")
+    outcome: list = []
+
+    def fetch():
+        try:
+            source.fetch("pipe.jpg")
+        except FetchError as exc:
+            outcome.append(str(exc))
+
+    worker = threading.Thread(target=fetch, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert outcome == ["not a regular file: pipe.jpg"]
+
+
+def test_signed_urls_lose_their_query_in_reports(tmp_path, http_server):
+    from catalog.build import errors_csv
+    from catalog.paths import redact_url
+    from catalog.reader import RowError
+
+    signed = "https://cdn.example.com/a.jpg?X-Amz-Signature=secret&X-Amz-Credential=key#frag"
+    assert redact_url(signed) == "https://cdn.example.com/a.jpg?…"
+    assert redact_url("https://user:pw@cdn.example.com/a.jpg") == "https://cdn.example.com/a.jpg"
+    assert redact_url("images/a.jpg?x=1") == "images/a.jpg?x=1"  # a local path is not a URL
+    report = errors_csv([RowError(2, "p1", signed, "fetch", "HTTP 403")]).decode()
+    assert "secret" not in report and "key" not in report and "https://cdn.example.com/a.jpg?…" in report
+    url = http_server.add("/gone.jpg", b"", status=404) + "?token=secret"
+    with pytest.raises(FetchError) as err:
+        ImageSource(tmp_path, tmp_path / "cache", allow_private=True).fetch(url)
+    assert "secret" not in str(err.value) and "answered HTTP 404" in str(err.value)
+
+
+def test_control_characters_from_the_catalog_are_printed_escaped():
+    from catalog.build import BuildReport
+    from catalog.reader import RowError
+
+    report = BuildReport("v", "out", "bb", 0, [RowError(3, "id\x1b[2J", "x.jpg", "catalog", "bad \x1b]0;title\x07\r")])
+    text = report.summary()
+    assert "\x1b" not in text and "\x07" not in text and "\r" not in text and "\\x1b[2J" in text

@@ -111,7 +111,8 @@ def test_missing_index_keeps_process_up(tmp_path, stub):
 
 
 def test_catalog_images_stay_inside_the_catalog(client):
-    assert client.get("/catalog/images/10109.jpg").status_code == 200
+    image = client.get("/catalog/images/10109.jpg")
+    assert image.status_code == 200 and image.mimetype == "image/jpeg"
     assert client.get("/catalog/../products.csv").status_code == 404
     assert client.get("/catalog/%2e%2e/%2e%2e/etc/passwd").status_code == 404
     assert client.get("/catalog/images/none.jpg").status_code == 404
@@ -123,3 +124,34 @@ def test_import_gateway_loads_neither_pandas_nor_torch():
             "print(heavy); sys.exit(1 if heavy else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("path", ["/", "/api/products/nope/similar", "/healthz", "/static/page.js", "/no-such-page"])
+def test_every_answer_carries_the_security_headers(client, path):
+    resp = client.get(path)
+    csp = resp.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    assert resp.headers["X-Content-Type-Options"] == "nosniff" and resp.headers["Referrer-Policy"] == "no-referrer"
+
+
+def test_the_page_has_no_inline_script(client):
+    html = client.get("/").get_data(as_text=True)
+    assert "<script>" not in html and 'src="/static/page.js"' in html and " on" + "click=" not in html
+
+
+def test_catalog_serves_only_images_the_index_names(small_index, stub, tmp_path):
+    """A file a supplier dropped into the catalog folder (CSV, HTML, SVG, an image no product names) is not
+    served; without CATALOG_DIR nothing is, whatever the index's manifest says its catalog folder was."""
+    folder = small_index.parent
+    (folder / "note.html").write_text("<script>alert(1)</script>")
+    (folder / "logo.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
+    (folder / "images" / "stray.jpg").write_bytes(demo_image(10109))
+    config = Config(index_uri=str(small_index), index_poll_s=0, index_cache_dir=str(tmp_path / "copy"),
+                    catalog_dir=str(folder))
+    served = create_app(config, client=stub).test_client()
+    assert served.get("/catalog/images/10109.jpg").status_code == 200
+    for path in ("products.csv", "note.html", "logo.svg", "images/stray.jpg"):
+        assert served.get(f"/catalog/{path}").status_code == 404, path
+    unset = create_app(Config(index_uri=str(small_index), index_poll_s=0, index_cache_dir=str(tmp_path / "c2")),
+                       client=stub).test_client()
+    assert unset.get("/catalog/images/10109.jpg").status_code == 404

@@ -65,6 +65,10 @@ HOSTILE = [
     ("unresolvable", url("http://nothing.invalid/a.jpg"), 400, "cannot resolve host"),
     ("png bomb", upload(png_header_only(100_000, 100_000)), 400, "image too large"),
     ("wide png bomb", upload(png_header_only(65_000, 1_000)), 400, "image too large"),
+    # MAX_PIXELS (default 24,000,000): exactly at it is decoded (and this fake PNG has no pixel data), one
+    # row more is refused unread
+    ("png at the pixel limit", upload(png_header_only(6_000, 4_000)), 400, "corrupt or truncated"),
+    ("png one row over the limit", upload(png_header_only(6_000, 4_001)), 400, "image too large"),
     ("zero bytes", upload(b""), 400, "the uploaded file is empty"),
     ("fake gif header", upload(b"GIF89a but not really"), 400, "not a supported image"),
     ("html", upload(b"<script>alert(1)</script>"), 400, "not a supported image"),
@@ -79,6 +83,15 @@ HOSTILE = [
     ("json not object", {"json": ["http://x"]}, 400, "JSON body must be an object"),
     ("json broken", {"data": b"{not json", "content_type": "application/json"}, 400, "JSON body must be an object"),
     ("oversized upload", upload(b"\xff" * (2 * 1024 * 1024)), 413, "upload too large"),
+    ("json nested 200,000 deep", {"data": b"[" * 200_000, "content_type": "application/json"}, 413, "at most 16 KB"),
+    ("json nested 10,000 deep", {"data": b"[" * 10_000, "content_type": "application/json"}, 400,
+     "JSON body must be an object"),
+    ("json of exactly 16 KB", {"json": {"image_url": "http://x.test/" + "a" * (16 * 1024 - 31)}}, 400,
+     "cannot resolve host 'x.test'"),
+    ("json one byte over 16 KB", {"json": {"image_url": "http://x.test/" + "a" * (16 * 1024 - 30)}}, 413,
+     "at most 16 KB"),
+    ("ssrf international name", url("http://bücher.test/a.jpg"), 400, "'xn--bcher-kva.test' resolves to a loopback"),
+    ("ssrf site-local ipv6", url("http://[fec0::1]/a.jpg"), 400, "site-local address"),
 ]
 
 ODD_BUT_FINE = [
@@ -95,7 +108,8 @@ ODD_BUT_FINE = [
 
 @pytest.fixture
 def fake_dns(monkeypatch):
-    table = {"evil.test": ["127.0.0.1"], "rebind.test": ["93.184.216.34", "10.0.0.7"], "nothing.invalid": []}
+    table = {"evil.test": ["127.0.0.1"], "xn--bcher-kva.test": ["127.0.0.1"],
+             "rebind.test": ["93.184.216.34", "10.0.0.7"], "nothing.invalid": []}
     real = safe_http.system_resolve
     monkeypatch.setattr(safe_http, "system_resolve", lambda host, port: table.get(host) or real(host, port)
                         if host not in table or table[host] else [])
@@ -154,3 +168,34 @@ def test_decoding_corrupted_jpeg_never_crashes(flips):
     except ImageError:
         return
     assert img.mode == "RGB" and img.size[0] > 0
+
+
+def test_slow_image_links_cannot_take_every_thread(small_index, stub, tmp_path):
+    """With one URL-fetch slot, a link that drips keeps it until its deadline (504); a second link meanwhile
+    gets 503 with Retry-After, uploads still work, and the slot is free again afterwards."""
+    import threading
+    import time
+
+    from gateway import create_app
+    from gateway.config import Config
+    from tests.test_safe_http import DripServer
+
+    config = Config(index_uri=str(small_index), index_poll_s=0, index_cache_dir=str(tmp_path / "copy"),
+                    allow_private_urls=True, url_fetch_timeout=1.5, url_fetch_concurrency=1)
+    client = create_app(config, client=stub).test_client()
+    drip = DripServer(gap=0.1, total=100)
+    first: list = []
+    hog = threading.Thread(target=lambda: first.append(client.post("/api/search", json={"image_url": drip.url})))
+    hog.start()
+    time.sleep(0.5)
+    busy = client.post("/api/search", json={"image_url": drip.url})
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "2"
+    assert "too many image links" in busy.get_json()["error"]
+    assert client.post("/api/search", **upload(demo_image(10109))).status_code == 200
+    hog.join(10)
+    assert first[0].status_code == 504 and "took longer than 1.5s" in first[0].get_json()["error"]
+    drip.close()
+    again = DripServer(gap=0.01, total=5)
+    resp = client.post("/api/search", json={"image_url": again.url})
+    assert resp.status_code == 400 and "not a supported image" in resp.get_json()["error"]  # the slot was free
+    again.close()

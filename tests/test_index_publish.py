@@ -285,3 +285,19 @@ def test_rollback_repoints_and_gateway_follows(index_uri, tmp_path, local_embedd
     assert "not an index version name" in capsys.readouterr().err
     assert manage_cli([index_uri, "rollback", "--to", second.version]) == 0
     assert wait_for(lambda: ready(gw)["index_version"] == second.version)
+
+
+@pytest.mark.parametrize("objects", [1000, 1001])
+def test_s3_delete_removes_every_page_of_a_version(s3, objects):
+    """S3 lists 1,000 keys per page: a version of exactly one page and of one key more are both deleted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = open_store("s3://shop/indexes/big")
+    version = "20260101T000000000000Z-abcdef"
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: store.put(f"versions/{version}/part-{i:05d}", b"x"), range(objects)))
+    store.put("versions/20260102T000000000000Z-abcdef/manifest.json", b"{}")  # another version stays
+    store.delete_version(version)
+    left = boto3.client("s3").list_objects_v2(Bucket="shop", Prefix="indexes/big/")
+    assert [o["Key"] for o in left.get("Contents", [])] == [
+        "indexes/big/versions/20260102T000000000000Z-abcdef/manifest.json"]

@@ -81,6 +81,15 @@ def test_environment_names_are_the_gateways_own():
         assert not unknown, f"{where} sets variables the gateway never reads: {unknown}"
 
 
+@pytest.mark.parametrize("name", ["config.properties", "config.container.properties", "config.sagemaker.properties"])
+def test_torchserve_loads_models_only_from_local_files(name):
+    """A model archive carries code TorchServe runs: no config may let one be fetched from a URL."""
+    props = dict(line.split("=", 1) for line in (INFRA / "torchserve" / name).read_text().splitlines()
+                 if "=" in line and not line.startswith("#"))
+    assert props["allowed_urls"].startswith("file:///") and "http" not in props["allowed_urls"]
+    assert props.get("enable_model_api", "false") == "false"
+
+
 def test_upload_limits_fit_every_path():
     container = int(properties("config.container.properties")["max_request_size"])
     sagemaker = int(properties("config.sagemaker.properties")["max_request_size"])

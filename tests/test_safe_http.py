@@ -6,7 +6,7 @@ import pytest
 
 from catalog import safe_http
 from catalog.safe_http import UnsafeURL, check_url, safe_get
-from tests.conftest import demo_image
+from tests.conftest import REPO, demo_image
 
 
 def fake_dns(table):
@@ -101,3 +101,118 @@ def test_size_and_type_limits(http_server):
     page = http_server.add("/page", b"<html></html>", content_type="text/html")
     with pytest.raises(UnsafeURL, match="not an image"):
         safe_get(page, 100_000, 5, allow_private=True)
+
+
+class DripServer:
+    """Answers 200 with an image header, then one body byte every ``gap`` seconds, ``total`` bytes in all:
+    the slow-loris answer that per-read timeouts never stop. Loopback, bounded, stops by itself."""
+
+    def __init__(self, gap: float, total: int) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/drip.jpg"
+        self.gap, self.total = gap, total
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import time
+
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % self.total)
+            try:
+                for _ in range(self.total):
+                    conn.sendall(b"x")
+                    time.sleep(self.gap)
+            except OSError:
+                pass  # the client hung up: what the deadline is for
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_dripping_server_is_cut_off_at_the_deadline():
+    """Each byte arrives well within any read timeout; the fetch as a whole still ends at its deadline."""
+    import time
+
+    server = DripServer(gap=0.1, total=200)  # 20 s of dripping
+    started = time.monotonic()
+    with pytest.raises(UnsafeURL, match="took longer than 1s") as err:
+        safe_get(server.url, 10_000, timeout=1.0, allow_private=True)
+    assert err.value.status == 504 and time.monotonic() - started < 5  # not the 20 s the server wanted
+    server.close()
+
+
+def test_a_slow_answer_inside_the_deadline_is_read_whole():
+    server = DripServer(gap=0.05, total=6)  # 0.3 s in all
+    assert safe_get(server.url, 10_000, timeout=5.0, allow_private=True) == b"xxxxxx"
+    server.close()
+
+
+def test_a_slow_lookup_counts_against_the_deadline():
+    import time
+
+    def slow_dns(host, port):
+        time.sleep(3)
+        return ["93.184.216.34"]
+
+    started = time.monotonic()
+    with pytest.raises(UnsafeURL, match="looking up") as err:
+        safe_get("http://slow.test/a.jpg", 10_000, timeout=0.5, resolve=slow_dns)
+    assert err.value.status == 504 and time.monotonic() - started < 2.5
+
+
+def test_proxy_variables_are_ignored(http_server, monkeypatch):
+    image = next((REPO / "data" / "demo" / "images").glob("*.jpg")).read_bytes()
+    url = http_server.add("/a.jpg", image)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    assert safe_get(url, 10_000_000, timeout=5, allow_private=True) == image
+
+
+def test_international_names_are_looked_up_as_idna():
+    seen = []
+
+    def dns(host, port):
+        seen.append(host)
+        return ["10.0.0.1"]
+
+    with pytest.raises(UnsafeURL, match="private"):
+        check_url("http://bücher.test/a.jpg", False, dns)
+    assert seen == ["xn--bcher-kva.test"]
+    with pytest.raises(UnsafeURL, match="not a valid host name"):
+        check_url("http://" + "a" * 64 + ".test/a.jpg", False, dns)  # a label over 63 characters
+
+
+@pytest.mark.parametrize(("address", "reason"), [
+    ("fec0::1", "site-local"),
+    ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "private"),  # Teredo carrying 10.0.0.1 as the client
+    ("2001:0:4136:e378:8000:63bf:a247:27dd", "Teredo"),  # Teredo carrying public addresses only
+])
+def test_site_local_and_teredo_are_refused(address, reason):
+    with pytest.raises(UnsafeURL, match=reason):
+        check_url("http://x.test/a.jpg", False, lambda host, port: [address])
+
+
+def test_an_ipv6_literal_is_bracketed_in_the_host_header():
+    """``Host: ::1:8080`` is ambiguous and refused by servers; it must be ``[::1]:8080``."""
+    import socket
+    import threading
+
+    server = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    port = server.getsockname()[1]
+    seen: list[bytes] = []
+
+    def answer():
+        conn, _ = server.accept()
+        with conn:
+            seen.append(conn.recv(65536))
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 2\r\n\r\nok")
+
+    threading.Thread(target=answer, daemon=True).start()
+    assert safe_get(f"http://[::1]:{port}/a.jpg", 100, timeout=5, allow_private=True) == b"ok"
+    assert f"Host: [::1]:{port}\r\n".encode() in seen[0]
+    server.close()
