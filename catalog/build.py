@@ -20,8 +20,9 @@ import numpy as np
 from tqdm import tqdm
 
 from catalog.ann import AnnSettings, build_ann
-from catalog.calibration import fit_calibration
+from catalog.calibration import Calibration, fit_calibration
 from catalog.fetch import FetchError, ImageSource
+from catalog.no_match import fit_no_match
 from catalog.paths import printable, redact_url
 from catalog.reader import RowError, read_catalog
 from catalog.store import (
@@ -238,7 +239,9 @@ def finish_version(collected: Collected, catalog: Path, backbone_id: str, rows_r
         extra[WHITENING] = whitening.to_bytes()
     searchable = whitening.apply(matrix) if whitening is not None else matrix
     manifest["whitening"] = WHITENING_SETTINGS if whitening is not None else None
-    manifest["calibration"] = fit_calibration(searchable, [str(p.get("category", "")) for p in collected.rows])
+    labels = [str(p.get("category", "")) for p in collected.rows]
+    manifest["calibration"] = fit_calibration(searchable, labels)
+    manifest["no_match"] = fit_no_match(searchable, labels, Calibration.from_manifest(manifest).percent)
     manifest["ann"] = None
     if ann is not None and len(searchable):
         extra[ANN] = build_ann(searchable, ann)

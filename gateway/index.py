@@ -71,6 +71,7 @@ class CatalogIndex:
         # vector in ``prepare``: both sides of the cosine live in the same space.
         self.whitening = data.whitening()
         self.calibration = Calibration.from_manifest(data.manifest)
+        self.no_match_percent = _no_match_percent(data.manifest)
         labels = self.products.column("category") if isinstance(self.products, ProductTable) \
             else [str(p.get("category", "")) for p in self.products]
         self.grouping = Grouping.from_labels(labels, self.calibration.percent)
@@ -146,6 +147,15 @@ class CatalogIndex:
     def calibration_info(self) -> dict | None:
         """The manifest's calibration, or None for an uncalibrated index."""
         return self.manifest.get("calibration") if self.calibration.points != UNCALIBRATED else None
+
+
+def _no_match_percent(manifest: dict) -> float | None:
+    """The fitted "no close match" threshold (catalog/no_match.py), or None: never say it. Untrusted input."""
+    rule = manifest.get("no_match")
+    value = rule.get("percent") if isinstance(rule, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+        return None
+    return float(value)
 
 
 def default_cache_dir(uri: str) -> Path:

@@ -122,7 +122,8 @@ def api_answer(found: Results, started: float) -> Response:
     index = service().require_index()
     guess = found.guess and {"category": found.guess.category, "confidence": found.guess.confidence,
                              "source": found.guess.source, "results": found.first_group}
-    return jsonify(results=[result_json(h) for h in found.hits], category_first=guess, model=index.backbone_id,
+    return jsonify(results=[result_json(h) for h in found.hits], category_first=guess,
+                   no_close_match=found.no_close_match, model=index.backbone_id,
                    index_version=index.version, took_ms=round((time.perf_counter() - started) * 1000, 1))
 
 

@@ -63,6 +63,7 @@ class Results:
     guess: Guess | None  # None: ranked by similarity alone
     first_group: int = 0  # how many leading hits are in the guessed category
     anchor: dict | None = None  # the product of "more like this"
+    no_close_match: bool = False  # the best match is below the catalog's fitted rule: we don't carry this
 
 
 class SearchService:
@@ -99,8 +100,8 @@ class SearchService:
         index = self.require_index()
         query = self.embed(image, index)
         where = Filter(categories=index.category_codes(options.category))
-        vote = options.category_first and not options.category
-        return self._rank(index, query, where, options, guess_code=None if vote else -1)
+        return self._rank(index, query, where, options, guess_code=None,
+                          vote=options.category_first and not options.category)
 
     def similar(self, product_id: str, options: SearchOptions) -> Results:
         """More like this: the stored vector of a product, the product itself left out. No model call.
@@ -117,12 +118,15 @@ class SearchService:
                           anchor=index.products[row])
 
     def _rank(self, index: CatalogIndex, query: np.ndarray, where: Filter, options: SearchOptions,
-              guess_code: int | None, anchor: dict | None = None) -> Results:
-        """Candidates → results. ``guess_code``: None to vote for a category, -1 for none, else that code."""
+              guess_code: int | None, anchor: dict | None = None, vote: bool = True) -> Results:
+        """Candidates → results. ``guess_code``: None for a query image (no-match rule applies; the category
+        is voted for when ``vote``), -1 for no category first, else that code."""
         min_score = index.calibration.cosine(options.threshold)
         top_k = options.top_k
         cands = index.backend.search(query, max(top_k, index.grouping.vote.k), where)
-        guess = self._guess(index, cands, guess_code)
+        lost = guess_code is None and _no_close_match(index, cands)
+        # no category claim when nothing is close, or when the shopper did not ask for one
+        guess = None if lost or (guess_code is None and not vote) else self._guess(index, cands, guess_code)
         if guess is None:
             found = _best(index, query, cands, where, top_k, min_score)
         else:
@@ -133,7 +137,7 @@ class SearchService:
         percents = index.calibration.percent(np.array([score for _, score in found]))
         hits = [Hit(index.products[row], score, float(pct)) for (row, score), pct in zip(found, percents, strict=True)]
         first_group = 0 if guess is None else sum(int(index.grouping.codes[row]) == guess.code for row, _ in found)
-        return Results(hits, guess, first_group, anchor)
+        return Results(hits, guess, first_group, anchor, lost)
 
     @staticmethod
     def _guess(index: CatalogIndex, cands: Candidates, code: int | None) -> Guess | None:
@@ -166,6 +170,13 @@ class SearchService:
         if self.indexes.from_cache:
             return True, f"ready, serving the cached copy of version {index.version} ({self.indexes.error})"
         return True, "ready"
+
+
+def _no_close_match(index: CatalogIndex, cands: Candidates) -> bool:
+    """Whether a query image's best candidate is below the catalog's "no close match" rule."""
+    if index.no_match_percent is None:
+        return False
+    return not len(cands) or float(index.calibration.percent(cands.scores[0])) < index.no_match_percent
 
 
 def _best(index: CatalogIndex, query: np.ndarray, cands: Candidates, where: Filter, k: int,

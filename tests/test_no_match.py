@@ -1,0 +1,107 @@
+"""The "no close match" rule (catalog/no_match.py): fitted from the catalog at build time, applied by the
+gateway on both sides of its threshold, shown on the page and in the API without a category claim."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from catalog.calibration import UNCALIBRATED, Calibration
+from catalog.no_match import MAX_FALSE_NO_MATCH, best_scores, fit_no_match
+from catalog.store import IndexData, open_store, write_and_publish
+from gateway import create_app
+from gateway.config import Config
+from gateway.service import SearchOptions, SearchService
+from tests.conftest import jpeg_bytes
+
+PERCENT = Calibration(UNCALIBRATED).percent
+
+
+def clustered(per: int = 40, kinds: int = 5, dim: int = 16, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(kinds, dim))
+    labels = np.repeat(np.arange(kinds), per)
+    x = centres[labels] + rng.normal(scale=0.4, size=(len(labels), dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), [f"k{c}" for c in labels]
+
+
+def test_best_scores_leave_out_the_row_its_twins_and_its_category():
+    x = np.array([[1, 0], [1, 0], [0.8, 0.6], [0, 1]], np.float32)  # rows 0 and 1 are the same picture
+    carried, lacking = best_scores(x, np.array(["a", "a", "a", "b"]), np.array([0, 3]))
+    assert carried.tolist() == pytest.approx([0.8, 0.6])  # row 0: not itself, not its twin → row 2
+    assert lacking.tolist() == pytest.approx([0.0, 0.6])  # row 0 vs category b; row 3 vs category a
+
+
+def test_the_fitted_rule_keeps_false_no_match_at_most_five_percent_and_catches_the_rest():
+    x, labels = clustered()
+    rule = fit_no_match(x, labels, PERCENT)
+    assert rule["false_no_match"] <= MAX_FALSE_NO_MATCH and rule["not_carried_caught"] > 0.5
+    assert 0 < rule["percent"] < 100 and rule["fitted_on"] == len(labels)
+
+
+@pytest.mark.parametrize(("rows", "kinds"), [(49, 5), (200, 1)])
+def test_no_rule_without_enough_labelled_products_or_categories(rows, kinds):
+    x, labels = clustered(per=rows // kinds, kinds=kinds)
+    x, labels = x[:rows], labels[:rows]
+    assert fit_no_match(x, labels, PERCENT) is None
+
+
+class FixedClient:
+    backbone = "fixed-4d"
+    vector = np.zeros(4, np.float32)
+
+    def embed(self, blob: bytes):
+        return self.vector, self.backbone
+
+    def probe(self) -> str:
+        return self.backbone
+
+
+def query(cosine: float) -> np.ndarray:
+    """A unit vector whose best cosine to the catalog below is exactly ``cosine`` (with row 0, e1)."""
+    return np.array([cosine, np.sqrt(1 - cosine * cosine), 0, 0], np.float32)
+
+
+@pytest.fixture
+def app_and_service(tmp_path):
+    rows = np.array([[1, 0, 0, 0], [0.9, 0, np.sqrt(0.19), 0], [0, 0, 0, 1], [0, 0, 0.6, 0.8]], np.float32)
+    kinds = ["Bags", "Bags", "Shoes", "Shoes"]
+    products = [{"id": str(i), "name": f"p{i}", "category": c} for i, c in enumerate(kinds)]  # no price: untrusted
+    write_and_publish(open_store(tmp_path / "index"), IndexData(rows, products, {
+        "backbone": FixedClient.backbone, "no_match": {"percent": 50.0}}))
+    config = Config(index_uri=str(tmp_path / "index"), index_poll_s=0, index_cache_dir=str(tmp_path / "copy"))
+    client = FixedClient()
+    return create_app(config, client=client), SearchService(config, client)
+
+
+@pytest.mark.parametrize(("cosine", "expected"), [(0.5, False), (0.49, True)])
+def test_the_rule_on_both_sides_of_its_threshold(app_and_service, cosine, expected):
+    app, svc = app_and_service
+    svc.indexes.load()
+    svc.client.vector = query(cosine)
+    found = svc.search_image(b"q", SearchOptions(threshold=0, top_k=3))
+    assert found.no_close_match is expected
+    assert (found.guess is None) is expected  # never a category claim when nothing is close
+    app.extensions["photo"].client.vector = query(cosine)
+    web = app.test_client()
+    answer = web.post("/api/search", data={"file": (io.BytesIO(jpeg_bytes()), "q.jpg"), "threshold": "0"}).get_json()
+    assert answer["no_close_match"] is expected and (answer["category_first"] is None) is expected
+    page = web.post("/search", data={"file": (io.BytesIO(jpeg_bytes()), "q.jpg"), "threshold": "0"})
+    html = page.get_data(as_text=True)
+    assert ("We don't seem to carry this" in html) is expected and ("Looks like" in html) is not expected
+
+
+def test_more_like_this_never_says_no_close_match(app_and_service):
+    _, svc = app_and_service
+    svc.indexes.load()
+    assert svc.similar("2", SearchOptions(threshold=0, top_k=3)).no_close_match is False
+
+
+@pytest.mark.parametrize("rule", [{"percent": "50"}, {"percent": 150}, {"percent": True}, "50", None])
+def test_a_malformed_rule_in_the_manifest_is_ignored(tmp_path, rule):
+    from gateway.index import _no_match_percent
+
+    assert _no_match_percent({"no_match": rule}) is None
+    assert _no_match_percent({"no_match": {"percent": 0}}) == 0.0
