@@ -92,12 +92,13 @@ def _flag(params: dict, name: str, default: bool) -> bool:
 
 
 def search_options(params: dict) -> SearchOptions:
-    """threshold, top_k, category and category_first from the request, checked."""
+    """threshold, top_k, category, category_first and offset from the request, checked."""
     cfg = service().config
     return SearchOptions(threshold=_number(params, "threshold", cfg.default_threshold, 0, 100),
                          top_k=_number(params, "top_k", cfg.default_top_k, 1, cfg.max_top_k, kind=int),
                          category=str(params.get("category") or "").strip() or None,
-                         category_first=_flag(params, "category_first", cfg.category_first))
+                         category_first=_flag(params, "category_first", cfg.category_first),
+                         offset=_number(params, "offset", 0, 0, cfg.max_top_k, kind=int))
 
 
 def request_image(params: dict) -> bytes:

@@ -34,6 +34,7 @@ class SearchOptions:
     top_k: int
     category: str | None = None  # only this category (case-insensitive)
     category_first: bool = True  # rank the guessed (or the anchor's) category first
+    offset: int = 0  # leave out this many leading results ("Show more": the next page of the same ranking)
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ class SearchService:
         """Candidates → results. ``guess_code``: None for a query image (no-match rule applies; the category
         is voted for when ``vote``), -1 for no category first, else that code."""
         min_score = index.calibration.cosine(options.threshold)
-        top_k = options.top_k
+        top_k = options.top_k + options.offset  # rank through the page asked for, answer only that page
         cands = index.backend.search(query, max(top_k, index.grouping.vote.k), where)
         lost = guess_code is None and _no_close_match(index, cands)
         # no category claim when nothing is close, or when the shopper did not ask for one
@@ -134,9 +135,11 @@ class SearchService:
             found = _best(index, query, cands, where.narrowed(categories=group), top_k, min_score)
             found += _best(index, query, cands, where.narrowed(exclude_categories=group), top_k - len(found),
                            min_score)
+        first_group = 0 if guess is None else sum(int(index.grouping.codes[row]) == guess.code for row, _ in found)
+        found = found[options.offset:]
+        first_group = max(0, first_group - options.offset)
         percents = index.calibration.percent(np.array([score for _, score in found]))
         hits = [Hit(index.products[row], score, float(pct)) for (row, score), pct in zip(found, percents, strict=True)]
-        first_group = 0 if guess is None else sum(int(index.grouping.codes[row]) == guess.code for row, _ in found)
         return Results(hits, guess, first_group, anchor, lost)
 
     @staticmethod

@@ -155,3 +155,13 @@ def test_catalog_serves_only_images_the_index_names(small_index, stub, tmp_path)
     unset = create_app(Config(index_uri=str(small_index), index_poll_s=0, index_cache_dir=str(tmp_path / "c2")),
                        client=stub).test_client()
     assert unset.get("/catalog/images/10109.jpg").status_code == 404
+
+
+@pytest.mark.parametrize(("offset", "status"), [("0", 200), ("100", 200), ("101", 400), ("-1", 400), ("1.5", 400)])
+def test_offset_limits_on_both_sides(client, offset, status):
+    resp = client.get(f"/api/products/10109/similar?threshold=0&top_k=3&offset={offset}")
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    if status == 200:
+        ids = [r["id"] for r in resp.get_json()["results"]]
+        whole = [r["id"] for r in client.get("/api/products/10109/similar?threshold=0&top_k=100").get_json()["results"]]
+        assert ids == whole[int(offset):int(offset) + 3]

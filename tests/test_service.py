@@ -86,3 +86,17 @@ def test_candidates_rank_like_the_whole_catalog(service, top_k, threshold, categ
         row = int(rng.integers(len(x)))
         got = [int(h.product["id"]) for h in svc.similar(str(row), options).hits]
         assert got == reference(index, x, x[row], options, exclude=row, own_code=int(index.grouping.codes[row]))
+
+
+@pytest.mark.parametrize(("category", "category_first"), [(None, True), (None, False), ("bags", True)])
+def test_offset_pages_are_slices_of_one_ranking(service, category, category_first):
+    """"Show more": pages of 5 at offsets 0, 5, 10 are the first 15 of the same ranking, on every backend."""
+    svc, x = service
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        q = x[rng.integers(len(x))] + rng.normal(scale=0.5, size=8)
+        svc.client.vector = (q / np.linalg.norm(q)).astype(np.float32)
+        whole = svc.search_image(b"q", SearchOptions(0.0, 15, category, category_first))
+        pages = [svc.search_image(b"q", SearchOptions(0.0, 5, category, category_first, offset=o)) for o in (0, 5, 10)]
+        assert [h.product["id"] for p in pages for h in p.hits] == [h.product["id"] for h in whole.hits]
+        assert sum(p.first_group for p in pages) == whole.first_group
