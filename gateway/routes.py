@@ -259,7 +259,22 @@ def security_headers(response: Response) -> Response:
 def _error(status: int, message: str):
     if wants_json():
         return jsonify(error=message, status=status), status
-    return render_page(status=status, error=message)
+    return render_page(status=status, error=message, **_kept_inputs())
+
+
+def _kept_inputs() -> dict:
+    """What the shopper had entered, for the page that reports an error: the typed URL and every setting
+    that is still valid (an invalid one falls back to its default; the error names it)."""
+    try:
+        params = dict(request.args.items()) | dict(request.form.items())
+    except Exception:  # noqa: BLE001 - an unreadable body: nothing to keep
+        return {}
+    kept: dict = {"image_url": str(params.get("image_url") or "")[:2048]}
+    try:
+        kept.update(asdict(search_options(params)))
+    except ServiceError:
+        kept["category"] = str(params.get("category") or "") or None
+    return kept
 
 
 @bp.app_errorhandler(ServiceError)

@@ -165,3 +165,16 @@ def test_offset_limits_on_both_sides(client, offset, status):
         ids = [r["id"] for r in resp.get_json()["results"]]
         whole = [r["id"] for r in client.get("/api/products/10109/similar?threshold=0&top_k=100").get_json()["results"]]
         assert ids == whole[int(offset):int(offset) + 3]
+
+
+def test_an_error_page_keeps_what_the_shopper_entered(client):
+    """After an error the page still holds the typed URL and every valid setting (the bad one is named)."""
+    typed = "http://nothing.invalid/red-dress.jpg"
+    page = client.post("/search", data={"image_url": typed, "threshold": "55", "top_k": "7", "category": "Watches",
+                                        "category_first": "0"})
+    html = page.get_data(as_text=True)
+    assert page.status_code == 400 and "cannot resolve host" in html
+    assert f'value="{typed}"' in html and 'value="55"' in html and 'value="7"' in html
+    assert "<option selected>Watches</option>" in html and 'name="category_first" value="1" checked' not in html
+    bad = client.post("/search", data={"image_url": typed, "threshold": "500"}).get_data(as_text=True)
+    assert "threshold must be between 0 and 100" in bad and f'value="{typed}"' in bad
