@@ -65,7 +65,8 @@ def test_choose_a_file_and_search(page):
     page.click("button[type=submit]")
     page.wait_for_selector(".results")
     first = page.locator(".card").first
-    assert first.locator("h2").inner_text() == WATCH and first.locator(".score").inner_text() == "100.0%"
+    assert first.locator("h2").inner_text() == WATCH and first.locator(".score").inner_text() == "100%"
+    assert first.locator(".badge").inner_text() == "Exact match" and page.locator(".card .badge").count() == 1
     assert "Looks like Watches" in page.inner_text(".guess")
     categories = page.locator(".card .cat").all_inner_texts()
     assert categories and categories[0] == "Watches"

@@ -47,7 +47,8 @@ def test_html_search_renders_results(client):
     resp = upload(client, "/search", demo_image(10109), threshold="0", top_k="4")
     html = resp.get_data(as_text=True)
     assert resp.status_code == 200 and html.count('class="card"') == 4
-    assert "Fastrack Women Denim Analogue Steel Watch" in html and "100.0%" in html
+    assert "Fastrack Women Denim Analogue Steel Watch" in html and ">100%</span>" in html
+    assert html.count("Exact match") == 1 and 'class="price"' not in html  # the sample catalog has no prices
 
 
 def test_similar_page_makes_no_model_call(client, stub):

@@ -105,3 +105,15 @@ def test_a_malformed_rule_in_the_manifest_is_ignored(tmp_path, rule):
 
     assert _no_match_percent({"no_match": rule}) is None
     assert _no_match_percent({"no_match": {"percent": 0}}) == 0.0
+
+
+def test_prices_show_only_where_the_catalog_has_them(tmp_path):
+    rows = np.eye(4, dtype=np.float32)
+    products = [{"id": "1", "name": "priced", "category": "A", "price": 1299.5},
+                {"id": "2", "name": "unpriced", "category": "A", "price": None},
+                {"id": "3", "name": "odd", "category": "A", "price": "free"}, {"id": "4", "name": "none"}]
+    write_and_publish(open_store(tmp_path / "index"), IndexData(rows, products, {"backbone": FixedClient.backbone}))
+    config = Config(index_uri=str(tmp_path / "index"), index_poll_s=0, index_cache_dir=str(tmp_path / "copy"))
+    html = create_app(config, client=FixedClient()).test_client().get(
+        "/products/2/similar?threshold=0&category_first=0").get_data(as_text=True)
+    assert html.count('class="price"') == 1 and "1,299.50" in html and "free" not in html
