@@ -47,6 +47,6 @@ def query_image(upload: FileStorage | None, image_url: str, config: Config, slot
     elif image_url.strip():
         data = slots.fetch(image_url, config)
     else:
-        raise BadRequest("no image: upload a file (field 'file') or give an image_url")
+        raise BadRequest("no image: choose or drop a photo, or paste a link to one")
     decode_image(data, config.max_pixels, draft=CHECK_DRAFT)
     return data
