@@ -159,3 +159,19 @@ def test_a_bad_file_shows_a_clear_message(page, name, blob, message):
     assert message in alert.inner_text()
     assert "Traceback" not in page.content()
     assert page.locator("form#search").is_visible()  # the shopper can try again from the same page
+
+
+def test_a_non_image_is_refused_before_upload_and_a_photo_can_be_removed(page):
+    """The browser checks the chosen file's type before anything is sent, and "Remove photo" clears it."""
+    page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}])
+    expect(page.locator("#file-error")).to_be_visible()
+    assert "“notes.txt” is not a photo we can read" in page.inner_text("#file-error")
+    assert page.evaluate("document.getElementById('file').files.length") == 0 and page.is_hidden("#preview")
+    assert page.is_hidden("#clear")
+    page.set_input_files("#file", str(IMAGES / "10109.jpg"))
+    expect(page.locator("#preview")).to_be_visible()
+    assert page.is_hidden("#file-error") and page.is_visible("#clear")
+    page.click("#clear")
+    assert page.evaluate("document.getElementById('file').files.length") == 0
+    assert page.is_hidden("#preview") and page.is_hidden("#clear")
+    assert "choose a file" in page.inner_text("#drop-text")
