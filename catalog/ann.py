@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,14 +105,6 @@ def _self_check(path: Path, count: int, dim: int) -> None:
         if not np.all((found >= -1) & (found < count)) or not np.all(np.isfinite(scores[found >= 0])):
             raise AnnFileError(f"{path.name}: a search returned ids or scores out of range")
     print(json.dumps({"ok": True, "count": count}))
-
-
-def write_temp(data: bytes, folder: Path | None = None) -> Path:
-    """``data`` in a new temporary file (for tests and tools that hold an ANN file as bytes)."""
-    fd, name = tempfile.mkstemp(suffix=".faiss", dir=folder)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    return Path(name)
 
 
 if __name__ == "__main__":

@@ -53,9 +53,19 @@ class ProductTable(Sequence[dict]):
         for row in range(len(self)):
             yield self[row]
 
-    def column(self, name: str) -> list[str]:
-        """``str(product.get(name, ""))`` for every row (one pass over the file)."""
-        return [str(p.get(name, "")) for p in self]
+    def scan(self, hashed: tuple[str, ...], listed: str) -> list[str]:
+        """One pass over the file at load: hash ``hashed`` columns for ``first_row`` (so no lookup parses the
+        file on a request) and return ``str(product.get(listed, ""))`` for every row."""
+        values: list[str] = []
+        keys = {column: np.empty(len(self), np.uint64) for column in hashed if column not in self._hashes}
+        for row, product in enumerate(self):
+            values.append(str(product.get(listed, "")))
+            for column, out in keys.items():
+                out[row] = _id_hash(str(product.get(column, "")))
+        for column, hashes in keys.items():
+            order = np.argsort(hashes, kind="stable")
+            self._hashes[column] = (hashes[order], order)
+        return values
 
     def _hashed(self, column: str) -> tuple[np.ndarray, np.ndarray]:
         """Sorted hashes of ``str(product[column])`` and their rows, built once per column (one pass)."""
@@ -64,10 +74,6 @@ class ProductTable(Sequence[dict]):
             order = np.argsort(hashes, kind="stable")
             self._hashes[column] = (hashes[order], order)
         return self._hashes[column]
-
-    def index_ids(self) -> None:
-        """Hash every product id once, so that ``row_of`` is a binary search."""
-        self._hashed("id")
 
     def first_row(self, column: str, value: str) -> int | None:
         """The first row whose ``str(product[column])`` equals ``value``, or None."""

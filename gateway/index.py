@@ -61,19 +61,18 @@ class CatalogIndex:
     the ANN backend, in Milvus for milvus), its products in a ``ProductTable`` over the local copy."""
 
     def __init__(self, data: IndexData, backends: BackendSettings = BackendSettings()) -> None:
+        if not isinstance(data.products, ProductTable):
+            raise TypeError("CatalogIndex serves a memory-mapped version (catalog.store.open_local)")
         self.manifest = data.manifest
-        self.products = data.products
+        self.products: ProductTable = data.products
         self.backbone_id: str = data.backbone_id
         self.version: str = data.version
-        if isinstance(self.products, ProductTable):
-            self.products.index_ids()
         # The same catalog-fitted transform is applied to the stored vectors here and to every query
         # vector in ``prepare``: both sides of the cosine live in the same space.
         self.whitening = data.whitening()
         self.calibration = Calibration.from_manifest(data.manifest)
         self.no_match_percent = _no_match_percent(data.manifest)
-        labels = self.products.column("category") if isinstance(self.products, ProductTable) \
-            else [str(p.get("category", "")) for p in self.products]
+        labels = self.products.scan(hashed=("id", "image_url"), listed="category")
         self.grouping = Grouping.from_labels(labels, self.calibration.percent)
         self.categories = self.grouping.names  # for the page's category list
         self._codes_by_folded: dict[str, frozenset[int]] = {}
@@ -94,7 +93,7 @@ class CatalogIndex:
             if not has_ann:
                 raise CorruptIndex(f"version {data.version} has no ANN file, and SEARCH_BACKEND=ann needs one "
                                    "(build it with scripts/build_index.py --ann always)")
-            path, shape = data.folder / ANN, self._search_shape(data)
+            path, shape = data.folder / ANN, self._search_blocks(data).shape
             check_file(path, *shape)  # in a child process: a malformed file must not crash this worker
             return AnnSearch(open_ann(path, *shape), self.grouping.codes, backends.ann_expansion)
         if kind == "milvus":
@@ -108,10 +107,6 @@ class CatalogIndex:
     def _search_blocks(self, data: IndexData) -> Transformed:
         """The same, transformed block by block as it is read (for filling Milvus without a full copy)."""
         return Transformed(data.embeddings, self.whitening)
-
-    def _search_shape(self, data: IndexData) -> tuple[int, int]:
-        dim = self.whitening.projection.shape[1] if self.whitening else data.embeddings.shape[1]
-        return len(data.products), int(dim)
 
     def retire(self) -> None:
         """This version is no longer served: let the backend free what it holds outside the process."""
@@ -127,15 +122,11 @@ class CatalogIndex:
         return len(self.products)
 
     def row_of(self, product_id: str) -> int | None:
-        if isinstance(self.products, ProductTable):
-            return self.products.row_of(product_id)
-        return next((i for i, p in enumerate(self.products) if str(p["id"]) == str(product_id)), None)
+        return self.products.row_of(product_id)
 
     def has_image(self, path: str) -> bool:
         """Whether a product of this version names ``path`` as its (local) image."""
-        if isinstance(self.products, ProductTable):
-            return self.products.first_row("image_url", path) is not None
-        return any(str(p.get("image_url", "")) == path for p in self.products)
+        return self.products.first_row("image_url", path) is not None
 
     def category_codes(self, category: str | None) -> frozenset[int] | None:
         """Codes of the categories named ``category`` (case-insensitive); None: no category filter."""

@@ -26,7 +26,7 @@ ROWS = [{"id": "a", "category": "Shoes"}, {"id": "b", "category": ""}, {"id": 7,
 def test_rows_read_back_whatever_the_line_endings(trailing_newline, blank_lines):
     t = table(ROWS, trailing_newline, blank_lines)
     assert len(t) == 3 and list(t) == ROWS and t[-1] == ROWS[-1]
-    assert t.column("category") == ["Shoes", "", ""]
+    assert t.scan(hashed=("id",), listed="category") == ["Shoes", "", ""] and t.row_of("b") == 1
 
 
 def test_row_index_limits_on_both_sides():
