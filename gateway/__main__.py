@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=int(os.environ.get("GATEWAY_WORKERS", "2")))
     parser.add_argument("--threads", type=int, default=int(os.environ.get("GATEWAY_THREADS", "4")))
     args = parser.parse_args(argv)
+    if not os.environ.get("QUERY_TOKEN_KEY"):  # one key for every worker, so any of them verifies a token
+        from gateway.query_token import new_key
+
+        os.environ["QUERY_TOKEN_KEY"] = new_key()
     own_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # /metrics adds up every worker's counts
         own_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="photo-metrics-")

@@ -63,6 +63,11 @@ class Config:
     milvus_alias: str = "photo_current"
     #: Milvus index type of new collections: AUTOINDEX (approximate, Milvus picks), HNSW, FLAT (exact), ...
     milvus_index_type: str = "AUTOINDEX"
+    #: Key signing query tokens (refine without re-uploading); replicas behind one address must share it.
+    #: Unset: ``python -m gateway`` makes one for its workers (tokens then work on this replica only).
+    query_token_key: str = ""
+    #: Seconds a query token stays valid after its search.
+    query_token_ttl_s: float = 3600.0
     #: /readyz caches its TorchServe probe for this many seconds.
     ready_cache_s: float = 2.0
 
@@ -73,6 +78,8 @@ class Config:
             raise ValueError("SEARCH_BACKEND=milvus needs MILVUS_URI (a Milvus address, or a file for Milvus Lite)")
         if self.url_fetch_concurrency < 1:
             raise ValueError("URL_FETCH_CONCURRENCY must be at least 1")
+        if not self.query_token_ttl_s > 0:
+            raise ValueError("QUERY_TOKEN_TTL_S must be more than 0")
         if self.ann_min_products < 0 or self.ann_expansion < 1:
             raise ValueError("ANN_MIN_PRODUCTS must be ≥ 0 and ANN_EXPANSION ≥ 1")
 

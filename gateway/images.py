@@ -6,7 +6,11 @@ routes.py turns each into its answer.
 
 from __future__ import annotations
 
+import base64
+import io
+import math
 import threading
+from dataclasses import dataclass
 
 from werkzeug.datastructures import FileStorage
 
@@ -19,6 +23,12 @@ USER_AGENT = "photo-gateway/0.1"
 #: The check decodes a large JPEG at reduced size, never below this many pixels a side (2× the model's
 #: input): a 24-megapixel JPEG then costs a few megabytes and milliseconds, not hundreds.
 CHECK_DRAFT = 448
+#: A crop must keep at least this many pixels of the image on each side.
+MIN_CROP_PX = 16
+#: A cropped region is sent to the model at most this large (it resizes to 224 anyway).
+CROP_MAX_SIDE = 1024
+#: The query picture the page shows (and crops again) is at most this large.
+PICTURE_SIDE = 384
 
 
 class FetchSlots:
@@ -50,3 +60,59 @@ def query_image(upload: FileStorage | None, image_url: str, config: Config, slot
         raise BadRequest("no image: choose or drop a photo, or paste a link to one")
     decode_image(data, config.max_pixels, draft=CHECK_DRAFT)
     return data
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A region of the query image as fractions of its width and height, measured from the top left."""
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+
+    @classmethod
+    def parse(cls, text: object) -> Crop | None:
+        """``"left,top,right,bottom"`` (fractions, 0 to 1); None for no crop; ``BadRequest`` when malformed."""
+        if text is None or not str(text).strip():
+            return None
+        try:
+            parts = [float(part) for part in str(text).split(",")]
+        except ValueError:
+            parts = []
+        if len(parts) != 4 or not all(math.isfinite(p) for p in parts):
+            raise BadRequest("the selected area is not valid: draw the box again (crop is left,top,right,bottom, "
+                             "each between 0 and 1)")
+        crop = cls(*parts)
+        if not (0 <= crop.left < crop.right <= 1 and 0 <= crop.top < crop.bottom <= 1):
+            raise BadRequest("the selected area is outside the photo: draw the box again (crop is "
+                             "left,top,right,bottom, each between 0 and 1, left < right, top < bottom)")
+        return crop
+
+    def box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """The region in pixels of a ``width`` × ``height`` image; ``BadRequest`` when it is too small."""
+        box = (round(self.left * width), round(self.top * height), round(self.right * width),
+               round(self.bottom * height))
+        if box[2] - box[0] < MIN_CROP_PX or box[3] - box[1] < MIN_CROP_PX:
+            raise BadRequest(f"the selected area is too small: draw a bigger box around the product (at least "
+                             f"{MIN_CROP_PX} pixels of the photo each way)")
+        return box
+
+
+def cropped(image: bytes, crop: Crop, max_pixels: int) -> bytes:
+    """The ``crop`` region of ``image`` as a JPEG, at most ``CROP_MAX_SIDE`` pixels a side."""
+    img = decode_image(image, max_pixels)
+    region = img.crop(crop.box(*img.size))
+    region.thumbnail((CROP_MAX_SIDE, CROP_MAX_SIDE))
+    out = io.BytesIO()
+    region.save(out, "JPEG", quality=92)
+    return out.getvalue()
+
+
+def picture(image: bytes, max_pixels: int) -> str:
+    """The query picture the page shows: a small JPEG as a ``data:`` URL (no second request, no storage)."""
+    img = decode_image(image, max_pixels, draft=PICTURE_SIDE)
+    img.thumbnail((PICTURE_SIDE, PICTURE_SIDE))
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()

@@ -67,6 +67,7 @@ class CatalogIndex:
         self.products: ProductTable = data.products
         self.backbone_id: str = data.backbone_id
         self.version: str = data.version
+        self.model_dim = int(data.embeddings.shape[1])  # the length of the model's vectors
         # The same catalog-fitted transform is applied to the stored vectors here and to every query
         # vector in ``prepare``: both sides of the cosine live in the same space.
         self.whitening = data.whitening()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, current_app, jsonify, render_template, request, send_file, url_for
+from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request, send_file, url_for
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from catalog.paths import UnsafePath, is_remote, resolve_local
@@ -17,7 +17,8 @@ from catalog.safe_http import UnsafeURL
 from gateway import metrics
 from gateway.config import FALSE_WORDS, TRUE_WORDS
 from gateway.errors import BadRequest, NotFound, ServiceError, TooLarge
-from gateway.images import query_image
+from gateway.images import Crop, cropped, picture, query_image
+from gateway.query_token import ExpiredQuery, Query, picture_digest
 from gateway.service import Hit, Results, SearchOptions, SearchService
 from handlers.imaging import ImageError
 from modelserver.client import ModelServerError
@@ -101,10 +102,59 @@ def search_options(params: dict) -> SearchOptions:
                          offset=_number(params, "offset", 0, 0, cfg.max_top_k, kind=int))
 
 
-def request_image(params: dict) -> bytes:
-    """The query image of this request (upload or ``image_url``), checked."""
+@dataclass(frozen=True)
+class Searched:
+    """One search request's answer: the results, the token to refine them, what the page shows of the query."""
+
+    found: Results
+    token: str
+    image_url: str = ""  # the query's image URL ("" for an upload)
+    picture: str = ""  # the query picture as a data: URL ("" when not asked for)
+
+
+def run_search(params: dict, options: SearchOptions, with_picture: bool) -> Searched:
+    """Search for this request's query: a new photo or image URL (cropped when asked), else the vector of
+    its ``query_token`` (no upload, no model call)."""
     svc = service()
-    return query_image(request.files.get("file"), str(params.get("image_url") or ""), svc.config, svc.url_fetches)
+    crop = Crop.parse(params.get("crop"))
+    upload = request.files.get("file")
+    image_url = str(params.get("image_url") or "").strip()
+    token = str(params.get("query_token") or "")
+    if (upload is not None and upload.filename) or (image_url and _url_of(token) != image_url):
+        image = query_image(upload, image_url, svc.config, svc.url_fetches)
+        if crop is not None:
+            image = cropped(image, crop, svc.config.max_pixels)
+        found = svc.search_image(image, options)
+        shown = picture(image, svc.config.max_pixels) if with_picture else ""
+        url = "" if upload is not None and upload.filename else image_url
+    elif token:
+        if crop is not None:
+            raise BadRequest("to search part of the photo, give the photo again with the box drawn on it")
+        query = svc.tokens.verify(token)
+        if query.backbone_id != svc.require_index().backbone_id:
+            raise ExpiredQuery("the search engine has been updated since this search: choose the photo again")
+        found, url = svc.search_vector(query.vector, query.backbone_id, options), query.image_url
+        shown = str(params.get("query_picture") or "") if with_picture else ""
+        if not shown.startswith(PICTURE_PREFIX) or picture_digest(shown) != query.picture_digest:
+            shown = ""  # not the picture this token was issued with: show none rather than a stranger's
+    else:
+        raise BadRequest("no image: choose or drop a photo, or paste a link to one")
+    issued = svc.tokens.issue(Query(found.vector, found.model, url, picture_digest(shown) if shown else ""))
+    return Searched(found, issued, url, shown)
+
+
+#: The only kind of query picture a page shows (``gateway.images.picture`` makes them).
+PICTURE_PREFIX = "data:image/jpeg;base64,"
+
+
+def _url_of(token: str) -> str | None:
+    """The image URL a token was issued for; None when there is no usable token."""
+    if not token:
+        return None
+    try:
+        return service().tokens.verify(token).image_url
+    except ExpiredQuery:
+        return None
 
 
 def image_link(product: dict) -> str:
@@ -119,13 +169,14 @@ def result_json(hit: Hit) -> dict:
             "similarity": hit.percent}
 
 
-def api_answer(found: Results, started: float) -> Response:
+def api_answer(found: Results, started: float, token: str | None = None) -> Response:
     index = service().require_index()
     guess = found.guess and {"category": found.guess.category, "confidence": found.guess.confidence,
                              "source": found.guess.source, "results": found.first_group}
+    extra = {} if token is None else {"query_token": token}
     return jsonify(results=[result_json(h) for h in found.hits], category_first=guess,
                    no_close_match=found.no_close_match, model=index.backbone_id,
-                   index_version=index.version, took_ms=round((time.perf_counter() - started) * 1000, 1))
+                   index_version=index.version, took_ms=round((time.perf_counter() - started) * 1000, 1), **extra)
 
 
 # --------------------------------------------------------------------------- pages
@@ -133,14 +184,19 @@ def api_answer(found: Results, started: float) -> Response:
 
 def render_page(status: int = 200, **context) -> tuple[str, int]:
     svc = service()
-    index = svc.index
+    index, cfg = svc.index, svc.config
+    threshold = context.pop("threshold", cfg.default_threshold)
+    top_k = context.pop("top_k", cfg.default_top_k)
+    category_first = context.pop("category_first", cfg.category_first)
     return render_template(
         "index.html",
         categories=index.categories if index else [],
         calibrated=index.calibration_info if index else None,
-        threshold=context.pop("threshold", svc.config.default_threshold),
-        top_k=context.pop("top_k", svc.config.default_top_k),
-        category_first=context.pop("category_first", svc.config.category_first),
+        threshold=threshold,
+        top_k=top_k,
+        category_first=category_first,
+        refine_open=threshold != cfg.default_threshold or category_first != cfg.category_first,
+        more=min(top_k + cfg.default_top_k, cfg.max_top_k) if top_k < cfg.max_top_k else None,
         image_link=image_link,
         **context,
     ), status
@@ -151,21 +207,52 @@ def home():
     return render_page()
 
 
-@bp.post("/search")
+@bp.route("/search", methods=["GET", "POST"])
 def search_page():
+    """The results page. GET with ``image_url`` is a shareable link; GET without a query goes home."""
     started = time.perf_counter()
     params = _params()
+    if request.method == "GET" and not (params.get("image_url") or params.get("query_token")):
+        return redirect(url_for("photo.home"))
+    shown_before = None
+    if params.get("show"):  # "Show more": the same search, more results (the first new one gets focus)
+        shown_before, params["top_k"] = params.get("top_k"), params["show"]
     options = search_options(params)
-    found = service().search_image(request_image(params), options)
-    return render_page(found=found, searched=True, image_url=params.get("image_url"),
+    asked = run_search(params, options, with_picture=True)
+    share = asked.image_url and url_for("photo.search_page", image_url=asked.image_url, **_link_options(options))
+    return render_page(found=asked.found, searched=True, image_url=asked.image_url, query_token=asked.token,
+                       query_picture=asked.picture, share_url=share, first_new=_int_or_none(shown_before),
                        took_ms=round((time.perf_counter() - started) * 1000), **asdict(options))
+
+
+def _link_options(options: SearchOptions) -> dict:
+    """The settings of a shareable link (the defaults left out, so links stay short)."""
+    cfg = service().config
+    link = {"threshold": f"{options.threshold:g}", "top_k": options.top_k, "category": options.category,
+            "category_first": int(options.category_first)}
+    defaults = {"threshold": f"{cfg.default_threshold:g}", "top_k": cfg.default_top_k, "category": None,
+                "category_first": int(cfg.category_first)}
+    return {k: v for k, v in link.items() if v != defaults[k]}
+
+
+def _int_or_none(text: object) -> int | None:
+    try:
+        return int(str(text))
+    except ValueError:
+        return None
 
 
 @bp.get("/products/<product_id>/similar")
 def similar_page(product_id: str):
-    options = search_options(_params())
+    params = _params()
+    shown_before = None
+    if params.get("show"):
+        shown_before, params["top_k"] = params.get("top_k"), params["show"]
+    options = search_options(params)
     found = service().similar(product_id, options)
-    return render_page(found=found, searched=True, anchor=found.anchor, **asdict(options))
+    share = url_for("photo.similar_page", product_id=product_id, **_link_options(options))
+    return render_page(found=found, searched=True, anchor=found.anchor, share_url=share,
+                       first_new=_int_or_none(shown_before), **asdict(options))
 
 
 # --------------------------------------------------------------------------- JSON API
@@ -176,7 +263,8 @@ def api_search():
     started = time.perf_counter()
     params = _params()
     options = search_options(params)  # checked before any fetch or model call
-    return api_answer(service().search_image(request_image(params), options), started)
+    asked = run_search(params, options, with_picture=False)
+    return api_answer(asked.found, started, asked.token)
 
 
 @bp.get("/api/products/<product_id>/similar")
@@ -269,12 +357,29 @@ def _kept_inputs() -> dict:
         params = dict(request.args.items()) | dict(request.form.items())
     except Exception:  # noqa: BLE001 - an unreadable body: nothing to keep
         return {}
-    kept: dict = {"image_url": str(params.get("image_url") or "")[:2048]}
+    kept: dict = {"image_url": str(params.get("image_url") or "")[:2048]} | _kept_query(params)
     try:
         kept.update(asdict(search_options(params)))
     except ServiceError:
         kept["category"] = str(params.get("category") or "") or None
     return kept
+
+
+def _kept_query(params: dict) -> dict:
+    """A still-valid query token (and its picture) of a failed request, so the shopper can retry without
+    giving the photo again."""
+    token = str(params.get("query_token") or "")
+    try:
+        query = service().tokens.verify(token) if token else None
+    except ExpiredQuery:
+        query = None
+    if query is None:
+        return {}
+    shown = str(params.get("query_picture") or "")
+    if not shown.startswith(PICTURE_PREFIX) or picture_digest(shown) != query.picture_digest:
+        shown = ""
+    return {"query_token": token, "query_picture": shown,
+            "image_url": str(params.get("image_url") or query.image_url)[:2048]}
 
 
 @bp.app_errorhandler(ServiceError)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from gateway.config import Config
 from gateway.errors import NotFound, Unavailable
 from gateway.images import FetchSlots
 from gateway.index import BackendSettings, CatalogIndex, IndexManager
+from gateway.query_token import QueryTokens, new_key
 from gateway.search import Candidates, Filter
 from handlers.imaging import ImageError
 from modelserver.client import ModelClient, ModelServerError
@@ -65,6 +66,8 @@ class Results:
     first_group: int = 0  # how many leading hits are in the guessed category
     anchor: dict | None = None  # the product of "more like this"
     no_close_match: bool = False  # the best match is below the catalog's fitted rule: we don't carry this
+    vector: np.ndarray | None = None  # a query image's model vector (for its query token) ...
+    model: str = ""  # ... and the backbone that made it
 
 
 class SearchService:
@@ -74,6 +77,7 @@ class SearchService:
         self.indexes = IndexManager(config.index_uri, config.index_cache_dir or None, config.index_poll_s,
                                     BackendSettings.from_config(config))
         self.url_fetches = FetchSlots(config.url_fetch_concurrency)
+        self.tokens = QueryTokens(config.query_token_key or new_key(), config.query_token_ttl_s)
         self._ready: tuple[float, bool, str] = (0.0, False, "not checked yet")
         self._ready_lock = threading.Lock()
 
@@ -87,22 +91,29 @@ class SearchService:
             raise Unavailable(self.indexes.error or "index not loaded")
         return index
 
-    def embed(self, image: bytes, index: CatalogIndex) -> np.ndarray:
-        """The query's vector in the index's search space. ``ImageError``/``ModelServerError`` pass through."""
+    def embed_image(self, image: bytes) -> tuple[np.ndarray, str]:
+        """The model's vector of ``image`` and the backbone that made it (``ImageError``/``ModelServerError``)."""
         with metrics.EMBEDDING.time():
-            vector, backbone_id = self.client.embed(image)
-        if backbone_id != index.backbone_id:
-            raise Unavailable(f"the embedding model ({backbone_id}) does not match the index ({index.backbone_id}); "
-                              "rebuild the index or deploy the matching model archive")
-        return index.prepare(vector)
+            return self.client.embed(image)
 
     def search_image(self, image: bytes, options: SearchOptions) -> Results:
         """Products that look like ``image``; with ``category_first`` its guessed category ranks first."""
+        return self.search_vector(*self.embed_image(image), options)
+
+    def search_vector(self, vector: np.ndarray, backbone_id: str, options: SearchOptions) -> Results:
+        """Products close to a model vector (a fresh embedding, or a query token's): 503 when the vector's
+        model is not the index's, since the two spaces cannot be compared."""
         index = self.require_index()
-        query = self.embed(image, index)
+        if backbone_id != index.backbone_id:
+            raise Unavailable(f"the embedding model ({backbone_id}) does not match the index ({index.backbone_id}); "
+                              "rebuild the index or deploy the matching model archive")
+        if np.shape(vector) != (index.model_dim,):
+            raise Unavailable(f"the query vector has {np.size(vector)} numbers, the index's model {index.model_dim}")
+        query = index.prepare(vector)
         where = Filter(categories=index.category_codes(options.category))
-        return self._rank(index, query, where, options, guess_code=None,
-                          vote=options.category_first and not options.category)
+        found = self._rank(index, query, where, options, guess_code=None,
+                           vote=options.category_first and not options.category)
+        return replace(found, vector=np.asarray(vector, dtype=np.float32), model=backbone_id)
 
     def similar(self, product_id: str, options: SearchOptions) -> Results:
         """More like this: the stored vector of a product, the product itself left out. No model call.

@@ -4,15 +4,18 @@ a gunicorn gateway and the sample index built through TorchServe."""
 from __future__ import annotations
 
 import base64
+import io
 import os
+import re
 import shutil
 from collections.abc import Iterator
 
 import pytest
+import requests
 from playwright.sync_api import expect, sync_playwright
 
 from modelserver.process import REPO
-from tests.conftest import DEMO_CSV, demo_image
+from tests.conftest import DEMO_CSV, demo_image, jpeg_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -62,10 +65,10 @@ def test_choose_a_file_and_search(page):
     # The preview has no size until the browser has decoded the picture: wait for it, don't sample once.
     expect(page.locator("#preview")).to_be_visible()
     assert page.inner_text("#drop-text") == "10109.jpg"
-    page.click("button[type=submit]")
+    page.click("#go")
     page.wait_for_selector(".results")
     first = page.locator(".card").first
-    assert first.locator("h2").inner_text() == WATCH and first.locator(".score").inner_text() == "100%"
+    assert first.locator("h3").inner_text() == WATCH and first.locator(".score").inner_text() == "100%"
     assert first.locator(".badge").inner_text() == "Exact match" and page.locator(".card .badge").count() == 1
     assert "Looks like Watches" in page.inner_text(".guess")
     categories = page.locator(".card .cat").all_inner_texts()
@@ -94,45 +97,45 @@ def test_drop_or_paste_a_photo_then_search(page, event, selector):
     expect(page.locator("#preview")).to_be_visible()
     assert page.inner_text("#drop-text") == "watch.jpg"
     assert page.evaluate("document.getElementById('file').files.length") == 1
-    page.click("button[type=submit]")
+    page.click("#go")
     page.wait_for_selector(".results")
-    assert page.locator(".card h2").first.inner_text() == "Esprit Women Rocks Houston Black Silver Watches"
+    assert page.locator(".card h3").first.inner_text() == "Esprit Women Rocks Houston Black Silver Watches"
 
 
 def test_slider_label_and_settings_carry_over(page):
+    assert not page.is_visible("#thr")  # folded under "Refine" until opened
+    page.click("#refine summary")
     page.locator("#thr").fill("55")
     assert page.inner_text("#thr-out") == "55%"
-    page.fill("input[name=top_k]", "5")
     page.set_input_files("#file", str(IMAGES / "10109.jpg"))
-    page.click("button[type=submit]")
+    page.click("#go")
     page.wait_for_selector(".results")
     assert "at ≥ 55% similarity" in page.inner_text(".summary")
-    assert page.locator(".card").count() <= 5
-    assert page.input_value("#thr") == "55" and page.input_value("input[name=top_k]") == "5"
+    assert page.input_value("#thr") == "55" and page.is_visible("#thr")  # a changed setting keeps Refine open
 
 
 def test_untick_category_first_ranks_by_similarity_alone(page):
-    page.uncheck("input[type=checkbox][name=category_first]")
-    page.fill("input[name=top_k]", "30")
+    page.click("#refine summary")
+    page.uncheck("#first")
     page.locator("#thr").fill("0")
     page.set_input_files("#file", str(IMAGES / "10109.jpg"))
-    page.click("button[type=submit]")
+    page.click("#go")
     page.wait_for_selector(".results")
     assert page.locator(".guess").count() == 0 and page.locator(".divider").count() == 0
     scores = [float(s.rstrip("%")) for s in page.locator(".card .score").all_inner_texts()]
-    assert len(scores) == 30 and scores == sorted(scores, reverse=True)
-    assert not page.is_checked("input[type=checkbox][name=category_first]")  # stays as the shopper left it
+    assert len(scores) == 12 and scores == sorted(scores, reverse=True)
+    assert not page.is_checked("#first")  # stays as the shopper left it
 
 
 def test_more_like_this_and_back_to_similarity_alone(page):
     page.set_input_files("#file", str(IMAGES / "10109.jpg"))
-    page.click("button[type=submit]")
+    page.click("#go")
     page.wait_for_selector(".results")
     page.locator(".card").first.get_by_text("More like this").click()
     page.wait_for_url("**/products/10109/similar")
     assert WATCH in page.inner_text(".anchor")
     assert "Watches come first, like the product" in " ".join(page.inner_text(".guess").split())
-    assert WATCH not in page.locator(".card h2").all_inner_texts()
+    assert WATCH not in page.locator(".card h3").all_inner_texts()
     page.get_by_text("Rank everything by similarity alone").click()
     page.wait_for_url("**category_first=0**")
     assert page.locator(".guess").count() == 0 and page.locator(".card").count() > 0
@@ -141,9 +144,9 @@ def test_more_like_this_and_back_to_similarity_alone(page):
 def test_image_url_search(page, http_server):
     url = http_server.add("/q/watch.jpg", demo_image("10140"))
     page.fill("input[name=image_url]", url)
-    page.click("button[type=submit]")
+    page.click("#go")
     page.wait_for_selector(".results")
-    assert page.locator(".card h2").first.inner_text() == "Esprit Women Rocks Houston Black Silver Watches"
+    assert page.locator(".card h3").first.inner_text() == "Esprit Women Rocks Houston Black Silver Watches"
     assert page.input_value("input[name=image_url]") == url
 
 
@@ -153,7 +156,7 @@ def test_image_url_search(page, http_server):
 ])
 def test_a_bad_file_shows_a_clear_message(page, name, blob, message):
     page.set_input_files("#file", files=[{"name": name, "mimeType": "image/jpeg", "buffer": blob}])
-    page.click("button[type=submit]")
+    page.click("#go")
     alert = page.get_by_role("alert")
     alert.wait_for()
     assert message in alert.inner_text()
@@ -174,4 +177,234 @@ def test_a_non_image_is_refused_before_upload_and_a_photo_can_be_removed(page):
     page.click("#clear")
     assert page.evaluate("document.getElementById('file').files.length") == 0
     assert page.is_hidden("#preview") and page.is_hidden("#clear")
-    assert "choose a file" in page.inner_text("#drop-text")
+    assert page.inner_text("#drop-text") == "Drop a photo here, or paste one"
+    assert page.evaluate("document.activeElement.id") == "choose"  # focus back where a new photo is chosen
+
+
+# --------------------------------------------------------------------------- the query stays; refine; show more
+
+SCREENSHOTS = os.environ.get("SCREENSHOTS_DIR")
+
+
+def snap(page, name: str) -> None:
+    """Save a screenshot for docs/ when ``SCREENSHOTS_DIR`` is set (``make screenshots``)."""
+    if SCREENSHOTS:
+        page.screenshot(path=f"{SCREENSHOTS}/{name}.png", full_page=True)
+
+
+def embeddings(gateway) -> float:
+    """How many query images the gateway has sent to the model so far (all workers)."""
+    text = requests.get(f"{gateway.url}/metrics", timeout=5).text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("photo_embedding_seconds_count"))
+
+
+def search_photo(page, path=IMAGES / "10109.jpg", threshold: str | None = None) -> None:
+    if threshold is not None:
+        page.click("#refine summary")
+        page.locator("#thr").fill(threshold)
+    page.set_input_files("#file", str(path))
+    page.click("#go")
+    page.wait_for_selector(".results")
+
+
+def test_refine_reruns_the_search_without_uploading_or_embedding_again(page, gateway):
+    search_photo(page)
+    assert page.get_attribute("#preview", "src").startswith("data:image/jpeg;base64,")  # the query stays
+    assert page.is_visible("#preview") and page.inner_text("#drop-text") == "Your photo"
+    before, bodies = embeddings(gateway), []
+    page.on("request", lambda r: bodies.append(r.post_data_buffer or b"") if r.method == "POST" else None)
+    page.click("#refine summary")
+    with page.expect_navigation():
+        page.locator("#thr").fill("0")  # a change event: the page re-runs the search by itself
+    assert "at ≥ 0% similarity" in page.inner_text(".summary")
+    assert page.locator(".card h3").first.inner_text() == WATCH
+    with page.expect_navigation():
+        page.select_option("#category", "Wallets")
+    assert set(page.locator(".card .cat").all_inner_texts()) == {"Wallets"}
+    assert len(bodies) == 2 and not any(b"\xff\xd8\xff" in body for body in bodies)  # no JPEG sent again
+    assert embeddings(gateway) == before  # and the model was not asked again
+    assert page.get_attribute("#preview", "src").startswith("data:image/jpeg;base64,")
+    snap(page, "refine")
+
+
+def test_show_more_adds_results_and_moves_focus_to_the_first_new_one(page, gateway):
+    search_photo(page, threshold="0")
+    assert page.locator(".card").count() == 12
+    snap(page, "results")
+    before = embeddings(gateway)
+    page.click("#more")
+    page.wait_for_selector(".results")
+    assert page.locator(".card").count() == 24 and embeddings(gateway) == before
+    assert page.evaluate("[...document.querySelectorAll('li.card')].indexOf(document.activeElement)") == 12
+
+
+def test_an_error_keeps_every_input_and_the_query(page, gateway, http_server):
+    search_photo(page, threshold="40")
+    missing = http_server.url + "/nothing-here.jpg"
+    page.fill("#url", missing)
+    page.click("#go")
+    alert = page.get_by_role("alert")
+    alert.wait_for()
+    assert page.input_value("#url") == missing and page.input_value("#thr") == "40"
+    assert page.get_attribute("#preview", "src").startswith("data:image/jpeg;base64,")
+    snap(page, "error")
+    page.fill("#url", "")
+    before = embeddings(gateway)
+    page.click("#go")  # the kept query searches again, without the photo
+    page.wait_for_selector(".results")
+    assert page.locator(".card h3").first.inner_text() == WATCH and embeddings(gateway) == before
+
+
+def test_a_link_to_the_results_of_an_image_url(page, http_server, gateway):
+    url = http_server.add("/q/watch.jpg", demo_image("10140"))
+    page.fill("#url", url)
+    page.click("#go")
+    page.wait_for_selector(".results")
+    link = page.get_attribute("#share", "href")
+    fresh = page.context.new_page()
+    fresh.goto(gateway.url + link)
+    fresh.wait_for_selector(".results")
+    assert fresh.locator(".card h3").first.inner_text() == "Esprit Women Rocks Houston Black Silver Watches"
+    assert fresh.input_value("#url") == url
+    fresh.close()
+
+
+# --------------------------------------------------------------------------- crop
+
+
+def _two_products() -> bytes:
+    """A watch (10109) on the left and sunglasses (16082) on the right, in one photo."""
+    from PIL import Image
+
+    canvas = Image.new("RGB", (448, 224), "white")
+    canvas.paste(Image.open(IMAGES / "10109.jpg").convert("RGB").resize((224, 224)), (0, 0))
+    canvas.paste(Image.open(IMAGES / "16082.jpg").convert("RGB").resize((224, 224)), (224, 0))
+    out = io.BytesIO()
+    canvas.save(out, "JPEG", quality=95)
+    return out.getvalue()
+
+
+def _drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """Draw a box on the preview from ``start`` to ``end`` (fractions of its width and height)."""
+    box = page.locator("#preview").bounding_box()
+    page.mouse.move(box["x"] + start[0] * box["width"], box["y"] + start[1] * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + end[0] * box["width"], box["y"] + end[1] * box["height"], steps=5)
+    page.mouse.up()
+
+
+@pytest.mark.parametrize(("region", "first"), [
+    (((0.52, 0.02), (0.98, 0.98)), "Mayhem Women Gradient Sunglasses MAYS-9004-103"),
+    (((0.02, 0.02), (0.48, 0.98)), WATCH),
+])
+def test_crop_searches_only_the_boxed_region(page, region, first):
+    page.set_input_files("#file", files=[{"name": "two.jpg", "mimeType": "image/jpeg", "buffer": _two_products()}])
+    expect(page.locator("#preview")).to_be_visible()
+    _drag(page, *region)
+    assert page.is_visible("#box") and page.is_visible("#whole")
+    left, top, right, bottom = map(float, page.input_value("#crop").split(","))
+    assert abs(left - region[0][0]) < 0.02 and abs(right - region[1][0]) < 0.02
+    snap(page, "crop")
+    page.click("#go")
+    page.wait_for_selector(".results")
+    assert page.locator(".card h3").first.inner_text() == first
+
+
+def test_a_click_is_not_a_crop_and_the_whole_photo_comes_back(page):
+    page.set_input_files("#file", str(IMAGES / "10109.jpg"))
+    expect(page.locator("#preview")).to_be_visible()
+    _drag(page, (0.5, 0.5), (0.51, 0.51))
+    assert page.input_value("#crop") == "" and page.is_hidden("#box")
+    _drag(page, (0.1, 0.1), (0.6, 0.6))
+    assert page.input_value("#crop") != ""
+    page.click("#whole")
+    assert page.input_value("#crop") == "" and page.is_hidden("#box") and page.is_hidden("#whole")
+
+
+# --------------------------------------------------------------------------- results first; accessible
+
+
+def test_searching_shows_a_busy_state_and_disables_the_button(page):
+    page.set_input_files("#file", str(IMAGES / "10109.jpg"))
+    page.evaluate("document.getElementById('search').addEventListener('submit', e => e.preventDefault())")
+    page.click("#go")
+    assert page.is_disabled("#go") and page.inner_text("#go") == "Searching…"
+    assert page.inner_text("#busy") == "Searching…" and page.get_attribute("#search", "aria-busy") == "true"
+
+
+def test_keyboard_only_search_and_focus_moves_to_the_results(page):
+    def tab_to(element_id: str) -> None:
+        for _ in range(30):  # bounded: the page has far fewer stops than this
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement.id") == element_id:
+                return
+        raise AssertionError(f"#{element_id} cannot be reached with Tab")
+
+    tab_to("choose")
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline != "none"  # visible focus
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(str(IMAGES / "10109.jpg"))
+    expect(page.locator("#preview")).to_be_visible()
+    tab_to("go")
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".results")
+    assert page.evaluate("document.activeElement.id") == "results"
+    assert page.evaluate("document.getElementById('results').getBoundingClientRect().top") < 100  # scrolled to
+
+
+def test_no_close_match_is_said_plainly(page):
+    page.set_input_files("#file", files=[{"name": "green.jpg", "mimeType": "image/jpeg",
+                                          "buffer": jpeg_bytes((40, 160, 60), (300, 300))}])
+    page.click("#go")
+    page.wait_for_selector(".summary")
+    assert "We don't seem to carry this" in page.inner_text(".no-match")
+    assert page.locator(".guess").count() == 0 and "lower" not in page.inner_text(".no-match")
+    snap(page, "no-close-match")
+
+
+def test_phone_width_shows_two_results_a_row_without_sideways_scrolling(browser, gateway):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.goto(gateway.url + "/")
+    search_photo(page, threshold="0")
+    first, second = (page.locator(".card").nth(i).bounding_box() for i in (0, 1))
+    assert first["y"] == second["y"] and second["x"] > first["x"]
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    snap(page, "phone")
+    context.close()
+
+
+CONTRAST = """([selector, property, against]) => {
+  const rgb = (s) => s.match(/[\\d.]+/g).slice(0, 3).map(Number);
+  const lin = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+  const lum = (c) => { const [r, g, b] = c.map(lin); return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+  const el = document.querySelector(selector);
+  const fg = lum(rgb(getComputedStyle(el)[property]));
+  const bg = lum(rgb(against));
+  return (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
+}"""
+
+
+@pytest.mark.parametrize(("selector", "prop", "against", "least"), [
+    ("body", "color", "rgb(246, 247, 251)", 4.5),
+    (".tagline", "color", "rgb(255, 255, 255)", 4.5),
+    (".fields label", "color", "rgb(255, 255, 255)", 4.5),
+    ("#crop-hint", "color", "rgb(255, 255, 255)", 4.5),
+    (".help", "color", "rgb(246, 247, 251)", 4.5),
+    ("#go", "color", "rgb(59, 91, 219)", 4.5),
+    ("#drop", "borderTopColor", "rgb(255, 255, 255)", 3.0),
+    ("#url", "borderTopColor", "rgb(255, 255, 255)", 3.0),
+    ("#category", "borderTopColor", "rgb(255, 255, 255)", 3.0),
+    ("#choose", "borderTopColor", "rgb(255, 255, 255)", 3.0),
+])
+def test_contrast(page, selector, prop, against, least):
+    assert page.evaluate(CONTRAST, [selector, prop, against]) >= least
+
+
+def test_one_h1_and_labelled_controls(page):
+    assert page.locator("h1").count() == 1
+    assert page.get_by_label("Minimum similarity").count() == 1 and page.get_by_role("combobox", name=re.compile("^Category")).count() == 1
+    assert page.get_by_role("button", name="Choose a photo").is_visible()

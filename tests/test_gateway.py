@@ -4,6 +4,7 @@ tests/test_e2e.py runs the same paths against a real TorchServe and a real gunic
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 
@@ -179,3 +180,96 @@ def test_an_error_page_keeps_what_the_shopper_entered(client):
     assert "<option selected>Watches</option>" in html and 'name="category_first" value="1" checked' not in html
     bad = client.post("/search", data={"image_url": typed, "threshold": "500"}).get_data(as_text=True)
     assert "threshold must be between 0 and 100" in bad and f'value="{typed}"' in bad
+
+
+# --------------------------------------------------------------------------- the query stays: tokens, crop, links
+
+
+def test_api_refines_with_the_query_token_without_a_model_call(client, stub):
+    first = upload(client, "/api/search", demo_image(10109), threshold="0", top_k="5").get_json()
+    calls = stub.calls
+    again = client.post("/api/search", json={"query_token": first["query_token"], "threshold": 0, "top_k": 5})
+    assert again.status_code == 200 and stub.calls == calls
+    assert [r["id"] for r in again.get_json()["results"]] == [r["id"] for r in first["results"]]
+    narrower = client.post("/api/search", json={"query_token": first["query_token"], "threshold": 0, "top_k": 5,
+                                                "category": "Handbags"}).get_json()
+    assert {r["category"] for r in narrower["results"]} == {"Handbags"} and stub.calls == calls
+
+
+def test_a_new_photo_wins_over_the_token(client):
+    token = upload(client, "/api/search", demo_image(10109), threshold="0").get_json()["query_token"]
+    other = upload(client, "/api/search", demo_image(10229), threshold="0", query_token=token).get_json()
+    assert other["results"][0]["id"] == "10229"
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"query_token": "q1.forged.token.mac"}, "choose the photo again"),
+    ({"query_token": "", "crop": "0,0,1,1"}, "no image"),
+])
+def test_unusable_queries_get_a_clear_400(client, fields, message):
+    resp = client.post("/api/search", json=fields)
+    assert resp.status_code == 400 and message in resp.get_json()["error"]
+
+
+def test_a_token_cannot_be_cropped_and_one_of_another_model_is_refused(client):
+    svc = client.application.extensions["photo"]
+    token = upload(client, "/api/search", demo_image(10109)).get_json()["query_token"]
+    cropped_token = client.post("/api/search", json={"query_token": token, "crop": "0,0,0.5,0.5"})
+    assert cropped_token.status_code == 400 and "give the photo again" in cropped_token.get_json()["error"]
+    from gateway.query_token import Query
+
+    stale = svc.tokens.issue(Query(svc.tokens.verify(token).vector, "resnet18-old"))
+    resp = client.post("/api/search", json={"query_token": stale})
+    assert resp.status_code == 400 and "updated since this search" in resp.get_json()["error"]
+
+
+def test_api_crop_searches_the_region(client):
+    both = Image.new("RGB", (448, 224), "white")
+    both.paste(Image.open(io.BytesIO(demo_image(10109))).convert("RGB").resize((224, 224)), (0, 0))
+    both.paste(Image.open(io.BytesIO(demo_image(10229))).convert("RGB").resize((224, 224)), (224, 0))
+    out = io.BytesIO()
+    both.save(out, "JPEG", quality=95)
+    right = upload(client, "/api/search", out.getvalue(), threshold="0", crop="0.5,0,1,1").get_json()
+    left = upload(client, "/api/search", out.getvalue(), threshold="0", crop="0,0,0.5,1").get_json()
+    assert right["results"][0]["id"] == "10229" and left["results"][0]["id"] == "10109"
+    tiny = upload(client, "/api/search", out.getvalue(), crop="0,0,0.03,0.05")
+    assert tiny.status_code == 400 and "too small" in tiny.get_json()["error"]
+
+
+def test_the_page_keeps_the_query_and_shows_more_without_the_photo(client, stub):
+    html = upload(client, "/search", demo_image(10109), threshold="0").get_data(as_text=True)
+    token = re.search(r'name="query_token" id="query-token" value="([^"]+)"', html).group(1)
+    shown = re.search(r'id="query-picture" value="(data:image/jpeg;base64,[^"]+)"', html).group(1)
+    assert f'src="{shown}"' in html and html.count('class="card"') == 12
+    calls = stub.calls
+    more = client.post("/search", data={"query_token": token, "query_picture": shown, "threshold": "0",
+                                        "top_k": "12", "show": "24"}).get_data(as_text=True)
+    assert more.count('class="card"') == 24 and 'data-first-new="12"' in more and stub.calls == calls
+    assert f'src="{shown}"' in more
+    forged = client.post("/search", data={"query_token": token, "query_picture": "data:image/jpeg;base64,AAAA"})
+    assert 'src="data:image/jpeg;base64,AAAA"' not in forged.get_data(as_text=True)  # not the token's picture
+
+
+def test_an_error_page_keeps_the_query_token_and_picture(client):
+    html = upload(client, "/search", demo_image(10109)).get_data(as_text=True)
+    token = re.search(r'name="query_token" id="query-token" value="([^"]+)"', html).group(1)
+    shown = re.search(r'id="query-picture" value="([^"]+)"', html).group(1)
+    bad = client.post("/search", data={"query_token": token, "query_picture": shown, "threshold": "500"})
+    page = bad.get_data(as_text=True)
+    assert bad.status_code == 400 and f'value="{token}"' in page and f'src="{shown}"' in page
+
+
+def test_get_search_is_a_shareable_link_and_goes_home_without_a_query(client, stub, http_server, small_index,
+                                                                     tmp_path):
+    assert client.get("/search").status_code == 302
+    assert client.get("/search?threshold=10").headers["Location"].endswith("/")
+    app = create_app(Config(index_uri=str(small_index), index_poll_s=0, allow_private_urls=True,
+                            index_cache_dir=str(tmp_path / "c3")), client=stub)
+    url = http_server.add("/q/watch.jpg", demo_image(10109))
+    page = app.test_client().post("/search", data={"image_url": url, "threshold": "20"}).get_data(as_text=True)
+    link = re.search(r'href="([^"]+)" id="share"', page).group(1).replace("&amp;", "&")
+    assert link.startswith("/search?") and "threshold=20" in link and "top_k" not in link  # defaults left out
+    shared = app.test_client().get(link).get_data(as_text=True)
+    assert "Fastrack Women Denim Analogue Steel Watch" in shared and f'value="{url}"' in shared
+    assert 'href="/products/10109/similar?threshold=20"' in app.test_client().get(
+        "/products/10109/similar?threshold=20").get_data(as_text=True).replace("&amp;", "&")

@@ -1,27 +1,40 @@
 // The search page's behaviour; a file, not inline, so the Content-Security-Policy can forbid inline script.
+// Without it the page still works: the file input shows as a plain one and every setting needs "Search".
 (() => {
-  const file = document.getElementById('file'), drop = document.getElementById('drop');
-  const preview = document.getElementById('preview'), text = document.getElementById('drop-text');
-  const thr = document.getElementById('thr'), out = document.getElementById('thr-out');
-  thr.addEventListener('input', () => { out.textContent = thr.value + '%'; });
-  const clear = document.getElementById('clear'), fileError = document.getElementById('file-error');
-  const prompt = text.textContent;
+  document.documentElement.classList.add('js');
+  const $ = (id) => document.getElementById(id);
+  const form = $('search'), file = $('file'), drop = $('drop'), stage = $('stage'), preview = $('preview');
+  const text = $('drop-text'), choose = $('choose'), clear = $('clear'), whole = $('whole'), hint = $('crop-hint');
+  const box = $('box'), crop = $('crop'), token = $('query-token'), picture = $('query-picture');
+  const url = $('url'), thr = $('thr'), out = $('thr-out'), go = $('go'), busy = $('busy'), fileError = $('file-error');
   const TYPES = ['image/jpeg', 'image/png', 'image/webp', 'image/gif'];
+  const PROMPT = 'Drop a photo here, or paste one';
+
+  thr.addEventListener('input', () => { out.textContent = thr.value + '%'; });
+  choose.addEventListener('click', () => file.click());
+  drop.addEventListener('click', (ev) => {  // the empty drop box opens the chooser too
+    if (preview.hidden && ev.target !== choose && ev.target !== file) file.click();
+  });
+
+  // ---- the photo: chosen, dropped or pasted; checked here before anything is sent; removable
+  const forgetQuery = () => { token.value = ''; picture.value = ''; };
   const reset = () => {
-    file.value = ''; preview.hidden = true; preview.removeAttribute('src');
-    text.textContent = prompt; clear.hidden = true;
+    file.value = ''; preview.hidden = true; preview.removeAttribute('src'); forgetQuery(); unbox();
+    text.textContent = PROMPT; choose.textContent = 'Choose a photo'; clear.hidden = true; hint.hidden = true;
   };
   const show = () => {
     fileError.hidden = true;
-    if (!file.files.length) { reset(); return; }
-    if (!TYPES.includes(file.files[0].type)) {  // refused here, before any upload
+    if (!file.files.length) { if (!token.value) reset(); return; }
+    if (!TYPES.includes(file.files[0].type)) {
       fileError.textContent = `“${file.files[0].name}” is not a photo we can read: choose a JPEG, PNG, WebP or GIF picture.`;
-      fileError.hidden = false; reset(); return;
+      fileError.hidden = false; file.value = ''; return;
     }
+    forgetQuery(); unbox();
     preview.src = URL.createObjectURL(file.files[0]); preview.hidden = false;
-    text.textContent = file.files[0].name; clear.hidden = false;
+    text.textContent = file.files[0].name; choose.textContent = 'Choose another photo';
+    clear.hidden = false; hint.hidden = false;
   };
-  clear.addEventListener('click', () => { reset(); fileError.hidden = true; });
+  clear.addEventListener('click', () => { reset(); fileError.hidden = true; choose.focus(); });
   const take = (files) => {
     if (!files || !files.length) return;
     const dt = new DataTransfer(); dt.items.add(files[0]); file.files = dt.files; show();
@@ -31,4 +44,61 @@
   ['dragleave', 'drop'].forEach(e => drop.addEventListener(e, () => drop.classList.remove('over')));
   drop.addEventListener('drop', ev => { ev.preventDefault(); take(ev.dataTransfer.files); });
   document.addEventListener('paste', ev => take(ev.clipboardData && ev.clipboardData.files));
+
+  // ---- crop: drag a box on the photo; only that region is searched (crop = left,top,right,bottom as fractions)
+  let start = null;
+  const at = (ev) => {
+    const r = preview.getBoundingClientRect();
+    const f = (v) => Math.min(1, Math.max(0, v));
+    return {x: f((ev.clientX - r.left) / r.width), y: f((ev.clientY - r.top) / r.height)};
+  };
+  const draw = (a, b) => {
+    const l = Math.min(a.x, b.x), t = Math.min(a.y, b.y), w = Math.abs(a.x - b.x), h = Math.abs(a.y - b.y);
+    Object.assign(box.style, {left: `${l * 100}%`, top: `${t * 100}%`, width: `${w * 100}%`, height: `${h * 100}%`});
+    box.hidden = false;
+    return [l, t, l + w, t + h];
+  };
+  function unbox() { crop.value = ''; box.hidden = true; whole.hidden = true; start = null; }
+  stage.addEventListener('pointerdown', (ev) => {
+    if (preview.hidden) return;
+    ev.preventDefault(); start = at(ev); stage.setPointerCapture(ev.pointerId);
+  });
+  stage.addEventListener('pointermove', (ev) => { if (start) draw(start, at(ev)); });
+  stage.addEventListener('pointerup', (ev) => {
+    if (!start) return;
+    const [l, t, r, b] = draw(start, at(ev)); start = null;
+    if (r - l < 0.04 || b - t < 0.04) { unbox(); return; }  // a click, not a box
+    crop.value = [l, t, r, b].map(v => v.toFixed(4)).join(',');
+    whole.hidden = false;
+  });
+  whole.addEventListener('click', unbox);
+
+  // ---- searching: a busy state; a crop of the last query's picture sends that picture (the original is not kept)
+  form.addEventListener('submit', () => {
+    if (crop.value && !file.files.length && picture.value) {
+      const bytes = Uint8Array.from(atob(picture.value.split(',')[1]), c => c.charCodeAt(0));
+      const dt = new DataTransfer(); dt.items.add(new File([bytes], 'photo.jpg', {type: 'image/jpeg'}));
+      file.files = dt.files; forgetQuery();
+    }
+    go.disabled = true; go.textContent = 'Searching…'; busy.textContent = 'Searching…';
+    form.setAttribute('aria-busy', 'true');
+  });
+  window.addEventListener('pageshow', () => {  // back to a page the browser kept: usable again
+    go.disabled = false; go.textContent = 'Search'; busy.textContent = ''; form.removeAttribute('aria-busy');
+  });
+
+  // ---- refine: a changed setting re-runs the same query (its token: no upload, no model call)
+  const refine = () => {
+    if (token.value && !file.files.length && !crop.value && url.value === url.defaultValue) form.requestSubmit();
+  };
+  [thr, $('category'), $('first')].forEach(el => el.addEventListener('change', refine));
+
+  // ---- results first: focus and scroll to them (after "Show more", to the first new one)
+  const results = $('results');
+  if (results) {
+    const list = results.querySelector('ol.results'), cards = results.querySelectorAll('li.card');
+    const first = list && list.dataset.firstNew !== undefined ? cards[Number(list.dataset.firstNew)] : null;
+    const target = first || results;
+    target.focus({preventScroll: true}); target.scrollIntoView({block: 'start'});
+  }
 })();
