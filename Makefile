@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv mar demo test lint bench bench-search infra-check clean
+.PHONY: help venv mar demo test lint bench bench-search infra-check screenshots clean
 
 help:
 	@echo "make demo   - build the model archive, start TorchServe, index the sample catalog, serve http://127.0.0.1:5000"
@@ -15,6 +15,7 @@ help:
 	@echo "make bench  - speed figures as ratios within one run (build/bench.json), checked against targets"
 	@echo "make bench-search - ANN / exact / Milvus Lite at 1M vectors, gateway memory (build/bench_search.json)"
 	@echo "make infra-check - lint and validate every deployment file in infra/ (offline)"
+	@echo "make screenshots - the page's main states, from the browser tests, into docs/screenshots/"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -63,6 +64,12 @@ infra-check: venv
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec infra/compose.yaml
 	$(BIN)/yamllint --strict -c infra/yamllint.yaml infra
 	$(BIN)/python -m pytest -q tests/test_infra.py -m "not integration"
+
+# The page's main states, captured by the browser tests that drive them (README and docs/ show them).
+screenshots: venv
+	@mkdir -p docs/screenshots
+	SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -q tests/test_browser.py \
+		-k "refine_reruns or show_more or crop_searches or no_close_match or phone_width or error_keeps"
 
 clean:
 	rm -rf $(VENV) index logs model_store/*.mar .pytest_cache

@@ -186,10 +186,12 @@ def test_a_non_image_is_refused_before_upload_and_a_photo_can_be_removed(page):
 SCREENSHOTS = os.environ.get("SCREENSHOTS_DIR")
 
 
-def snap(page, name: str) -> None:
+def snap(page, name: str, top: bool = True) -> None:
     """Save a screenshot for docs/ when ``SCREENSHOTS_DIR`` is set (``make screenshots``)."""
     if SCREENSHOTS:
-        page.screenshot(path=f"{SCREENSHOTS}/{name}.png", full_page=True)
+        if top:
+            page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=f"{SCREENSHOTS}/{name}.png")
 
 
 def embeddings(gateway) -> float:
@@ -373,7 +375,7 @@ def test_phone_width_shows_two_results_a_row_without_sideways_scrolling(browser,
     first, second = (page.locator(".card").nth(i).bounding_box() for i in (0, 1))
     assert first["y"] == second["y"] and second["x"] > first["x"]
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-    snap(page, "phone")
+    snap(page, "phone", top=False)
     context.close()
 
 
@@ -406,5 +408,6 @@ def test_contrast(page, selector, prop, against, least):
 
 def test_one_h1_and_labelled_controls(page):
     assert page.locator("h1").count() == 1
-    assert page.get_by_label("Minimum similarity").count() == 1 and page.get_by_role("combobox", name=re.compile("^Category")).count() == 1
+    assert page.get_by_label("Minimum similarity").count() == 1
+    assert page.get_by_role("combobox", name=re.compile("^Category")).count() == 1
     assert page.get_by_role("button", name="Choose a photo").is_visible()

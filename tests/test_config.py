@@ -40,3 +40,12 @@ def test_search_backend_limits_pass():
     config = Config.from_env({"SEARCH_BACKEND": "milvus", "MILVUS_URI": "x.db", "ANN_MIN_PRODUCTS": "0",
                               "ANN_EXPANSION": "1"})
     assert (config.search_backend, config.ann_min_products, config.ann_expansion) == ("milvus", 0, 1)
+
+
+@pytest.mark.parametrize(("ttl", "ok"), [("1", True), ("0.001", True), ("0", False), ("-5", False)])
+def test_query_token_lifetime_must_be_positive(ttl, ok):
+    if ok:
+        assert Config.from_env({"QUERY_TOKEN_TTL_S": ttl}).query_token_ttl_s == float(ttl)
+    else:
+        with pytest.raises(ValueError, match="QUERY_TOKEN_TTL_S"):
+            Config.from_env({"QUERY_TOKEN_TTL_S": ttl})

@@ -81,6 +81,23 @@ def test_environment_names_are_the_gateways_own():
         assert not unknown, f"{where} sets variables the gateway never reads: {unknown}"
 
 
+def test_every_multi_instance_deployment_shares_one_query_token_key():
+    """Replicas that sign with different keys refuse each other's query tokens: each deployment with more
+    than one gateway process tree takes the key from one secret."""
+    sam = cfn("template.yaml")["Resources"]
+    assert "QueryTokenKey" in str(sam["GatewayFunction"]["Properties"]["Environment"]["Variables"]["QUERY_TOKEN_KEY"])
+    assert sam["QueryTokenKey"]["Type"] == "AWS::SecretsManager::Secret"
+    ecs = cfn("ecs-fargate.yaml")["Resources"]
+    gateway = next(c for c in ecs["TaskDefinition"]["Properties"]["ContainerDefinitions"] if c["Name"] == "gateway")
+    assert {s["Name"]: s["ValueFrom"] for s in gateway["Secrets"]} == {"QUERY_TOKEN_KEY": "QueryTokenKey"}
+    allowed = ecs["ExecutionRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][0]
+    assert allowed["Action"] == "secretsmanager:GetSecretValue" and allowed["Resource"] == "QueryTokenKey"
+    pod = next(d for d in k8s() if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    env = next(c for c in pod["containers"] if c["name"] == "gateway")["env"]
+    key = next(e for e in env if e["name"] == "QUERY_TOKEN_KEY")["valueFrom"]["secretKeyRef"]
+    assert key["name"] == "photo-query-token" and not key.get("optional", False)
+
+
 @pytest.mark.parametrize("name", ["config.properties", "config.container.properties", "config.sagemaker.properties"])
 def test_torchserve_loads_models_only_from_local_files(name):
     """A model archive carries code TorchServe runs: no config may let one be fetched from a URL."""
