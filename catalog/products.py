@@ -53,19 +53,24 @@ class ProductTable(Sequence[dict]):
         for row in range(len(self)):
             yield self[row]
 
-    def scan(self, hashed: tuple[str, ...], listed: str) -> list[str]:
+    def scan(self, hashed: tuple[str, ...], listed: str, numeric: str = "") -> tuple[list[str], np.ndarray]:
         """One pass over the file at load: hash ``hashed`` columns for ``first_row`` (so no lookup parses the
-        file on a request) and return ``str(product.get(listed, ""))`` for every row."""
+        file on a request); return ``str(product.get(listed, ""))`` for every row, and the ``numeric`` column
+        as float64 (NaN where it is missing or not a number; all NaN without ``numeric``)."""
         values: list[str] = []
+        numbers = np.full(len(self), np.nan)
         keys = {column: np.empty(len(self), np.uint64) for column in hashed if column not in self._hashes}
         for row, product in enumerate(self):
             values.append(str(product.get(listed, "")))
+            number = product.get(numeric) if numeric else None
+            if isinstance(number, int | float) and not isinstance(number, bool):
+                numbers[row] = number
             for column, out in keys.items():
                 out[row] = _id_hash(str(product.get(column, "")))
         for column, hashes in keys.items():
             order = np.argsort(hashes, kind="stable")
             self._hashes[column] = (hashes[order], order)
-        return values
+        return values, numbers
 
     def _hashed(self, column: str) -> tuple[np.ndarray, np.ndarray]:
         """Sorted hashes of ``str(product[column])`` and their rows, built once per column (one pass)."""

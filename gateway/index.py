@@ -73,7 +73,8 @@ class CatalogIndex:
         self.whitening = data.whitening()
         self.calibration = Calibration.from_manifest(data.manifest)
         self.no_match_percent = _no_match_percent(data.manifest)
-        labels = self.products.scan(hashed=("id", "image_url"), listed="category")
+        labels, self.prices = self.products.scan(hashed=("id", "image_url"), listed="category", numeric="price")
+        self.has_prices = bool(np.isfinite(self.prices).any())  # the page offers a price range only then
         self.grouping = Grouping.from_labels(labels, self.calibration.percent)
         self.categories = self.grouping.names  # for the page's category list
         self._codes_by_folded: dict[str, frozenset[int]] = {}
@@ -128,6 +129,17 @@ class CatalogIndex:
     def has_image(self, path: str) -> bool:
         """Whether a product of this version names ``path`` as its (local) image."""
         return self.products.first_row("image_url", path) is not None
+
+    def price_rows(self, low: float | None, high: float | None) -> np.ndarray | None:
+        """Bool per row: the price is known and within [low, high] (either end open); None: no price range."""
+        if low is None and high is None:
+            return None
+        keep = np.isfinite(self.prices)
+        if low is not None:
+            keep &= self.prices >= low
+        if high is not None:
+            keep &= self.prices <= high
+        return keep
 
     def category_codes(self, category: str | None) -> frozenset[int] | None:
         """Codes of the categories named ``category`` (case-insensitive); None: no category filter."""

@@ -103,7 +103,8 @@ class MilvusSearch:
     def search(self, query: np.ndarray, k: int, where: Filter = EVERY_ROW, min_score: float = -1.0) -> Candidates:
         if k <= 0 or self._count == 0:
             return Candidates(np.zeros(0, np.int64), np.zeros(0, np.float32), exhausted=True)
-        limit = min(k, MAX_TOPK, self._count)
+        # Milvus cannot filter by an arbitrary set of rows (a price range): search deeper, filter here.
+        limit = min(k if where.rows is None else MAX_TOPK, MAX_TOPK, self._count)
         try:
             found = self._client.search(self._collection, data=[np.asarray(query, np.float32).tolist()], limit=limit,
                                         filter=_expression(where), output_fields=[],
@@ -113,7 +114,10 @@ class MilvusSearch:
         rows = np.array([hit["row"] for hit in found], dtype=np.int64)
         scores = np.array([hit["distance"] for hit in found], dtype=np.float32)
         keep = scores >= min_score
-        return Candidates(rows[keep], scores[keep], exhausted=len(found) < limit and limit < MAX_TOPK)
+        if where.rows is not None:
+            keep &= where.rows[rows] if len(rows) else keep
+        rows, scores = rows[keep][:k], scores[keep][:k]
+        return Candidates(rows, scores, exhausted=len(found) < limit and limit < MAX_TOPK)
 
     def vector(self, row: int) -> np.ndarray:
         found = self._client.query(self._collection, filter=f"row == {int(row)}", output_fields=["vector"])

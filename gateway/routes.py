@@ -99,7 +99,21 @@ def search_options(params: dict) -> SearchOptions:
                          top_k=_number(params, "top_k", cfg.default_top_k, 1, cfg.max_top_k, kind=int),
                          category=str(params.get("category") or "").strip() or None,
                          category_first=_flag(params, "category_first", cfg.category_first),
-                         offset=_number(params, "offset", 0, 0, cfg.max_top_k, kind=int))
+                         offset=_number(params, "offset", 0, 0, cfg.max_top_k, kind=int),
+                         **_price_range(params))
+
+
+#: The highest price a range may name (far above any real price; keeps the number finite and printable).
+MAX_PRICE = 1e12
+
+
+def _price_range(params: dict) -> dict:
+    """``min_price`` / ``max_price`` (either may be left out), checked: 0 ≤ min ≤ max ≤ ``MAX_PRICE``."""
+    low = _number(params, "min_price", None, 0, MAX_PRICE)
+    high = _number(params, "max_price", None, 0, MAX_PRICE)
+    if low is not None and high is not None and low > high:
+        raise BadRequest(f"the lowest price ({low:g}) is above the highest ({high:g}): swap them")
+    return {"min_price": low, "max_price": high}
 
 
 @dataclass(frozen=True)
@@ -196,6 +210,9 @@ def render_page(status: int = 200, **context) -> tuple[str, int]:
         top_k=top_k,
         category_first=category_first,
         refine_open=threshold != cfg.default_threshold or category_first != cfg.category_first,
+        prices=bool(index and index.has_prices),
+        min_price=context.pop("min_price", None),
+        max_price=context.pop("max_price", None),
         more=min(top_k + cfg.default_top_k, cfg.max_top_k) if top_k < cfg.max_top_k else None,
         image_link=image_link,
         **context,
@@ -229,9 +246,10 @@ def _link_options(options: SearchOptions) -> dict:
     """The settings of a shareable link (the defaults left out, so links stay short)."""
     cfg = service().config
     link = {"threshold": f"{options.threshold:g}", "top_k": options.top_k, "category": options.category,
-            "category_first": int(options.category_first)}
+            "category_first": int(options.category_first), "min_price": options.min_price,
+            "max_price": options.max_price}
     defaults = {"threshold": f"{cfg.default_threshold:g}", "top_k": cfg.default_top_k, "category": None,
-                "category_first": int(cfg.category_first)}
+                "category_first": int(cfg.category_first), "min_price": None, "max_price": None}
     return {k: v for k, v in link.items() if v != defaults[k]}
 
 

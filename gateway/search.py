@@ -7,7 +7,7 @@ never sees a backend's matrix. ``ExactSearch`` is brute-force NumPy, exact and f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -15,11 +15,13 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Filter:
-    """Which rows may be returned: by category code (see catalog/category_first.py) and by row."""
+    """Which rows may be returned: by category code (see catalog/category_first.py), by row, and by a
+    per-row mask of what no category says (a price range)."""
 
     categories: frozenset[int] | None = None  # only rows of these category codes (None: any)
     exclude_categories: frozenset[int] = frozenset()
     exclude_rows: frozenset[int] = frozenset()
+    rows: np.ndarray | None = field(default=None, compare=False)  # bool per row: only rows marked True
 
     def narrowed(self, categories: frozenset[int] | None = None,
                  exclude_categories: frozenset[int] = frozenset()) -> Filter:
@@ -27,18 +29,18 @@ class Filter:
         if categories is not None and self.categories is not None:
             categories = categories & self.categories
         return Filter(categories if categories is not None else self.categories,
-                      self.exclude_categories | exclude_categories, self.exclude_rows)
+                      self.exclude_categories | exclude_categories, self.exclude_rows, self.rows)
 
     def admits(self, row: int, code: int) -> bool:
         """Whether row ``row`` of category code ``code`` may be returned."""
         return ((self.categories is None or code in self.categories) and code not in self.exclude_categories
-                and row not in self.exclude_rows)
+                and row not in self.exclude_rows and (self.rows is None or bool(self.rows[row])))
 
     def mask(self, codes: np.ndarray) -> np.ndarray | None:
         """Bool per row (``codes``: category code per row), or None when every row is admitted."""
-        if self.categories is None and not self.exclude_categories and not self.exclude_rows:
+        if self.categories is None and not self.exclude_categories and not self.exclude_rows and self.rows is None:
             return None
-        keep = np.ones(len(codes), dtype=bool)
+        keep = np.ones(len(codes), dtype=bool) if self.rows is None else np.array(self.rows, dtype=bool)
         if self.categories is not None:
             keep &= _member(codes, self.categories)
         if self.exclude_categories:

@@ -36,6 +36,8 @@ class SearchOptions:
     category: str | None = None  # only this category (case-insensitive)
     category_first: bool = True  # rank the guessed (or the anchor's) category first
     offset: int = 0  # leave out this many leading results ("Show more": the next page of the same ranking)
+    min_price: float | None = None  # only products with a known price in [min_price, max_price]
+    max_price: float | None = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,8 @@ class SearchService:
         if np.shape(vector) != (index.model_dim,):
             raise Unavailable(f"the query vector has {np.size(vector)} numbers, the index's model {index.model_dim}")
         query = index.prepare(vector)
-        where = Filter(categories=index.category_codes(options.category))
+        where = Filter(categories=index.category_codes(options.category),
+                       rows=index.price_rows(options.min_price, options.max_price))
         found = self._rank(index, query, where, options, guess_code=None,
                            vote=options.category_first and not options.category)
         return replace(found, vector=np.asarray(vector, dtype=np.float32), model=backbone_id)
@@ -123,7 +126,8 @@ class SearchService:
         row = index.row_of(str(product_id))
         if row is None:
             raise NotFound(f"no product with id {product_id!r} in the catalog")
-        where = Filter(categories=index.category_codes(options.category), exclude_rows=frozenset({row}))
+        where = Filter(categories=index.category_codes(options.category), exclude_rows=frozenset({row}),
+                       rows=index.price_rows(options.min_price, options.max_price))
         own = int(index.grouping.codes[row])
         code = own if options.category_first and not options.category else -1
         return self._rank(index, index.backend.vector(row), where, options, guess_code=code,

@@ -180,6 +180,22 @@ def small_index(tmp_path_factory, local_embedder):
     return root / "index"
 
 
+@pytest.fixture(scope="session")
+def priced_index(tmp_path_factory, local_embedder):
+    """The first 24 demo products with prices 0, 10, 20, ... (every fourth left unknown), indexed in-process."""
+    root = tmp_path_factory.mktemp("priced")
+    lines = DEMO_CSV.read_text().splitlines()
+    rows = [lines[0]]
+    (root / "images").mkdir()
+    for n, line in enumerate(lines[1:25]):
+        pid, name, category, _, rest = line.split(",", 4)
+        rows.append(",".join([pid, name, category, "" if n % 4 == 3 else str(n * 10), rest]))
+        (root / "images" / f"{pid}.jpg").write_bytes(demo_image(pid))
+    (root / "products.csv").write_text("\n".join(rows) + "\n")
+    build_index(root / "products.csv", root / "index", local_embedder, root / "cache", progress=False)
+    return root / "index"
+
+
 @pytest.fixture
 def stub(local_embedder):
     return StubClient(local_embedder)

@@ -33,7 +33,9 @@ def test_graph_search_matches_exact_and_filters(tmp_path):
     ann, exact = AnnSearch(open_ann(path, 500, 16), codes), ExactSearch(x, codes)
     ann.SMALL_FILTER = 0  # filtered searches through the graph as well
     q = x[3]
-    for where in (Filter(), Filter(categories=frozenset({1})), Filter(exclude_rows=frozenset({3}))):
+    priced = np.arange(500) % 3 == 0  # a price range admits every third row
+    for where in (Filter(), Filter(categories=frozenset({1})), Filter(exclude_rows=frozenset({3})),
+                  Filter(rows=priced), Filter(categories=frozenset({1}), rows=priced)):
         got, want = ann.search(q, 10, where), exact.search(q, 10, where)
         assert got.rows.tolist() == want.rows.tolist()
         assert np.allclose(got.scores, want.scores, atol=1e-5)

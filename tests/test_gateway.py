@@ -273,3 +273,65 @@ def test_get_search_is_a_shareable_link_and_goes_home_without_a_query(client, st
     assert "Fastrack Women Denim Analogue Steel Watch" in shared and f'value="{url}"' in shared
     assert 'href="/products/10109/similar?threshold=20"' in app.test_client().get(
         "/products/10109/similar?threshold=20").get_data(as_text=True).replace("&amp;", "&")
+
+
+# --------------------------------------------------------------------------- price range
+
+
+@pytest.fixture
+def priced(priced_index, stub, tmp_path):
+    config = Config(index_uri=str(priced_index), index_poll_s=0, index_cache_dir=str(tmp_path / "priced-copy"))
+    return create_app(config, client=stub).test_client()
+
+
+def prices_of(resp) -> list[float]:
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    return [r["price"] for r in resp.get_json()["results"]]
+
+
+@pytest.mark.parametrize(("low", "high", "want"), [
+    ("20", "40", [20.0, 40.0]),  # 30 is unknown (every fourth); both ends are inclusive
+    ("20.0001", "39.9999", []),  # one past each end: 20 and 40 drop out
+    ("0", "0", [0.0]),  # price 0 is a price
+    ("200", "", [200.0, 210.0, 220.0]),
+    ("", "10", [0.0, 10.0]),
+])
+def test_price_range_on_both_sides(priced, low, high, want):
+    # 10195 has no price, so "more like this" leaving it out leaves out no price
+    got = prices_of(priced.get(f"/api/products/10195/similar?threshold=0&top_k=100&category_first=0"
+                               f"&min_price={low}&max_price={high}"))
+    assert sorted(got) == want
+
+
+def test_an_unknown_price_is_left_out_of_any_range(priced):
+    everything = prices_of(priced.get("/api/products/10195/similar?threshold=0&top_k=100"))
+    assert None in everything
+    ranged = prices_of(priced.get("/api/products/10195/similar?threshold=0&top_k=100&min_price=0"))
+    assert None not in ranged and len(ranged) == len(everything) - everything.count(None)
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("min_price=-0.01", "min_price must be between 0 and"),
+    ("max_price=1e12", None),
+    ("max_price=1.0000001e12", "max_price must be between"),
+    ("min_price=50&max_price=40", "is above the highest"),
+    ("min_price=nan", "min_price must be between"),
+    ("min_price=cheap", "min_price must be a number"),
+])
+def test_price_range_limits(priced, query, message):
+    resp = priced.get(f"/api/products/10109/similar?threshold=0&{query}")
+    if message is None:
+        assert resp.status_code == 200
+    else:
+        assert resp.status_code == 400 and message in resp.get_json()["error"]
+
+
+def test_the_page_offers_a_price_range_only_when_the_catalog_has_prices(priced, client):
+    page = priced.get("/").get_data(as_text=True)
+    assert 'name="min_price"' in page and 'name="max_price"' in page
+    assert 'name="min_price"' not in client.get("/").get_data(as_text=True)  # the sample catalog has none
+    results = upload(priced, "/search", demo_image(10109), threshold="0", min_price="20", max_price="100")
+    html = results.get_data(as_text=True)
+    assert 'value="20"' in html and 'value="100"' in html and html.count('class="card"') > 0
+    prices = [float(p.replace(",", "")) for p in re.findall(r'<p class="price">([\d,.]+)</p>', html)]
+    assert prices and all(20 <= p <= 100 for p in prices)

@@ -70,6 +70,16 @@ def test_scores_and_threshold(settings):
     assert len(got) == 4 and np.isclose(got.scores[0], 1.0, atol=1e-5) and not got.exhausted
 
 
+def test_a_row_mask_is_applied_after_a_deeper_search(settings):
+    """Milvus has no field for a price range: it searches deeper and the rows are filtered here."""
+    x = unit_rows(60)
+    backend = MilvusSearch.serve(settings, V1, x, np.zeros(60, np.int64))
+    priced = np.arange(60) % 4 == 1
+    got = backend.search(x[0], 5, Filter(rows=priced))
+    want = [int(r) for r in np.argsort(-(x @ x[0])) if priced[r]][:5]
+    assert got.rows.tolist() == want
+
+
 @pytest.mark.parametrize(("env", "workers"), [
     ({"SEARCH_BACKEND": "milvus", "MILVUS_URI": "/data/milvus.db"}, 1),
     ({"SEARCH_BACKEND": "milvus", "MILVUS_URI": "http://milvus:19530"}, 4),

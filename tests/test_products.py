@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 import catalog.products as products_module
@@ -26,7 +27,7 @@ ROWS = [{"id": "a", "category": "Shoes"}, {"id": "b", "category": ""}, {"id": 7,
 def test_rows_read_back_whatever_the_line_endings(trailing_newline, blank_lines):
     t = table(ROWS, trailing_newline, blank_lines)
     assert len(t) == 3 and list(t) == ROWS and t[-1] == ROWS[-1]
-    assert t.scan(hashed=("id",), listed="category") == ["Shoes", "", ""] and t.row_of("b") == 1
+    assert t.scan(hashed=("id",), listed="category")[0] == ["Shoes", "", ""] and t.row_of("b") == 1
 
 
 def test_row_index_limits_on_both_sides():
@@ -56,3 +57,11 @@ def test_empty_file_and_memory_mapped_file(tmp_path):
     path = tmp_path / "products.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     assert list(ProductTable.open(path)) == ROWS
+
+
+def test_scan_reads_a_numeric_column_and_leaves_the_rest_unknown():
+    t = table([{"id": "a", "price": 0}, {"id": "b", "price": 12.5}, {"id": "c", "price": None}, {"id": "d"},
+               {"id": "e", "price": "9"}, {"id": "f", "price": True}])
+    _, prices = t.scan(hashed=(), listed="category", numeric="price")
+    assert prices[:2].tolist() == [0.0, 12.5] and np.isnan(prices[2:]).all()
+    assert np.isnan(t.scan(hashed=(), listed="category")[1]).all()

@@ -58,6 +58,12 @@ def test_category_filters_and_exhaustion():
     (Filter(categories=frozenset({1, 2, 3, 4, 6})), 7, 6, True),
     (Filter(categories=frozenset({1, 2, 3, 4, 6})), 7, 5, False),
     (Filter(exclude_categories=frozenset({1, 2, 3, 4, 6})), 7, 6, False),
+    # a row mask (a price range): only rows marked True, whatever else admits them
+    (Filter(rows=np.arange(8) == 7), 7, 1, True),
+    (Filter(rows=np.arange(8) != 7), 7, 1, False),
+    (Filter(categories=frozenset({1}), rows=np.arange(8) == 7), 7, 2, False),
+    (Filter(rows=np.arange(8) == 7).narrowed(categories=frozenset({1})), 7, 1, True),
+    (Filter(rows=np.arange(8) != 7).narrowed(exclude_categories=frozenset({2})), 7, 1, False),
 ])
 def test_filter_admits_and_mask_agree(where, row, code, admitted):
     assert where.admits(row, code) is admitted

@@ -91,7 +91,7 @@
   const refine = () => {
     if (token.value && !file.files.length && !crop.value && url.value === url.defaultValue) form.requestSubmit();
   };
-  [thr, $('category'), $('first')].forEach(el => el.addEventListener('change', refine));
+  [thr, $('category'), $('first'), $('min-price'), $('max-price')].forEach(el => el && el.addEventListener('change', refine));
 
   // ---- results first: focus and scroll to them (after "Show more", to the first new one)
   const results = $('results');
