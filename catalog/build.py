@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from catalog.ann import AnnSettings, build_ann
+from catalog.appearance import HIST_SIZE, colour_histogram, fit_appearance
 from catalog.calibration import Calibration, fit_calibration
 from catalog.fetch import FetchError, ImageSource
 from catalog.no_match import fit_no_match
@@ -27,6 +28,8 @@ from catalog.paths import printable, redact_url
 from catalog.reader import RowError, read_catalog
 from catalog.store import (
     ANN,
+    APPEARANCE,
+    APPEARANCE_VECTORS,
     ERRORS,
     WHITENING,
     IndexData,
@@ -39,6 +42,7 @@ from catalog.store import (
 )
 from catalog.vector_cache import VectorCache
 from catalog.whitening import fit_whitening
+from handlers.imaging import DEFAULT_MAX_PIXELS, ImageError
 from handlers.protocol import BatchEmbedder
 
 log = logging.getLogger(__name__)
@@ -132,13 +136,17 @@ class Collected:
     reused: int = 0
     resumed: int = 0
 
-    def keep(self, row: dict, vector: np.ndarray) -> None:
+    hists: list[np.ndarray | None] = field(default_factory=list)  # colour histogram per row (None: none)
+
+    def keep(self, row: dict, vector: np.ndarray, hist: np.ndarray | None = None) -> None:
         self.rows.append(row)
         self.vectors.append(vector)
+        self.hists.append(hist)
 
     def extend(self, other: Collected) -> None:
         self.rows += other.rows
         self.vectors += other.vectors
+        self.hists += other.hists
         self.errors += other.errors
         self.embedded += other.embedded
         self.reused += other.reused
@@ -162,28 +170,29 @@ def _collect_chunk(chunk: list[dict], fetched: list[Future], embedder: BatchEmbe
                    known: VectorSources) -> Collected:
     """One chunk: wait for its images, reuse what is known, embed the rest."""
     out = Collected()
-    to_embed: list[tuple[dict, bytes, str]] = []
+    to_embed: list[tuple[dict, bytes, str, np.ndarray | None]] = []
     for row, future in zip(chunk, fetched, strict=True):
         got = future.result()
         if isinstance(got, FetchError):
             out.errors.append(RowError(row["line"], row["id"], row["image_url"], "fetch", str(got)))
             continue
-        row["image_sha256"] = digest = hashlib.sha256(got).hexdigest()
+        data, hist = got
+        row["image_sha256"] = digest = hashlib.sha256(data).hexdigest()
         if digest in known.previous:
-            out.keep(row, known.previous[digest])
+            out.keep(row, known.previous[digest], hist)
             out.reused += 1
         elif (done := known.finished.get(digest)) is not None:  # embedded by an interrupted build
-            out.keep(row, done)
+            out.keep(row, done, hist)
             out.resumed += 1
         else:
-            to_embed.append((row, got, digest))
-    results = embedder.embed_bytes([blob for _, blob, _ in to_embed]) if to_embed else []
-    for (row, _, digest), res in zip(to_embed, results, strict=True):
+            to_embed.append((row, data, digest, hist))
+    results = embedder.embed_bytes([blob for _, blob, _, _ in to_embed]) if to_embed else []
+    for (row, _, digest, hist), res in zip(to_embed, results, strict=True):
         if res.error is not None:
             out.errors.append(RowError(row["line"], row["id"], row["image_url"], "decode", res.error))
             continue
         known.finished.put(digest, res.vector)
-        out.keep(row, res.vector)
+        out.keep(row, res.vector, hist)
         out.embedded += 1
     return out
 
@@ -195,11 +204,16 @@ def collect_vectors(rows: list[dict], source: ImageSource, embedder: BatchEmbedd
     A pipeline with bounded memory: the images of the next chunks download while the current ones are
     embedded (three chunks in the model at once, so it never waits for the network or a chunk's tail)."""
 
-    def fetch(row: dict) -> bytes | FetchError:
+    def fetch(row: dict) -> tuple[bytes, np.ndarray | None] | FetchError:
+        """The image and its colour histogram (None when it does not decode: the model then says why)."""
         try:
-            return source.fetch(row["image_url"])
+            data = source.fetch(row["image_url"])
         except FetchError as exc:
             return exc
+        try:
+            return data, colour_histogram(data, DEFAULT_MAX_PIXELS)
+        except ImageError:
+            return data, None
 
     out = Collected()
     bar = tqdm(total=len(rows), unit="img", desc="indexing", disable=not progress)
@@ -242,12 +256,32 @@ def finish_version(collected: Collected, catalog: Path, backbone_id: str, rows_r
     labels = [str(p.get("category", "")) for p in collected.rows]
     manifest["calibration"] = fit_calibration(searchable, labels)
     manifest["no_match"] = fit_no_match(searchable, labels, Calibration.from_manifest(manifest).percent)
+    manifest["appearance"] = None
+    if len(searchable):
+        manifest["appearance"] = _appearance(collected, searchable, extra)
     manifest["ann"] = None
     if ann is not None and len(searchable):
         extra[ANN] = build_ann(searchable, ann)
         manifest["ann"] = {"library": "faiss", "index": "HNSWFlat", "metric": "inner_product",
                            "connectivity": ann.connectivity, "expansion_add": ann.expansion_add}
     return IndexData(embeddings=matrix, products=collected.rows, manifest=manifest), extra
+
+
+#: Catalog columns read as a product's colour, first one present wins (fits the appearance projection).
+COLOUR_COLUMNS = ("colour", "color", "base_colour")
+
+
+def _appearance(collected: Collected, searchable: np.ndarray, extra: dict[str, bytes]) -> dict:
+    """Fit the appearance space on the catalog and store each row's appearance vector; the manifest's entry."""
+    given = collected.hists if len(collected.hists) == len(collected.rows) else [None] * len(collected.rows)
+    hists = np.vstack([np.zeros(HIST_SIZE, np.float32) if h is None else h for h in given])
+    column = next((c for c in COLOUR_COLUMNS if any(p.get(c) for p in collected.rows)), None)
+    colours = [str(p.get(column) or "").strip() for p in collected.rows] if column else [""] * len(hists)
+    space, info = fit_appearance(hists, searchable, colours)
+    buf = io.BytesIO()
+    np.save(buf, space.vectors(hists, searchable).astype(np.float32), allow_pickle=False)
+    extra[APPEARANCE], extra[APPEARANCE_VECTORS] = space.to_bytes(), buf.getvalue()
+    return info | {"column": column}
 
 
 def build_index(

@@ -40,6 +40,9 @@ EMBEDDINGS = "embeddings.npy"
 PRODUCTS = "products.jsonl"
 ERRORS = "errors.csv"
 WHITENING = "whitening.npz"
+#: The appearance space (catalog/appearance.py) and each product's unit appearance vector (float32, rows).
+APPEARANCE = "appearance.npz"
+APPEARANCE_VECTORS = "appearance.npy"
 ANN = "ann.faiss"  # optional: the HNSW graph over the search-space vectors (catalog/ann.py)
 MANIFEST = "manifest.json"
 
@@ -56,7 +59,7 @@ class CorruptIndex(ValueError):
 #: target) is refused before it can become part of a path.
 VERSION_NAME = re.compile(r"^[0-9]{8}T[0-9]{12}Z-[0-9a-f]{6}$")
 #: The only files a version may list in its manifest.
-FILE_NAMES = frozenset({EMBEDDINGS, PRODUCTS, ERRORS, WHITENING, ANN})
+FILE_NAMES = frozenset({EMBEDDINGS, PRODUCTS, ERRORS, WHITENING, ANN, APPEARANCE, APPEARANCE_VECTORS})
 #: Bytes per read when a file is streamed (copied and checksummed without holding it in memory).
 CHUNK = 8 << 20
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from catalog.appearance import RERANK_DEPTH, Appearance, AppearanceSettings, fit_appearance, reorder
 from catalog.calibration import Calibration, fit_calibration
 from catalog.category_first import Grouping
 from catalog.whitening import Whitening, fit_whitening
@@ -81,15 +82,26 @@ def twins_of(query_keys: np.ndarray, gallery_keys: np.ndarray) -> np.ndarray:
     return (query_keys[:, None] == gallery_keys[None, :]) & (query_keys[:, None] != "")
 
 
-def rank(sim: np.ndarray, grouping: Grouping | None, k: int) -> np.ndarray:
+def rank(sim: np.ndarray, grouping: Grouping | None, k: int, appearance: Appearance | None = None,
+         look_sim: np.ndarray | None = None) -> np.ndarray:
     """The top ``k`` gallery rows per query (``sim``: queries × gallery, excluded rows -inf), category-first
-    with ``grouping`` (the vote of the query's nearest gallery products, as the gateway ranks)."""
-    key = sim if grouping is None else grouping.guessed_first(sim)
+    with ``grouping`` (the vote of the query's nearest gallery products, as the gateway ranks); with
+    ``appearance``, the guessed category's best ``RERANK_DEPTH`` re-ordered by the fused score
+    (``look_sim``: appearance cosines), by the same ``reorder`` as the gateway."""
+    winner = grouping.guess(sim)[0] if grouping is not None else None
+    key = sim if grouping is None else grouping.keys(sim, winner)
     key = np.where(np.isfinite(sim), key, -np.inf)
-    k = min(k, sim.shape[1])
-    top = np.argpartition(-key, k - 1, axis=1)[:, :k]
+    depth = min(max(k, RERANK_DEPTH) if appearance is not None else k, sim.shape[1])
+    top = np.argpartition(-key, depth - 1, axis=1)[:, :depth]
     order = np.argsort(-np.take_along_axis(key, top, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(top, order, axis=1)
+    top = np.take_along_axis(top, order, axis=1)
+    if appearance is not None and grouping is not None:
+        for i, code in enumerate(winner):
+            members = np.flatnonzero((grouping.codes[top[i]] == code) & np.isfinite(sim[i, top[i]]))
+            if code >= 0 and len(members) > 1:  # the group's members lead the row: re-order them in place
+                picked = top[i, members]
+                top[i, members] = picked[reorder(sim[i, picked], look_sim[i, picked], appearance)]
+    return top[:, :min(k, sim.shape[1])]
 
 
 def precision_report(top: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray,
@@ -114,18 +126,29 @@ def precision_report(top: np.ndarray, query_labels: np.ndarray, gallery_labels: 
 
 
 def evaluate_held_out(vectors: np.ndarray, categories: np.ndarray, labels: np.ndarray, image_keys: np.ndarray,
-                      split: Split, whitening: dict | None, ks: tuple[int, ...] = (1, 5, 10)) -> dict:
+                      split: Split, whitening: dict | None, ks: tuple[int, ...] = (1, 5, 10),
+                      hists: np.ndarray | None = None, colours: np.ndarray | None = None,
+                      settings: AppearanceSettings | None = None) -> dict:
     """Held-out figures for both rankings (category-first, similarity alone), for the category and for
-    ``labels`` (e.g. type + colour). ``vectors`` are model vectors of every row; only gallery rows are fitted."""
+    ``labels`` (e.g. type + colour). ``vectors`` are model vectors of every row; only gallery rows are fitted.
+    With ``hists`` (colour histograms) the category-first ranking orders inside the category by appearance,
+    fitted on the gallery's ``colours``; similarity alone stays the CNN's, as in the gateway."""
     gallery, queries = split.gallery, split.queries
     fitted = fit_gallery(vectors[gallery], categories[gallery], whitening)
     excluded = twins_of(image_keys[queries], image_keys[gallery])
-    sim = fitted.space(vectors[queries]) @ fitted.space(vectors[gallery]).T
+    space_g, space_q = fitted.space(vectors[gallery]), fitted.space(vectors[queries])
+    sim = space_q @ space_g.T
     sim[excluded] = -np.inf
+    appearance, look_sim, info = None, None, None
+    if hists is not None:
+        gallery_colours = [str(c) for c in (colours[gallery] if colours is not None else [""] * len(gallery))]
+        appearance, info = fit_appearance(hists[gallery], space_g, gallery_colours,
+                                          settings or AppearanceSettings())
+        look_sim = appearance.vectors(hists[queries], space_q) @ appearance.vectors(hists[gallery], space_g).T
     report: dict = {"gallery": int(len(gallery)), "queries": int(len(queries)),
-                    "twin_pairs_excluded": int(excluded.sum())}
+                    "twin_pairs_excluded": int(excluded.sum()), "appearance": info}
     for name, grouping in (("category_first", fitted.grouping), ("similarity_alone", None)):
-        top = rank(sim, grouping, max(ks))
+        top = rank(sim, grouping, max(ks), appearance if grouping is not None else None, look_sim)
         report[name] = {"category": precision_report(top, categories[queries], categories[gallery], excluded, ks),
                         "label": precision_report(top, labels[queries], labels[gallery], excluded, ks)}
     return report

@@ -8,6 +8,7 @@ swapping them in with one reference assignment: in-flight requests finish on the
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import threading
@@ -18,11 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from catalog.ann import check_file, open_ann
+from catalog.appearance import DESCRIPTOR, HIST_SIZE, Appearance
 from catalog.calibration import UNCALIBRATED, Calibration
 from catalog.category_first import Grouping
 from catalog.products import ProductTable
 from catalog.store import (
     ANN,
+    APPEARANCE,
+    APPEARANCE_VECTORS,
     CorruptIndex,
     IndexData,
     LocalStore,
@@ -71,6 +75,7 @@ class CatalogIndex:
         # The same catalog-fitted transform is applied to the stored vectors here and to every query
         # vector in ``prepare``: both sides of the cosine live in the same space.
         self.whitening = data.whitening()
+        self.search_dim = int(self.whitening.projection.shape[1]) if self.whitening else self.model_dim
         self.calibration = Calibration.from_manifest(data.manifest)
         self.no_match_percent = _no_match_percent(data.manifest)
         labels, self.prices = self.products.scan(hashed=("id", "image_url"), listed="category", numeric="price")
@@ -82,6 +87,7 @@ class CatalogIndex:
             folded = name.casefold()
             self._codes_by_folded[folded] = self._codes_by_folded.get(folded, frozenset()) | {code}
         self.backend: SearchBackend = self._backend(data, backends)
+        self.appearance, self.appearance_rows = _appearance(data, len(self.products), self.search_dim)
 
     def _backend(self, data: IndexData, backends: BackendSettings) -> SearchBackend:
         kind = backends.kind
@@ -151,6 +157,29 @@ class CatalogIndex:
     def calibration_info(self) -> dict | None:
         """The manifest's calibration, or None for an uncalibrated index."""
         return self.manifest.get("calibration") if self.calibration.points != UNCALIBRATED else None
+
+
+def _appearance(data: IndexData, rows: int, search_dim: int) -> tuple[Appearance | None, np.ndarray | None]:
+    """The version's appearance space and row vectors, checked (the store is untrusted); (None, None) for a
+    version without them or with another descriptor (its order inside a category is then the CNN's)."""
+    info = data.manifest.get("appearance")
+    if not isinstance(info, dict) or not (data.has_file(APPEARANCE) and data.has_file(APPEARANCE_VECTORS)):
+        return None, None
+    if info.get("descriptor") != DESCRIPTOR:
+        log.warning("version %s: appearance descriptor %r is not this gateway's %r: not used", data.version,
+                    info.get("descriptor"), DESCRIPTOR)
+        return None, None
+    try:
+        space = Appearance.from_bytes(data.file_bytes(APPEARANCE))
+        vectors = (np.load(data.folder / APPEARANCE_VECTORS, mmap_mode="r", allow_pickle=False) if data.folder
+                   else np.load(io.BytesIO(data.file_bytes(APPEARANCE_VECTORS)), allow_pickle=False))
+    except ValueError as exc:
+        raise CorruptIndex(f"version {data.version}: {exc}") from None
+    width = HIST_SIZE if space.projection is None else space.projection.shape[1]
+    if vectors.dtype != np.float32 or vectors.shape != (rows, width) or (
+            space.projection is not None and space.projection.shape[0] != HIST_SIZE + search_dim):
+        raise CorruptIndex(f"version {data.version}: the appearance files do not match the index")
+    return space, vectors
 
 
 def _no_match_percent(manifest: dict) -> float | None:

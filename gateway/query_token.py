@@ -42,6 +42,7 @@ class Query:
     backbone_id: str
     image_url: str = ""  # the URL the image came from; "" for an upload
     picture_digest: str = ""  # ``picture_digest()`` of the picture shown for the query; "" for none
+    hist: np.ndarray | None = None  # its colour histogram (catalog/appearance.py), when there is one
 
 
 def picture_digest(picture: str) -> str:
@@ -76,8 +77,9 @@ class QueryTokens:
         """The token of ``query``, valid for ``ttl_s`` seconds from ``now``."""
         now = time.time() if now is None else now
         head = {"b": query.backbone_id, "u": query.image_url[:MAX_URL_CHARS], "d": query.picture_digest,
-                "e": int(now + self.ttl_s)}
-        vector = np.asarray(query.vector, dtype="<f4").tobytes()
+                "e": int(now + self.ttl_s), "n": int(np.size(query.vector))}
+        parts = [query.vector] if query.hist is None else [query.vector, query.hist]
+        vector = np.concatenate([np.asarray(p, dtype="<f4").ravel() for p in parts]).tobytes()
         body = f"{PREFIX}.{_b64(json.dumps(head, separators=(',', ':')).encode())}.{_b64(vector)}"
         return f"{body}.{self._mac(body)}"
 
@@ -92,14 +94,18 @@ class QueryTokens:
         try:  # signed by us, so well formed; checked anyway (a key can leak)
             _, head_text, vector_text = body.split(".")
             head = json.loads(_unb64(head_text))
-            vector = np.frombuffer(_unb64(vector_text), dtype="<f4").astype(np.float32)
-            query = Query(vector, str(head["b"]), str(head["u"]), str(head["d"]))
+            numbers = np.frombuffer(_unb64(vector_text), dtype="<f4").astype(np.float32)
+            n = int(head["n"])
+            if not 0 < n <= len(numbers):
+                raise ValueError("vector length")
+            vector, hist = numbers[:n], (numbers[n:] if len(numbers) > n else None)
+            query = Query(vector, str(head["b"]), str(head["u"]), str(head["d"]), hist)
             expires = int(head["e"])
         except (ValueError, KeyError, TypeError, binascii.Error):
             raise ExpiredQuery(_AGAIN) from None
         if expires < now:
             raise ExpiredQuery("this search has expired: choose the photo again, or paste its link")
-        if not len(vector) or not np.all(np.isfinite(vector)):
+        if not np.all(np.isfinite(numbers)):
             raise ExpiredQuery(_AGAIN)
         return query
 

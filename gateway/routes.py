@@ -147,13 +147,14 @@ def run_search(params: dict, options: SearchOptions, with_picture: bool) -> Sear
         query = svc.tokens.verify(token)
         if query.backbone_id != svc.require_index().backbone_id:
             raise ExpiredQuery("the search engine has been updated since this search: choose the photo again")
-        found, url = svc.search_vector(query.vector, query.backbone_id, options), query.image_url
+        found, url = svc.search_vector(query.vector, query.backbone_id, options, query.hist), query.image_url
         shown = str(params.get("query_picture") or "") if with_picture else ""
         if not shown.startswith(PICTURE_PREFIX) or picture_digest(shown) != query.picture_digest:
             shown = ""  # not the picture this token was issued with: show none rather than a stranger's
     else:
         raise BadRequest("no image: choose or drop a photo, or paste a link to one")
-    issued = svc.tokens.issue(Query(found.vector, found.model, url, picture_digest(shown) if shown else ""))
+    issued = svc.tokens.issue(Query(found.vector, found.model, url, picture_digest(shown) if shown else "",
+                                    found.hist))
     return Searched(found, issued, url, shown)
 
 

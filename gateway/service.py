@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from catalog.appearance import HIST_SIZE, RERANK_DEPTH, colour_histogram, reorder
 from gateway import metrics
 from gateway.config import Config
 from gateway.errors import NotFound, Unavailable
@@ -70,6 +71,7 @@ class Results:
     no_close_match: bool = False  # the best match is below the catalog's fitted rule: we don't carry this
     vector: np.ndarray | None = None  # a query image's model vector (for its query token) ...
     model: str = ""  # ... and the backbone that made it
+    hist: np.ndarray | None = None  # ... and its colour histogram (catalog/appearance.py)
 
 
 class SearchService:
@@ -100,11 +102,18 @@ class SearchService:
 
     def search_image(self, image: bytes, options: SearchOptions) -> Results:
         """Products that look like ``image``; with ``category_first`` its guessed category ranks first."""
-        return self.search_vector(*self.embed_image(image), options)
+        vector, backbone_id = self.embed_image(image)
+        try:
+            hist = colour_histogram(image, self.config.max_pixels)
+        except ImageError:  # the model took it; without a histogram the CNN alone orders the results
+            hist = None
+        return self.search_vector(vector, backbone_id, options, hist)
 
-    def search_vector(self, vector: np.ndarray, backbone_id: str, options: SearchOptions) -> Results:
-        """Products close to a model vector (a fresh embedding, or a query token's): 503 when the vector's
-        model is not the index's, since the two spaces cannot be compared."""
+    def search_vector(self, vector: np.ndarray, backbone_id: str, options: SearchOptions,
+                      hist: np.ndarray | None = None) -> Results:
+        """Products close to a model vector (a fresh embedding, or a query token's) and, inside a category,
+        to its colour histogram ``hist``: 503 when the vector's model is not the index's, since the two
+        spaces cannot be compared."""
         index = self.require_index()
         if backbone_id != index.backbone_id:
             raise Unavailable(f"the embedding model ({backbone_id}) does not match the index ({index.backbone_id}); "
@@ -114,9 +123,12 @@ class SearchService:
         query = index.prepare(vector)
         where = Filter(categories=index.category_codes(options.category),
                        rows=index.price_rows(options.min_price, options.max_price))
+        look = None
+        if index.appearance is not None and hist is not None and np.shape(hist) == (HIST_SIZE,):
+            look = index.appearance.vectors(hist, query)[0]
         found = self._rank(index, query, where, options, guess_code=None,
-                           vote=options.category_first and not options.category)
-        return replace(found, vector=np.asarray(vector, dtype=np.float32), model=backbone_id)
+                           vote=options.category_first and not options.category, look=look)
+        return replace(found, vector=np.asarray(vector, dtype=np.float32), model=backbone_id, hist=hist)
 
     def similar(self, product_id: str, options: SearchOptions) -> Results:
         """More like this: the stored vector of a product, the product itself left out. No model call.
@@ -130,13 +142,16 @@ class SearchService:
                        rows=index.price_rows(options.min_price, options.max_price))
         own = int(index.grouping.codes[row])
         code = own if options.category_first and not options.category else -1
+        look = None if index.appearance_rows is None else np.asarray(index.appearance_rows[row])
         return self._rank(index, index.backend.vector(row), where, options, guess_code=code,
-                          anchor=index.products[row])
+                          anchor=index.products[row], look=look)
 
     def _rank(self, index: CatalogIndex, query: np.ndarray, where: Filter, options: SearchOptions,
-              guess_code: int | None, anchor: dict | None = None, vote: bool = True) -> Results:
+              guess_code: int | None, anchor: dict | None = None, vote: bool = True,
+              look: np.ndarray | None = None) -> Results:
         """Candidates → results. ``guess_code``: None for a query image (no-match rule applies; the category
-        is voted for when ``vote``), -1 for no category first, else that code."""
+        is voted for when ``vote``), -1 for no category first, else that code. ``look``: the query's
+        appearance vector, which orders the results inside one category (the first group, or a filter's)."""
         min_score = index.calibration.cosine(options.threshold)
         top_k = options.top_k + options.offset  # rank through the page asked for, answer only that page
         cands = index.backend.search(query, max(top_k, index.grouping.vote.k), where)
@@ -144,10 +159,10 @@ class SearchService:
         # no category claim when nothing is close, or when the shopper did not ask for one
         guess = None if lost or (guess_code is None and not vote) else self._guess(index, cands, guess_code)
         if guess is None:
-            found = _best(index, query, cands, where, top_k, min_score)
+            found = _in_category(index, query, cands, where, top_k, min_score, look if options.category else None)
         else:
             group = frozenset({guess.code})
-            found = _best(index, query, cands, where.narrowed(categories=group), top_k, min_score)
+            found = _in_category(index, query, cands, where.narrowed(categories=group), top_k, min_score, look)
             found += _best(index, query, cands, where.narrowed(exclude_categories=group), top_k - len(found),
                            min_score)
         first_group = 0 if guess is None else sum(int(index.grouping.codes[row]) == guess.code for row, _ in found)
@@ -195,6 +210,20 @@ def _no_close_match(index: CatalogIndex, cands: Candidates) -> bool:
     if index.no_match_percent is None:
         return False
     return not len(cands) or float(index.calibration.percent(cands.scores[0])) < index.no_match_percent
+
+
+def _in_category(index: CatalogIndex, query: np.ndarray, cands: Candidates, where: Filter, k: int,
+                 min_score: float, look: np.ndarray | None) -> list[tuple[int, float]]:
+    """``_best`` rows of one category; with ``look`` and a version with appearance vectors, its best
+    ``RERANK_DEPTH`` (by the CNN, over the threshold) re-ordered by the fused score (catalog/appearance.py)."""
+    if look is None or index.appearance is None:
+        return _best(index, query, cands, where, k, min_score)
+    deep = _best(index, query, cands, where, max(k, RERANK_DEPTH), min_score)
+    if len(deep) < 2:
+        return deep[:k]
+    rows = np.array([row for row, _ in deep])
+    order = reorder(np.array([score for _, score in deep]), index.appearance_rows[rows] @ look, index.appearance)
+    return [deep[i] for i in order[:k]]
 
 
 def _best(index: CatalogIndex, query: np.ndarray, cands: Candidates, where: Filter, k: int,

@@ -22,13 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
+from catalog.appearance import HIST_SIZE, AppearanceSettings, colour_histogram
+from catalog.build import COLOUR_COLUMNS
 from catalog.calibration import UNCALIBRATED, Calibration, fit_calibration
 from catalog.category_first import Grouping
-from catalog.fetch import DEFAULT_CACHE
+from catalog.fetch import DEFAULT_CACHE, FetchError, ImageSource
 from catalog.neighbours import fit_threshold
 from catalog.store import IndexNotFound, open_store, read_current
 from evaluation.held_out import evaluate_held_out, held_out_split, joined_labels
 from evaluation.metrics import evaluate, labelled_rows
+from handlers.imaging import DEFAULT_MAX_PIXELS, ImageError
 
 
 def load_or_build(catalog: Path, index_dir: Path, embedder_kind: str, torchserve_url: str, cache_dir: Path):
@@ -107,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the held-out split's seed")
     parser.add_argument("--split-per-label", type=int, default=0, help="sample this many products per category")
     parser.add_argument("--split-labels", type=int, default=0, help="sample this many categories")
+    parser.add_argument("--no-appearance", action="store_true",
+                        help="held-out: order inside the category by the CNN alone (no colour re-ranking)")
+    parser.add_argument("--appearance-weight", type=float, help="held-out: try this weight (tuning)")
+    parser.add_argument("--ridge", type=float, help="held-out: try this ridge regularisation (tuning)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.split:
@@ -157,14 +164,34 @@ def held_out_main(args: argparse.Namespace) -> int:
     labels = joined_labels(products, args.label_column.split("+"))
     keys = np.array([str(p.get("image_sha256") or "") for p in products])
     settings = None if args.no_whitening else index.manifest.get("whitening")
+    hists = colours = None
+    if not args.no_appearance:
+        hists = histograms(products, args.catalog, args.cache_dir)
+        column = next((c for c in COLOUR_COLUMNS if any(p.get(c) for p in products)), None)
+        colours = np.array([str(p.get(column) or "").strip() if column else "" for p in products])
+    tuned = AppearanceSettings(**{k: v for k, v in (("weight", args.appearance_weight), ("ridge", args.ridge),
+                                                    ("unsupervised_weight", args.appearance_weight)) if v is not None})
     report = {"catalog": str(args.catalog), "backbone": index.backbone_id, "label_column": args.label_column,
               "split": args.split, "seed": args.seed, "per_label": args.split_per_label,
               "labels": args.split_labels, "whitening": settings,
-              **evaluate_held_out(np.asarray(index.embeddings), categories, labels, keys, split, settings)}
+              **evaluate_held_out(np.asarray(index.embeddings), categories, labels, keys, split, settings,
+                                  hists=hists, colours=colours, settings=tuned)}
     (args.out / "held_out.json").write_text(json.dumps(report, indent=2))
     (args.out / "held_out.md").write_text(held_out_markdown(report))
     print(held_out_markdown(report))
     return 0
+
+
+def histograms(products: list[dict], catalog: Path, cache_dir: Path) -> np.ndarray:
+    """Each product's colour histogram, from its image as the build reads it (zeros where it cannot)."""
+    source = ImageSource(catalog.parent, cache_dir)
+    out = np.zeros((len(products), HIST_SIZE), np.float32)
+    for i, product in enumerate(products):
+        try:
+            out[i] = colour_histogram(source.fetch(str(product["image_url"])), DEFAULT_MAX_PIXELS)
+        except (FetchError, ImageError):
+            pass
+    return out
 
 
 def held_out_markdown(report: dict) -> str:

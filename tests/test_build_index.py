@@ -67,7 +67,10 @@ def test_build_reports_bad_rows_and_indexes_the_rest(messy_catalog, local_embedd
     assert float(index.embeddings[0] @ local_embedder.embed_one(demo_image("10109"))) > 0.9999
     manifest = index.manifest
     assert manifest["backbone"] == local_embedder.backbone_id and manifest["count"] == 4 and manifest["dim"] == 1280
-    assert set(manifest["files"]) == {"embeddings.npy", "products.jsonl", "errors.csv"}
+    assert set(manifest["files"]) == {"embeddings.npy", "products.jsonl", "errors.csv", "appearance.npz",
+                                      "appearance.npy"}
+    # four products are too few to fit a colour projection: the histogram alone orders inside a category
+    assert manifest["appearance"]["projection"] is None and manifest["appearance"]["column"] == "colour"
     errors_file = out / "versions" / manifest["version"] / "errors.csv"
     assert len(list(csv.DictReader(errors_file.open()))) == 4
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from catalog.appearance import HIST_SIZE
 from evaluation import held_out
 from evaluation.held_out import (
     Split,
@@ -125,3 +126,21 @@ def test_a_twin_in_the_gallery_does_not_answer_for_its_query():
     assert label["queries_without_relevant"] == 1 + 0  # query 1's only relevant row is its twin
     # the twin is not ranked at all: had it come first (a hit that does not count), query 1's top-1 would miss
     assert r["similarity_alone"]["category"]["precision@1"] == 1.0
+
+
+def test_the_appearance_fit_never_sees_a_held_out_query(monkeypatch):
+    """The colour projection is fitted from gallery histograms and colours only."""
+    x, labels = clustered()
+    rng = np.random.default_rng(0)
+    hists = rng.random((len(x), HIST_SIZE)).astype(np.float32)
+    colours = np.array(["red", "blue"] * (len(x) // 2))
+    split = held_out_split(labels, 0.2, seed=1)
+    seen = []
+    real = held_out.fit_appearance
+    monkeypatch.setattr(held_out, "fit_appearance", lambda h, v, c, s: seen.append((h, v, c)) or real(h, v, c, s))
+    hists[split.queries] = np.nan
+    colours[split.queries] = "POISON"
+    report = evaluate_held_out(x, labels, labels, np.array([""] * len(x)), split, None, hists=hists, colours=colours)
+    (fit_hists, fit_vectors, fit_colours), = seen
+    assert np.isfinite(fit_hists).all() and "POISON" not in fit_colours and len(fit_colours) == len(split.gallery)
+    assert report["appearance"]["projection"]["fitted_on"] == len(split.gallery)

@@ -1,0 +1,160 @@
+"""Appearance: the colours of a product photo, and the order they give inside a category.
+
+The CNN vector says *what* a photo shows (a dress, a watch) far better than its colour: its last layer
+pools colour away. So inside one category (the guessed one, the anchor's, or a category filter) the
+gateway re-orders the best candidates by a fused score, ``(1 - weight) · cosine + weight · appearance
+cosine``, while the category vote, the threshold, the "no close match" rule and the shown similarity stay
+the CNN's. The appearance vector of a photo is a colour histogram of its foreground (hue × saturation
+× value, plus greys; the background is the colour of the border); when the catalog has a colour column
+(e.g. ``base_colour``) the build fits a small ridge projection from [histogram, CNN vector] to those
+colours, on catalog rows only, like the whitening. docs/QUALITY.md has every variant tried and its numbers.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from handlers.imaging import decode_image
+
+#: Identifies the histogram below: an index built with another one is not re-ranked by this code.
+DESCRIPTOR = "hsv-fg-112-v1"
+HUE_BINS, SAT_BINS, VAL_BINS, GREY_BINS = 12, 3, 3, 4
+HIST_SIZE = HUE_BINS * SAT_BINS * VAL_BINS + GREY_BINS
+#: Photos are described at this size (colour needs no detail).
+SIDE = 64
+#: A pixel is foreground when a channel differs from the border's median colour by more than this.
+FOREGROUND = 0.12
+#: Below this share of foreground pixels the whole photo is described (no clear background).
+MIN_FOREGROUND = 0.05
+#: How many of the best candidates of a category are re-ordered (by the CNN first, so deep enough).
+RERANK_DEPTH = 200
+
+
+def colour_histogram(data: bytes, max_pixels: int) -> np.ndarray:
+    """The appearance histogram of an encoded image (``ImageError`` for one that is not)."""
+    return histogram_of(decode_image(data, max_pixels, draft=SIDE * 2))
+
+
+def histogram_of(img: Image.Image) -> np.ndarray:
+    """Foreground colour histogram (``HIST_SIZE`` bins summing to 1) of an RGB image."""
+    x = np.asarray(img.convert("RGB").resize((SIDE, SIDE), Image.BILINEAR), dtype=np.float32) / 255
+    border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
+    fg = np.abs(x - np.median(border, axis=0)).max(axis=-1) > FOREGROUND
+    pixels = x[fg] if fg.mean() >= MIN_FOREGROUND else x.reshape(-1, 3)
+    hue, sat, val = _hsv(pixels)
+    chroma = (sat > 0.2) & (val > 0.2)
+    hist = np.zeros(HIST_SIZE, np.float64)
+    hi = np.minimum((hue * HUE_BINS).astype(int), HUE_BINS - 1)
+    si = np.minimum(((sat - 0.2) / 0.8 * SAT_BINS).astype(int), SAT_BINS - 1)
+    vi = np.minimum(((val - 0.2) / 0.8 * VAL_BINS).astype(int), VAL_BINS - 1)
+    np.add.at(hist, (hi * SAT_BINS * VAL_BINS + si * VAL_BINS + vi)[chroma], 1)
+    gi = np.minimum((val * GREY_BINS).astype(int), GREY_BINS - 1)
+    np.add.at(hist, HUE_BINS * SAT_BINS * VAL_BINS + gi[~chroma], 1)
+    return (hist / max(hist.sum(), 1)).astype(np.float32)
+
+
+def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    top, spread = rgb.max(axis=1), rgb.max(axis=1) - rgb.min(axis=1)
+    safe = np.where(spread > 1e-6, spread, 1.0)
+    hue = np.where(r == top, (g - b) / safe, np.where(g == top, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+    hue = np.where(spread > 1e-6, (hue / 6.0) % 1.0, 0.0)
+    sat = np.where(top > 1e-6, spread / np.where(top > 1e-6, top, 1.0), 0.0)
+    return hue, sat, top
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class AppearanceSettings:
+    """How the build fits the appearance space (chosen on one held-out split, reported on another)."""
+
+    weight: float = 0.85  # of the appearance cosine in the fused score, with a colour column
+    unsupervised_weight: float = 0.85  # the same for the plain histogram (no colour column)
+    ridge: float = 1.0  # ridge regularisation of the projection
+    min_labelled: int = 50  # colour-labelled products needed to fit the projection ...
+    min_colours: int = 2  # ... in at least this many colours with 2+ products each
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """A fitted appearance space: what a photo's histogram (and search vector) map to, and its weight."""
+
+    weight: float
+    mean: np.ndarray | None = None  # centring of [histogram, search vector]; None: the histogram alone
+    projection: np.ndarray | None = None  # (HIST_SIZE + search dim) × colours
+
+    def vectors(self, hists: np.ndarray, search_vectors: np.ndarray) -> np.ndarray:
+        """Unit appearance vectors of photos (rows) from their histograms and search-space vectors."""
+        h = _unit(np.sqrt(np.maximum(np.atleast_2d(hists), 0)))
+        if self.projection is None:
+            return h
+        features = np.hstack([h, np.atleast_2d(search_vectors).astype(np.float32)]) - self.mean
+        return _unit(features @ self.projection)
+
+    def fused(self, scores: np.ndarray, appearance_scores: np.ndarray) -> np.ndarray:
+        """The order inside a category: CNN cosine and appearance cosine, weighted."""
+        return (1 - self.weight) * np.asarray(scores) + self.weight * np.asarray(appearance_scores)
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        arrays = {"weight": np.float32(self.weight)}
+        if self.projection is not None:
+            arrays |= {"mean": self.mean.astype(np.float32), "projection": self.projection.astype(np.float32)}
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Appearance:
+        """The stored space; ``ValueError`` when the file is not one (the index store is untrusted)."""
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                weight = float(npz["weight"])
+                mean = npz["mean"] if "mean" in npz else None
+                projection = npz["projection"] if "projection" in npz else None
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same refusal
+            raise ValueError(f"unreadable appearance file: {exc}") from None
+        if not 0 <= weight <= 1 or (projection is not None and (mean is None or projection.ndim != 2
+                                                                  or mean.shape != (projection.shape[0],))):
+            raise ValueError("malformed appearance file")
+        return cls(weight, mean, projection)
+
+
+def fit_appearance(hists: np.ndarray, search_vectors: np.ndarray, colours: list[str],
+                   settings: AppearanceSettings = AppearanceSettings()) -> tuple[Appearance, dict]:
+    """The appearance space of a catalog, and what the manifest says of it. With enough colour labels: a
+    ridge projection of [histogram, search vector] onto the catalog's colours (one-hot); else the histogram."""
+    counts = Counter(c for c in colours if c)
+    named = sorted(c for c, n in counts.items() if n >= 2)
+    rows = [i for i, c in enumerate(colours) if c in set(named)]
+    info: dict = {"descriptor": DESCRIPTOR, "depth": RERANK_DEPTH}
+    if len(rows) < settings.min_labelled or len(named) < settings.min_colours:
+        info |= {"weight": settings.unsupervised_weight, "projection": None,
+                 "source": f"colour histogram: {len(rows)} products in {len(named)} colours with 2+ products "
+                           f"(a projection needs {settings.min_labelled} in {settings.min_colours})"}
+        return Appearance(settings.unsupervised_weight), info
+    h = _unit(np.sqrt(np.maximum(hists[rows], 0)))
+    x = np.hstack([h, np.asarray(search_vectors, np.float32)[rows]]).astype(np.float64)
+    mean = x.mean(axis=0)
+    code = {c: i for i, c in enumerate(named)}
+    targets = np.eye(len(named))[[code[colours[i]] for i in rows]]
+    centred = x - mean
+    projection = np.linalg.solve(centred.T @ centred + settings.ridge * np.eye(x.shape[1]),
+                                 centred.T @ (targets - targets.mean(axis=0)))
+    info |= {"weight": settings.weight, "projection": {"colours": len(named), "fitted_on": len(rows),
+                                                         "ridge": settings.ridge},
+             "source": "ridge projection onto the catalog's colours"}
+    return Appearance(settings.weight, mean.astype(np.float32), projection.astype(np.float32)), info
+
+
+def reorder(scores: np.ndarray, appearance_scores: np.ndarray, appearance: Appearance) -> np.ndarray:
+    """Positions of candidates (one category, best CNN first) in their fused order (stable on ties)."""
+    return np.argsort(-appearance.fused(scores, appearance_scores), kind="stable")

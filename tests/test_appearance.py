@@ -1,0 +1,215 @@
+"""Appearance (catalog/appearance.py): the colour histogram, the fitted space, and the gateway ordering a
+category by it, end to end through the search service."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from catalog.appearance import (
+    DESCRIPTOR,
+    HIST_SIZE,
+    Appearance,
+    AppearanceSettings,
+    colour_histogram,
+    fit_appearance,
+    histogram_of,
+    reorder,
+)
+from catalog.store import APPEARANCE, APPEARANCE_VECTORS, IndexData, open_store, write_and_publish
+from gateway import create_app
+from gateway.config import Config
+from gateway.query_token import Query, QueryTokens
+from gateway.service import SearchOptions, SearchService
+
+RED, BLUE, GREEN = (200, 20, 20), (20, 40, 200), (30, 170, 40)
+
+
+def photo(colour, size=(96, 96), background=(255, 255, 255)) -> Image.Image:
+    """A product of ``colour`` in the middle of a plain background."""
+    img = Image.new("RGB", size, background)
+    img.paste(colour, (size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4))
+    return img
+
+
+def jpeg(img: Image.Image) -> bytes:
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=95)
+    return out.getvalue()
+
+
+def test_the_histogram_describes_the_product_not_the_background():
+    red_on_white, red_on_grey = histogram_of(photo(RED)), histogram_of(photo(RED, background=(128, 128, 128)))
+    assert red_on_white.shape == (HIST_SIZE,) and red_on_white.sum() == pytest.approx(1.0)
+    assert float(red_on_white @ red_on_grey) > 0.95 * float(red_on_white @ red_on_white)  # background ignored
+    assert float(red_on_white @ histogram_of(photo(BLUE))) == 0.0  # different hue bins
+    plain = histogram_of(Image.new("RGB", (64, 64), "white"))  # no foreground: the whole photo, all grey
+    assert plain[-1] == pytest.approx(1.0)
+    assert np.array_equal(colour_histogram(jpeg(photo(RED)), 10**7), colour_histogram(jpeg(photo(RED)), 10**7))
+
+
+def labelled(n_per: int, colours=("red", "blue", "green")):
+    rng = np.random.default_rng(0)
+    hists, names = [], []
+    for name, rgb in zip(colours, (RED, BLUE, GREEN), strict=False):
+        for _ in range(n_per):
+            jitter = tuple(int(np.clip(c + rng.integers(-15, 16), 0, 255)) for c in rgb)
+            hists.append(histogram_of(photo(jitter)))
+            names.append(name)
+    search = rng.normal(size=(len(names), 8)).astype(np.float32)
+    return np.array(hists), search / np.linalg.norm(search, axis=1, keepdims=True), names
+
+
+@pytest.mark.parametrize(("labelled_rows", "projected"), [(50, True), (49, False)])
+def test_the_projection_needs_enough_colour_labels(labelled_rows, projected):
+    hists, search, names = labelled(20)
+    colours = [c if i < labelled_rows else "" for i, c in enumerate(names)]
+    space, info = fit_appearance(hists, search, colours)
+    assert (space.projection is not None) is projected and info["descriptor"] == DESCRIPTOR
+    assert space.weight == (AppearanceSettings().weight if projected else AppearanceSettings().unsupervised_weight)
+
+
+def test_one_colour_is_not_enough_for_a_projection():
+    hists, search, _ = labelled(30)
+    assert fit_appearance(hists, search, ["red"] * len(hists))[0].projection is None
+
+
+def test_the_projection_puts_a_colour_next_to_its_own():
+    hists, search, names = labelled(20)
+    space, _ = fit_appearance(hists, search, names)
+    vectors = space.vectors(hists, search)
+    red = space.vectors(histogram_of(photo((210, 30, 25))), search[0])[0]
+    best = np.argsort(-(vectors @ red))[:10]
+    assert [names[i] for i in best] == ["red"] * 10
+
+
+def test_fused_order_by_hand():
+    space = Appearance(weight=0.5)
+    scores, looks = np.array([0.9, 0.8, 0.7]), np.array([0.1, 0.9, 0.2])
+    # fused: 0.5, 0.85, 0.45 → rows 1, 0, 2
+    assert reorder(scores, looks, space).tolist() == [1, 0, 2]
+    assert reorder(scores, looks, Appearance(weight=0.0)).tolist() == [0, 1, 2]
+
+
+def test_the_space_round_trips_and_a_malformed_file_is_refused():
+    hists, search, names = labelled(20)
+    space, _ = fit_appearance(hists, search, names)
+    again = Appearance.from_bytes(space.to_bytes())
+    assert again.weight == pytest.approx(space.weight) and np.array_equal(again.projection, space.projection)
+    assert Appearance.from_bytes(Appearance(0.3).to_bytes()).projection is None
+    for bad in (b"junk", Appearance(1.5).to_bytes(),
+                Appearance(0.5, np.zeros(3, np.float32), np.zeros((4, 2), np.float32)).to_bytes()):
+        with pytest.raises(ValueError):
+            Appearance.from_bytes(bad)
+
+
+# --------------------------------------------------------------------------- through the gateway
+
+
+class FixedClient:
+    backbone = "fixed-4d"
+    vector = np.array([1, 0, 0, 0], np.float32)
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def embed(self, blob: bytes):
+        self.calls += 1
+        return self.vector, self.backbone
+
+    def probe(self) -> str:
+        return self.backbone
+
+
+def tops_index(tmp_path, appearance: bool = True, descriptor: str = DESCRIPTOR):
+    """Three tops the CNN ranks green, blue, red (cosine 0.99, 0.98, 0.97), and a shoe."""
+    cosines = [0.99, 0.98, 0.97]
+    rows = [[c, np.sqrt(1 - c * c), 0, 0] for c in cosines] + [[0, 0, 0, 1]]
+    products = [{"id": str(i), "name": name, "category": category}
+                for i, (name, category) in enumerate([("green top", "Tops"), ("blue top", "Tops"),
+                                                      ("red top", "Tops"), ("shoe", "Shoes")])]
+    extra, manifest = {}, {"backbone": FixedClient.backbone}
+    if appearance:
+        space = Appearance(weight=0.85)
+        hists = np.array([histogram_of(photo(c)) for c in (GREEN, BLUE, RED, RED)])
+        buf = io.BytesIO()
+        np.save(buf, space.vectors(hists, np.zeros((4, 4))).astype(np.float32))
+        extra = {APPEARANCE: space.to_bytes(), APPEARANCE_VECTORS: buf.getvalue()}
+        manifest["appearance"] = {"descriptor": descriptor, "weight": 0.85, "projection": None}
+    write_and_publish(open_store(tmp_path / "index"), IndexData(np.array(rows, np.float32), products, manifest),
+                      extra)
+    config = Config(index_uri=str(tmp_path / "index"), index_poll_s=0, index_cache_dir=str(tmp_path / "copy"))
+    svc = SearchService(config, FixedClient())
+    svc.indexes.load()
+    return svc
+
+
+def names(found) -> list[str]:
+    return [hit.product["name"] for hit in found.hits]
+
+
+def test_inside_the_category_the_colour_decides(tmp_path):
+    svc = tops_index(tmp_path)
+    red = svc.search_image(jpeg(photo(RED)), SearchOptions(threshold=0, top_k=4))
+    assert red.guess.category == "Tops" and names(red)[:3] == ["red top", "green top", "blue top"]
+    blue = svc.search_image(jpeg(photo(BLUE)), SearchOptions(threshold=0, top_k=4))
+    assert names(blue)[0] == "blue top"
+    # the shown similarity stays the CNN's: the red top keeps its own score
+    assert [round(h.score, 2) for h in red.hits[:3]] == [0.97, 0.99, 0.98]
+    alone = svc.search_image(jpeg(photo(RED)), SearchOptions(threshold=0, top_k=4, category_first=False))
+    assert names(alone)[:3] == ["green top", "blue top", "red top"]  # similarity alone: the CNN's order
+    filtered = svc.search_image(jpeg(photo(RED)), SearchOptions(threshold=0, top_k=4, category="Tops",
+                                                                category_first=False))
+    assert names(filtered)[0] == "red top"  # one category (a filter): colour orders it too
+
+
+@pytest.mark.parametrize(("appearance", "descriptor"), [(False, DESCRIPTOR), (True, "another-descriptor")])
+def test_without_a_usable_appearance_the_cnn_orders(tmp_path, appearance, descriptor):
+    svc = tops_index(tmp_path, appearance, descriptor)
+    assert names(svc.search_image(jpeg(photo(RED)), SearchOptions(threshold=0, top_k=3))) == [
+        "green top", "blue top", "red top"]
+
+
+def test_more_like_this_orders_by_the_products_own_colour(tmp_path):
+    svc = tops_index(tmp_path)
+    assert names(svc.similar("3", SearchOptions(threshold=0, top_k=3, category_first=False))) == [
+        "green top", "blue top", "red top"]  # the red shoe: other category, similarity alone
+    found = svc.similar("0", SearchOptions(threshold=0, top_k=2))  # the green top: its category first
+    assert names(found) == ["blue top", "red top"]
+
+
+def test_a_refine_keeps_the_colour_order_without_the_photo(tmp_path):
+    svc = tops_index(tmp_path)
+    app = create_app(svc.config, client=svc.client)
+    web = app.test_client()
+    first = web.post("/api/search", data={"file": (io.BytesIO(jpeg(photo(RED))), "q.jpg"), "threshold": "0"})
+    token = first.get_json()["query_token"]
+    again = web.post("/api/search", json={"query_token": token, "threshold": 0, "top_k": 3}).get_json()
+    assert [r["name"] for r in again["results"]] == ["red top", "green top", "blue top"]
+    tokens = QueryTokens("k", 60)
+    hist = histogram_of(photo(RED))
+    assert np.array_equal(tokens.verify(tokens.issue(Query(np.ones(4, np.float32), "m", hist=hist))).hist, hist)
+
+
+def test_appearance_files_that_do_not_match_the_index_are_refused(tmp_path):
+    from catalog.store import CorruptIndex
+    from gateway.index import _appearance
+
+    bad = IndexData(np.zeros((4, 4), np.float32), [{"id": str(i)} for i in range(4)],
+                    {"version": "v", "appearance": {"descriptor": DESCRIPTOR}},
+                    files={APPEARANCE: Appearance(0.5).to_bytes(), APPEARANCE_VECTORS: _npy(np.zeros((3, HIST_SIZE)))})
+    with pytest.raises(CorruptIndex, match="do not match"):
+        _appearance(bad, rows=4, search_dim=4)
+    junk = IndexData(bad.embeddings, bad.products, bad.manifest,
+                     files={APPEARANCE: b"junk", APPEARANCE_VECTORS: bad.files[APPEARANCE_VECTORS]})
+    with pytest.raises(CorruptIndex):
+        _appearance(junk, rows=4, search_dim=4)
+
+
+def _npy(x: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, x.astype(np.float32))
+    return buf.getvalue()
