@@ -11,6 +11,7 @@ from PIL import Image
 
 from catalog.appearance import (
     DESCRIPTOR,
+    FOREGROUND,
     HIST_SIZE,
     Appearance,
     AppearanceSettings,
@@ -213,3 +214,41 @@ def _npy(x: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, x.astype(np.float32))
     return buf.getvalue()
+
+
+@pytest.mark.parametrize(("rgb", "bin_index"), [
+    ((255, 0, 0), 0 * 9 + 2 * 3 + 2),  # red: hue 0, saturation 1, value 1
+    ((0, 255, 0), 4 * 9 + 2 * 3 + 2),  # green: hue 1/3 → hue bin 4 of 12
+    ((0, 0, 255), 8 * 9 + 2 * 3 + 2),  # blue: hue 2/3 → hue bin 8
+    ((255, 255, 0), 2 * 9 + 2 * 3 + 2),  # yellow: hue 1/6 → bin 2
+    ((255, 0, 255), 10 * 9 + 2 * 3 + 2),  # magenta: hue 5/6 → bin 10
+    ((128, 64, 64), 0 * 9 + 1 * 3 + 1),  # dull red: saturation 0.5 → bin 1, value 0.5 → bin 1
+    ((102, 51, 51), 0 * 9 + 1 * 3 + 0),  # value 0.4 → value bin 0
+    ((0, 0, 0), 108 + 0),  # black: a grey, value 0
+    ((128, 128, 128), 108 + 2),  # grey: saturation 0, value 0.5 → grey bin 2
+    ((255, 255, 255), 108 + 3),  # white
+    ((40, 10, 10), 108 + 0),  # very dark red counts as a grey (value ≤ 0.2)
+    ((255, 230, 230), 108 + 3),  # a pale tint (saturation ≤ 0.2) counts as a grey
+])
+def test_a_plain_photo_falls_in_one_hand_computed_bin(rgb, bin_index):
+    """A photo of one colour has no foreground, so it is described whole: every pixel in one bin."""
+    hist = histogram_of(Image.new("RGB", (80, 80), rgb))
+    assert hist[bin_index] == pytest.approx(1.0), np.flatnonzero(hist)
+
+
+def test_the_foreground_threshold_on_both_sides():
+    """A product differing from the border by just over the threshold is foreground; just under, it is not."""
+    def background_share(delta: int) -> float:
+        img = Image.new("RGB", (64, 64), (128, 128, 128))  # grey bin 2
+        img.paste((128 - delta,) * 3, (8, 8, 56, 56))  # a darker grey product (bin 1), 2304 of 4096 pixels
+        return float(histogram_of(img)[108 + 2])
+
+    assert background_share(int(FOREGROUND * 255) + 2) == 0.0  # over: only the product is described
+    assert background_share(int(FOREGROUND * 255) - 2) == pytest.approx(1 - 2304 / 4096)  # under: the whole photo
+
+
+def test_a_small_foreground_is_not_enough():
+    img = Image.new("RGB", (64, 64), (255, 255, 255))
+    img.paste((255, 0, 0), (30, 30, 33, 33))  # 9 of 4096 pixels: under MIN_FOREGROUND
+    hist = histogram_of(img)
+    assert hist[108 + 3] > 0.9  # described whole: mostly white

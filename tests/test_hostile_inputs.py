@@ -34,8 +34,16 @@ def encoded(img: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
+class Resendable(io.BytesIO):
+    """An upload the test client may send again: the table below is built once per process, and a run
+    that repeats a test (mutmut, pytest-rerun) must not find its file closed. Closing rewinds instead."""
+
+    def close(self) -> None:
+        self.seek(0)
+
+
 def upload(data: bytes, **form) -> dict:
-    return {"data": {"file": (io.BytesIO(data), "q.jpg"), **form}, "content_type": "multipart/form-data"}
+    return {"data": {"file": (Resendable(data), "q.jpg"), **form}, "content_type": "multipart/form-data"}
 
 
 def url(u: str, **form) -> dict:

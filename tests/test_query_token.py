@@ -60,3 +60,59 @@ def test_token_size_limit_on_both_sides():
     assert len(over) > MAX_TOKEN_CHARS
     with pytest.raises(ExpiredQuery):
         tokens.verify(over)
+
+
+def test_a_token_is_url_safe_and_any_float_vector_round_trips():
+    tokens = QueryTokens("k", ttl_s=60)
+    for vector in (np.ones(1, np.float32), np.linspace(0, 1, 7, dtype=np.float64), np.arange(5, dtype=np.float32)):
+        token = tokens.issue(Query(vector, "m"))
+        assert set(token) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")  # no "="
+        got = tokens.verify(token)
+        assert np.allclose(got.vector, vector) and got.vector.dtype == np.float32 and got.hist is None
+
+
+def test_a_changed_vector_with_the_old_signature_is_refused():
+    """The signature covers the vector, not only the head."""
+    import base64
+
+    tokens = QueryTokens("k", ttl_s=60)
+    prefix, head, vector, mac = tokens.issue(Query(np.ones(4, np.float32), "m")).split(".")
+    other = base64.urlsafe_b64encode(np.full(4, 2, "<f4").tobytes()).decode().rstrip("=")
+    with pytest.raises(ExpiredQuery):
+        tokens.verify(".".join([prefix, head, other, mac]))
+
+
+def test_a_signed_but_malformed_token_gets_the_shoppers_message():
+    """Even a body signed with the key (a leaked key) is parsed defensively, with the same words."""
+    tokens = QueryTokens("k", ttl_s=60)
+    for body in ("q1.bm90IGpzb24.AAAA", "q1.e30.AAAAAA"):  # not JSON; JSON without the fields
+        with pytest.raises(ExpiredQuery) as caught:
+            tokens.verify(f"{body}.{tokens._mac(body)}")
+        assert caught.value.message == "we could not re-run that search: choose the photo again, or paste its link"
+
+
+def test_the_expiry_message():
+    tokens = QueryTokens("k", ttl_s=1)
+    with pytest.raises(ExpiredQuery) as caught:
+        tokens.verify(tokens.issue(QUERY, now=0.0), now=2.0)
+    assert caught.value.message == "this search has expired: choose the photo again, or paste its link"
+
+
+def test_the_longest_token_passes_and_one_character_more_fails():
+    """Genuine tokens of exactly MAX_TOKEN_CHARS and of one more: only the length tells them apart."""
+    tokens = QueryTokens("k", ttl_s=60)
+    by_length = {}
+    for dim in range(3000, 3080):
+        for url in range(0, 8):
+            token = tokens.issue(Query(np.ones(dim, np.float32), "m", "u" * url))
+            by_length.setdefault(len(token), token)
+    exact, over = by_length[MAX_TOKEN_CHARS], by_length[MAX_TOKEN_CHARS + 1]
+    assert len(tokens.verify(exact).vector) > 0
+    with pytest.raises(ExpiredQuery):
+        tokens.verify(over)
+
+
+def test_the_picture_digest():
+    a, b = picture_digest("data:image/jpeg;base64,AAAA"), picture_digest("data:image/jpeg;base64,AAAB")
+    assert a != b and a == picture_digest("data:image/jpeg;base64,AAAA") and len(a) == 32
+    assert set(a) <= set("0123456789abcdef")
