@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from PIL import Image
+from werkzeug.datastructures import FileStorage
 
-from gateway.errors import BadRequest
+from gateway import images
+from gateway.config import Config
+from gateway.errors import BadRequest, Busy
 from gateway.images import MIN_CROP_PX, PICTURE_SIDE, Crop, cropped, picture
+from handlers.imaging import ImageError
 
 
 def png(width: int, height: int) -> bytes:
@@ -59,3 +66,99 @@ def test_the_picture_is_a_small_jpeg_data_url():
     assert url.startswith("data:image/jpeg;base64,")
     shown = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     assert shown.format == "JPEG" and max(shown.size) == PICTURE_SIDE
+
+
+def test_the_box_in_pixels_with_offsets():
+    assert Crop(0.25, 0.5, 0.75, 1).box(200, 100) == (50, 50, 150, 100)
+    # the size is measured from the box's own left and top, not from the photo's corner
+    with pytest.raises(BadRequest, match="too small"):
+        Crop(0.5, 0.0, 0.5 + (MIN_CROP_PX - 1) / 100, 1).box(100, 100)
+    with pytest.raises(BadRequest, match="too small"):
+        Crop(0.0, 0.5, 1, 0.5 + (MIN_CROP_PX - 1) / 100).box(100, 100)
+    assert Crop(0.5, 0.5, 0.5 + MIN_CROP_PX / 100, 0.5 + MIN_CROP_PX / 100).box(100, 100) == (50, 50, 66, 66)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("a,b,c,d", "the selected area is not valid: draw the box again (crop is left,top,right,bottom, each between "
+                "0 and 1)"),
+    ("0.6,0,0.5,1", "the selected area is outside the photo: draw the box again (crop is left,top,right,bottom, "
+                    "each between 0 and 1, left < right, top < bottom)"),
+])
+def test_crop_refusals_word_for_word(text, message):
+    with pytest.raises(BadRequest) as caught:
+        Crop.parse(text)
+    assert caught.value.message == message
+
+
+@pytest.mark.parametrize("make", [lambda data, limit: cropped(data, Crop(0, 0, 1, 1), limit),
+                                  lambda data, limit: picture(data, limit)])
+def test_the_pixel_limit_on_both_sides(make):
+    data = png(100, 50)  # 5,000 pixels
+    assert make(data, 5000)
+    with pytest.raises(ImageError, match="too large"):
+        make(data, 4999)
+
+
+class Slow:
+    """Stands in for safe_get: records its arguments, and holds each fetch until released."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.release = threading.Event()
+
+    def __call__(self, *args, **kwargs) -> bytes:
+        self.calls.append((args, kwargs))
+        self.release.wait(5)
+        return b"image"
+
+
+def test_fetch_slots_limit_on_both_sides(monkeypatch):
+    slow = Slow()
+    monkeypatch.setattr(images, "safe_get", slow)
+    config = Config(max_upload_mb=2, url_fetch_timeout=7, allow_private_urls=True, allowed_image_networks="10.0.0.0/8")
+    slots = images.FetchSlots(2)
+    with ThreadPoolExecutor(2) as pool:
+        held = [pool.submit(slots.fetch, f"http://x/{i}.jpg", config) for i in range(2)]
+        while len(slow.calls) < 2:  # both slots taken (bounded: each call waits at most 5 s)
+            time.sleep(0.01)
+        with pytest.raises(Busy, match="too many image links"):
+            slots.fetch("http://x/3.jpg", config)  # one past the limit
+        slow.release.set()
+        assert [f.result() for f in held] == [b"image", b"image"]
+    assert slots.fetch("http://x/4.jpg", config) == b"image"  # the slots came back
+    args, kwargs = slow.calls[-1]
+    assert args == ("http://x/4.jpg", 2 * 1024 * 1024, 7, True)
+    assert kwargs == {"user_agent": images.USER_AGENT, "allow_networks": ("10.0.0.0/8",)}
+
+
+class Slots:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.asked = data, []
+
+    def fetch(self, url: str, config: Config) -> bytes:
+        self.asked.append((url, config))
+        return self.data
+
+
+def test_query_image_takes_the_upload_then_the_link():
+    config = Config()
+    jpeg = png(40, 40)
+    with_file = FileStorage(io.BytesIO(jpeg), filename="q.png")
+    slots = Slots(png(30, 30))
+    assert images.query_image(with_file, "http://x/a.jpg", config, slots) == jpeg and slots.asked == []
+    nameless = FileStorage(io.BytesIO(jpeg), filename="")  # a form's empty file field: use the link
+    assert images.query_image(nameless, " http://x/a.jpg ", config, slots) == slots.data
+    assert slots.asked == [(" http://x/a.jpg ", config)]
+    with pytest.raises(BadRequest) as none:
+        images.query_image(None, "  ", config, slots)
+    assert none.value.message == "no image: choose or drop a photo, or paste a link to one"
+    with pytest.raises(BadRequest) as empty:
+        images.query_image(FileStorage(io.BytesIO(b""), filename="q.jpg"), "", config, slots)
+    assert empty.value.message == "the uploaded file is empty"
+
+
+def test_query_image_checks_the_pixel_limit_on_both_sides():
+    data = png(100, 50)
+    assert images.query_image(None, "http://x", Config(max_pixels=5000), Slots(data)) == data
+    with pytest.raises(ImageError, match="too large"):
+        images.query_image(None, "http://x", Config(max_pixels=4999), Slots(data))
