@@ -33,6 +33,8 @@ FOREGROUND = 0.12
 MIN_FOREGROUND = 0.05
 #: How many of the best candidates of a category are re-ordered (by the CNN first, so deep enough).
 RERANK_DEPTH = 200
+#: Catalog columns read as a product's colour (fits the projection); the first one present wins.
+COLOUR_COLUMNS = ("colour", "color", "base_colour")
 
 
 def colour_histogram(data: bytes, max_pixels: int) -> np.ndarray:
@@ -68,6 +70,17 @@ def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return hue, sat, top
 
 
+def _features(hists: np.ndarray, search_vectors: np.ndarray) -> np.ndarray:
+    """What the projection reads: the unit √histogram beside the search-space (whitened CNN) vector."""
+    h = _unit(np.sqrt(np.maximum(np.atleast_2d(hists), 0)))
+    return np.hstack([h, np.atleast_2d(search_vectors).astype(np.float32)])
+
+
+def colour_column(products: list[dict]) -> str | None:
+    """The catalog column read as a product's colour: the first of ``COLOUR_COLUMNS`` any product fills."""
+    return next((c for c in COLOUR_COLUMNS if any(p.get(c) for p in products)), None)
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.atleast_2d(np.asarray(x, dtype=np.float32))
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -94,11 +107,9 @@ class Appearance:
 
     def vectors(self, hists: np.ndarray, search_vectors: np.ndarray) -> np.ndarray:
         """Unit appearance vectors of photos (rows) from their histograms and search-space vectors."""
-        h = _unit(np.sqrt(np.maximum(np.atleast_2d(hists), 0)))
         if self.projection is None:
-            return h
-        features = np.hstack([h, np.atleast_2d(search_vectors).astype(np.float32)]) - self.mean
-        return _unit(features @ self.projection)
+            return _unit(np.sqrt(np.maximum(np.atleast_2d(hists), 0)))
+        return _unit((_features(hists, search_vectors) - self.mean) @ self.projection)
 
     def fused(self, scores: np.ndarray, appearance_scores: np.ndarray) -> np.ndarray:
         """The order inside a category: CNN cosine and appearance cosine, weighted."""
@@ -141,8 +152,7 @@ def fit_appearance(hists: np.ndarray, search_vectors: np.ndarray, colours: list[
                  "source": f"colour histogram: {len(rows)} products in {len(named)} colours with 2+ products "
                            f"(a projection needs {settings.min_labelled} in {settings.min_colours})"}
         return Appearance(settings.unsupervised_weight), info
-    h = _unit(np.sqrt(np.maximum(hists[rows], 0)))
-    x = np.hstack([h, np.asarray(search_vectors, np.float32)[rows]]).astype(np.float64)
+    x = _features(hists[rows], np.asarray(search_vectors)[rows]).astype(np.float64)
     mean = x.mean(axis=0)
     code = {c: i for i, c in enumerate(named)}
     targets = np.eye(len(named))[[code[colours[i]] for i in rows]]

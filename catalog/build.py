@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from catalog.ann import AnnSettings, build_ann
-from catalog.appearance import HIST_SIZE, colour_histogram, fit_appearance
+from catalog.appearance import HIST_SIZE, colour_column, colour_histogram, fit_appearance
 from catalog.calibration import Calibration, fit_calibration
 from catalog.fetch import FetchError, ImageSource
 from catalog.no_match import fit_no_match
@@ -267,15 +267,11 @@ def finish_version(collected: Collected, catalog: Path, backbone_id: str, rows_r
     return IndexData(embeddings=matrix, products=collected.rows, manifest=manifest), extra
 
 
-#: Catalog columns read as a product's colour, first one present wins (fits the appearance projection).
-COLOUR_COLUMNS = ("colour", "color", "base_colour")
-
-
 def _appearance(collected: Collected, searchable: np.ndarray, extra: dict[str, bytes]) -> dict:
     """Fit the appearance space on the catalog and store each row's appearance vector; the manifest's entry."""
     given = collected.hists if len(collected.hists) == len(collected.rows) else [None] * len(collected.rows)
     hists = np.vstack([np.zeros(HIST_SIZE, np.float32) if h is None else h for h in given])
-    column = next((c for c in COLOUR_COLUMNS if any(p.get(c) for p in collected.rows)), None)
+    column = colour_column(collected.rows)
     colours = [str(p.get(column) or "").strip() for p in collected.rows] if column else [""] * len(hists)
     space, info = fit_appearance(hists, searchable, colours)
     buf = io.BytesIO()

@@ -114,8 +114,8 @@ class MilvusSearch:
         rows = np.array([hit["row"] for hit in found], dtype=np.int64)
         scores = np.array([hit["distance"] for hit in found], dtype=np.float32)
         keep = scores >= min_score
-        if where.rows is not None:
-            keep &= where.rows[rows] if len(rows) else keep
+        if where.rows is not None and len(rows):
+            keep &= where.rows[rows]
         rows, scores = rows[keep][:k], scores[keep][:k]
         return Candidates(rows, scores, exhausted=len(found) < limit and limit < MAX_TOPK)
 

@@ -132,25 +132,29 @@ def run_search(params: dict, options: SearchOptions, with_picture: bool) -> Sear
     svc = service()
     crop = Crop.parse(params.get("crop"))
     upload = request.files.get("file")
+    uploaded = upload is not None and bool(upload.filename)
     image_url = str(params.get("image_url") or "").strip()
     token = str(params.get("query_token") or "")
-    if (upload is not None and upload.filename) or (image_url and _url_of(token) != image_url):
+    try:  # verified once; a refused token only matters when it is the query
+        query, refused = (svc.tokens.verify(token), None) if token else (None, None)
+    except ExpiredQuery as exc:
+        query, refused = None, exc
+    if uploaded or (image_url and (query is None or query.image_url != image_url)):
         image = query_image(upload, image_url, svc.config, svc.url_fetches)
         if crop is not None:
             image = cropped(image, crop, svc.config.max_pixels)
         found = svc.search_image(image, options)
         shown = picture(image, svc.config.max_pixels) if with_picture else ""
-        url = "" if upload is not None and upload.filename else image_url
+        url = "" if uploaded else image_url
     elif token:
         if crop is not None:
             raise BadRequest("to search part of the photo, give the photo again with the box drawn on it")
-        query = svc.tokens.verify(token)
+        if refused is not None:
+            raise refused
         if query.backbone_id != svc.require_index().backbone_id:
             raise ExpiredQuery("the search engine has been updated since this search: choose the photo again")
         found, url = svc.search_vector(query.vector, query.backbone_id, options, query.hist), query.image_url
-        shown = str(params.get("query_picture") or "") if with_picture else ""
-        if not shown.startswith(PICTURE_PREFIX) or picture_digest(shown) != query.picture_digest:
-            shown = ""  # not the picture this token was issued with: show none rather than a stranger's
+        shown = _token_picture(params, query) if with_picture else ""
     else:
         raise BadRequest("no image: choose or drop a photo, or paste a link to one")
     issued = svc.tokens.issue(Query(found.vector, found.model, url, picture_digest(shown) if shown else "",
@@ -162,13 +166,22 @@ def run_search(params: dict, options: SearchOptions, with_picture: bool) -> Sear
 PICTURE_PREFIX = "data:image/jpeg;base64,"
 
 
-def _url_of(token: str) -> str | None:
-    """The image URL a token was issued for; None when there is no usable token."""
-    if not token:
+def _token_picture(params: dict, query: Query) -> str:
+    """The request's ``query_picture`` when it is the one ``query``'s token was issued with, else "" (a
+    stranger's picture is never shown)."""
+    shown = str(params.get("query_picture") or "")
+    return shown if shown.startswith(PICTURE_PREFIX) and picture_digest(shown) == query.picture_digest else ""
+
+
+def _show_more(params: dict) -> int | None:
+    """"Show more": the same search with ``show`` results instead of ``top_k``; returns how many were shown
+    before (the first new one gets focus), or None."""
+    if not params.get("show"):
         return None
+    shown_before, params["top_k"] = params.get("top_k"), params["show"]
     try:
-        return service().tokens.verify(token).image_url
-    except ExpiredQuery:
+        return int(str(shown_before))
+    except ValueError:
         return None
 
 
@@ -232,14 +245,12 @@ def search_page():
     params = _params()
     if request.method == "GET" and not (params.get("image_url") or params.get("query_token")):
         return redirect(url_for("photo.home"))
-    shown_before = None
-    if params.get("show"):  # "Show more": the same search, more results (the first new one gets focus)
-        shown_before, params["top_k"] = params.get("top_k"), params["show"]
+    first_new = _show_more(params)
     options = search_options(params)
     asked = run_search(params, options, with_picture=True)
     share = asked.image_url and url_for("photo.search_page", image_url=asked.image_url, **_link_options(options))
     return render_page(found=asked.found, searched=True, image_url=asked.image_url, query_token=asked.token,
-                       query_picture=asked.picture, share_url=share, first_new=_int_or_none(shown_before),
+                       query_picture=asked.picture, share_url=share, first_new=first_new,
                        took_ms=round((time.perf_counter() - started) * 1000), **asdict(options))
 
 
@@ -254,24 +265,15 @@ def _link_options(options: SearchOptions) -> dict:
     return {k: v for k, v in link.items() if v != defaults[k]}
 
 
-def _int_or_none(text: object) -> int | None:
-    try:
-        return int(str(text))
-    except ValueError:
-        return None
-
-
 @bp.get("/products/<product_id>/similar")
 def similar_page(product_id: str):
     params = _params()
-    shown_before = None
-    if params.get("show"):
-        shown_before, params["top_k"] = params.get("top_k"), params["show"]
+    first_new = _show_more(params)
     options = search_options(params)
     found = service().similar(product_id, options)
     share = url_for("photo.similar_page", product_id=product_id, **_link_options(options))
     return render_page(found=found, searched=True, anchor=found.anchor, share_url=share,
-                       first_new=_int_or_none(shown_before), **asdict(options))
+                       first_new=first_new, **asdict(options))
 
 
 # --------------------------------------------------------------------------- JSON API
@@ -394,10 +396,7 @@ def _kept_query(params: dict) -> dict:
         query = None
     if query is None:
         return {}
-    shown = str(params.get("query_picture") or "")
-    if not shown.startswith(PICTURE_PREFIX) or picture_digest(shown) != query.picture_digest:
-        shown = ""
-    return {"query_token": token, "query_picture": shown,
+    return {"query_token": token, "query_picture": _token_picture(params, query),
             "image_url": str(params.get("image_url") or query.image_url)[:2048]}
 
 

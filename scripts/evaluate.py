@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from catalog.appearance import HIST_SIZE, AppearanceSettings, colour_histogram
-from catalog.build import COLOUR_COLUMNS
+from catalog.appearance import HIST_SIZE, AppearanceSettings, colour_column, colour_histogram
 from catalog.calibration import UNCALIBRATED, Calibration, fit_calibration
 from catalog.category_first import Grouping
 from catalog.fetch import DEFAULT_CACHE, FetchError, ImageSource
@@ -167,7 +166,7 @@ def held_out_main(args: argparse.Namespace) -> int:
     hists = colours = None
     if not args.no_appearance:
         hists = histograms(products, args.catalog, args.cache_dir)
-        column = next((c for c in COLOUR_COLUMNS if any(p.get(c) for p in products)), None)
+        column = colour_column(products)
         colours = np.array([str(p.get(column) or "").strip() if column else "" for p in products])
     tuned = AppearanceSettings(**{k: v for k, v in (("weight", args.appearance_weight), ("ridge", args.ridge),
                                                     ("unsupervised_weight", args.appearance_weight)) if v is not None})
