@@ -343,6 +343,9 @@ def test_keyboard_only_search_and_focus_moves_to_the_results(page):
                 return
         raise AssertionError(f"#{element_id} cannot be reached with Tab")
 
+    # Playwright intercepts file choosers only once a listener exists, and turning that on is asynchronous:
+    # listen before the keys are pressed, so the chooser opened by Enter cannot race it.
+    page.on("filechooser", lambda chooser: None)
     tab_to("choose")
     outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
     assert outline != "none"  # visible focus
