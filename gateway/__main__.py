@@ -7,8 +7,11 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 
 from gunicorn.app.base import BaseApplication
+
+from gateway.config import Config
 
 
 class GatewayServer(BaseApplication):
@@ -33,12 +36,11 @@ def _worker_exit(server, worker) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default=os.environ.get("GATEWAY_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GATEWAY_PORT", "5000")))
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("GATEWAY_WORKERS", "2")))
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("GATEWAY_THREADS", "4")))
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
+    try:
+        Config.from_env()  # a bad setting stops here, named once, instead of in every worker's boot
+    except ValueError as exc:
+        sys.exit(f"gateway: {exc}")
     if not os.environ.get("QUERY_TOKEN_KEY"):  # one key for every worker, so any of them verifies a token
         from gateway.query_token import new_key
 
@@ -51,6 +53,32 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if own_dir:
             shutil.rmtree(own_dir, ignore_errors=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Options, each defaulting to its GATEWAY_* variable; a port outside 1–65535 or no worker is refused."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default=os.environ.get("GATEWAY_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=_whole("GATEWAY_PORT", 1, 65535),
+                        default=os.environ.get("GATEWAY_PORT", "5000"))
+    parser.add_argument("--workers", type=_whole("GATEWAY_WORKERS", 1), default=os.environ.get("GATEWAY_WORKERS", "2"))
+    parser.add_argument("--threads", type=_whole("GATEWAY_THREADS", 1), default=os.environ.get("GATEWAY_THREADS", "4"))
+    return parser.parse_args(argv)
+
+
+def _whole(name: str, low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high], else an error naming the option's variable."""
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            bound = f"{low}–{high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number {bound} ({name})")
+        return value
+
+    return parse
 
 
 def workers_for(requested: int, env: dict[str, str] | None = None) -> int:

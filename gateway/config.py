@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -11,6 +13,24 @@ from functools import cached_property
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 SEARCH_BACKENDS = ("auto", "exact", "ann", "milvus")
+
+#: Accepted range of each numeric setting: (field, lowest, lowest excluded, highest or None). README's
+#: configuration table states the same ranges; tests/test_config.py checks each on both sides.
+LIMITS: tuple[tuple[str, float, bool, float | None], ...] = (
+    ("index_poll_s", 0, False, None),
+    ("torchserve_timeout", 0, True, None),
+    ("max_upload_mb", 0, True, None),
+    ("max_pixels", 1, False, None),
+    ("default_threshold", 0, False, 100),
+    ("default_top_k", 1, False, None),
+    ("max_top_k", 1, False, None),
+    ("url_fetch_timeout", 0, True, None),
+    ("url_fetch_concurrency", 1, False, None),
+    ("ann_min_products", 0, False, None),
+    ("ann_expansion", 1, False, None),
+    ("query_token_ttl_s", 0, True, None),
+    ("ready_cache_s", 0, False, None),
+)
 
 
 @dataclass(frozen=True)
@@ -72,16 +92,19 @@ class Config:
     ready_cache_s: float = 2.0
 
     def __post_init__(self) -> None:
+        for name, low, strict, high in LIMITS:
+            _check_range(name, getattr(self, name), low, strict, high)
+        if self.default_top_k > self.max_top_k:
+            raise ValueError(f"DEFAULT_TOP_K={self.default_top_k} must be at most MAX_TOP_K={self.max_top_k}")
         if self.search_backend not in SEARCH_BACKENDS:
             raise ValueError(f"SEARCH_BACKEND={self.search_backend!r}: use one of {', '.join(SEARCH_BACKENDS)}")
         if self.search_backend == "milvus" and not self.milvus_uri:
             raise ValueError("SEARCH_BACKEND=milvus needs MILVUS_URI (a Milvus address, or a file for Milvus Lite)")
-        if self.url_fetch_concurrency < 1:
-            raise ValueError("URL_FETCH_CONCURRENCY must be at least 1")
-        if not self.query_token_ttl_s > 0:
-            raise ValueError("QUERY_TOKEN_TTL_S must be more than 0")
-        if self.ann_min_products < 0 or self.ann_expansion < 1:
-            raise ValueError("ANN_MIN_PRODUCTS must be ≥ 0 and ANN_EXPANSION ≥ 1")
+        for cidr in self.image_networks:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"ALLOWED_IMAGE_NETWORKS: {cidr!r} is not a network (e.g. 10.0.0.0/8)") from None
 
     @cached_property
     def image_networks(self) -> tuple[str, ...]:
@@ -97,10 +120,29 @@ class Config:
             raw = env.get(f.name.upper())
             if raw is None:
                 continue
-            kind = type(f.default)
-            try:
-                values[f.name] = raw.strip().lower() in TRUE_WORDS if kind is bool else kind(raw)
-            except ValueError:
-                raise ValueError(f"{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+            values[f.name] = _parse(f.name.upper(), raw, type(f.default))
         values.update(overrides)
         return cls(**values)
+
+
+def _parse(name: str, raw: str, kind: type) -> object:
+    """``raw`` as ``kind``; a flag must be one of TRUE_WORDS / FALSE_WORDS (a typo is refused, not read as false)."""
+    if kind is bool:
+        word = raw.strip().lower()
+        if word not in TRUE_WORDS + FALSE_WORDS:
+            raise ValueError(f"{name}={raw!r}: use one of {', '.join(TRUE_WORDS + FALSE_WORDS)}")
+        return word in TRUE_WORDS
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def _check_range(name: str, value: float, low: float, strict: bool, high: float | None) -> None:
+    """Refuse ``value`` outside [low, high] (low itself too when ``strict``), NaN and infinity included."""
+    below = value <= low if strict else value < low
+    if not math.isfinite(value) or below or (high is not None and value > high):
+        bound = f"more than {low:g}" if strict else f"at least {low:g}"
+        if high is not None:
+            bound = f"between {low:g} and {high:g}"
+        raise ValueError(f"{name.upper()}={value!r} is out of range: it must be {bound}")
