@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -42,6 +43,16 @@ class UnsafeURL(ValueError):
 
 #: Lookups run here so that a slow resolver cannot outlast the fetch's deadline.
 _LOOKUPS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dns")
+
+
+def _new_lookup_threads() -> None:
+    """A forked child (gunicorn with --preload, a forking test runner) gets its own pool: the parent's threads
+    do not exist there, yet its pool would count them as idle and wait on them forever."""
+    global _LOOKUPS
+    _LOOKUPS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dns")
+
+
+os.register_at_fork(after_in_child=_new_lookup_threads)
 
 
 def system_resolve(host: str, port: int) -> list[str]:

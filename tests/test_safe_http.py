@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+
 import pytest
 
 from catalog import safe_http
@@ -13,7 +17,10 @@ def fake_dns(table):
     def resolve(host, port):
         if host in table:
             return table[host]
-        return safe_http.system_resolve(host, port)  # IP literals in any notation
+        # IP literals in any notation, as the system reads them; a name not in the table never reaches DNS
+        # (no network here, and a lookup that waits would only slow the test down).
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP, flags=socket.AI_NUMERICHOST)
+        return [info[4][0] for info in infos]
     return resolve
 
 
@@ -216,3 +223,18 @@ def test_an_ipv6_literal_is_bracketed_in_the_host_header():
     assert safe_get(f"http://[::1]:{port}/a.jpg", 100, timeout=5, allow_private=True) == b"ok"
     assert f"Host: [::1]:{port}\r\n".encode() in seen[0]
     server.close()
+
+
+def test_a_forked_process_still_resolves():
+    # gunicorn --preload and forking runners copy the lookup pool without its threads: without a pool of its
+    # own the child waited forever (no deadline) or answered 504 (with one) for every image URL.
+    dns = fake_dns({"shop.test": ["93.184.216.34"]})
+    assert check_url("http://shop.test/a.jpg", False, dns)[3] == "93.184.216.34"  # the parent's pool has threads
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if both lookups answer
+        signal.alarm(10)
+        ok = check_url("http://shop.test/a.jpg", False, dns)[3] == "93.184.216.34"
+        ok = ok and check_url("http://shop.test/a.jpg", False, dns, deadline=safe_http.Deadline(5))[1] == "shop.test"
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
