@@ -48,6 +48,59 @@ def test_no_rule_without_enough_labelled_products_or_categories(rows, kinds):
     assert fit_no_match(x, labels, PERCENT) is None
 
 
+def brute_force_rule(x: np.ndarray, labels: list[str]) -> tuple[float, float, float]:
+    """The rule worked out pair by pair: (threshold percent, false no-match share, not-carried share caught)."""
+    sims, lab = x @ x.T, np.asarray(labels)
+    carried, lacking = [], []
+    for i in range(len(x)):
+        others = [j for j in range(len(x)) if j != i and sims[i, j] < 0.999]
+        carried.append(100 * max(sims[i, j] for j in others))
+        lacking.append(100 * max(sims[i, j] for j in others if lab[j] != lab[i]))
+    threshold = float(np.quantile(carried, 0.05))
+    return threshold, float(np.mean(np.array(carried) < threshold)), float(np.mean(np.array(lacking) < threshold))
+
+
+def test_the_fitted_rule_equals_its_definition_worked_out_pair_by_pair():
+    x, labels = clustered(per=12, kinds=5)
+    rule = fit_no_match(x, labels, PERCENT)
+    threshold, false_share, caught = brute_force_rule(x, labels)
+    assert rule["percent"] == pytest.approx(threshold, abs=0.006)
+    assert rule["false_no_match"] == pytest.approx(false_share, abs=0.0006)
+    assert rule["not_carried_caught"] == pytest.approx(caught, abs=0.0006)
+    assert (rule["fitted_on"], rule["signal"]) == (60, "best calibrated similarity")
+    assert rule["source"].startswith("leave-one-out (carried) and leave-one-category-out (not carried)")
+
+
+def test_fifty_labelled_products_make_a_rule_and_small_or_unlabelled_categories_do_not_count():
+    x, labels = clustered(per=10, kinds=5)
+    assert fit_no_match(x, labels, PERCENT)["fitted_on"] == 50
+    # 46 in categories of 5+, plus 4 in a category of 4 and unlabelled rows: 46 count, too few.
+    relabelled = labels[:46] + ["four"] * 4
+    assert fit_no_match(x, relabelled, PERCENT) is None
+    assert fit_no_match(x, labels[:45] + [""] * 5, PERCENT) is None
+    assert fit_no_match(x, labels[:45] + ["five"] * 5, PERCENT)["fitted_on"] == 50
+
+
+def test_a_large_catalog_is_sampled_reproducibly_and_blocks_do_not_change_the_scores():
+    x, labels = clustered(per=30, kinds=5)
+    rule = fit_no_match(x, labels, PERCENT, max_items=80, seed=4)
+    assert rule["fitted_on"] == 80 and rule == fit_no_match(x, labels, PERCENT, max_items=80, seed=4)
+    assert fit_no_match(x, labels, PERCENT, max_items=150)["fitted_on"] == 150
+    rows = np.arange(150)
+    for a, b in zip(best_scores(x, np.asarray(labels), rows, block=7), best_scores(x, np.asarray(labels), rows),
+                    strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_a_neighbour_at_the_twin_cosine_is_left_out_and_one_just_below_is_not():
+    def pair(cosine: float) -> np.ndarray:
+        return np.array([[1, 0], [cosine, np.sqrt(1 - cosine ** 2)], [0, 1]], np.float32)
+
+    labels = np.array(["a", "a", "b"])
+    assert best_scores(pair(0.9995), labels, np.array([0]))[0][0] == pytest.approx(0.0, abs=1e-3)  # a twin
+    assert best_scores(pair(0.998), labels, np.array([0]))[0][0] == pytest.approx(0.998, abs=1e-4)
+
+
 class FixedClient:
     backbone = "fixed-4d"
     vector = np.zeros(4, np.float32)
