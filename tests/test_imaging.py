@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -74,3 +76,74 @@ def test_exif_rotation_applied():
     exif[0x0112] = 6  # rotate 90° on display
     out = decode_image(encode(img, "JPEG", exif=exif.tobytes()))
     assert out.size == (20, 40)
+
+
+def fake_png(width: int, height: int) -> bytes:
+    """A PNG header that claims ``width``×``height`` and carries no pixel data."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
+
+
+def test_refusals_are_worded_for_people():
+    for data, message in [(b"", "empty image: no bytes received"),
+                          (b"GIF87", "not a supported image: send JPEG, PNG, WebP or GIF"),
+                          (fake_png(7000, 7000), "image too large: 7000x7000 is more than 40,000,000 pixels"),
+                          (fake_png(10000, 10000), "image too large: more than 40,000,000 pixels")]:
+        with pytest.raises(ImageError) as refused:
+            decode_image(data)
+        assert str(refused.value) == message
+
+
+def test_the_pixel_limit_admits_exactly_its_value():
+    data = encode(Image.new("RGB", (100, 50), (1, 2, 3)), "PNG")
+    assert decode_image(data, max_pixels=5000).size == (100, 50)
+    with pytest.raises(ImageError, match="100x50 is more than 4,999 pixels"):
+        decode_image(data, max_pixels=4999)
+    assert decode_image(encode(Image.new("RGB", (1, 1)), "PNG"), max_pixels=1).size == (1, 1)
+    # The default: 40 million pixels. A header at the limit passes the size check (then has no pixel data).
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        decode_image(fake_png(8000, 5000))
+    with pytest.raises(ImageError, match="8000x5001 is more than 40,000,000"):
+        decode_image(fake_png(8000, 5001))
+
+
+def test_a_large_jpeg_decodes_at_reduced_size_but_never_below_the_draft():
+    data = encode(Image.new("RGB", (2000, 1000), (0, 0, 255)), "JPEG")
+    assert decode_image(data).size == (2000, 1000)  # no draft: full size
+    assert decode_image(data, draft=224).size == (500, 250)  # 1/4 keeps both sides ≥ 224 (1/8 would not)
+    assert decode_image(data, draft=250).size == (500, 250)
+    assert decode_image(data, draft=251).size == (1000, 500)
+    reduced = decode_image(data, draft=224)
+    assert reduced.mode == "RGB" and reduced.getpixel((10, 10))[2] > 240
+    png = encode(Image.new("RGB", (2000, 1000)), "PNG")
+    assert decode_image(png, draft=224).size == (2000, 1000)  # only JPEG has reduced decoding
+
+
+def test_every_mode_becomes_rgb_with_its_colours():
+    grey16 = Image.fromarray(np.array([[32768, 65535, 0]], dtype=np.uint16))
+    out = decode_image(encode(grey16, "PNG"))
+    assert [out.getpixel((x, 0)) for x in range(3)] == [(128, 128, 128), (255, 255, 255), (0, 0, 0)]
+    palette = Image.new("P", (2, 1), 1)
+    palette.putpalette([0, 0, 0, 10, 20, 30] + [0, 0, 0] * 254)
+    assert decode_image(encode(palette, "PNG")).getpixel((0, 0)) == (10, 20, 30)  # no transparency: as drawn
+    half = decode_image(encode(Image.new("RGBA", (1, 1), (255, 0, 0, 128)), "PNG")).getpixel((0, 0))
+    assert half[0] == 255 and 125 <= half[1] == half[2] <= 128  # half-transparent red over white
+    grey_alpha = Image.new("LA", (2, 1), (100, 255))
+    grey_alpha.putpixel((1, 0), (100, 0))
+    out = decode_image(encode(grey_alpha, "PNG"))
+    assert [out.getpixel((x, 0)) for x in range(2)] == [(100, 100, 100), (255, 255, 255)]
+    assert decode_image(encode(Image.new("L", (1, 1), 77), "PNG")).getpixel((0, 0)) == (77, 77, 77)
+    assert decode_image(encode(Image.new("1", (1, 1), 1), "PNG")).getpixel((0, 0)) == (255, 255, 255)
+    rgb = Image.new("RGB", (1, 1), (9, 8, 7))
+    assert decode_image(encode(rgb, "PNG")).getpixel((0, 0)) == (9, 8, 7)
+
+
+def test_exif_rotation_moves_the_pixels():
+    img = Image.new("RGB", (40, 20), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 20, 20))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated 90° clockwise: the left half becomes the top
+    out = decode_image(encode(img, "JPEG", exif=exif.tobytes(), quality=95))
+    assert out.getpixel((10, 5))[0] > 200 and out.getpixel((10, 35))[0] < 50
