@@ -61,6 +61,70 @@ def test_guess_ignores_excluded_rows():
     assert winner.tolist() == [0] and share.tolist() == [1.0]
 
 
+def test_unlabelled_neighbours_set_the_scale_but_get_no_share():
+    # Weights are relative to the best neighbour, labelled or not: A at 98% → e^-0.5, B at 90% → e^-4.5.
+    winner, share = CategoryVote(k=3).vote(np.array([[-1, 0, 1]]), np.array([[99.0, 98, 90]]), 2)
+    a, b = math.exp(-0.5), math.exp(-4.5)
+    assert winner.tolist() == [0] and share[0] == pytest.approx(a / (a + b))
+    winner, share = CategoryVote(k=3).vote(np.array([[-1, -1]]), np.array([[99.0, 98]]), 2)
+    assert winner.tolist() == [-1] and share.tolist() == [0.0]
+
+
+def test_the_vote_per_row_in_any_order_at_any_temperature():
+    codes, percents = np.array([[0, 1, 1], [1, 0, 0]]), np.array([[90.0, 89, 89], [70.0, 69, 60]])
+    winner, share = CategoryVote(temperature=1.0).vote(codes, percents, 2)
+    b = 2 * math.exp(-1)  # row 0 at temperature 1: B's two votes e^-1 each, A's 1
+    assert winner.tolist() == [0, 1]
+    assert share.tolist() == pytest.approx([1 / (1 + b), 1 / (1 + math.exp(-1) + math.exp(-10))])
+    shuffled = CategoryVote(temperature=1.0).vote(codes[:, ::-1], percents[:, ::-1], 2)
+    assert shuffled[0].tolist() == [0, 1] and shuffled[1].tolist() == pytest.approx(share.tolist())
+    one_row = CategoryVote(temperature=1.0).vote(np.array([0, 1, 1]), np.array([90.0, 89, 89]), 2)
+    assert one_row[0].tolist() == [0] and one_row[1].tolist() == pytest.approx([1 / (1 + b)])
+    assert CategoryVote().vote(np.array([[-1]]), np.array([[50.0]]), 0)[0].tolist() == [-1]
+
+
+def test_the_group_bonus_outweighs_any_cosine_gap():
+    keys = group_first(np.array([1.0, -1.0], dtype=np.float32), np.array([False, True]))
+    assert np.argsort(-keys).tolist() == [1, 0]
+    assert keys.tolist() == pytest.approx([1.0, 9.0])  # scores kept, only shifted
+
+
+def test_labels_become_sorted_codes_and_blank_is_unlabelled():
+    grouping = Grouping.from_labels(["b", "", "a", "b", 7], UNCAL)
+    assert grouping.names == ["7", "a", "b"] and grouping.codes.tolist() == [2, -1, 1, 2, 0]
+    assert grouping.vote == CategoryVote()
+
+
+def test_guess_with_fewer_products_than_voters_and_with_none():
+    grouping = Grouping.from_labels(["A", "B", "B"], UNCAL, CategoryVote(k=10))
+    winner, share = grouping.guess(np.array([[0.9, 0.5, 0.5], [0.1, 0.8, 0.7]]))
+    assert winner.tolist() == [0, 1]
+    b = 2 * math.exp(-20)  # row 0: A at 90%, the two B at 50%: e^-20 each
+    assert share.tolist() == pytest.approx([1 / (1 + b), 1.0])
+    empty = Grouping.from_labels([], UNCAL)
+    winner, share = empty.guess(np.zeros((2, 0)))
+    assert winner.tolist() == [-1, -1] and share.tolist() == [0.0, 0.0]
+
+
+def test_only_the_first_k_candidates_vote_for_one_query():
+    grouping = Grouping.from_labels(["A", "B", "B", "B"], UNCAL, CategoryVote(k=2, temperature=1e9))
+    # Candidates best first: A, B, then two more B that would win three to one if they voted (equal weights).
+    code, share = grouping.guess_candidates(np.array([0, 1, 2, 3]), np.array([0.9, 0.8, 0.7, 0.7]))
+    assert (code, share) == (0, pytest.approx(0.5)) and isinstance(code, int) and isinstance(share, float)
+    sharp = Grouping.from_labels(["A", "B", "B", "B"], UNCAL, CategoryVote(k=2))
+    assert sharp.guess_candidates(np.array([0, 1, 2, 3]), np.array([0.9, 0.8, 0.7, 0.7]))[0] == 0
+    assert sharp.guess_candidates(np.array([1, 0, 2, 3]), np.array([0.9, 0.8, 0.7, 0.7]))[0] == 1
+    assert sharp.guess_candidates(np.array([], dtype=np.int64), np.array([])) == (-1, 0.0)
+
+
+def test_keys_change_nothing_without_a_guess():
+    grouping = Grouping.from_labels(["A", "B", ""], UNCAL)
+    sim = np.array([[0.5, 0.4, 0.3], [0.5, 0.4, 0.3]])
+    keys = grouping.keys(sim, np.array([-1, 1]))
+    assert keys[0].tolist() == pytest.approx([0.5, 0.4, 0.3])
+    assert keys[1].tolist() == pytest.approx([0.5, 10.4, 0.3])  # the unlabelled row never joins a group
+
+
 def angles(*degrees):
     r = np.radians(degrees)
     return np.stack([np.cos(r), np.sin(r)], axis=1).astype(np.float32)
