@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from catalog.build import errors_csv
-from catalog.reader import CatalogError, RowError, read_catalog
+from catalog.reader import CatalogError, RowError, parse_price, read_catalog
 
 HEADER = b"id,name,category,price,image_url\n"
 
@@ -86,3 +86,67 @@ def test_any_rows_are_kept_or_reported_never_raise(tmp_path, records):
     left_out = [e for e in errors if e.stage != "warning"]
     assert len(rows) + len(left_out) <= len(records)  # blank records may vanish, nothing is invented
     assert {e.id for e in errors if e.stage == "warning"} <= set(ids)  # warnings are about kept rows
+
+
+@pytest.mark.parametrize(("text", "price"), [("", None), ("  ", None), ("0", 0.0), ("0.00", 0.0), (" 12 ", 12.0),
+                                              ("1,299.50", 1299.5), ("1e3", 1000.0)])
+def test_prices_that_are_read(text, price):
+    assert parse_price(text) == price
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("-0.01", "price must be a non-negative number, got '-0.01'"),
+    ("-1", "price must be a non-negative number, got '-1'"),
+    ("nan", "price must be a non-negative number, got 'nan'"),
+    ("inf", "price must be a non-negative number, got 'inf'"),
+    ("12 EUR", "price must be a number, got '12 EUR'"),
+])
+def test_prices_that_are_refused(text, message):
+    with pytest.raises(ValueError) as refused:
+        parse_price(text)
+    assert str(refused.value) == message
+
+
+def test_each_row_problem_is_named_on_its_own_line(tmp_path):
+    body = (b"1,a,c,0,a.jpg\n\n,b,c,,b.jpg\n1,dup,c,,c.jpg\n3,no url,c,,\n4,short\n"
+            + b"5," + b"n" * 10_000 + b",c,,e.jpg\n6," + b"n" * 10_001 + b",c,,f.jpg\n"
+            + b"x" * 150 + b",a,b,c,d,e\n")
+    rows, errors = read_catalog(catalog(tmp_path, body))
+    assert [(r["id"], r["line"], r["price"]) for r in rows] == [("1", 2, 0.0), ("5", 8, None)]
+    assert [(e.line, e.id, e.image_url, e.stage, e.error) for e in errors] == [
+        (10, "x" * 100, "", "catalog", "malformed row: 6 fields, the header has 5"),
+        (4, "", "b.jpg", "catalog", "empty id"),
+        (5, "1", "c.jpg", "catalog", "duplicate id (first seen on line 2)"),
+        (6, "3", "", "catalog", "empty image_url"),
+        (7, "4", "", "catalog", "empty image_url"),
+        (9, "6", "f.jpg", "catalog", "a field is longer than 10000 characters"),
+    ]
+
+
+def test_header_and_cells_are_trimmed_and_extra_columns_kept(tmp_path):
+    path = catalog(tmp_path, b" 7 , Red shoe ,shoes, 10 , a.jpg ,summer\n", header=b" id ,name,category,price,"
+                   b"image_url , season\n")
+    rows, errors = read_catalog(path)
+    assert errors == [] and rows == [{"id": "7", "name": "Red shoe", "category": "shoes", "price": 10.0,
+                                      "image_url": "a.jpg", "season": "summer", "line": 2}]
+
+
+def test_missing_columns_are_named_and_the_needed_ones_listed(tmp_path):
+    path = catalog(tmp_path, b"1,a,c\n", header=b"id,name,category\n")
+    with pytest.raises(CatalogError) as refused:
+        read_catalog(path)
+    assert str(refused.value) == (f"{path}: missing required column(s) price, image_url; need id, name, category, "
+                                  "price, image_url")
+
+
+@pytest.mark.parametrize(("cell", "flagged"), [
+    ("=1+1", True), ("@SUM(A1)", True), ("+cmd", True), ("-x", True), ("\t=1", True), ("\tcmd", False),
+    ("-20% off", False), ("+91 98", False), ("-.5", False), ("- dash", False), ("+,", False), ("a=b", False),
+])
+def test_formula_cells_on_both_sides_of_the_rule(tmp_path, cell, flagged):
+    buf = io.StringIO()
+    csv.writer(buf).writerow(["1", cell, "c", "", "a.jpg"])
+    rows, errors = read_catalog(catalog(tmp_path, buf.getvalue().encode()))
+    assert rows[0]["name"] == cell.strip()
+    warned = [e.error for e in errors if e.stage == "warning"]
+    assert warned == (["formula-looking cell in name: kept as text, neutralised in reports"] if flagged else [])
