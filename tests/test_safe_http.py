@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
+import threading
 
 import pytest
 
@@ -238,3 +240,90 @@ def test_a_forked_process_still_resolves():
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+class OneAnswer:
+    """Answers one request with ``head`` and ``body`` as given, then closes (no Content-Length unless in head)."""
+
+    def __init__(self, head: bytes, body: bytes) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/a.jpg"
+        threading.Thread(target=self._serve, args=(head, body), daemon=True).start()
+
+    def _serve(self, head: bytes, body: bytes) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.recv(65536)
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n" + head + b"\r\n" + body)
+            except OSError:
+                pass  # the client stopped reading at its cap
+        self.sock.close()
+
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "no-content-length"])
+def test_the_byte_cap_admits_exactly_its_value(declared):
+    for size, ok in ((MIB, True), (MIB + 1, False)):
+        head = b"Content-Type: image/jpeg\r\n" + (b"Content-Length: %d\r\n" % size if declared else b"")
+        server = OneAnswer(head, b"x" * size)
+        if ok:
+            assert len(safe_get(server.url, MIB, timeout=5, allow_private=True)) == size
+            continue
+        with pytest.raises(UnsafeURL) as refused:
+            safe_get(server.url, MIB, timeout=5, allow_private=True)
+        assert (str(refused.value), refused.value.status) == ("image URL is larger than 1 MB", 413)
+
+
+def test_three_redirects_are_followed_and_a_fourth_is_refused(http_server):
+    http_server.add("/end.jpg", b"img")
+    for i in range(4):
+        http_server.add(f"/hop{i}", b"", status=302, Location=f"/hop{i + 1}" if i < 3 else "/end.jpg")
+    assert safe_get(http_server.url + "/hop1", 100, 5, allow_private=True) == b"img"  # 3 redirects
+    with pytest.raises(UnsafeURL) as refused:
+        safe_get(http_server.url + "/hop0", 100, 5, allow_private=True)  # 4 redirects
+    assert str(refused.value) == "image URL redirected more than 3 times"
+
+
+@pytest.mark.parametrize(("content_type", "refusal"), [
+    ("image/jpeg; charset=binary", None), ("IMAGE/PNG", None), ("", None),
+    ("text/html; charset=utf-8", "image URL is not an image (content-type text/html)"),
+])
+def test_content_types_on_both_sides(http_server, content_type, refusal):
+    url = http_server.add("/x", b"img", content_type=content_type)
+    if refusal is None:
+        assert safe_get(url, 100, 5, allow_private=True) == b"img"
+        return
+    with pytest.raises(UnsafeURL) as refused:
+        safe_get(url, 100, 5, allow_private=True)
+    assert str(refused.value) == refusal
+
+
+def test_an_error_answer_is_named(http_server):
+    with pytest.raises(UnsafeURL) as refused:
+        safe_get(http_server.url + "/missing.jpg", 100, 5, allow_private=True)
+    assert str(refused.value) == "image URL answered HTTP 404"
+
+
+@pytest.mark.parametrize(("address", "reason"), [
+    ("::ffff:10.0.0.1", "private"),  # IPv4-mapped
+    ("::ffff:169.254.169.254", "link-local"),
+    ("2002:7f00:1::", "loopback"),  # 6to4 around 127.0.0.1
+    ("2002:a9fe:a9fe::", "link-local"),  # 6to4 around the metadata address
+    ("2002:a00:1::", "private"),
+    ("64:ff9b::a00:1", "reserved"),  # NAT64 around 10.0.0.1
+    ("::127.0.0.1", "reserved"),  # IPv4-compatible (deprecated)
+    ("100.64.0.1", "non-public"),  # carrier-grade NAT
+])
+def test_each_wrapped_form_of_a_private_address_is_refused(address, reason):
+    with pytest.raises(UnsafeURL) as refused:
+        check_url("http://x.test/a.jpg", False, lambda host, port: [address])
+    shown = ipaddress.ip_address(address)  # in its normal form
+    assert str(refused.value) == f"image URL host 'x.test' resolves to a {reason} address ({shown}); refused"
+
+
+@pytest.mark.parametrize("address", ["::ffff:93.184.216.34", "2002:5db8:d822::", "93.184.216.34"])
+def test_the_same_wrappings_of_a_public_address_pass(address):
+    assert check_url("http://x.test/a.jpg", False, lambda host, port: [address])[3] == address
