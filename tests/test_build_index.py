@@ -137,3 +137,37 @@ def test_symlink_escape_is_a_row_error(tmp_path, local_embedder):
     report = build_index(catalog, tmp_path / "idx", local_embedder, tmp_path / "cache", progress=False)
     assert report.indexed == 0
     assert "escapes the catalog folder" in report.errors[0].error and "NUL" in report.errors[1].error
+
+
+class OtherBackbone:
+    """The same network under another backbone id: what a changed model or preprocessing looks like."""
+
+    def __init__(self, embedder) -> None:
+        self.inner, self.backbone_id = embedder, embedder.backbone_id + "-v2"
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_new_backbone_embeds_everything_again(messy_catalog, local_embedder, tmp_path):
+    out, cache = tmp_path / "index", tmp_path / "cache"
+    build_index(messy_catalog, out, local_embedder, cache, progress=False, allow_private_hosts=True)
+    other = OtherBackbone(local_embedder)
+    report = build_index(messy_catalog, out, other, cache, progress=False, allow_private_hosts=True)
+    # Neither the published version's vectors nor the vector cache of the old backbone are used.
+    assert (report.embedded, report.reused, report.resumed, report.indexed) == (4, 0, 0, 4)
+    assert read_current(open_store(out)).manifest["backbone"] == other.backbone_id
+    again = build_index(messy_catalog, out, other, cache, progress=False, allow_private_hosts=True)
+    assert (again.embedded, again.reused) == (0, 4)
+
+
+def test_a_changed_image_gets_its_new_vector(messy_catalog, local_embedder, tmp_path):
+    out, cache = tmp_path / "index", tmp_path / "cache"
+    build_index(messy_catalog, out, local_embedder, cache, progress=False, allow_private_hosts=True)
+    shutil.copy(DEMO_DIR / "images" / "10140.jpg", tmp_path / "images" / "10664.jpg")  # bytes never seen before
+    report = build_index(messy_catalog, out, local_embedder, cache, progress=False, allow_private_hosts=True)
+    assert (report.embedded, report.reused) == (1, 3)
+    index = read_current(open_store(out))
+    row = [p["id"] for p in index.products].index("10664")
+    assert float(index.embeddings[row] @ local_embedder.embed_one(demo_image("10140"))) > 0.9999
+    assert float(index.embeddings[row] @ local_embedder.embed_one(demo_image("10664"))) < 0.99
