@@ -25,6 +25,10 @@ from gateway.search import Candidates, Filter
 from handlers.imaging import ImageError
 from modelserver.client import ModelClient, ModelServerError
 
+#: Vectors are float32, so a cosine exactly at the threshold can come out a few 1e-8 below it: a product the
+#: page shows at 85 % must not be dropped by a threshold of 85 %. Far below any difference a shopper can set.
+THRESHOLD_SLACK = 1e-6
+
 log = logging.getLogger(__name__)
 
 
@@ -152,7 +156,7 @@ class SearchService:
         """Candidates → results. ``guess_code``: None for a query image (no-match rule applies; the category
         is voted for when ``vote``), -1 for no category first, else that code. ``look``: the query's
         appearance vector, which orders the results inside one category (the first group, or a filter's)."""
-        min_score = index.calibration.cosine(options.threshold)
+        min_score = index.calibration.cosine(options.threshold) - THRESHOLD_SLACK
         top_k = options.top_k + options.offset  # rank through the page asked for, answer only that page
         cands = index.backend.search(query, max(top_k, index.grouping.vote.k), where)
         lost = guess_code is None and _no_close_match(index, cands)
