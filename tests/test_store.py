@@ -228,3 +228,53 @@ def test_the_gateways_copy_keeps_the_served_version_and_the_one_before(tmp_path)
         assert manager.refresh()
         versions.append(manager.current.version)
     assert sorted(p.name for p in (tmp_path / "cache" / "versions").iterdir()) == versions[-2:]
+
+
+class DiesAtWrite:
+    """A store whose process dies at its ``n``-th write or delete (counted from 0), like a killed build."""
+
+    def __init__(self, store, n: int) -> None:
+        self.store, self.n, self.steps = store, n, []
+
+    def _step(self, what: str) -> None:
+        if len(self.steps) == self.n:
+            raise KeyboardInterrupt(f"killed at {what}")
+        self.steps.append(what)
+
+    def put(self, key, data):
+        self._step(key.rsplit("/", 1)[-1])
+        return self.store.put(key, data)
+
+    def delete_version(self, version):
+        self._step(f"delete {version}")
+        return self.store.delete_version(version)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+# The steps of write_and_publish with one extra file and one version to prune: embeddings, products,
+# errors.csv, manifest, pointer, then the delete.
+@pytest.mark.parametrize("dies_at", range(6))
+def test_a_publish_that_dies_at_any_step_serves_the_old_or_the_new_version_whole(tmp_path, dies_at):
+    store = open_store(tmp_path / "index")
+    old, _ = write_and_publish(store, make_index(n=2), keep=1)
+    with pytest.raises(KeyboardInterrupt):
+        write_and_publish(DiesAtWrite(store, dies_at), make_index(n=5), {"errors.csv": b"line\n"}, keep=1)
+    served = read_current(store)  # whole and checksummed, never a mix
+    assert (served.version == old) is (dies_at < 5) and len(served.products) == (2 if dies_at < 5 else 5)
+    new, pruned = write_and_publish(store, make_index(n=7), keep=1)  # the next build finishes the job
+    assert read_current(store).version == new and store.list_versions() == [new]
+    assert old in pruned
+
+
+def test_prune_after_a_rollback_keeps_the_rolled_back_version_and_the_newest(tmp_path):
+    store = open_store(tmp_path / "index")
+    versions = [write_and_publish(store, make_index(n=n), keep=10)[0] for n in (2, 3, 4, 5)]
+    assert rollback(store, to=versions[1]) == versions[1]
+    assert prune(store, keep=1) == [versions[0], versions[2]]
+    assert store.list_versions() == [versions[1], versions[3]] and current_version(store) == versions[1]
+    assert read_current(store).manifest["count"] == 3
+    with pytest.raises(IndexNotFound, match="no version older than"):
+        rollback(store)  # the older one was pruned: nothing to roll back to, and nothing changes
+    assert current_version(store) == versions[1]
