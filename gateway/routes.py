@@ -72,9 +72,12 @@ def _number(params: dict, name: str, default: float, low: float, high: float, ki
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return default
     try:
+        if isinstance(raw, bool) or (kind is int and isinstance(raw, float) and not raw.is_integer()):
+            raise TypeError(raw)  # JSON true is not 1, and 1.5 results is not 1
         value = kind(raw)
     except (TypeError, ValueError):
-        raise BadRequest(f"{name} must be a number between {low:g} and {high:g}, got {raw!r}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise BadRequest(f"{name} must be {what} between {low:g} and {high:g}, got {raw!r}") from None
     if not low <= value <= high:
         raise BadRequest(f"{name} must be between {low:g} and {high:g}, got {value:g}")
     return value

@@ -4,6 +4,7 @@ tests/test_e2e.py runs the same paths against a real TorchServe and a real gunic
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
 import sys
@@ -335,3 +336,50 @@ def test_the_page_offers_a_price_range_only_when_the_catalog_has_prices(priced, 
     assert 'value="20"' in html and 'value="100"' in html and html.count('class="card"') > 0
     prices = [float(p.replace(",", "")) for p in re.findall(r'<p class="price">([\d,.]+)</p>', html)]
     assert prices and all(20 <= p <= 100 for p in prices)
+
+
+@pytest.mark.parametrize(("field", "value", "refusal"), [
+    ("threshold", "0", None), ("threshold", "100", None), ("threshold", "99.99", None),
+    ("threshold", "-0.01", "threshold must be between 0 and 100, got -0.01"),
+    ("threshold", "100.01", "threshold must be between 0 and 100, got 100.01"),
+    ("threshold", "nan", "threshold must be between 0 and 100, got nan"),
+    ("top_k", "1", None), ("top_k", "100", None),
+    ("top_k", "0", "top_k must be between 1 and 100, got 0"),
+    ("top_k", "101", "top_k must be between 1 and 100, got 101"),
+    ("top_k", "2.5", "top_k must be a whole number between 1 and 100, got '2.5'"),
+    ("category_first", "off", None), ("category_first", "maybe", "category_first must be true or false, got 'maybe'"),
+])
+def test_search_settings_on_both_sides_of_their_limits(client, field, value, refusal):
+    resp = client.get(f"/api/products/10109/similar?{field}={value}")
+    assert resp.status_code == (200 if refusal is None else 400)
+    if refusal is not None:
+        assert resp.get_json()["error"] == refusal
+
+
+@pytest.mark.parametrize(("body", "refusal"), [
+    ({"top_k": 3}, None), ({"top_k": 3.0}, None), ({"threshold": 0}, None),
+    ({"top_k": 2.5}, "top_k must be a whole number between 1 and 100, got 2.5"),
+    ({"top_k": True}, "top_k must be a whole number between 1 and 100, got True"),
+    ({"threshold": False}, "threshold must be a number between 0 and 100, got False"),
+    ({"threshold": [1]}, "threshold must be a number between 0 and 100, got [1]"),
+])
+def test_json_settings_are_numbers_not_look_alikes(client, body, refusal):
+    token = upload(client, "/api/search", demo_image(10109), threshold="0").get_json()["query_token"]
+    resp = client.post("/api/search", json={"query_token": token, **body})
+    assert resp.status_code == (200 if refusal is None else 400), resp.get_json()
+    if refusal is not None:
+        assert resp.get_json()["error"] == refusal
+    else:
+        assert len(resp.get_json()["results"]) <= body.get("top_k", 12)
+
+
+def test_a_json_body_of_exactly_16_kb_is_read_and_one_byte_more_is_refused(client):
+    def body(size: int) -> bytes:
+        text = json.dumps({"image_url": "", "pad": ""})
+        return json.dumps({"image_url": "", "pad": "x" * (size - len(text))}).encode()
+
+    assert len(body(16 * 1024)) == 16 * 1024
+    at_limit = client.post("/api/search", data=body(16 * 1024), content_type="application/json")
+    assert at_limit.status_code == 400 and "KB" not in at_limit.get_json()["error"]  # read: no image given
+    over = client.post("/api/search", data=body(16 * 1024 + 1), content_type="application/json")
+    assert over.status_code == 413 and over.get_json()["error"] == "a JSON request may be at most 16 KB"
