@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -114,3 +115,19 @@ def test_large_jpeg_decodes_at_reduced_size_never_below_the_draft():
     png = io.BytesIO()
     real_images(1)[0].resize((800, 600)).save(png, format="PNG")
     assert decode_image(png.getvalue(), draft=256).size == (800, 600)  # only JPEG has a draft mode
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"PHOTO_THREADS": "1"}, 1), ({"PHOTO_THREADS": "3"}, 3),
+    ({"PHOTO_THREADS": "0", "OMP_NUM_THREADS": "2"}, 2),  # 0 is not a thread count: the next source decides
+    ({"PHOTO_THREADS": "-1", "OMP_NUM_THREADS": "2"}, 2), ({"PHOTO_THREADS": "two", "OMP_NUM_THREADS": "2"}, 2),
+    ({"OMP_NUM_THREADS": "1"}, 1), ({"PHOTO_THREADS": "0"}, None), ({}, None),
+])
+def test_thread_count_from_its_variables_or_all_cores(monkeypatch, env, expected):
+    from handlers.runtimes import threads
+
+    for var in ("PHOTO_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert threads() == (expected if expected is not None else (os.cpu_count() or 1))
