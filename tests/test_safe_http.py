@@ -327,3 +327,54 @@ def test_each_wrapped_form_of_a_private_address_is_refused(address, reason):
 @pytest.mark.parametrize("address", ["::ffff:93.184.216.34", "2002:5db8:d822::", "93.184.216.34"])
 def test_the_same_wrappings_of_a_public_address_pass(address):
     assert check_url("http://x.test/a.jpg", False, lambda host, port: [address])[3] == address
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("http://example.com:99999/a.jpg", "image URL is malformed"),
+    ("ftp://example.com/a.jpg", "image URL must start with http:// or https://"),
+    ("http://user@example.com/a.jpg", "image URL must not contain credentials"),  # a name alone is enough
+    ("http://:pw@example.com/a.jpg", "image URL must not contain credentials"),
+    ("http:///a.jpg", "image URL has no host"),
+    ("http://nowhere.invalid/a.jpg", "cannot resolve host 'nowhere.invalid'"),
+    ("http://unknown.test/a.jpg", "cannot resolve host 'unknown.test'"),  # the lookup fails
+    ("http://" + "a" * 100 + ".test/", f"image URL host {'a' * 80!r} is not a valid host name"),
+])
+def test_refusals_word_for_word(url, message):
+    with pytest.raises(UnsafeURL) as refused:
+        check_url(url, allow_private=False, resolve=DNS)
+    assert str(refused.value) == message and refused.value.status == 400
+
+
+@pytest.mark.parametrize(("url", "port"), [("http://shop.test/a.jpg", 80), ("https://shop.test/a.jpg", 443),
+                                           ("http://shop.test:8080/a.jpg", 8080)])
+def test_the_default_port_follows_the_scheme(url, port):
+    seen = []
+    check_url(url, False, lambda host, p: seen.append(p) or ["93.184.216.34"])
+    assert seen == [port]
+
+
+def test_a_scoped_ipv6_answer_is_judged_and_pinned_without_its_zone():
+    with pytest.raises(UnsafeURL, match=r"link-local address \(fe80::1\)"):
+        check_url("http://x.test/", False, lambda host, port: ["fe80::1%eth0"])
+    assert check_url("http://x.test/", False, lambda host, port: ["2606:2800::1%eth0"])[3] == "2606:2800::1"
+
+
+def test_the_request_names_the_host_and_the_client():
+    """Connected to the pinned address, the request still says which host and path it wants, and who asks."""
+    seen: list[bytes] = []
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer():
+        conn, _ = server.accept()
+        with conn:
+            seen.append(conn.recv(65536))
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 2\r\n\r\nok")
+
+    threading.Thread(target=answer, daemon=True).start()
+    url = f"http://shop.test:{port}?size=big#frag"
+    assert safe_get(url, 100, timeout=5, allow_private=True, resolve=lambda h, p: ["127.0.0.1"]) == b"ok"
+    request = seen[0].decode()
+    assert request.startswith("GET /?size=big HTTP/1.1\r\n")  # an empty path is "/", the fragment stays here
+    assert f"\r\nHost: shop.test:{port}\r\n" in request and "\r\nUser-Agent: photo/0.1\r\n" in request
+    server.close()
