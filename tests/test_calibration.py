@@ -83,6 +83,11 @@ def test_pair_histograms_count_each_pair_once_in_every_block():
 
 # --- Calibration ------------------------------------------------------------------------------------------
 
+def test_a_manifest_with_points_uses_them():
+    points = [[0.2, 0.0], [0.5, 40.0], [0.8, 70.0], [1.0, 100.0]]
+    assert Calibration.from_manifest({"calibration": {"points": points, "source": "fitted"}}).points == points
+
+
 def test_a_manifest_without_calibration_maps_cosine_to_percent():
     for manifest in ({}, {"calibration": None}, {"calibration": {"points": []}}):
         assert Calibration.from_manifest(manifest).points == UNCALIBRATED
@@ -117,6 +122,11 @@ def test_fitted_anchors_are_the_documented_points():
     matches = np.histogram(scores[lab[idx] == lab[:, None]], BINS)[0]
     assert fitted["threshold_cosine"] == fit_threshold(matches, diff)["cosine"]
     assert fitted["source"] == "fitted on 120 products in 4 categories; matches = same category among the 20 nearest"
+    separation = fit_threshold(matches, diff)
+    assert (fitted["matches_kept"], fitted["different_label_dropped"]) == (
+        separation["same_label_kept"], separation["different_label_dropped"])
+    assert set(fitted) == {"points", "threshold_cosine", "matches_kept", "different_label_dropped",
+                           "unrelated_median_cosine", "source"}
 
 
 def test_fifty_labelled_products_in_two_categories_are_enough_and_49_are_not():
@@ -156,6 +166,9 @@ def test_a_large_catalog_is_sampled_reproducibly():
     vectors, labels = clusters(per_label=40, n_labels=3)
     a = fit_calibration(vectors, labels, max_items=60, seed=1)
     assert a == fit_calibration(vectors, labels, max_items=60, seed=1)
+    # The sample is 60 different products drawn with the seed, fitted as if they were the catalog.
+    sample = sorted(np.random.default_rng(1).choice(120, 60, replace=False).tolist())
+    assert a == fit_calibration(vectors[sample], [labels[i] for i in sample], max_items=10_000)
     assert a["source"].startswith("fitted on 60 products")
     assert fit_calibration(vectors, labels, max_items=120)["source"].startswith("fitted on 120 products")
     assert fit_calibration(vectors, labels, max_items=119)["source"].startswith("fitted on 119 products")
