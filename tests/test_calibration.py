@@ -172,3 +172,32 @@ def test_a_large_catalog_is_sampled_reproducibly():
     assert a["source"].startswith("fitted on 60 products")
     assert fit_calibration(vectors, labels, max_items=120)["source"].startswith("fitted on 120 products")
     assert fit_calibration(vectors, labels, max_items=119)["source"].startswith("fitted on 119 products")
+
+
+def test_pairs_a_rounding_error_outside_one_are_still_counted():
+    v = np.random.default_rng(0).normal(size=8).astype(np.float32)
+    v /= np.linalg.norm(v)
+    assert v @ v > 1 and v @ -v < -1  # float32: 1.0000001 and -1.0000001
+    _, _, same, diff = neighbours(np.stack([v, v, -v]), 2, labels=np.array(["a", "a", "b"]))
+    assert same.sum() == 1 and same[-1] == 1  # the twin pair, in the top bin
+    assert diff.sum() == 2 and diff[0] == 2  # both opposite pairs, in the bottom bin
+
+
+def test_neighbours_equal_a_full_sort_for_every_k():
+    rng = np.random.default_rng(5)
+    x = unit(rng.normal(size=(40, 6)))
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    for k in (1, 2, 5, 39):
+        idx, scores, *_ = neighbours(x, k, block=16)
+        assert idx.tolist() == np.argsort(-sims, axis=1, kind="stable")[:, :k].tolist()
+        assert np.allclose(scores, np.take_along_axis(sims, idx, axis=1))
+
+
+def test_quantile_of_a_score_in_the_top_bin_and_a_threshold_from_single_pairs():
+    assert hist_quantile(hist_of(0.1001, 0.9999), 1.0) == pytest.approx(1.0 - HALF_BIN)
+    assert hist_quantile(hist_of(0.1001, 0.9999), 0.5) == pytest.approx(0.1 + HALF_BIN)
+    best = fit_threshold(hist_of(0.9001), hist_of(0.2001))  # one pair each
+    assert best == {"cosine": 0.205, "same_label_kept": 1.0, "different_label_dropped": 1.0}
+    lopsided = fit_threshold(hist_of(0.9001, 0.3001, 0.3002), hist_of(0.5001))
+    assert lopsided == {"cosine": 0.505, "same_label_kept": 0.333, "different_label_dropped": 1.0}
