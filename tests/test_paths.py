@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from catalog.paths import UnsafePath, is_remote, resolve_local
+from catalog.paths import UnsafePath, is_remote, redact_url, resolve_local
 
 
 @pytest.mark.parametrize(("url", "remote"), [("http://a/b.jpg", True), ("HTTPS://a/b.jpg", True),
@@ -23,3 +23,26 @@ def test_resolve_local_stays_inside_the_root(tmp_path):
                         ("file:///etc/passwd", "scheme"), ("a\0.jpg", "NUL")]:
         with pytest.raises(UnsafePath, match=reason):
             resolve_local(bad, tmp_path)
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://cdn.example.com/a.jpg?X-Amz-Signature=secret#part", "https://cdn.example.com/a.jpg?…"),
+    ("https://user:pw@cdn.example.com/a.jpg", "https://cdn.example.com/a.jpg"),
+    ("https://a@b@cdn.example.com:8443/a.jpg#x", "https://cdn.example.com:8443/a.jpg"),  # the last @ ends the login
+    ("http://cdn.example.com/a.jpg", "http://cdn.example.com/a.jpg"),
+    ("images/a.jpg?v=1", "images/a.jpg?v=1"),  # a local path is shown as written
+])
+def test_reports_show_urls_without_their_secrets(url, shown):
+    assert redact_url(url) == shown
+
+
+def test_path_refusals_word_for_word(tmp_path):
+    scheme = "unsupported URL scheme in 's3://b/x.jpg': use http, https or a relative path"
+    for bad, message in [("a\0.jpg", "path contains a NUL byte"),
+                         ("../x.jpg", "path escapes the catalog folder: ../x.jpg"), ("s3://b/x.jpg", scheme)]:
+        with pytest.raises(UnsafePath) as refused:
+            resolve_local(bad, tmp_path)
+        assert str(refused.value) == message
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(UnsafePath, match=r"^unusable path 'loop/a.jpg': "):
+        resolve_local("loop/a.jpg", tmp_path)

@@ -148,5 +148,12 @@ def test_formula_cells_on_both_sides_of_the_rule(tmp_path, cell, flagged):
     csv.writer(buf).writerow(["1", cell, "c", "", "a.jpg"])
     rows, errors = read_catalog(catalog(tmp_path, buf.getvalue().encode()))
     assert rows[0]["name"] == cell.strip()
-    warned = [e.error for e in errors if e.stage == "warning"]
-    assert warned == (["formula-looking cell in name: kept as text, neutralised in reports"] if flagged else [])
+    warned = [(e.line, e.id, e.image_url, e.error) for e in errors if e.stage == "warning"]
+    expected = (2, "1", "a.jpg", "formula-looking cell in name: kept as text, neutralised in reports")
+    assert warned == ([expected] if flagged else [])
+
+
+def test_words_a_spreadsheet_reads_as_missing_are_kept_as_text(tmp_path):
+    rows, errors = read_catalog(catalog(tmp_path, b"1,NA,null,,n/a.jpg\n2,None,NaN,,x.jpg\n"))
+    assert errors == [] and [(r["name"], r["category"], r["image_url"]) for r in rows] == [
+        ("NA", "null", "n/a.jpg"), ("None", "NaN", "x.jpg")]
