@@ -3,6 +3,7 @@ category by it, end to end through the search service."""
 
 from __future__ import annotations
 
+import colorsys
 import io
 
 import numpy as np
@@ -13,8 +14,13 @@ from catalog.appearance import (
     DESCRIPTOR,
     FOREGROUND,
     HIST_SIZE,
+    HUE_BINS,
+    RERANK_DEPTH,
+    SAT_BINS,
+    VAL_BINS,
     Appearance,
     AppearanceSettings,
+    _hsv,
     colour_histogram,
     fit_appearance,
     histogram_of,
@@ -252,3 +258,50 @@ def test_a_small_foreground_is_not_enough():
     img.paste((255, 0, 0), (30, 30, 33, 33))  # 9 of 4096 pixels: under MIN_FOREGROUND
     hist = histogram_of(img)
     assert hist[108 + 3] > 0.9  # described whole: mostly white
+
+
+def test_hsv_equals_the_standard_conversion():
+    rng = np.random.default_rng(0)
+    rgb = np.vstack([rng.random((300, 3)), np.eye(3), [[0, 0, 0], [1, 1, 1], [0.5, 0.5, 0.5], [1, 1, 0],
+                                                      [0, 1, 1], [1, 0, 1], [0.2, 0.9, 0.9]]]).astype(np.float32)
+    hue, sat, val = _hsv(rgb)
+    expected = np.array([colorsys.rgb_to_hsv(*px) for px in rgb.astype(np.float64)])
+    assert np.allclose(sat, expected[:, 1], atol=1e-6) and np.allclose(val, expected[:, 2], atol=1e-6)
+    circular = np.minimum(np.abs(hue - expected[:, 0]), 1 - np.abs(hue - expected[:, 0]))
+    assert circular.max() < 1e-5
+
+
+def test_a_half_colour_half_grey_product_splits_its_histogram_evenly():
+    img = Image.new("RGB", (64, 64), (255, 255, 255))
+    img.paste((200, 20, 20), (8, 8, 32, 56))  # red left half of the product
+    img.paste((60, 60, 60), (32, 8, 56, 56))  # dark grey right half
+    hist = histogram_of(img)
+    assert hist.sum() == pytest.approx(1.0)
+    grey = HUE_BINS * SAT_BINS * VAL_BINS + 0  # the darkest grey bin (value 60/255 < 1/4)
+    assert hist[grey] == pytest.approx(0.5, abs=0.02) and hist.max() == pytest.approx(0.5, abs=0.02)
+
+
+def test_the_fitted_projection_is_the_ridge_solution():
+    rng = np.random.default_rng(1)
+    hists = rng.random((60, HIST_SIZE)).astype(np.float32)
+    vectors = rng.normal(size=(60, 5)).astype(np.float32)
+    colours = ["red"] * 25 + ["blue"] * 25 + ["green"] * 2 + ["pink"] + [""] * 7
+    space, info = fit_appearance(hists, vectors, colours, AppearanceSettings(ridge=2.0, min_labelled=52))
+    rows = list(range(52))  # pink has one product: not a colour to learn; unlabelled rows neither
+    x = np.hstack([np.sqrt(hists[rows]) / np.linalg.norm(np.sqrt(hists[rows]), axis=1, keepdims=True),
+                   vectors[rows]]).astype(np.float64)
+    y = np.eye(3)[[{"blue": 0, "green": 1, "red": 2}[colours[i]] for i in rows]]
+    xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
+    expected = np.linalg.solve(xc.T @ xc + 2.0 * np.eye(x.shape[1]), xc.T @ yc)
+    assert np.allclose(space.projection, expected, atol=1e-4) and np.allclose(space.mean, x.mean(axis=0), atol=1e-6)
+    assert info == {"descriptor": DESCRIPTOR, "depth": RERANK_DEPTH, "weight": 0.85,
+                    "projection": {"colours": 3, "fitted_on": 52, "ridge": 2.0},
+                    "source": "ridge projection onto the catalog's colours"}
+    too_few = fit_appearance(hists, vectors, colours, AppearanceSettings(min_labelled=53))[1]
+    assert too_few == {"descriptor": DESCRIPTOR, "depth": RERANK_DEPTH, "weight": 0.85, "projection": None,
+                       "source": "colour histogram: 52 products in 3 colours with 2+ products (a projection needs "
+                                 "53 in 2)"}
+    assert fit_appearance(hists, vectors, colours, AppearanceSettings(min_labelled=52, min_colours=3))[0].projection \
+        is not None
+    assert fit_appearance(hists, vectors, colours, AppearanceSettings(min_labelled=52, min_colours=4))[0].projection \
+        is None
