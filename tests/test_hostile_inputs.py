@@ -87,7 +87,7 @@ HOSTILE = [
     ("threshold nan", upload(jpeg_bytes(), threshold="nan"), 400, "threshold must be between 0 and 100"),
     ("threshold inf", upload(jpeg_bytes(), threshold="inf"), 400, "threshold must be between 0 and 100"),
     ("top_k huge", upload(jpeg_bytes(), top_k="100000"), 400, "top_k must be between 1 and 100"),
-    ("top_k float", upload(jpeg_bytes(), top_k="2.5"), 400, "top_k must be a number"),
+    ("top_k float", upload(jpeg_bytes(), top_k="2.5"), 400, "top_k must be a whole number"),
     ("json not object", {"json": ["http://x"]}, 400, "JSON body must be an object"),
     ("json broken", {"data": b"{not json", "content_type": "application/json"}, 400, "JSON body must be an object"),
     ("oversized upload", upload(b"\xff" * (2 * 1024 * 1024)), 413, "upload too large"),
