@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from catalog.paths import UnsafePath, is_remote, redact_url, resolve_local
+from catalog.paths import UnsafePath, is_remote, printable, redact_url, resolve_local
 
 
 @pytest.mark.parametrize(("url", "remote"), [("http://a/b.jpg", True), ("HTTPS://a/b.jpg", True),
@@ -46,3 +46,11 @@ def test_path_refusals_word_for_word(tmp_path):
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     with pytest.raises(UnsafePath, match=r"^unusable path 'loop/a.jpg': "):
         resolve_local("loop/a.jpg", tmp_path)
+
+
+def test_printable_escapes_control_characters_and_cuts_at_its_limit():
+    assert printable("a\x1b[31mb\r\nc\x00") == "a\\x1b[31mb\\r\\nc\\x00"
+    assert printable("é ✓") == "é ✓"  # printable text is left alone
+    assert printable("x" * 200) == "x" * 200
+    assert printable("x" * 201) == "x" * 200 + "…"
+    assert printable("\n" * 3, limit=4) == "\\n\\n…"  # the limit counts the escaped text

@@ -25,3 +25,21 @@ def test_half_written_or_corrupt_file_reads_as_missing(tmp_path):
     path.write_bytes(path.read_bytes()[:20])  # what a crash mid-write without the atomic rename would leave
     assert cache.get(DIGEST) is None
     assert not list(tmp_path.rglob(".part-*"))  # put leaves no temporary files behind
+
+
+def test_neighbouring_digests_share_a_folder_and_both_are_kept(tmp_path):
+    cache = VectorCache(tmp_path, "backbone-a")
+    other = "ab" + "1" * 62  # the same first two characters
+    cache.put(DIGEST, np.ones(2, np.float32))
+    cache.put(other, np.zeros(2, np.float32))
+    cache.put(DIGEST, np.full(2, 3, np.float32))  # written again: replaced whole
+    assert cache.get(DIGEST).tolist() == [3.0, 3.0] and cache.get(other).tolist() == [0.0, 0.0]
+
+
+def test_a_cache_file_that_needs_pickle_is_never_loaded(tmp_path):
+    """The cache is a plain folder another process could write into: loading it must not run code."""
+    cache = VectorCache(tmp_path, "backbone-a")
+    cache.put(DIGEST, np.ones(2, np.float32))
+    path = next(tmp_path.rglob(f"{DIGEST}.npy"))
+    np.save(path, np.array([{"run": "code"}], dtype=object), allow_pickle=True)
+    assert cache.get(DIGEST) is None
