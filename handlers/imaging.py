@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import warnings
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 #: Formats we decode. Anything else is refused before Pillow's other decoders see the bytes.
@@ -54,7 +55,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int |
         img = ImageOps.exif_transpose(img)
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt data
         raise ImageError(f"corrupt or truncated image: {exc}") from None
-    return _to_rgb(img)
+    try:
+        return _to_rgb(img)
+    except (ValueError, OSError) as exc:  # a pixel format Pillow cannot convert: the input's fault
+        raise ImageError(f"unsupported image: {exc}") from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -62,8 +66,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit greyscale: scale to 8 bits instead of clipping everything to white.
-        img = img.point(lambda v: v / 256).convert("L")
+        # 16/32-bit greyscale: scale to 8 bits instead of clipping everything to white (through NumPy:
+        # Pillow's point() refuses the byte-ordered 16-bit modes).
+        img = Image.fromarray(np.clip(np.asarray(img, dtype=np.float64) / 256, 0, 255).astype(np.uint8))
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA"):

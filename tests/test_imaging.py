@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handlers.imaging import ImageError, decode_image
+from handlers import imaging
+from handlers.imaging import ImageError, _to_rgb, decode_image
 from tests.conftest import demo_image, jpeg_bytes
 
 
@@ -147,3 +148,34 @@ def test_exif_rotation_moves_the_pixels():
     exif[0x0112] = 6  # displayed rotated 90° clockwise: the left half becomes the top
     out = decode_image(encode(img, "JPEG", exif=exif.tobytes(), quality=95))
     assert out.getpixel((10, 5))[0] > 200 and out.getpixel((10, 35))[0] < 50
+
+
+@pytest.mark.parametrize("mode", ["I", "I;16", "I;16B", "I;16L"])
+def test_every_deep_grey_mode_is_scaled_to_eight_bits(mode):
+    img = Image.new(mode, (3, 1))
+    for x, value in enumerate((0, 32768, 65535)):
+        img.putpixel((x, 0), value)
+    out = _to_rgb(img)  # Pillow's point() used to refuse the byte-ordered modes with a ValueError
+    assert out.mode == "RGB" and [out.getpixel((x, 0)) for x in range(3)] == [(0,) * 3, (128,) * 3, (255,) * 3]
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "PA"])
+def test_every_mode_with_alpha_is_composited_on_white(mode):
+    img = Image.new(mode, (2, 1))
+    if mode == "PA":
+        img.putpalette([10, 20, 30] * 256)
+    img.putpixel((0, 0), (0, 0, 0, 255) if mode == "RGBA" else (0, 255))
+    img.putpixel((1, 0), (0, 0, 0, 0) if mode == "RGBA" else (0, 0))
+    out = _to_rgb(img)
+    opaque = (10, 20, 30) if mode == "PA" else (0, 0, 0)
+    assert out.mode == "RGB" and [out.getpixel((x, 0)) for x in range(2)] == [opaque, (255, 255, 255)]
+
+
+def test_a_pixel_format_that_cannot_be_converted_is_a_clear_refusal(monkeypatch):
+    def refuse(img):
+        raise ValueError("conversion from XYZ not supported")
+
+    monkeypatch.setattr(imaging, "_to_rgb", refuse)
+    with pytest.raises(ImageError) as refused:
+        decode_image(encode(Image.new("RGB", (2, 2)), "PNG"))
+    assert str(refused.value) == "unsupported image: conversion from XYZ not supported"
