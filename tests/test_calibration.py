@@ -201,3 +201,23 @@ def test_quantile_of_a_score_in_the_top_bin_and_a_threshold_from_single_pairs():
     assert best == {"cosine": 0.205, "same_label_kept": 1.0, "different_label_dropped": 1.0}
     lopsided = fit_threshold(hist_of(0.9001, 0.3001, 0.3002), hist_of(0.5001))
     assert lopsided == {"cosine": 0.505, "same_label_kept": 0.333, "different_label_dropped": 1.0}
+
+
+def test_neighbours_of_a_large_catalog_equal_a_full_sort():
+    rng = np.random.default_rng(5)
+    x = unit(rng.normal(size=(3000, 6)))
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    _, scores, *_ = neighbours(x, 20, block=512)
+    # The same 20 best scores per row, best first (blocks may round a hair differently: compare values).
+    assert np.allclose(scores, -np.sort(-sims, axis=1)[:, :20], atol=1e-6)
+
+
+def test_threshold_edge_cases_by_hand():
+    # The only match scores below the only unrelated pair: no cut separates them, so the cut keeps everything.
+    assert fit_threshold(hist_of(0.1001), hist_of(0.9001)) == {"cosine": -0.995, "same_label_kept": 1.0,
+                                                             "different_label_dropped": 0.0}
+    # Cut above 0.2: the match kept, two of three unrelated pairs dropped (stored to three decimals).
+    assert fit_threshold(hist_of(0.9001), hist_of(0.1001, 0.2001, 0.9501)) == {
+        "cosine": 0.205, "same_label_kept": 1.0, "different_label_dropped": 0.667}
+    assert hist_quantile(hist_of(0.9999), 0.5) == pytest.approx(1.0 - HALF_BIN)  # all in the top bin

@@ -250,3 +250,13 @@ def test_bad_category_first_is_a_clear_400(hand_made, value):
     client, stub = hand_made
     resp = ask(client, stub.image_at(1), category_first=value)
     assert resp.status_code == 400 and "category_first must be true or false" in resp.get_json()["error"]
+
+
+def test_each_row_is_weighed_against_its_own_best_neighbour():
+    # Two queries in one batch, one close to the catalog and one far from it, at a sharp temperature: were the
+    # weights scaled by the batch's best (or added to it), the far row's would vanish (or overflow) and it
+    # would get no guess.
+    codes, percents = np.array([[0, 1], [1, 0]]), np.array([[100.0, 99.0], [2.0, 1.0]])
+    winner, share = CategoryVote(temperature=0.1).vote(codes, percents, 2)
+    assert winner.tolist() == [0, 1]
+    assert share.tolist() == pytest.approx([1 / (1 + math.exp(-10))] * 2)
