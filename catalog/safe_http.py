@@ -140,7 +140,8 @@ def check_url(url: str, allow_private: bool, resolve: Resolver,
     for raw in addresses:
         ip = ipaddress.ip_address(raw.split("%")[0])
         problem = address_problem(ip)
-        if problem and not allow_private and not any(ip in ipaddress.ip_network(n) for n in allow_networks):
+        allowed = any(ip in ipaddress.ip_network(n, strict=False) for n in allow_networks)
+        if problem and not allow_private and not allowed:
             raise UnsafeURL(f"image URL host {host!r} resolves to a {problem} address ({ip}); refused")
     return scheme, host, port, addresses[0].split("%")[0]
 

@@ -151,3 +151,24 @@ def test_python_m_gateway_refuses_a_bad_setting_before_starting_workers():
     bad_port = subprocess.run([sys.executable, "-m", "gateway", "--port", "65536"], cwd=REPO,
                               capture_output=True, text=True, timeout=60)
     assert bad_port.returncode == 2 and "'65536' is not a whole number 1–65535 (GATEWAY_PORT)" in bad_port.stderr
+
+
+def test_refusals_of_choices_word_for_word():
+    with pytest.raises(ValueError) as refused:
+        Config.from_env({"SEARCH_BACKEND": "faiss"})
+    assert str(refused.value) == "SEARCH_BACKEND='faiss': use one of auto, exact, ann, milvus"
+    with pytest.raises(ValueError) as refused:
+        Config.from_env({"SEARCH_BACKEND": "milvus"})
+    assert str(refused.value) == "SEARCH_BACKEND=milvus needs MILVUS_URI (a Milvus address, or a file for Milvus Lite)"
+    with pytest.raises(ValueError) as refused:
+        Config.from_env({"MAX_TOP_K": "0"})
+    assert str(refused.value) == "MAX_TOP_K=0 is out of range: it must be at least 1"
+
+
+def test_a_network_written_with_its_host_bits_is_accepted():
+    assert Config.from_env({"ALLOWED_IMAGE_NETWORKS": "10.1.2.3/8"}).image_networks == ("10.1.2.3/8",)
+
+
+def test_from_env_reads_the_process_environment(monkeypatch):
+    monkeypatch.setenv("DEFAULT_TOP_K", "7")
+    assert Config.from_env().default_top_k == 7

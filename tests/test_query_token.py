@@ -47,9 +47,10 @@ def test_malformed_tokens_are_refused_in_the_shoppers_words(token):
 def test_a_signed_token_is_still_checked_for_a_usable_vector():
     """A leaked key must not let a token carry NaN or nothing into the ranking."""
     tokens = QueryTokens("k", ttl_s=60)
-    for vector in (np.array([np.nan, 1], np.float32), np.zeros(0, np.float32)):
-        with pytest.raises(ExpiredQuery):
+    for vector in (np.array([np.nan, 1], np.float32), np.array([1, np.inf], np.float32), np.zeros(0, np.float32)):
+        with pytest.raises(ExpiredQuery) as refused:
             tokens.verify(tokens.issue(Query(vector, "m")))
+        assert str(refused.value) == "we could not re-run that search: choose the photo again, or paste its link"
 
 
 def test_token_size_limit_on_both_sides():

@@ -378,3 +378,11 @@ def test_the_request_names_the_host_and_the_client():
     assert request.startswith("GET /?size=big HTTP/1.1\r\n")  # an empty path is "/", the fragment stays here
     assert f"\r\nHost: shop.test:{port}\r\n" in request and "\r\nUser-Agent: photo/0.1\r\n" in request
     server.close()
+
+
+def test_an_allowed_network_written_with_host_bits_is_read_as_its_network():
+    # ALLOWED_IMAGE_NETWORKS=10.1.2.3/8 is accepted at start (as 10.0.0.0/8): a request must not crash on it.
+    found = check_url("http://img.internal/a.jpg", False, lambda h, p: ["10.9.9.9"], allow_networks=("10.1.2.3/8",))
+    assert found[3] == "10.9.9.9"
+    with pytest.raises(UnsafeURL, match="private"):
+        check_url("http://img.internal/a.jpg", False, lambda h, p: ["192.168.0.1"], allow_networks=("10.1.2.3/8",))
