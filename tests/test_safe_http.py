@@ -208,23 +208,9 @@ def test_site_local_and_teredo_are_refused(address, reason):
 
 def test_an_ipv6_literal_is_bracketed_in_the_host_header():
     """``Host: ::1:8080`` is ambiguous and refused by servers; it must be ``[::1]:8080``."""
-    import socket
-    import threading
-
-    server = socket.create_server(("::1", 0), family=socket.AF_INET6)
-    port = server.getsockname()[1]
-    seen: list[bytes] = []
-
-    def answer():
-        conn, _ = server.accept()
-        with conn:
-            seen.append(conn.recv(65536))
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 2\r\n\r\nok")
-
-    threading.Thread(target=answer, daemon=True).start()
-    assert safe_get(f"http://[::1]:{port}/a.jpg", 100, timeout=5, allow_private=True) == b"ok"
-    assert f"Host: [::1]:{port}\r\n".encode() in seen[0]
-    server.close()
+    server = OneAnswer(OK_IMAGE, b"ok", host="::1")
+    assert safe_get(server.url, 100, timeout=5, allow_private=True) == b"ok"
+    assert f"Host: [::1]:{server.port}\r\n".encode() in server.seen[0]
 
 
 def test_a_forked_process_still_resolves():
@@ -243,22 +229,29 @@ def test_a_forked_process_still_resolves():
 
 
 class OneAnswer:
-    """Answers one request with ``head`` and ``body`` as given, then closes (no Content-Length unless in head)."""
+    """Answers one request with ``head`` and ``body`` as given, then closes (no Content-Length unless in head);
+    ``seen`` holds the request it read."""
 
-    def __init__(self, head: bytes, body: bytes) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/a.jpg"
+    def __init__(self, head: bytes, body: bytes, host: str = "127.0.0.1") -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, 0), family=family)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.port}/a.jpg"
+        self.seen: list[bytes] = []
         threading.Thread(target=self._serve, args=(head, body), daemon=True).start()
 
     def _serve(self, head: bytes, body: bytes) -> None:
         conn, _ = self.sock.accept()
         with conn:
-            conn.recv(65536)
+            self.seen.append(conn.recv(65536))
             try:
                 conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n" + head + b"\r\n" + body)
             except OSError:
                 pass  # the client stopped reading at its cap
         self.sock.close()
+
+
+OK_IMAGE = b"Content-Type: image/jpeg\r\nContent-Length: 2\r\n"
 
 
 MIB = 1024 * 1024
@@ -361,23 +354,12 @@ def test_a_scoped_ipv6_answer_is_judged_and_pinned_without_its_zone():
 
 def test_the_request_names_the_host_and_the_client():
     """Connected to the pinned address, the request still says which host and path it wants, and who asks."""
-    seen: list[bytes] = []
-    server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
-
-    def answer():
-        conn, _ = server.accept()
-        with conn:
-            seen.append(conn.recv(65536))
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 2\r\n\r\nok")
-
-    threading.Thread(target=answer, daemon=True).start()
-    url = f"http://shop.test:{port}?size=big#frag"
+    server = OneAnswer(OK_IMAGE, b"ok")
+    url = f"http://shop.test:{server.port}?size=big#frag"
     assert safe_get(url, 100, timeout=5, allow_private=True, resolve=lambda h, p: ["127.0.0.1"]) == b"ok"
-    request = seen[0].decode()
+    request = server.seen[0].decode()
     assert request.startswith("GET /?size=big HTTP/1.1\r\n")  # an empty path is "/", the fragment stays here
-    assert f"\r\nHost: shop.test:{port}\r\n" in request and "\r\nUser-Agent: photo/0.1\r\n" in request
-    server.close()
+    assert f"\r\nHost: shop.test:{server.port}\r\n" in request and "\r\nUser-Agent: photo/0.1\r\n" in request
 
 
 def test_an_allowed_network_written_with_host_bits_is_read_as_its_network():
