@@ -368,3 +368,8 @@ def test_an_allowed_network_written_with_host_bits_is_read_as_its_network():
     assert found[3] == "10.9.9.9"
     with pytest.raises(UnsafeURL, match="private"):
         check_url("http://img.internal/a.jpg", False, lambda h, p: ["192.168.0.1"], allow_networks=("10.1.2.3/8",))
+
+
+def test_an_answer_without_a_content_type_is_read():
+    server = OneAnswer(b"Content-Length: 2\r\n", b"ok")  # no Content-Type header at all
+    assert safe_get(server.url, 100, timeout=5, allow_private=True) == b"ok"
