@@ -85,3 +85,36 @@ def test_control_characters_from_the_catalog_are_printed_escaped():
     report = BuildReport("v", "out", "bb", 0, [RowError(3, "id\x1b[2J", "x.jpg", "catalog", "bad \x1b]0;title\x07\r")])
     text = report.summary()
     assert "\x1b" not in text and "\x07" not in text and "\r" not in text and "\\x1b[2J" in text
+
+
+def test_counters_add_up_and_a_new_nested_cache_folder_is_made(tmp_path, http_server):
+    urls = [http_server.add(f"/{name}.jpg", jpeg_bytes()) for name in ("a", "b")]
+    source = ImageSource(tmp_path, tmp_path / "new" / "nested" / "cache", allow_private=True)
+    for url in urls + urls + urls:
+        assert source.fetch(url) == jpeg_bytes()
+    assert (source.downloads, source.cache_hits) == (2, 4)
+    assert len(http_server.requests) == 2
+
+
+def test_fetch_refusals_word_for_word_and_the_builders_user_agent(tmp_path, http_server, monkeypatch):
+    source = ImageSource(tmp_path, tmp_path / "cache", allow_private=True, max_bytes=10)
+    (tmp_path / "big.jpg").write_bytes(b"x" * 11)
+    (tmp_path / "folder.jpg").mkdir()
+    gone = f"image URL answered HTTP 404: {http_server.url}/none.jpg?…"  # the signature is not reported
+    for url, message in [("big.jpg", "image larger than 10 bytes"),
+                         ("missing.jpg", "image file not found: missing.jpg"),
+                         ("folder.jpg", "not a regular file: folder.jpg"), (http_server.url + "/none.jpg?sig=1", gone)]:
+        with pytest.raises(FetchError) as refused:
+            source.fetch(url)
+        assert str(refused.value) == message
+    seen = []
+    handler = http_server.server.RequestHandlerClass
+    original = handler.do_GET
+
+    def do_get(request):
+        seen.append(request.headers.get("User-Agent"))
+        return original(request)
+
+    monkeypatch.setattr(handler, "do_GET", do_get)
+    assert source.fetch(http_server.add("/ua.jpg", b"img")) == b"img"
+    assert seen == ["photo-index-builder/0.1"]
