@@ -108,6 +108,11 @@ def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | 
     return None
 
 
+def _in_networks(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: tuple[str, ...]) -> bool:
+    """Whether ``ip`` is in one of ``networks`` (CIDRs; host bits, as in 10.1.2.3/8, are ignored)."""
+    return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
+
+
 def check_url(url: str, allow_private: bool, resolve: Resolver,
               allow_networks: tuple[str, ...] = (), deadline: Deadline | None = None) -> tuple[str, str, int, str]:
     """(scheme, IDNA host, port, pinned address) for a URL that may be fetched, else ``UnsafeURL``.
@@ -140,8 +145,7 @@ def check_url(url: str, allow_private: bool, resolve: Resolver,
     for raw in addresses:
         ip = ipaddress.ip_address(raw.split("%")[0])
         problem = address_problem(ip)
-        allowed = any(ip in ipaddress.ip_network(n, strict=False) for n in allow_networks)
-        if problem and not allow_private and not allowed:
+        if problem and not allow_private and not _in_networks(ip, allow_networks):
             raise UnsafeURL(f"image URL host {host!r} resolves to a {problem} address ({ip}); refused")
     return scheme, host, port, addresses[0].split("%")[0]
 
