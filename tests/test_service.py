@@ -3,14 +3,22 @@ ranking the whole catalog at once (the definition of category-first ranking), on
 
 from __future__ import annotations
 
+import io
+import os
+import signal
+import threading
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from catalog.ann import build_ann
+from catalog.appearance import colour_histogram
 from catalog.store import ANN, IndexData, open_store, write_and_publish
+from gateway import service as service_module
 from gateway.config import Config
 from gateway.search import top_rows
-from gateway.service import SearchOptions, SearchService
+from gateway.service import SearchOptions, SearchService, SideWork
 
 
 class FixedClient:
@@ -100,3 +108,66 @@ def test_offset_pages_are_slices_of_one_ranking(service, category, category_firs
         pages = [svc.search_image(b"q", SearchOptions(0.0, 5, category, category_first, offset=o)) for o in (0, 5, 10)]
         assert [h.product["id"] for p in pages for h in p.hits] == [h.product["id"] for h in whole.hits]
         assert sum(p.first_group for p in pages) == whole.first_group
+
+
+# --------------------------------------------------------------------------- the query's side work
+
+
+def _jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 40)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+class WaitingClient(FixedClient):
+    """Answers only once ``ready`` is set (or after 5 s), and notes whether it was set by then."""
+
+    def __init__(self, ready: threading.Event) -> None:
+        super().__init__()
+        self.ready = ready
+        self.histogram_was_ready: bool | None = None
+
+    def embed(self, blob: bytes):
+        self.histogram_was_ready = self.ready.wait(5)
+        return super().embed(blob)
+
+
+@pytest.fixture
+def plain(tmp_path):
+    x = np.eye(8, dtype=np.float32)
+    products = [{"id": str(i), "name": f"p{i}", "category": "Shoes"} for i in range(8)]
+    write_and_publish(open_store(tmp_path / "index"), IndexData(x, products, {"backbone": FixedClient.backbone}))
+    return Config(index_uri=str(tmp_path / "index"), index_poll_s=0, index_cache_dir=str(tmp_path / "c"))
+
+
+def test_the_histogram_is_made_while_the_model_works(plain, monkeypatch):
+    made = threading.Event()
+
+    def histogram(data: bytes, max_pixels: int) -> np.ndarray:
+        made.set()
+        return colour_histogram(data, max_pixels)
+
+    monkeypatch.setattr(service_module, "colour_histogram", histogram)
+    svc = SearchService(plain, WaitingClient(made))
+    svc.indexes.load()
+    found = svc.search_image(_jpeg(), SearchOptions(0.0, 3))
+    assert svc.client.histogram_was_ready  # made before the model answered, not after
+    assert np.array_equal(found.hist, colour_histogram(_jpeg(), plain.max_pixels))
+
+
+def test_an_image_only_the_model_reads_has_no_histogram(plain):
+    svc = SearchService(plain, FixedClient())
+    svc.indexes.load()
+    assert svc.search_image(b"not a picture", SearchOptions(0.0, 3)).hist is None
+
+
+def test_a_forked_worker_gets_side_threads_of_its_own():
+    # gunicorn forks workers: a pool inherited with its threads gone would take the work and never run it.
+    side = SideWork(workers=1)
+    assert side.submit(lambda: 7).result(5) == 7  # the parent's pool has a thread now
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(10)
+        os._exit(0 if side.submit(lambda: 8).result() == 8 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
