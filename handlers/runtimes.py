@@ -90,16 +90,25 @@ def onnxruntime(model_file: Path, device: str = "cpu") -> Run:
     return lambda batch: session.run(None, {name: batch})[0]
 
 
+def openvino_config(device: str, thread_count: int) -> dict[str, object]:
+    """How OpenVINO compiles the network on ``device`` ("CPU" or "GPU"). f32: it would otherwise run in bf16
+    on CPUs with AMX/AVX512-BF16, which moves vectors further from eager than the 0.999 cosine the shared
+    backbone id promises. On the CPU, threads are not pinned: OpenVINO pins each process's threads to the
+    first cores, so TorchServe's workers all ran on the same core (2 workers × 1 thread on 2 cores: 96 img/s
+    pinned, 214 unpinned, model only; docs/PERFORMANCE.md)."""
+    config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    if device == "CPU":
+        config.update({"INFERENCE_NUM_THREADS": str(thread_count), "ENABLE_CPU_PINNING": False})
+    return config
+
+
 def openvino(model_file: Path, device: str = "cpu") -> Run:
     try:
         import openvino as ov
     except ImportError as exc:
         raise RuntimeUnavailable("openvino is not installed (pip install openvino)") from exc
-    # f32 inference: OpenVINO would otherwise run in bf16 on CPUs with AMX/AVX512-BF16, which moves
-    # vectors further from eager than the 0.999 cosine the shared backbone id promises.
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
-              "INFERENCE_NUM_THREADS": str(threads())}
-    compiled = ov.Core().compile_model(str(model_file), "GPU" if device.startswith("cuda") else "CPU", config)
+    device_name = "GPU" if device.startswith("cuda") else "CPU"
+    compiled = ov.Core().compile_model(str(model_file), device_name, openvino_config(device_name, threads()))
     requests = threading.local()  # an infer request runs one batch at a time: one per calling thread
 
     def run(batch: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from torchvision import transforms
 
 from handlers.backbones import SPECS, Normalized, resolve_weights
 from handlers.imaging import decode_image
-from handlers.runtimes import MIN_COSINE, Runtime, eager, load_runtime, min_cosine, probe_images
+from handlers.runtimes import MIN_COSINE, Runtime, eager, load_runtime, min_cosine, openvino_config, probe_images
 from modelserver.export import ExportError, choose_runtime, export_onnx
 from tests.conftest import DEMO_DIR
 
@@ -69,6 +69,18 @@ def test_runtimes_serve_several_threads_at_once(exported, runtime):
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(lambda _: run(batch), range(12)))
     assert all(min_cosine(v, alone) >= 0.99999 for v in together)
+
+
+@pytest.mark.parametrize("thread_count", [1, 2])
+def test_openvino_leaves_its_threads_unpinned(exported, thread_count):
+    """Pinned, every TorchServe worker's OpenVINO threads went to the same first cores: 2 workers × 1 thread
+    shared one core of two (measured: docs/PERFORMANCE.md)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(exported[1]), "CPU", openvino_config("CPU", thread_count))
+    assert compiled.get_property("ENABLE_CPU_PINNING") is False
+    assert compiled.get_property("INFERENCE_NUM_THREADS") == thread_count
+    assert "float32" in str(compiled.get_property("INFERENCE_PRECISION_HINT"))
 
 
 def test_missing_model_file_falls_back_to_eager_and_says_so(exported, tmp_path, caplog):
