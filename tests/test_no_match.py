@@ -70,6 +70,40 @@ def test_the_fitted_rule_equals_its_definition_worked_out_pair_by_pair():
     assert rule["source"].startswith("leave-one-out (carried) and leave-one-category-out (not carried)")
 
 
+def test_shares_count_scores_strictly_below_the_threshold_and_keep_three_decimals():
+    # 81 carried scores: the 5% quantile is exactly the 5th lowest, so "below" (4 of 81) and "at or below"
+    # (5 of 81) differ; neither share is a round number, so the stored rounding shows.
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(3), 27)
+    x = rng.normal(size=(3, 16))[labels] + rng.normal(size=(81, 16))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    rule = fit_no_match(x, [f"k{c}" for c in labels], PERCENT)
+    threshold, false_share, caught = brute_force_rule(x, [f"k{c}" for c in labels])
+    assert false_share == 4 / 81 and rule["false_no_match"] == 0.049
+    assert rule["not_carried_caught"] == round(caught, 3) == 0.765
+    assert rule["percent"] == round(threshold, 2)
+
+
+def test_no_rule_when_no_photo_has_a_neighbour_outside_its_category():
+    # 50 products around one point (each within the twin cosine of it, not of each other) and a category of
+    # 5 copies of that point: every neighbour in another category is a twin, so nothing measures "not carried".
+    dim = 51
+    around = np.zeros((50, dim), np.float32)
+    around[:, 0] = 0.99949
+    around[np.arange(50), np.arange(1, 51)] = np.sqrt(1 - 0.99949 ** 2)
+    centre = np.zeros((5, dim), np.float32)
+    centre[:, 0] = 1
+    assert fit_no_match(np.vstack([around, centre]), ["a"] * 50 + ["b"] * 5, PERCENT) is None
+
+
+def test_two_thousand_products_are_fitted_on_by_default_with_seed_zero():
+    x, labels = clustered(per=401, kinds=5)  # 2,005 products
+    assert fit_no_match(x, labels, PERCENT)["fitted_on"] == 2000
+    small = clustered(per=30, kinds=5)
+    assert fit_no_match(*small, PERCENT, max_items=60) == fit_no_match(*small, PERCENT, max_items=60, seed=0)
+    assert fit_no_match(*small, PERCENT, max_items=60) != fit_no_match(*small, PERCENT, max_items=60, seed=1)
+
+
 def test_fifty_labelled_products_make_a_rule_and_small_or_unlabelled_categories_do_not_count():
     x, labels = clustered(per=10, kinds=5)
     assert fit_no_match(x, labels, PERCENT)["fitted_on"] == 50

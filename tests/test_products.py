@@ -65,3 +65,26 @@ def test_scan_reads_a_numeric_column_and_leaves_the_rest_unknown():
     _, prices = t.scan(hashed=(), listed="category", numeric="price")
     assert prices[:2].tolist() == [0.0, 12.5] and np.isnan(prices[2:]).all()
     assert np.isnan(t.scan(hashed=(), listed="category")[1]).all()
+
+
+@pytest.mark.parametrize("scanned", [False, True])  # hashes made by the load's scan, or on first lookup
+def test_a_missing_column_reads_as_empty_text(scanned):
+    t = table([{"id": "a"}, {"id": "b", "sku": ""}, {"id": "c", "sku": "None"}, {"id": "d", "sku": "XXXX"}])
+    if scanned:
+        t.scan(hashed=("sku",), listed="id")
+    assert t.first_row("sku", "") == 0  # no sku at all is the same as an empty one
+    assert (t.first_row("sku", "None"), t.first_row("sku", "XXXX")) == (2, 3)
+
+
+@pytest.mark.parametrize("scanned", [False, True])
+def test_among_many_duplicates_the_first_row_wins(scanned):
+    t = table([{"id": "b" if n % 2 else "a"} for n in range(300)])  # 150 of each, interleaved
+    if scanned:
+        t.scan(hashed=("id",), listed="id")
+    assert (t.row_of("a"), t.row_of("b")) == (0, 1)
+
+
+def test_an_empty_table_and_the_row_a_refusal_names():
+    assert len(ProductTable(b"")) == 0 and list(ProductTable(b"")) == []
+    with pytest.raises(IndexError, match="^3$"):
+        table(ROWS)[3]

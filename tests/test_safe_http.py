@@ -7,11 +7,12 @@ import os
 import signal
 import socket
 import threading
+import time
 
 import pytest
 
 from catalog import safe_http
-from catalog.safe_http import UnsafeURL, check_url, safe_get
+from catalog.safe_http import UnsafeURL, address_problem, check_url, safe_get
 from tests.conftest import REPO, demo_image
 
 
@@ -232,9 +233,9 @@ class OneAnswer:
     """Answers one request with ``head`` and ``body`` as given, then closes (no Content-Length unless in head);
     ``seen`` holds the request it read."""
 
-    def __init__(self, head: bytes, body: bytes, host: str = "127.0.0.1") -> None:
+    def __init__(self, head: bytes, body: bytes, host: str = "127.0.0.1", port: int = 0) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.create_server((host, 0), family=family)
+        self.sock = socket.create_server((host, port), family=family)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.port}/a.jpg"
         self.seen: list[bytes] = []
@@ -373,3 +374,56 @@ def test_an_allowed_network_written_with_host_bits_is_read_as_its_network():
 def test_an_answer_without_a_content_type_is_read():
     server = OneAnswer(b"Content-Length: 2\r\n", b"ok")  # no Content-Type header at all
     assert safe_get(server.url, 100, timeout=5, allow_private=True) == b"ok"
+
+
+def test_the_host_header_leaves_out_the_default_port():
+    try:
+        server = OneAnswer(OK_IMAGE, b"ok", port=80)
+    except OSError as exc:  # port 80 needs root (CI and the dev container run as root)
+        pytest.skip(f"cannot listen on port 80 here: {exc}")
+    assert safe_get("http://shop.test/a.jpg", 100, timeout=5, allow_private=True,
+                    resolve=lambda h, p: ["127.0.0.1"]) == b"ok"
+    assert b"\r\nHost: shop.test\r\n" in server.seen[0]
+
+
+class Silent:
+    """Takes the connection and the request, then says nothing for ``hold`` seconds."""
+
+    def __init__(self, hold: float = 4.0) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/a.jpg"
+        threading.Thread(target=self._serve, args=(hold,), daemon=True).start()
+
+    def _serve(self, hold: float) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.recv(65536)
+            time.sleep(hold)
+        self.sock.close()
+
+
+def test_a_server_that_never_answers_is_a_timeout_named_in_the_shoppers_words():
+    with pytest.raises(UnsafeURL) as refused:
+        safe_get(Silent().url, 100, timeout=1, allow_private=True)
+    assert (str(refused.value), refused.value.status) == ("image URL took longer than 1s", 504)
+
+
+def test_a_refused_connection_is_named():
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # closed again below: nothing listens there
+    with pytest.raises(UnsafeURL) as refused:
+        safe_get(f"http://127.0.0.1:{port}/a.jpg", 100, timeout=5, allow_private=True)
+    assert (str(refused.value), refused.value.status) == ("could not fetch image URL (ConnectionError)", 400)
+
+
+def test_a_location_header_on_an_ordinary_answer_is_not_followed():
+    server = OneAnswer(OK_IMAGE + b"Location: http://elsewhere.test/b.jpg\r\n", b"ok")
+    assert safe_get(server.url, 100, timeout=5, allow_private=True) == b"ok"
+
+
+@pytest.mark.parametrize(("address", "reason"), [
+    ("0.0.0.0", "unspecified"), ("224.0.0.1", "multicast"), ("fec0::1", "site-local"), ("127.0.0.1", "loopback"),
+    ("2001:0:4136:e378:8000:63bf:a247:27dd", "Teredo tunnel"), ("93.184.216.34", None),
+])
+def test_each_kind_of_address_is_named_word_for_word(address, reason):
+    assert address_problem(ipaddress.ip_address(address)) == reason

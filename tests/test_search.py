@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gateway.search import ExactSearch, Filter
+from gateway.search import ExactSearch, Filter, top_rows
 
 
 def unit(*v):
@@ -76,3 +76,45 @@ def test_filter_admits_and_mask_agree(where, row, code, admitted):
 def test_empty_index():
     found = ExactSearch(np.zeros((0, 4), np.float32)).search(unit(1, 0, 0, 0), 5)
     assert found.pairs() == [] and found.exhausted
+
+
+def test_narrowing_intersects_categories_and_keeps_the_rest():
+    rows = np.arange(6) % 2 == 0
+    base = Filter(categories=frozenset({1, 2}), exclude_categories=frozenset({9}), exclude_rows=frozenset({4}),
+                  rows=rows)
+    both = base.narrowed(categories=frozenset({2, 3}), exclude_categories=frozenset({8}))
+    assert both.categories == frozenset({2})  # in both, not either
+    assert both.exclude_categories == frozenset({8, 9}) and both.exclude_rows == frozenset({4})
+    assert both.rows is rows
+    assert base.narrowed().categories == frozenset({1, 2})  # nothing new asked: the old condition stays
+    assert Filter().narrowed(categories=frozenset({3})).categories == frozenset({3})
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_mask_of_every_row_is_what_admits_says(seed):
+    """Every row at once, with codes repeating (a few codes are compared one by one, each adding rows)."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(-1, 7, 40)
+    wanted = frozenset(rng.choice(7, int(rng.integers(1, 7)), replace=False).tolist())
+    where = Filter(categories=wanted, exclude_categories=frozenset({int(rng.integers(7))}),
+                   exclude_rows=frozenset(rng.choice(40, 3).tolist()), rows=rng.random(40) < 0.7)
+    for each in (where, Filter(categories=wanted), Filter(rows=where.rows).narrowed(categories=wanted)):
+        assert each.mask(codes).tolist() == [each.admits(i, int(c)) for i, c in enumerate(codes)]
+
+
+def test_rows_without_codes_are_unlabelled():
+    matrix = np.stack([unit(1, 0), unit(1, 0.5), unit(0, 1)])
+    plain, labelled = ExactSearch(matrix), ExactSearch(matrix, codes=np.full(3, -1))
+    for where in (Filter(categories=frozenset({-1})), Filter(categories=frozenset({1})),
+                  Filter(categories=frozenset({-2})), Filter(exclude_categories=frozenset({-1}))):
+        assert plain.search(unit(1, 0), 3, where).rows.tolist() == labelled.search(unit(1, 0), 3, where).rows.tolist()
+    assert plain.search(unit(1, 0), 3, Filter(categories=frozenset({-1}))).rows.tolist() == [0, 1, 2]
+
+
+def test_top_rows_rank_by_keys_when_given_and_return_scores():
+    scores = np.array([0.9, 0.5, 0.7], np.float32)
+    assert [r for r, _ in top_rows(scores, 3)] == [0, 2, 1]
+    ranked = top_rows(scores, 3, keys=np.array([1.0, 2.0, 0.0]))
+    assert [r for r, _ in ranked] == [1, 0, 2] and [s for _, s in ranked] == pytest.approx([0.5, 0.9, 0.7])
+    assert top_rows(scores, 0) == [] and top_rows(scores, 2, min_score=0.6) == [(0, pytest.approx(0.9)),
+                                                                                (2, pytest.approx(0.7))]
