@@ -278,3 +278,43 @@ def test_prune_after_a_rollback_keeps_the_rolled_back_version_and_the_newest(tmp
     with pytest.raises(IndexNotFound, match="no version older than"):
         rollback(store)  # the older one was pruned: nothing to roll back to, and nothing changes
     assert current_version(store) == versions[1]
+
+
+def _manifest_cases(manifest: dict, version: str) -> list[tuple[object, str]]:
+    files = manifest["files"]
+    missing = f"version {version}: the manifest's count or dim is missing"
+    return [
+        ([1, 2], f"version {version}: schema list, need 1"),
+        ({**manifest, "schema_version": 2}, f"version {version}: schema 2, need 1"),
+        ({k: v for k, v in manifest.items() if k != "schema_version"}, f"version {version}: schema None, need 1"),
+        ({**manifest, "version": "x" * 200}, f"version {version}: its manifest says {'x' * 80!r}"),
+        ({**manifest, "files": ["embeddings.npy"]}, f"version {version}: the manifest lists unexpected files"),
+        ({**manifest, "files": {"embeddings.npy": files["embeddings.npy"]}},
+         f"version {version}: the manifest lists unexpected files"),
+        ({**manifest, "files": {**files, "embeddings.npy": "abc"}},
+         f"version {version}: the manifest's checksums are malformed"),
+        ({**manifest, "files": {**files, "products.jsonl": {"sha256": 7}}},
+         f"version {version}: the manifest's checksums are malformed"),
+        ({k: v for k, v in manifest.items() if k != "count"}, missing),
+        ({**manifest, "count": -1}, missing),
+        ({**manifest, "dim": "4"}, missing),
+    ]
+
+
+def test_each_manifest_refusal_word_for_word(tmp_path):
+    from catalog.store import read_manifest
+
+    store = open_store(tmp_path / "index")
+    version = write_version(store, make_index())
+    path = tmp_path / "index" / "versions" / version / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for bad, message in _manifest_cases(manifest, version):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(CorruptIndex) as refused:
+            read_manifest(store, version)
+        assert str(refused.value) == message
+    path.write_text("{not json")
+    with pytest.raises(CorruptIndex, match=rf"^version {version}: manifest is not JSON \(Expecting"):
+        read_manifest(store, version)
+    path.write_text(json.dumps({**manifest, "count": 0, "dim": 0}))  # the lowest counts pass the manifest check
+    assert read_manifest(store, version)["count"] == 0
