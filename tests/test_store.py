@@ -318,3 +318,125 @@ def test_each_manifest_refusal_word_for_word(tmp_path):
         read_manifest(store, version)
     path.write_text(json.dumps({**manifest, "count": 0, "dim": 0}))  # the lowest counts pass the manifest check
     assert read_manifest(store, version)["count"] == 0
+
+
+# --------------------------------------------------------------------------- what a version holds, exactly
+
+
+def test_a_written_version_is_float32_utf8_and_described_in_full(tmp_path):
+    from datetime import datetime
+
+    store = open_store(tmp_path / "index")
+    index = make_index()
+    index.embeddings = index.embeddings.astype(np.float64)  # whatever the caller holds, float32 is stored
+    index.products[0]["name"] = "Ünïcode ✓"
+    version = write_version(store, index)
+    folder = tmp_path / "index" / "versions" / version
+    assert "Ünïcode ✓".encode() in (folder / "products.jsonl").read_bytes()  # UTF-8, not \\u escapes
+    text = (folder / "manifest.json").read_text()
+    manifest = json.loads(text)
+    assert text == json.dumps(manifest, indent=2)  # a person reads it during an incident
+    assert datetime.fromisoformat(manifest["created"]).utcoffset().total_seconds() == 0
+    for name, meta in manifest["files"].items():
+        assert meta["bytes"] == (folder / name).stat().st_size
+    assert index.manifest == manifest and set(index.files) == set(manifest["files"])  # the caller's copy too
+    loaded = read_version(store, version)
+    assert loaded.embeddings.dtype == np.float32 and set(loaded.files) == set(manifest["files"])
+    local = open_local(store, version)
+    assert isinstance(local.embeddings, np.memmap) and local.embeddings.dtype == np.float32
+
+
+def test_the_pointer_names_the_version_and_its_backbone(tmp_path):
+    store = open_store(tmp_path / "index")
+    version = write_version(store, make_index(backbone="bb-1"))
+    publish(store, version)
+    assert json.loads((tmp_path / "index" / "CURRENT").read_text()) == {"version": version, "backbone": "bb-1"}
+
+
+def test_a_versions_whitening_is_read_back(tmp_path):
+    from catalog.store import WHITENING
+    from catalog.whitening import fit_whitening
+
+    fitted = fit_whitening(np.random.default_rng(1).normal(size=(40, 4)), dims=3)
+    store = open_store(tmp_path / "index")
+    publish(store, write_version(store, make_index(), {WHITENING: fitted.to_bytes()}))
+    for loaded in (read_current(store), open_local(store, current_version(store))):
+        assert np.array_equal(loaded.whitening().projection, fitted.projection.astype(np.float32))
+    assert read_version(store, write_version(store, make_index())).whitening() is None
+
+
+@pytest.mark.parametrize(("uri", "bucket", "prefix"), [("s3://shop-index/photo/live", "shop-index", "photo/live"),
+                                                       ("s3://shop-index", "shop-index", ""),
+                                                       ("s3://b/", "b", "")])
+def test_an_s3_uri_names_its_bucket_and_prefix(uri, bucket, prefix):
+    from catalog.store import S3Store
+
+    store = open_store(uri)
+    assert isinstance(store, S3Store) and (store.bucket, store.prefix) == (bucket, prefix)
+
+
+def test_an_s3_uri_without_a_bucket_and_other_schemes():
+    with pytest.raises(ValueError, match=r"^s3://: no bucket name$"):
+        open_store("s3://")
+    assert type(open_store("S3://x")).__name__ == "LocalStore"  # only the lowercase scheme is S3
+
+
+def test_refusals_name_where_the_bad_version_came_from(tmp_path):
+    from catalog.store import read_manifest
+
+    store = open_store(tmp_path / "index")
+    publish(store, write_version(store, make_index()))
+    long = "v" * 100
+    cases = [(lambda: read_manifest(store, long), f"requested version: {'v' * 80!r} is not an index version name"),
+             (lambda: rollback(store, to="x"), "rollback target: 'x' is not an index version name"),
+             (lambda: store.delete_version("x"), "delete: 'x' is not an index version name")]
+    for call, message in cases:
+        with pytest.raises(CorruptIndex) as refused:
+            call()
+        assert str(refused.value) == message
+    (tmp_path / "index" / "CURRENT").write_text(json.dumps({"version": "x"}))
+    with pytest.raises(CorruptIndex) as refused:
+        current_version(store)
+    assert str(refused.value) == f"{store.uri}/CURRENT: 'x' is not an index version name"
+
+
+def test_rollback_goes_to_the_newest_older_version(tmp_path):
+    store = open_store(tmp_path / "index")
+    versions = []
+    for n in (3, 4, 5):
+        versions.append(write_version(store, make_index(n)))
+        publish(store, versions[-1])
+    assert rollback(store) == versions[1] and current_version(store) == versions[1]
+    assert rollback(store) == versions[0]
+
+
+def _rewrite(folder, name: str, data: bytes) -> None:
+    """Replace a version's file and its checksum in the manifest, as a careless tool would."""
+    import hashlib
+
+    (folder / name).write_bytes(data)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_version_whose_files_disagree_with_its_manifest_is_refused_by_name(tmp_path):
+    store = open_store(tmp_path / "index")
+    version = write_version(store, make_index(3))
+    folder = tmp_path / "index" / "versions" / version
+    products = (folder / "products.jsonl").read_bytes()
+    _rewrite(folder, "products.jsonl", b"\n".join(products.splitlines()[:2]) + b"\n")  # 2 products, 3 vectors
+    for read in (read_version, open_local):
+        with pytest.raises(CorruptIndex) as refused:
+            read(store, version)
+        assert str(refused.value) == f"version {version}: shape (3, 4) does not match manifest"
+    _rewrite(folder, "products.jsonl", b"{not json\n")
+    with pytest.raises(CorruptIndex, match=rf"^version {version}: unreadable data \("):
+        read_version(store, version)
+
+
+def test_write_and_publish_keeps_five_versions_by_default(tmp_path):
+    store = open_store(tmp_path / "index")
+    for n in range(7):
+        write_and_publish(store, make_index(n + 1))
+    assert len(list((tmp_path / "index" / "versions").iterdir())) == 5
