@@ -40,6 +40,8 @@ def fit_whitening(vectors: np.ndarray, dims: int = 512, power: float = 0.5, shri
     """PCA on the catalog vectors keeping ``dims`` components, each scaled by
     (eigenvalue + shrink·mean eigenvalue)^(-power/2); shrinkage keeps tiny components from exploding."""
     x = np.asarray(vectors, dtype=np.float64)
+    if len(x) < 2:  # one vector has no covariance: every number would be NaN
+        raise ValueError(f"whitening needs at least 2 vectors, got {len(x)}")
     mean = x.mean(axis=0)
     cov = np.cov(x - mean, rowvar=False)
     eigval, eigvec = np.linalg.eigh(cov)
