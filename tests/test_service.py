@@ -171,3 +171,31 @@ def test_a_forked_worker_gets_side_threads_of_its_own():
         os._exit(0 if side.submit(lambda: 8).result() == 8 else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+class QueuedOnly:
+    """A side pool whose work never starts: what a busy pool looks like to a new query."""
+
+    def __init__(self) -> None:
+        self.futures: list = []
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        self.futures.append(Future())
+        return self.futures[-1]
+
+
+def test_a_failed_model_call_drops_its_queued_histogram(plain):
+    from modelserver.client import ModelServerError
+
+    class Down(FixedClient):
+        def embed(self, blob: bytes):
+            raise ModelServerError("embedding service unreachable")
+
+    svc = SearchService(plain, Down())
+    svc.indexes.load()
+    svc.side_work = QueuedOnly()
+    with pytest.raises(ModelServerError):
+        svc.search_image(_jpeg(), SearchOptions(0.0, 3))
+    assert svc.side_work.futures[0].cancelled()
