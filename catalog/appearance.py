@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from handlers.imaging import decode_image
+from handlers.imaging import ImageError, decode_image
 
 #: Identifies the histogram below: an index built with another one is not re-ranked by this code.
 DESCRIPTOR = "hsv-fg-112-v1"
@@ -40,6 +40,14 @@ COLOUR_COLUMNS = ("colour", "color", "base_colour")
 def colour_histogram(data: bytes, max_pixels: int) -> np.ndarray:
     """The appearance histogram of an encoded image (``ImageError`` for one that is not)."""
     return histogram_of(decode_image(data, max_pixels, draft=SIDE * 2))
+
+
+def colour_histogram_or_none(data: bytes, max_pixels: int) -> np.ndarray | None:
+    """``colour_histogram``, or None for an image only the model reads (the CNN alone then orders it)."""
+    try:
+        return colour_histogram(data, max_pixels)
+    except ImageError:
+        return None
 
 
 def histogram_of(img: Image.Image) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from catalog.ann import AnnSettings, build_ann
-from catalog.appearance import HIST_SIZE, colour_column, colour_histogram, fit_appearance
+from catalog.appearance import HIST_SIZE, colour_column, colour_histogram_or_none, fit_appearance
 from catalog.calibration import Calibration, fit_calibration
 from catalog.fetch import FetchError, ImageSource
 from catalog.no_match import fit_no_match
@@ -42,7 +42,7 @@ from catalog.store import (
 )
 from catalog.vector_cache import VectorCache
 from catalog.whitening import fit_whitening
-from handlers.imaging import DEFAULT_MAX_PIXELS, ImageError
+from handlers.imaging import DEFAULT_MAX_PIXELS
 from handlers.protocol import BatchEmbedder
 
 log = logging.getLogger(__name__)
@@ -210,10 +210,7 @@ def collect_vectors(rows: list[dict], source: ImageSource, embedder: BatchEmbedd
             data = source.fetch(row["image_url"])
         except FetchError as exc:
             return exc
-        try:
-            return data, colour_histogram(data, DEFAULT_MAX_PIXELS)
-        except ImageError:
-            return data, None
+        return data, colour_histogram_or_none(data, DEFAULT_MAX_PIXELS)
 
     out = Collected()
     bar = tqdm(total=len(rows), unit="img", desc="indexing", disable=not progress)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from catalog.appearance import HIST_SIZE, RERANK_DEPTH, colour_histogram, reorder
+from catalog.appearance import HIST_SIZE, RERANK_DEPTH, colour_histogram_or_none, reorder
 from gateway import metrics
 from gateway.config import Config
 from gateway.errors import NotFound, Unavailable
@@ -100,15 +100,6 @@ class SideWork:
             return self._pool.submit(fn, *args)
 
 
-def _histogram_or_none(image: bytes, max_pixels: int) -> np.ndarray | None:
-    """The query's colour histogram; None when only the model could read the image (the CNN alone then
-    orders the results)."""
-    try:
-        return colour_histogram(image, max_pixels)
-    except ImageError:
-        return None
-
-
 class SearchService:
     def __init__(self, config: Config, client: ModelClient) -> None:
         self.config = config
@@ -139,7 +130,7 @@ class SearchService:
     def search_image(self, image: bytes, options: SearchOptions) -> Results:
         """Products that look like ``image``; with ``category_first`` its guessed category ranks first.
         The colour histogram (~3 ms of CPU) is computed while the model server works on the vector."""
-        hist = self.side_work.submit(_histogram_or_none, image, self.config.max_pixels)
+        hist = self.side_work.submit(colour_histogram_or_none, image, self.config.max_pixels)
         try:
             vector, backbone_id = self.embed_image(image)
         except BaseException:

@@ -104,16 +104,21 @@ def p50_ms(call: Callable[[], object], n: int = 60, warmup: int = 5) -> float:
     return float(np.median(times) * 1000)
 
 
+def predict(session: requests.Session, url: str, blob: bytes) -> requests.Response:
+    """One ``POST /predictions/embedding`` of ``blob``, as a plain client sends it."""
+    return session.post(f"{url}/predictions/embedding", data=blob, timeout=30)
+
+
 def model_p50(url: str, blob: bytes, n: int = 60) -> float:
     """One client's p50 for ``POST /predictions/embedding`` of ``blob``, in ms."""
     session = requests.Session()
-    return p50_ms(lambda: session.post(f"{url}/predictions/embedding", data=blob, timeout=30).raise_for_status(), n)
+    return p50_ms(lambda: predict(session, url, blob).raise_for_status(), n)
 
 
 def splits(cores: int) -> list[tuple[int, int]]:
     """Workers × threads per worker worth trying on ``cores``: one worker with every core, two sharing them,
-    and two with every core each. The last oversubscribes on purpose: while one worker decodes or waits on
-    TorchServe's batching, the other's inference fills the cores (docs/PERFORMANCE.md)."""
+    and two with every core each. The last oversubscribes: it won while OpenVINO pinned its threads and
+    left cores idle, and costs eager several-fold; it stays in the grid to show which (docs/PERFORMANCE.md)."""
     return sorted({(1, cores), (2, max(1, cores // 2)), (2, cores)})
 
 
@@ -211,7 +216,7 @@ def bench_query(work: Path, ts: TorchServe, blob: bytes, report: dict, n: int = 
     synthetic_index(work / "index-10k", report["model"])
     session = requests.Session()
     with gateway(work / "index-10k", ts.url, work) as url:
-        calls = {"model": lambda: session.post(f"{ts.url}/predictions/embedding", data=blob, timeout=30),
+        calls = {"model": lambda: predict(session, ts.url, blob),
                  "query": lambda: session.post(f"{url}/api/search", files={"file": ("q.jpg", blob)}, timeout=30)}
         times: dict[str, list[float]] = {"model": [], "query": []}
         for i in range(n + 5):

@@ -22,6 +22,7 @@ from catalog.appearance import (
     AppearanceSettings,
     _hsv,
     colour_histogram,
+    colour_histogram_or_none,
     fit_appearance,
     histogram_of,
     reorder,
@@ -46,6 +47,12 @@ def jpeg(img: Image.Image) -> bytes:
     out = io.BytesIO()
     img.save(out, "JPEG", quality=95)
     return out.getvalue()
+
+
+def test_a_picture_only_the_model_reads_has_no_histogram():
+    data = jpeg(photo(RED))
+    assert np.array_equal(colour_histogram_or_none(data, 10_000_000), colour_histogram(data, 10_000_000))
+    assert colour_histogram_or_none(b"not a picture", 10_000_000) is None
 
 
 def test_the_histogram_describes_the_product_not_the_background():

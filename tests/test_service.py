@@ -147,7 +147,7 @@ def test_the_histogram_is_made_while_the_model_works(plain, monkeypatch):
         made.set()
         return colour_histogram(data, max_pixels)
 
-    monkeypatch.setattr(service_module, "colour_histogram", histogram)
+    monkeypatch.setattr(service_module, "colour_histogram_or_none", histogram)
     svc = SearchService(plain, WaitingClient(made))
     svc.indexes.load()
     found = svc.search_image(_jpeg(), SearchOptions(0.0, 3))
