@@ -5,12 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv mar demo test lint bench bench-search infra-check screenshots mutate clean
+.PHONY: help venv mar demo test test-blas lint bench bench-search infra-check screenshots mutate clean
 
 help:
 	@echo "make demo   - build the model archive, start TorchServe, index the sample catalog, serve http://127.0.0.1:5000"
 	@echo "make test   - install what the tests need and run them (starts its own TorchServe)"
 	@echo "make mar    - build model_store/embedding.mar"
+	@echo "make test-blas - the fast tests again under a second OpenBLAS kernel (BLAS_CORETYPE, default Haswell)"
 	@echo "make lint   - ruff"
 	@echo "make bench  - speed figures as ratios within one run (build/bench.json), checked against targets"
 	@echo "make bench-search - ANN / exact / Milvus Lite at 1M vectors, gateway memory (build/bench_search.json)"
@@ -38,6 +39,22 @@ demo: venv
 # pytest exit code 5 means "no tests collected": that is a failure here, never a silent pass.
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The fast (no TorchServe, no browser) tests again under another OpenBLAS kernel: OpenBLAS picks its kernels per
+# CPU and per matrix shape, so a float compared to the bit passes on one CPU and fails on another (issue: AMD EPYC
+# rounds a block-wise score differently). Haswell's kernels run on every x86-64-v3 CPU (AVX2, FMA); SkylakeX's
+# would crash where there is no AVX-512. A machine that sets OPENBLAS_CORETYPE itself (to work around a CPU) keeps
+# its setting: it is not overridden here.
+BLAS_CORETYPE ?= Haswell
+test-blas: venv
+	@if [ -n "$${OPENBLAS_CORETYPE:-}" ]; then \
+		echo "test-blas: OPENBLAS_CORETYPE=$$OPENBLAS_CORETYPE is set by this machine; not overridden, not run"; exit 0; fi; \
+	if ! grep -qw avx2 /proc/cpuinfo; then echo "test-blas: no AVX2 on this CPU; $(BLAS_CORETYPE) not run"; exit 0; fi; \
+	OPENBLAS_CORETYPE=$(BLAS_CORETYPE) $(BIN)/python -c \
+		"import numpy; from threadpoolctl import threadpool_info as t; print('test-blas: OpenBLAS kernel', [i.get('architecture') for i in t() if i.get('internal_api') == 'openblas'])"; \
+	OPENBLAS_CORETYPE=$(BLAS_CORETYPE) $(BIN)/python -m pytest -q -m "not integration" \
+		--ignore tests/test_browser.py --ignore tests/test_e2e.py $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: venv

@@ -19,6 +19,11 @@ from tests.conftest import jpeg_bytes
 PERCENT = Calibration(UNCALIBRATED).percent
 
 
+#: How far two float32 dot products of unit vectors may differ when computed in another order (a few ulps
+#: of a number near 1, far below the 0.001 a stored score or percent is rounded to).
+FLOAT32_SUMS = 1e-6
+
+
 def clustered(per: int = 40, kinds: int = 5, dim: int = 16, seed: int = 0):
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(kinds, dim))
@@ -131,7 +136,9 @@ def test_a_large_catalog_is_sampled_reproducibly_and_blocks_do_not_change_the_sc
     rows = np.arange(150)
     for a, b in zip(best_scores(x, np.asarray(labels), rows, block=7), best_scores(x, np.asarray(labels), rows),
                     strict=True):
-        assert np.array_equal(a, b)
+        # Two block sizes are two matrix shapes: OpenBLAS may pick another kernel for each and round the last
+        # bit differently (AMD EPYC: 0.933717 vs 0.9337171). Equal to float32 precision, not to the bit.
+        np.testing.assert_allclose(a, b, rtol=0, atol=FLOAT32_SUMS)
 
 
 def test_a_neighbour_at_the_twin_cosine_is_left_out_and_one_just_below_is_not():
