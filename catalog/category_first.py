@@ -7,7 +7,7 @@ Pinterest's visual search). Here the guess is a vote of the query's ``k`` neares
 each weighted by ``exp((percent - best percent) / temperature)`` on the calibrated similarity scale
 (see catalog/calibration.py), so the weights mean the same for every backbone and transform; an
 identical picture outweighs everything else. Only the catalog's own labels vote, never the query's.
-Inside each group the order stays by similarity, and scores are not changed.
+The ranking itself (each group in its order, scores unchanged) is ranking/rank.py's.
 See docs/QUALITY.md for how ``k`` and ``temperature`` were chosen and what it measures.
 """
 
@@ -17,9 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-#: Added to the sort key of the guessed category's products: larger than any cosine difference.
-GROUP_BONUS = 10.0
 
 
 @dataclass(frozen=True)
@@ -45,11 +42,6 @@ class CategoryVote:
         winner = np.where(total > 0, votes.argmax(axis=1) if n_labels else -1, -1)
         share = np.where(total > 0, votes.max(axis=1, initial=0.0) / np.maximum(total, 1e-300), 0.0)
         return winner, share
-
-
-def group_first(scores: np.ndarray, in_group: np.ndarray) -> np.ndarray:
-    """Sort keys that put the group's members ahead of all others, each part still by score."""
-    return scores + GROUP_BONUS * np.asarray(in_group, dtype=scores.dtype)
 
 
 @dataclass(frozen=True)
@@ -89,13 +81,3 @@ class Grouping:
             return -1, 0.0
         winner, share = self.vote.vote(self.codes[rows][None, :], self.percent(scores)[None, :], len(self.names))
         return int(winner[0]), float(share[0])
-
-    def keys(self, sim: np.ndarray, winner: np.ndarray) -> np.ndarray:
-        """Sort keys for ``sim`` rows: each row's guessed category first (no change where there is no guess)."""
-        sim = np.atleast_2d(sim)
-        winner = np.asarray(winner).reshape(-1, 1)
-        return group_first(sim, (self.codes[None, :] == winner) & (winner >= 0))
-
-    def guessed_first(self, sim: np.ndarray) -> np.ndarray:
-        """Sort keys with each row's guessed category first: ``keys(sim, guess(sim))``."""
-        return self.keys(sim, self.guess(sim)[0])

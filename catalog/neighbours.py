@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from catalog.category_first import Grouping
-
 BINS = np.linspace(-1.0, 1.0, 401)  # 0.005-wide histogram bins over the cosine range
 
 
@@ -27,13 +25,9 @@ def hist_summary(hist: np.ndarray) -> dict:
                                            for q in (0.05, 0.25, 0.5, 0.75, 0.95)}}
 
 
-def neighbours(embeddings: np.ndarray, k: int, block: int = 1024, labels: np.ndarray | None = None,
-               grouping: Grouping | None = None):
-    """Top-k neighbours of every row (itself excluded) and, if labels are given, pair-score histograms.
-
-    With ``grouping``, each row's neighbours are ranked category-first, as the gateway ranks them: the
-    category guessed from the row's nearest other products comes first (the row's own label is not used).
-    """
+def neighbours(embeddings: np.ndarray, k: int, block: int = 1024, labels: np.ndarray | None = None):
+    """Top-k neighbours of every row by similarity (itself excluded) and, if labels are given, pair-score
+    histograms. (Category-first rankings come from ranking/, never from here.)"""
     n = len(embeddings)
     k = min(k, n - 1)
     idx = np.empty((n, k), dtype=np.int64)
@@ -50,9 +44,8 @@ def neighbours(embeddings: np.ndarray, k: int, block: int = 1024, labels: np.nda
             same_hist += np.histogram(np.clip(sim[same & upper], -1, 1), BINS)[0]
             diff_hist += np.histogram(np.clip(sim[~same & upper], -1, 1), BINS)[0]
         sim[rows, rows + start] = -np.inf
-        key = sim if grouping is None else grouping.guessed_first(sim)
-        part = np.argpartition(-key, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(key, part, axis=1), axis=1, kind="stable")
+        part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sim, part, axis=1), axis=1, kind="stable")
         idx[start:stop] = np.take_along_axis(part, order, axis=1)
         scores[start:stop] = np.take_along_axis(sim, idx[start:stop], axis=1)
     return idx, scores, same_hist, diff_hist

@@ -5,7 +5,7 @@ on the catalog (whitening, calibration, the category vote) has then seen the que
 products are split, seeded, into a gallery (the index) and held-out queries; the fitted parts are fitted
 on gallery rows only (``fit_gallery`` never receives a query row), and a query's byte-identical twins in
 the gallery (the same picture under another id) are removed from its ranking, so a twin never answers
-for it.
+for it. Every ranking is the gateway's own (ranking/, through evaluation/ranked.py).
 
 Relevance can be finer than the category the gateway groups by: e.g. the same article type *and* the
 same base colour. Precision@k is then also reported normalised by the best possible,
@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from catalog.appearance import RERANK_DEPTH, Appearance, AppearanceSettings, fit_appearance, reorder
+from catalog.appearance import AppearanceSettings, fit_appearance
 from catalog.calibration import Calibration, fit_calibration
 from catalog.category_first import Grouping
 from catalog.whitening import Whitening, fit_whitening
+from evaluation.ranked import gallery_view, ranked_rows
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class Fitted:
 
     whitening: Whitening | None
     grouping: Grouping
+    calibration: Calibration
 
     def space(self, vectors: np.ndarray) -> np.ndarray:
         """Model vectors → the search space (as the gateway's ``CatalogIndex.prepare``)."""
@@ -72,36 +74,14 @@ def fit_gallery(vectors: np.ndarray, categories: np.ndarray, whitening: dict | N
     """Whitening (with the build's settings, or none), calibration and category vote, from gallery rows only."""
     white = fit_whitening(vectors, **whitening) if whitening else None
     space = white.apply(vectors) if white else np.asarray(vectors, np.float32)
-    calibration = fit_calibration(space, [str(c) for c in categories])
-    return Fitted(white, Grouping.from_labels([str(c) for c in categories], Calibration(calibration["points"]).percent))
+    calibration = Calibration(fit_calibration(space, [str(c) for c in categories])["points"])
+    return Fitted(white, Grouping.from_labels([str(c) for c in categories], calibration.percent), calibration)
 
 
 def twins_of(query_keys: np.ndarray, gallery_keys: np.ndarray) -> np.ndarray:
     """Queries × gallery: True where the two rows are the same picture (equal non-empty image digests)."""
     query_keys, gallery_keys = np.asarray(query_keys), np.asarray(gallery_keys)
     return (query_keys[:, None] == gallery_keys[None, :]) & (query_keys[:, None] != "")
-
-
-def rank(sim: np.ndarray, grouping: Grouping | None, k: int, appearance: Appearance | None = None,
-         look_sim: np.ndarray | None = None) -> np.ndarray:
-    """The top ``k`` gallery rows per query (``sim``: queries × gallery, excluded rows -inf), category-first
-    with ``grouping`` (the vote of the query's nearest gallery products, as the gateway ranks); with
-    ``appearance``, the guessed category's best ``RERANK_DEPTH`` re-ordered by the fused score
-    (``look_sim``: appearance cosines), by the same ``reorder`` as the gateway."""
-    winner = grouping.guess(sim)[0] if grouping is not None else None
-    key = sim if grouping is None else grouping.keys(sim, winner)
-    key = np.where(np.isfinite(sim), key, -np.inf)
-    depth = min(max(k, RERANK_DEPTH) if appearance is not None else k, sim.shape[1])
-    top = np.argpartition(-key, depth - 1, axis=1)[:, :depth]
-    order = np.argsort(-np.take_along_axis(key, top, axis=1), axis=1, kind="stable")
-    top = np.take_along_axis(top, order, axis=1)
-    if appearance is not None and grouping is not None:
-        for i, code in enumerate(winner):
-            members = np.flatnonzero((grouping.codes[top[i]] == code) & np.isfinite(sim[i, top[i]]))
-            if code >= 0 and len(members) > 1:  # the group's members lead the row: re-order them in place
-                picked = top[i, members]
-                top[i, members] = picked[reorder(sim[i, picked], look_sim[i, picked], appearance)]
-    return top[:, :min(k, sim.shape[1])]
 
 
 def precision_report(top: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray,
@@ -113,7 +93,9 @@ def precision_report(top: np.ndarray, query_labels: np.ndarray, gallery_labels: 
     normalised figure (its best possible is 0)."""
     query_labels, gallery_labels = np.asarray(query_labels), np.asarray(gallery_labels)
     labelled = (query_labels != "")[:, None]  # an unlabelled query has nothing relevant
-    hit = (gallery_labels[top] == query_labels[:, None]) & labelled & ~np.take_along_axis(excluded, top, axis=1)
+    ranked = top >= 0  # -1 pads a query with fewer ranked rows
+    hit = ((gallery_labels[top] == query_labels[:, None]) & labelled & ranked
+           & ~np.take_along_axis(excluded, np.maximum(top, 0), axis=1))
     relevant = ((gallery_labels[None, :] == query_labels[:, None]) & labelled & ~excluded).sum(axis=1)
     has = relevant > 0
     report: dict = {"queries": int(len(top)), "queries_without_relevant": int((~has).sum())}
@@ -137,18 +119,17 @@ def evaluate_held_out(vectors: np.ndarray, categories: np.ndarray, labels: np.nd
     fitted = fit_gallery(vectors[gallery], categories[gallery], whitening)
     excluded = twins_of(image_keys[queries], image_keys[gallery])
     space_g, space_q = fitted.space(vectors[gallery]), fitted.space(vectors[queries])
-    sim = space_q @ space_g.T
-    sim[excluded] = -np.inf
-    appearance, look_sim, info = None, None, None
+    appearance, looks_q, looks_g, info = None, None, None, None
     if hists is not None:
         gallery_colours = [str(c) for c in (colours[gallery] if colours is not None else [""] * len(gallery))]
         appearance, info = fit_appearance(hists[gallery], space_g, gallery_colours,
                                           settings or AppearanceSettings())
-        look_sim = appearance.vectors(hists[queries], space_q) @ appearance.vectors(hists[gallery], space_g).T
+        looks_q, looks_g = appearance.vectors(hists[queries], space_q), appearance.vectors(hists[gallery], space_g)
     report: dict = {"gallery": int(len(gallery)), "queries": int(len(queries)),
                     "twin_pairs_excluded": int(excluded.sum()), "appearance": info}
-    for name, grouping in (("category_first", fitted.grouping), ("similarity_alone", None)):
-        top = rank(sim, grouping, max(ks), appearance if grouping is not None else None, look_sim)
+    view = gallery_view(space_g, fitted.grouping, fitted.calibration, appearance, looks_g)
+    for name, grouped in (("category_first", True), ("similarity_alone", False)):
+        top = ranked_rows(view, space_q, max(ks), grouped, looks_q, excluded)
         report[name] = {"category": precision_report(top, categories[queries], categories[gallery], excluded, ks),
                         "label": precision_report(top, labels[queries], labels[gallery], excluded, ks)}
     return report

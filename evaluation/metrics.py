@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from catalog.calibration import UNCALIBRATED, Calibration
 from catalog.category_first import Grouping
 from catalog.neighbours import hist_summary, neighbours
 from catalog.reader import read_catalog
+from evaluation.ranked import gallery_view, ranked_rows
 
 
 @dataclass
@@ -47,15 +49,19 @@ def average_precision_at_k(relevant: np.ndarray, n_relevant: np.ndarray, k: int)
 
 
 def evaluate(embeddings: np.ndarray, labels: list[str] | np.ndarray, ks: tuple[int, ...] = (1, 5, 10),
-             grouping: Grouping | None = None) -> Evaluation:
+             grouping: Grouping | None = None, calibration: Calibration | None = None) -> Evaluation:
     """Leave-one-out retrieval metrics for L2-normalised ``embeddings`` labelled by ``labels``.
 
-    ``grouping`` (built over the same rows) ranks category-first, as the gateway does by default.
+    ``grouping`` (built over the same rows) ranks category-first through the gateway's ranking (each row
+    left out of its own ranking); without it, rows rank by similarity alone.
     """
     labels = np.asarray(labels)
     kmax = max(ks)
-    idx, _, same_hist, diff_hist = neighbours(np.asarray(embeddings, dtype=np.float32), kmax, labels=labels,
-                                              grouping=grouping)
+    vectors = np.asarray(embeddings, dtype=np.float32)
+    idx, _, same_hist, diff_hist = neighbours(vectors, kmax, labels=labels)
+    if grouping is not None:
+        view = gallery_view(vectors, grouping, calibration or Calibration(UNCALIBRATED))
+        idx = ranked_rows(view, vectors, min(kmax, len(vectors) - 1), True, excluded=np.eye(len(vectors), dtype=bool))
     relevant = labels[idx] == labels[:, None]
     names, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     n_relevant = counts[inverse] - 1

@@ -13,12 +13,10 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from catalog.ann import check_file, open_ann
 from catalog.appearance import DESCRIPTOR, HIST_SIZE, Appearance
 from catalog.calibration import UNCALIBRATED, Calibration
 from catalog.category_first import Grouping
@@ -38,33 +36,28 @@ from catalog.store import (
 )
 from gateway import metrics
 from gateway.config import Config
-from gateway.milvus import MilvusSearch, MilvusSettings
-from gateway.search import AnnSearch, ExactSearch, SearchBackend
+from ranking import RankingView
+from search import BackendSettings, BackendSource, SearchBackend, open_backend
+from search.factory import DEFAULT_BACKENDS
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class BackendSettings:
-    """Which search backend serves a version (``Config.search_backend`` and friends)."""
+def backend_settings(config: Config) -> BackendSettings:
+    """The search backend settings in ``config``."""
+    milvus = None
+    if config.milvus_uri:
+        from search.milvus import MilvusSettings
 
-    kind: str = "auto"
-    ann_min_products: int = 100_000
-    ann_expansion: int = 128
-    milvus: MilvusSettings | None = None
-
-    @classmethod
-    def from_config(cls, config: Config) -> BackendSettings:
-        milvus = MilvusSettings(config.milvus_uri, config.milvus_token, config.milvus_alias,
-                                config.milvus_index_type) if config.milvus_uri else None
-        return cls(config.search_backend, config.ann_min_products, config.ann_expansion, milvus)
+        milvus = MilvusSettings(config.milvus_uri, config.milvus_token, config.milvus_alias, config.milvus_index_type)
+    return BackendSettings(config.search_backend, config.ann_min_products, config.ann_expansion, milvus)
 
 
 class CatalogIndex:
     """One immutable index version, ready to search. Its vectors live in its backend (memory-mapped for
     the ANN backend, in Milvus for milvus), its products in a ``ProductTable`` over the local copy."""
 
-    def __init__(self, data: IndexData, backends: BackendSettings = BackendSettings()) -> None:
+    def __init__(self, data: IndexData, backends: BackendSettings = DEFAULT_BACKENDS) -> None:
         if not isinstance(data.products, ProductTable):
             raise TypeError("CatalogIndex serves a memory-mapped version (catalog.store.open_local)")
         self.manifest = data.manifest
@@ -82,45 +75,22 @@ class CatalogIndex:
         self.has_prices = bool(np.isfinite(self.prices).any())  # the page offers a price range only then
         self.grouping = Grouping.from_labels(labels, self.calibration.percent)
         self.categories = self.grouping.names  # for the page's category list
-        self._codes_by_folded: dict[str, frozenset[int]] = {}
-        for code, name in enumerate(self.categories):
-            folded = name.casefold()
-            self._codes_by_folded[folded] = self._codes_by_folded.get(folded, frozenset()) | {code}
-        self.backend: SearchBackend = self._backend(data, backends)
+        self.backend: SearchBackend = open_backend(backends, BackendSource(
+            data.version, len(self.products), self.search_dim, self.grouping.codes,
+            vectors=lambda: self._search_vectors(data), blocks=lambda: Transformed(data.embeddings, self.whitening),
+            ann_path=data.folder / ANN if data.folder is not None and data.has_file(ANN) else None))
         self.appearance, self.appearance_rows = _appearance(data, len(self.products), self.search_dim)
-
-    def _backend(self, data: IndexData, backends: BackendSettings) -> SearchBackend:
-        kind = backends.kind
-        has_ann = data.folder is not None and data.has_file(ANN)
-        if kind == "auto":
-            kind = "ann" if has_ann and len(data.products) >= backends.ann_min_products else "exact"
-            if kind == "exact" and len(data.products) >= backends.ann_min_products:
-                log.warning("version %s has %d products but no ANN file: searching exactly (rebuild with "
-                            "--ann always for the faster search)", data.version, len(data.products))
-        if kind == "ann":
-            if not has_ann:
-                raise CorruptIndex(f"version {data.version} has no ANN file, and SEARCH_BACKEND=ann needs one "
-                                   "(build it with scripts/build_index.py --ann always)")
-            path, shape = data.folder / ANN, self._search_blocks(data).shape
-            check_file(path, *shape)  # in a child process: a malformed file must not crash this worker
-            return AnnSearch(open_ann(path, *shape), self.grouping.codes, backends.ann_expansion)
-        if kind == "milvus":
-            return MilvusSearch.serve(backends.milvus, data.version, self._search_blocks(data), self.grouping.codes)
-        return ExactSearch(self._search_vectors(data), self.grouping.codes)
+        #: All that ranking (ranking/) sees of this version.
+        self.view = RankingView(self.backend, self.grouping, self.calibration, self.appearance, self.appearance_rows,
+                                self.no_match_percent, self.prices)
 
     def _search_vectors(self, data: IndexData) -> np.ndarray:
         """The stored vectors in the search space (a view of the memory map when there is no whitening)."""
         return self.whitening.apply(data.embeddings) if self.whitening else data.embeddings
 
-    def _search_blocks(self, data: IndexData) -> Transformed:
-        """The same, transformed block by block as it is read (for filling Milvus without a full copy)."""
-        return Transformed(data.embeddings, self.whitening)
-
     def retire(self) -> None:
         """This version is no longer served: let the backend free what it holds outside the process."""
-        retire = getattr(self.backend, "retire", None)
-        if retire is not None:
-            retire()
+        self.backend.close()
 
     def prepare(self, query: np.ndarray) -> np.ndarray:
         """A model vector (as TorchServe returns it) → the search space of this index."""
@@ -136,22 +106,9 @@ class CatalogIndex:
         """Whether a product of this version names ``path`` as its (local) image."""
         return self.products.first_row("image_url", path) is not None
 
-    def price_rows(self, low: float | None, high: float | None) -> np.ndarray | None:
-        """Bool per row: the price is known and within [low, high] (either end open); None: no price range."""
-        if low is None and high is None:
-            return None
-        keep = np.isfinite(self.prices)
-        if low is not None:
-            keep &= self.prices >= low
-        if high is not None:
-            keep &= self.prices <= high
-        return keep
-
     def category_codes(self, category: str | None) -> frozenset[int] | None:
         """Codes of the categories named ``category`` (case-insensitive); None: no category filter."""
-        if not category:
-            return None
-        return self._codes_by_folded.get(category.strip().casefold(), frozenset())
+        return self.view.category_codes(category)
 
     @property
     def calibration_info(self) -> dict | None:
@@ -201,7 +158,7 @@ class IndexManager:
     CACHE_KEEP = 2
 
     def __init__(self, uri: str, cache_dir: str | Path | None = None, poll_s: float = 30.0,
-                 backends: BackendSettings = BackendSettings()) -> None:
+                 backends: BackendSettings = DEFAULT_BACKENDS) -> None:
         self.uri = uri
         self.store = open_store(uri)
         self.cache = LocalStore(Path(cache_dir) if cache_dir else default_cache_dir(uri))

@@ -22,6 +22,7 @@ from gateway.query_token import ExpiredQuery, Query, picture_digest
 from gateway.service import Hit, Results, SearchOptions, SearchService
 from handlers.imaging import ImageError
 from modelserver.client import ModelServerError
+from search import SearchUnavailable
 
 log = logging.getLogger(__name__)
 bp = Blueprint("photo", __name__)
@@ -201,13 +202,13 @@ def result_json(hit: Hit) -> dict:
 
 
 def api_answer(found: Results, started: float, token: str | None = None) -> Response:
-    index = service().require_index()
+    """The JSON answer; its model and ``index_version`` are those of the version that ranked ``found``."""
     guess = found.guess and {"category": found.guess.category, "confidence": found.guess.confidence,
                              "source": found.guess.source, "results": found.first_group}
     extra = {} if token is None else {"query_token": token}
     return jsonify(results=[result_json(h) for h in found.hits], category_first=guess,
-                   no_close_match=found.no_close_match, model=index.backbone_id,
-                   index_version=index.version, took_ms=round((time.perf_counter() - started) * 1000, 1), **extra)
+                   no_close_match=found.no_close_match, model=found.index_model,
+                   index_version=found.index_version, took_ms=round((time.perf_counter() - started) * 1000, 1), **extra)
 
 
 # --------------------------------------------------------------------------- pages
@@ -428,6 +429,18 @@ def on_refused_url(exc: UnsafeURL):
 def on_model_server_down(exc: ModelServerError):
     log.warning("embedding failed: %s", exc)
     return _error(503, f"search is temporarily unavailable: {exc}")
+
+
+#: What a shopper is told when the search backend fails (the reason goes to the log).
+SEARCH_DOWN = "search is temporarily unavailable: please try again in a moment"
+
+
+@bp.app_errorhandler(SearchUnavailable)
+def on_search_down(exc: SearchUnavailable):
+    log.warning("search backend failed: %s", exc)
+    response = current_app.make_response(_error(503, SEARCH_DOWN))
+    response.headers["Retry-After"] = "2"
+    return response
 
 
 @bp.app_errorhandler(RequestEntityTooLarge)

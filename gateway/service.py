@@ -1,8 +1,7 @@
 """Search as the routes see it: query image or product id in, ranked products out.
 
-The service asks the index's search backend for candidates (gateway/search.py) and ranks them:
-the threshold, the category filter and category-first ranking all work on what the backend returns,
-so every backend ranks the same way.
+The service checks the query against the served index version and hands it to the ranking (ranking/),
+which every backend and the offline evaluation share; it never touches a backend itself.
 """
 
 from __future__ import annotations
@@ -17,35 +16,22 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from catalog.appearance import HIST_SIZE, RERANK_DEPTH, colour_histogram_or_none, reorder
+from catalog.appearance import HIST_SIZE, colour_histogram_or_none
 from gateway import metrics
 from gateway.config import Config
 from gateway.errors import NotFound, Unavailable
 from gateway.images import FetchSlots
-from gateway.index import BackendSettings, CatalogIndex, IndexManager
+from gateway.index import CatalogIndex, IndexManager, backend_settings
 from gateway.query_token import QueryTokens, new_key
-from gateway.search import Candidates, Filter
 from handlers.imaging import ImageError
 from modelserver.client import ModelClient, ModelServerError
-
-#: Vectors are float32, so a cosine exactly at the threshold can come out a few 1e-8 below it: a product the
-#: page shows at 85 % must not be dropped by a threshold of 85 %. Far below any difference a shopper can set.
-THRESHOLD_SLACK = 1e-6
+from ranking import Guess, Ranked, RankOptions, rank_product, rank_query
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SearchOptions:
-    """What a shopper can set on one search (checked by the routes)."""
-
-    threshold: float  # minimum calibrated similarity, percent
-    top_k: int
-    category: str | None = None  # only this category (case-insensitive)
-    category_first: bool = True  # rank the guessed (or the anchor's) category first
-    offset: int = 0  # leave out this many leading results ("Show more": the next page of the same ranking)
-    min_price: float | None = None  # only products with a known price in [min_price, max_price]
-    max_price: float | None = None
+#: What a shopper can set on one search (the ranking's options).
+SearchOptions = RankOptions
 
 
 @dataclass(frozen=True)
@@ -60,16 +46,6 @@ class Hit:
 
 
 @dataclass(frozen=True)
-class Guess:
-    """The category ranked first: guessed by a vote of the nearest products, or the anchor product's own."""
-
-    category: str
-    confidence: float  # the winner's share of the vote weight (1.0 for a product's own category)
-    source: str  # "vote" or "product"
-    code: int  # the category's code in the index's grouping
-
-
-@dataclass(frozen=True)
 class Results:
     hits: list[Hit]
     guess: Guess | None  # None: ranked by similarity alone
@@ -79,6 +55,8 @@ class Results:
     vector: np.ndarray | None = None  # a query image's model vector (for its query token) ...
     model: str = ""  # ... and the backbone that made it
     hist: np.ndarray | None = None  # ... and its colour histogram (catalog/appearance.py)
+    index_version: str = ""  # the index version that ranked these results ...
+    index_model: str = ""  # ... and the backbone it was built with
 
 
 class SideWork:
@@ -105,7 +83,7 @@ class SearchService:
         self.config = config
         self.client = client
         self.indexes = IndexManager(config.index_uri, config.index_cache_dir or None, config.index_poll_s,
-                                    BackendSettings.from_config(config))
+                                    backend_settings(config))
         self.url_fetches = FetchSlots(config.url_fetch_concurrency)
         self.tokens = QueryTokens(config.query_token_key or new_key(), config.query_token_ttl_s)
         self._ready: tuple[float, bool, str] = (0.0, False, "not checked yet")
@@ -150,13 +128,10 @@ class SearchService:
         if np.shape(vector) != (index.model_dim,):
             raise Unavailable(f"the query vector has {np.size(vector)} numbers, the index's model {index.model_dim}")
         query = index.prepare(vector)
-        where = Filter(categories=index.category_codes(options.category),
-                       rows=index.price_rows(options.min_price, options.max_price))
         look = None
         if index.appearance is not None and hist is not None and np.shape(hist) == (HIST_SIZE,):
             look = index.appearance.vectors(hist, query)[0]
-        found = self._rank(index, query, where, options, guess_code=None,
-                           vote=options.category_first and not options.category, look=look)
+        found = _results(index, rank_query(index.view, query, options, look))
         return replace(found, vector=np.asarray(vector, dtype=np.float32), model=backbone_id, hist=hist)
 
     def similar(self, product_id: str, options: SearchOptions) -> Results:
@@ -167,47 +142,7 @@ class SearchService:
         row = index.row_of(str(product_id))
         if row is None:
             raise NotFound(f"no product with id {product_id!r} in the catalog")
-        where = Filter(categories=index.category_codes(options.category), exclude_rows=frozenset({row}),
-                       rows=index.price_rows(options.min_price, options.max_price))
-        own = int(index.grouping.codes[row])
-        code = own if options.category_first and not options.category else -1
-        look = None if index.appearance_rows is None else np.asarray(index.appearance_rows[row])
-        return self._rank(index, index.backend.vector(row), where, options, guess_code=code,
-                          anchor=index.products[row], look=look)
-
-    def _rank(self, index: CatalogIndex, query: np.ndarray, where: Filter, options: SearchOptions,
-              guess_code: int | None, anchor: dict | None = None, vote: bool = True,
-              look: np.ndarray | None = None) -> Results:
-        """Candidates → results. ``guess_code``: None for a query image (no-match rule applies; the category
-        is voted for when ``vote``), -1 for no category first, else that code. ``look``: the query's
-        appearance vector, which orders the results inside one category (the first group, or a filter's)."""
-        min_score = index.calibration.cosine(options.threshold) - THRESHOLD_SLACK
-        top_k = options.top_k + options.offset  # rank through the page asked for, answer only that page
-        cands = index.backend.search(query, max(top_k, index.grouping.vote.k), where)
-        lost = guess_code is None and _no_close_match(index, cands)
-        # no category claim when nothing is close, or when the shopper did not ask for one
-        guess = None if lost or (guess_code is None and not vote) else self._guess(index, cands, guess_code)
-        if guess is None:
-            found = _in_category(index, query, cands, where, top_k, min_score, look if options.category else None)
-        else:
-            group = frozenset({guess.code})
-            found = _in_category(index, query, cands, where.narrowed(categories=group), top_k, min_score, look)
-            found += _best(index, query, cands, where.narrowed(exclude_categories=group), top_k - len(found),
-                           min_score)
-        first_group = 0 if guess is None else sum(int(index.grouping.codes[row]) == guess.code for row, _ in found)
-        found = found[options.offset:]
-        first_group = max(0, first_group - options.offset)
-        percents = index.calibration.percent(np.array([score for _, score in found]))
-        hits = [Hit(index.products[row], score, float(pct)) for (row, score), pct in zip(found, percents, strict=True)]
-        return Results(hits, guess, first_group, anchor, lost)
-
-    @staticmethod
-    def _guess(index: CatalogIndex, cands: Candidates, code: int | None) -> Guess | None:
-        grouping = index.grouping
-        if code is None:
-            code, share = grouping.guess_candidates(cands.rows, cands.scores)
-            return Guess(grouping.names[code], round(share, 3), "vote", code) if code >= 0 else None
-        return Guess(grouping.names[code], 1.0, "product", code) if code >= 0 else None
+        return replace(_results(index, rank_product(index.view, row, options)), anchor=index.products[row])
 
     def readiness(self) -> tuple[bool, str]:
         """Index loaded, TorchServe answering, and serving the index's backbone. Cached briefly."""
@@ -234,39 +169,9 @@ class SearchService:
         return True, "ready"
 
 
-def _no_close_match(index: CatalogIndex, cands: Candidates) -> bool:
-    """Whether a query image's best candidate is below the catalog's "no close match" rule."""
-    if index.no_match_percent is None:
-        return False
-    return not len(cands) or float(index.calibration.percent(cands.scores[0])) < index.no_match_percent
-
-
-def _in_category(index: CatalogIndex, query: np.ndarray, cands: Candidates, where: Filter, k: int,
-                 min_score: float, look: np.ndarray | None) -> list[tuple[int, float]]:
-    """``_best`` rows of one category; with ``look`` and a version with appearance vectors, its best
-    ``RERANK_DEPTH`` (by the CNN, over the threshold) re-ordered by the fused score (catalog/appearance.py)."""
-    if look is None or index.appearance is None:
-        return _best(index, query, cands, where, k, min_score)
-    deep = _best(index, query, cands, where, max(k, RERANK_DEPTH), min_score)
-    if len(deep) < 2:
-        return deep[:k]
-    rows = np.array([row for row, _ in deep])
-    order = reorder(np.array([score for _, score in deep]), index.appearance_rows[rows] @ look, index.appearance)
-    return [deep[i] for i in order[:k]]
-
-
-def _best(index: CatalogIndex, query: np.ndarray, cands: Candidates, where: Filter, k: int,
-          min_score: float) -> list[tuple[int, float]]:
-    """The best ``k`` rows admitted by ``where`` (a narrowing of the filter ``cands`` came from) with score
-    ≥ ``min_score``: taken from ``cands`` when they settle it, else from one more backend search.
-
-    ``cands`` settle it when they hold ``k`` such rows, or when every row they left out scores below
-    ``min_score`` (their last score is below it) or none was left out (exhausted)."""
-    if k <= 0:
-        return []
-    codes = index.grouping.codes
-    admitted = [(row, score) for row, score in cands.pairs()
-                if score >= min_score and where.admits(row, int(codes[row]))]
-    if len(admitted) >= k or cands.exhausted or (len(cands) and cands.scores[-1] < min_score):
-        return admitted[:k]
-    return index.backend.search(query, k, where, min_score).pairs()
+def _results(index: CatalogIndex, ranked: Ranked) -> Results:
+    """Ranked rows of ``index`` as products, with the version that ranked them."""
+    hits = [Hit(index.products[row], score, pct)
+            for row, score, pct in zip(ranked.rows, ranked.scores, ranked.similarities, strict=True)]
+    return Results(hits, ranked.guess, ranked.first_group, no_close_match=ranked.no_close_match,
+                   index_version=index.version, index_model=index.backbone_id)

@@ -36,11 +36,11 @@ from catalog.build import Collected, build_index, finish_version
 from catalog.calibration import UNCALIBRATED, Calibration
 from catalog.category_first import Grouping
 from catalog.store import open_store, write_and_publish
-from gateway.search import ExactSearch, top_rows
 from handlers.runtimes import min_cosine
 from modelserver.archive import build_archive
 from modelserver.client import TorchServeClient
 from modelserver.process import REPO, TorchServe, models_setting, wait_for_http
+from search import ExactSearch, top_rows
 
 MYNTRA = REPO.parent / "shared" / "datasets" / "myntra-fashion" / "images"
 

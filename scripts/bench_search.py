@@ -3,7 +3,7 @@
 On ``--n`` synthetic clustered unit vectors (1,000,000 × 512 by default: the dimension the pipeline stores
 after whitening), and on the real Myntra vectors when the dataset is there:
 
-- the in-process ANN (catalog/ann.py, gateway/search.py ``AnnSearch``): query p50 and recall@10 against exact
+- the in-process ANN (catalog/ann.py, search/ann.py ``AnnSearch``): query p50 and recall@10 against exact
   search, exact NumPy p50 beside it, the graph's build time (reused from an earlier run when it exists);
 - the gateway's memory: PSS of all gunicorn processes (shared pages counted once) serving the n vectors from
   a published index version, divided by the raw float32 vector bytes;
@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from catalog.ann import AnnSettings, build_ann, open_ann  # noqa: E402
 from catalog.store import ANN, IndexData, IndexNotFound, open_store, read_current, write_and_publish  # noqa: E402
-from gateway.search import AnnSearch, ExactSearch  # noqa: E402
 from modelserver.process import REPO, wait_for_http  # noqa: E402
 from scripts.bench import free_port, p50_ms  # noqa: E402
+from search import ExactSearch  # noqa: E402
+from search.ann import AnnSearch  # noqa: E402
 
 MYNTRA = REPO.parent / "shared" / "datasets" / "myntra-fashion"
 
@@ -173,7 +174,7 @@ def bench_gateway(index: Path, work: Path, n: int, raw_bytes: int, workers: int 
 
 def bench_milvus(matrix: np.ndarray, queries: np.ndarray, work: Path) -> dict:
     """Milvus Lite (the embedded engine) with AUTOINDEX: fill time, p50 and recall@10 against exact."""
-    from gateway.milvus import MilvusSearch, MilvusSettings
+    from search.milvus import MilvusSearch, MilvusSettings
 
     uri = work / "milvus.db"
     for stale in work.glob("milvus.db*"):

@@ -132,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     # calibration a build without whitening would have stored.
     calibration = (fit_calibration(vectors, list(labels)) if stored and not whitening
                    else index.manifest.get("calibration"))
-    percent = Calibration((calibration or {}).get("points") or UNCALIBRATED).percent
-    grouping = Grouping.from_labels(list(labels), percent)
-    result = evaluate(vectors, labels, grouping=None if args.no_category_first else grouping)
+    scale = Calibration((calibration or {}).get("points") or UNCALIBRATED)
+    grouping = Grouping.from_labels(list(labels), scale.percent)
+    result = evaluate(vectors, labels, grouping=None if args.no_category_first else grouping, calibration=scale)
     visual = evaluate(vectors, labels) if not args.no_category_first else result
     report = {"catalog": str(args.catalog), "backbone": index.backbone_id, "label_column": args.label_column,
               "index_version": index.version, "whitening": index.manifest.get("whitening") if whitening else None,

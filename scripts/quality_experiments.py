@@ -36,6 +36,7 @@ from catalog.neighbours import neighbours
 from catalog.store import open_store, read_current
 from catalog.whitening import fit_whitening
 from evaluation.metrics import evaluate, labelled_rows
+from evaluation.ranked import gallery_view, ranked_rows
 from handlers.backbones import SPECS, build_model, efficientnet_lite0_weights
 from handlers.imaging import decode_image
 
@@ -133,11 +134,12 @@ def category_first_sweep(index_dir: Path, label_column: str, min_per_label: int)
     if index.whitening() is not None:
         spaces["whitened"] = index.whitening().apply(x)
     for space, vec in spaces.items():
-        percent = Calibration(fit_calibration(vec, list(lab))["points"]).percent
+        scale = Calibration(fit_calibration(vec, list(lab))["points"])
         settings = [("similarity alone", None)] + [(f"k{k}-t{t:g}", CategoryVote(k, t)) for k, t in VOTE_GRID]
+        alone = np.eye(len(vec), dtype=bool)  # each row left out of its own ranking
         for name, vote in settings:
-            grouping = None if vote is None else Grouping.from_labels(list(lab), percent, vote)
-            idx = neighbours(vec, 10, grouping=grouping)[0]
+            grouping = Grouping.from_labels(list(lab), scale.percent, vote or CategoryVote())
+            idx = ranked_rows(gallery_view(vec, grouping, scale), vec, 10, vote is not None, excluded=alone)
             rel = lab[idx] == lab[:, None]
             out[f"{space}/{name}"] = {f"{part}/precision@{n}": round(float(rel[rows, :n].mean()), 4)
                                       for part, rows in (("A", half_a), ("B", ~half_a)) for n in (1, 10)}

@@ -1,4 +1,4 @@
-"""The ANN file (catalog/ann.py) and its backend (gateway/search.py AnnSearch): built by the index build from
+"""The ANN file (catalog/ann.py) and its backend (search/ann.py AnnSearch): built by the index build from
 a size on, checked in a child process before the gateway opens it, chosen by ``SEARCH_BACKEND=auto``."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import pytest
 from catalog.ann import AnnFileError, AnnSettings, build_ann, check_file, open_ann
 from catalog.build import Collected, finish_version
 from catalog.store import ANN, IndexData, open_store, publish, write_and_publish, write_version
-from gateway.index import BackendSettings, IndexManager
-from gateway.search import AnnSearch, ExactSearch, Filter
+from gateway.index import IndexManager
+from search import BackendSettings, ExactSearch, Filter
+from search.ann import AnnSearch
 
 
 def unit_rows(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:

@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 
-from catalog.calibration import Calibration
-from catalog.category_first import CategoryVote, Grouping, group_first
-from catalog.neighbours import neighbours
+from catalog.calibration import UNCALIBRATED, Calibration
+from catalog.category_first import CategoryVote, Grouping
 from catalog.store import IndexData, open_store, publish, write_version
 from evaluation.metrics import evaluate
+from evaluation.ranked import gallery_view, ranked_rows
 from gateway import create_app
 from gateway.config import Config
 from tests.conftest import jpeg_bytes
@@ -43,12 +43,6 @@ def test_unlabelled_neighbours_do_not_vote():
     codes = np.array([[-1, -1, 1], [-1, -1, -1]])
     winner, _ = CategoryVote(k=3).vote(codes, np.array([[99.0, 98, 90], [99, 98, 97]]), 2)
     assert winner.tolist() == [1, -1]
-
-
-def test_group_first_keeps_score_order_inside_each_group():
-    scores = np.array([0.9, 0.8, 0.7, 0.6], dtype=np.float32)
-    keys = group_first(scores, np.array([False, True, False, True]))
-    assert np.argsort(-keys).tolist() == [1, 3, 0, 2]
 
 
 def test_guess_ignores_excluded_rows():
@@ -83,12 +77,6 @@ def test_the_vote_per_row_in_any_order_at_any_temperature():
     assert CategoryVote().vote(np.array([[-1]]), np.array([[50.0]]), 0)[0].tolist() == [-1]
 
 
-def test_the_group_bonus_outweighs_any_cosine_gap():
-    keys = group_first(np.array([1.0, -1.0], dtype=np.float32), np.array([False, True]))
-    assert np.argsort(-keys).tolist() == [1, 0]
-    assert keys.tolist() == pytest.approx([1.0, 9.0])  # scores kept, only shifted
-
-
 def test_labels_become_sorted_codes_and_blank_is_unlabelled():
     grouping = Grouping.from_labels(["b", "", "a", "b", 7], UNCAL)
     assert grouping.names == ["7", "a", "b"] and grouping.codes.tolist() == [2, -1, 1, 2, 0]
@@ -117,12 +105,10 @@ def test_only_the_first_k_candidates_vote_for_one_query():
     assert sharp.guess_candidates(np.array([], dtype=np.int64), np.array([])) == (-1, 0.0)
 
 
-def test_keys_change_nothing_without_a_guess():
-    grouping = Grouping.from_labels(["A", "B", ""], UNCAL)
-    sim = np.array([[0.5, 0.4, 0.3], [0.5, 0.4, 0.3]])
-    keys = grouping.keys(sim, np.array([-1, 1]))
-    assert keys[0].tolist() == pytest.approx([0.5, 0.4, 0.3])
-    assert keys[1].tolist() == pytest.approx([0.5, 10.4, 0.3])  # the unlabelled row never joins a group
+def leave_one_out(x, grouping):
+    """Each row's ranking of the others, by the gateway's ranking (evaluation/ranked.py)."""
+    view = gallery_view(x, grouping, Calibration(UNCALIBRATED))
+    return ranked_rows(view, x, len(x) - 1, True, excluded=np.eye(len(x), dtype=bool))
 
 
 def angles(*degrees):
@@ -149,12 +135,11 @@ def test_evaluation_ranks_category_first_as_computed_by_hand():
     assert grouped["precision@1"] == pytest.approx(3 / 6) and grouped["precision@2"] == pytest.approx(6 / 12)
     visual = evaluate(x, LABELS, ks=(1, 2)).metrics
     assert visual["precision@1"] == pytest.approx(3 / 6) and visual["precision@2"] == pytest.approx(5 / 12)
-    idx, scores, _, _ = neighbours(x, 5, grouping=grouping)
+    idx = leave_one_out(x, grouping)
     assert idx[0].tolist() == [2, 3, 1, 4, 5]  # B first, each group by similarity
-    assert scores[0, 0] == pytest.approx(math.cos(math.radians(5)), abs=1e-6)  # scores themselves unchanged
     # With the shipped temperature (2 percent points) p4's and p5's close A neighbour outweighs two far B's.
     shipped = Grouping.from_labels(LABELS, UNCAL, CategoryVote(k=3))
-    idx, _, _, _ = neighbours(x, 5, grouping=shipped)
+    idx = leave_one_out(x, shipped)
     assert idx[4, :2].tolist() == [5, 1] and idx[5, :2].tolist() == [4, 1]
 
 

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from catalog.appearance import HIST_SIZE
+from catalog.calibration import UNCALIBRATED, Calibration
+from catalog.category_first import Grouping
 from evaluation import held_out
 from evaluation.held_out import (
     Split,
@@ -14,9 +16,9 @@ from evaluation.held_out import (
     held_out_split,
     joined_labels,
     precision_report,
-    rank,
     twins_of,
 )
+from evaluation.ranked import gallery_view, ranked_rows
 
 
 def test_normalised_precision_by_hand():
@@ -47,9 +49,11 @@ def test_a_twin_never_answers_and_is_not_counted_as_relevant():
     keys_q, keys_g = np.array(["x", ""]), np.array(["x", "y", ""])
     twins = twins_of(keys_q, keys_g)
     assert twins.tolist() == [[True, False, False], [False, False, False]]  # an empty digest twins nothing
-    sim = np.array([[1.0, 0.5, 0.2], [0.1, 0.9, 0.3]])
-    sim[twins] = -np.inf
-    top = rank(sim, None, 2)
+    gallery = np.eye(3, dtype=np.float32)  # each query's scores are its own numbers
+    queries = np.array([[1.0, 0.5, 0.2], [0.1, 0.9, 0.3]], np.float32)
+    scale = Calibration(UNCALIBRATED)
+    view = gallery_view(gallery, Grouping.from_labels(["a", "b", "a"], scale.percent), scale)
+    top = ranked_rows(view, queries, 2, category_first=False, excluded=twins)
     assert top.tolist() == [[1, 2], [1, 2]]
     r = precision_report(top, np.array(["a", "a"]), np.array(["a", "b", "a"]), twins, ks=(2,))
     # query 0: only gallery row 2 is relevant (row 0 is its twin) → best 1, 1 hit; query 1: rows 0 and 2 → 1/2

@@ -1,4 +1,4 @@
-"""The Milvus backend (gateway/milvus.py) against Milvus Lite, the real embedded engine: a collection per
+"""The Milvus backend (search/milvus.py) against Milvus Lite, the real embedded engine: a collection per
 version, the alias switched in one step, the old collection dropped after its grace period, fills resumable."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from gateway.__main__ import workers_for
-from gateway.milvus import MilvusSearch, MilvusSettings, _alias_holder, client_for, collection_name
-from gateway.search import Filter
+from search import Filter
+from search.milvus import MilvusSearch, MilvusSettings, _alias_holder, client_for, collection_name
 
 V1, V2 = "20260101T000000000000Z-aaaaaa", "20260102T000000000000Z-bbbbbb"
 
@@ -40,7 +40,7 @@ def test_each_version_is_a_collection_and_the_alias_follows(settings):
     second = MilvusSearch.serve(settings, V2, unit_rows(30, seed=1), np.zeros(30, np.int64))
     assert _alias_holder(client, settings.alias) == collection_name(V2)
     assert len(first.search(x[5], 3)) == 3  # the old collection still answers during the grace period
-    first.retire()
+    first.close()
     deadline = time.monotonic() + 10
     while client.has_collection(collection_name(V1)) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -93,7 +93,7 @@ def test_milvus_lite_runs_one_gateway_worker(env, workers):
 def test_our_milvus_uri_variable_does_not_confuse_pymilvus(tmp_path):
     """pymilvus reads ``MILVUS_URI`` at import as its own default and refuses a Lite file there; the gateway
     sets exactly that variable, so the import must not see it (checked in a fresh interpreter)."""
-    code = ("from gateway.milvus import MilvusSettings, client_for; "
+    code = ("from search.milvus import MilvusSettings, client_for; "
             f"client_for(MilvusSettings({str(tmp_path / 'm.db')!r})).list_collections(); print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "MILVUS_URI": str(tmp_path / "m.db")},

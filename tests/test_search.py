@@ -1,11 +1,11 @@
-"""Exact cosine ranking and the search-backend seam (gateway/search.py)."""
+"""Exact cosine ranking and the search-backend seam (search/)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from gateway.search import ExactSearch, Filter, top_rows
+from search import ExactSearch, Filter, top_rows
 
 
 def unit(*v):

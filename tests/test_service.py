@@ -17,8 +17,8 @@ from catalog.appearance import colour_histogram
 from catalog.store import ANN, IndexData, open_store, write_and_publish
 from gateway import service as service_module
 from gateway.config import Config
-from gateway.search import top_rows
 from gateway.service import SearchOptions, SearchService, SideWork
+from search import top_rows
 
 
 class FixedClient:
@@ -45,7 +45,7 @@ def reference(index, x, query, options, exclude=None, own_code=None):
     code = -1
     if options.category_first and not options.category:
         code = own_code if own_code is not None else int(index.grouping.guess(scores)[0][0])
-    keys = index.grouping.keys(scores, [code])[0] if code >= 0 else None
+    keys = scores + 10.0 * (index.grouping.codes == code) if code >= 0 else None  # the group ahead of any cosine
     return [row for row, _ in top_rows(scores, options.top_k, index.calibration.cosine(options.threshold), keys)]
 
 

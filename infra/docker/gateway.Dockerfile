@@ -16,6 +16,8 @@ COPY infra/docker/requirements-gateway.txt /tmp/requirements-gateway.txt
 RUN pip install -r /tmp/requirements-gateway.txt
 COPY catalog/ catalog/
 COPY gateway/ gateway/
+COPY search/ search/
+COPY ranking/ ranking/
 COPY handlers/__init__.py handlers/imaging.py handlers/protocol.py handlers/
 COPY modelserver/__init__.py modelserver/client.py modelserver/
 USER 1000:1000
@@ -39,6 +41,8 @@ COPY infra/docker/requirements-gateway.txt /tmp/requirements-gateway.txt
 RUN pip install --no-cache-dir -r /tmp/requirements-gateway.txt
 COPY catalog/ ${LAMBDA_TASK_ROOT}/catalog/
 COPY gateway/ ${LAMBDA_TASK_ROOT}/gateway/
+COPY search/ ${LAMBDA_TASK_ROOT}/search/
+COPY ranking/ ${LAMBDA_TASK_ROOT}/ranking/
 COPY handlers/__init__.py handlers/imaging.py handlers/protocol.py ${LAMBDA_TASK_ROOT}/handlers/
 COPY modelserver/__init__.py modelserver/client.py ${LAMBDA_TASK_ROOT}/modelserver/
 # Lambda's filesystem is read-only but /tmp: the local copy of the index lives there.

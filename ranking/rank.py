@@ -1,0 +1,182 @@
+"""Category-first ranking with the threshold, the "no close match" rule and the colour re-ranking.
+
+A search asks the backend for candidates (search/), guesses the query's category by a vote of its
+nearest products (catalog/category_first.py), puts that category's products first (re-ordered by
+appearance, catalog/appearance.py, when the version has it), then the rest by similarity, all above the
+threshold. Every step works on what the backend returns, so every backend ranks the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from catalog.appearance import RERANK_DEPTH, Appearance, reorder
+from catalog.calibration import Calibration
+from catalog.category_first import Grouping
+from search import Candidates, Filter, SearchBackend
+
+#: Vectors are float32, so a cosine exactly at the threshold can come out a few 1e-8 below it: a product the
+#: page shows at 85 % must not be dropped by a threshold of 85 %. Far below any difference a shopper can set.
+THRESHOLD_SLACK = 1e-6
+
+
+@dataclass(frozen=True)
+class RankOptions:
+    """What a shopper can set on one search (checked by the HTTP layer)."""
+
+    threshold: float  # minimum calibrated similarity, percent
+    top_k: int
+    category: str | None = None  # only this category (case-insensitive)
+    category_first: bool = True  # rank the guessed (or the anchor's) category first
+    offset: int = 0  # leave out this many leading results ("Show more": the next page of the same ranking)
+    min_price: float | None = None  # only products with a known price in [min_price, max_price]
+    max_price: float | None = None
+
+
+@dataclass(frozen=True)
+class Guess:
+    """The category ranked first: guessed by a vote of the nearest products, or the anchor product's own."""
+
+    category: str
+    confidence: float  # the winner's share of the vote weight (1.0 for a product's own category)
+    source: str  # "vote" or "product"
+    code: int  # the category's code in the index's grouping
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """Rows of the index, best first, with their cosine and calibrated percent."""
+
+    rows: list[int]
+    scores: list[float]  # cosine in the index's search space
+    similarities: list[float]  # calibrated percent (catalog/calibration.py)
+    guess: Guess | None  # None: ranked by similarity alone
+    first_group: int = 0  # how many leading rows are in the guessed category
+    no_close_match: bool = False  # the best match is below the catalog's fitted rule: we don't carry this
+
+
+@dataclass(frozen=True)
+class RankingView:
+    """The narrow view of an index version that ranking needs, and nothing else of it."""
+
+    backend: SearchBackend
+    grouping: Grouping
+    calibration: Calibration
+    appearance: Appearance | None = None  # the version's appearance space ...
+    appearance_rows: np.ndarray | None = None  # ... and each row's appearance vector
+    no_match_percent: float | None = None  # the fitted "no close match" rule (catalog/no_match.py); None: never
+    prices: np.ndarray | None = None  # price per row, NaN where unknown; None: no prices
+
+    def category_codes(self, category: str | None) -> frozenset[int] | None:
+        """Codes of the categories named ``category`` (case-insensitive); None: no category filter."""
+        if not category:
+            return None
+        folded = category.strip().casefold()
+        return frozenset(code for code, name in enumerate(self.grouping.names) if name.casefold() == folded)
+
+    def price_rows(self, low: float | None, high: float | None) -> np.ndarray | None:
+        """Bool per row: the price is known and within [low, high] (either end open); None: no price range."""
+        if low is None and high is None:
+            return None
+        prices = self.prices if self.prices is not None else np.full(len(self.grouping.codes), np.nan)
+        keep = np.isfinite(prices)
+        if low is not None:
+            keep &= prices >= low
+        if high is not None:
+            keep &= prices <= high
+        return keep
+
+    def where(self, options: RankOptions, exclude: frozenset[int] = frozenset()) -> Filter:
+        """The filter of ``options`` (category, price range), ``exclude`` rows left out."""
+        return Filter(categories=self.category_codes(options.category), exclude_rows=exclude,
+                      rows=self.price_rows(options.min_price, options.max_price))
+
+
+def rank_query(view: RankingView, query: np.ndarray, options: RankOptions, look: np.ndarray | None = None,
+               exclude: frozenset[int] = frozenset()) -> Ranked:
+    """Rows close to a query's search-space vector; with ``category_first`` (and no category filter) its
+    guessed category first, ordered inside by the query's appearance vector ``look`` when given. The "no
+    close match" rule applies. ``exclude``: rows that may not answer (e.g. the query's own twins)."""
+    vote = options.category_first and not options.category
+    return _rank(view, query, view.where(options, exclude), options, guess_code=None, vote=vote, look=look)
+
+
+def rank_product(view: RankingView, row: int, options: RankOptions) -> Ranked:
+    """More like this: rows close to row ``row``'s stored vector, the row itself left out; with
+    ``category_first`` (and no category filter) its own category first. No "no close match" rule."""
+    code = int(view.grouping.codes[row]) if options.category_first and not options.category else -1
+    look = None if view.appearance_rows is None else np.asarray(view.appearance_rows[row])
+    return _rank(view, view.backend.vector(row), view.where(options, frozenset({row})), options, guess_code=code,
+                 look=look)
+
+
+def _rank(view: RankingView, query: np.ndarray, where: Filter, options: RankOptions, guess_code: int | None,
+          vote: bool = True, look: np.ndarray | None = None) -> Ranked:
+    """Candidates → ranked rows. ``guess_code``: None for a query (no-match rule applies; the category is
+    voted for when ``vote``), -1 for no category first, else that code. ``look``: the query's appearance
+    vector, which orders the results inside one category (the first group, or a filter's)."""
+    min_score = view.calibration.cosine(options.threshold) - THRESHOLD_SLACK
+    top_k = options.top_k + options.offset  # rank through the page asked for, answer only that page
+    cands = view.backend.search(query, max(top_k, view.grouping.vote.k), where)
+    lost = guess_code is None and _no_close_match(view, cands)
+    # no category claim when nothing is close, or when the shopper did not ask for one
+    guess = None if lost or (guess_code is None and not vote) else _guess(view.grouping, cands, guess_code)
+    if guess is None:
+        found = _in_category(view, query, cands, where, top_k, min_score, look if options.category else None)
+    else:
+        group = frozenset({guess.code})
+        found = _in_category(view, query, cands, where.narrowed(categories=group), top_k, min_score, look)
+        found += _best(view, query, cands, where.narrowed(exclude_categories=group), top_k - len(found), min_score)
+    codes = view.grouping.codes
+    first_group = 0 if guess is None else sum(int(codes[row]) == guess.code for row, _ in found)
+    found = found[options.offset:]
+    scores = [score for _, score in found]
+    percents = [float(p) for p in view.calibration.percent(np.array(scores, dtype=np.float64))]
+    return Ranked([row for row, _ in found], scores, percents, guess, max(0, first_group - options.offset), lost)
+
+
+def _guess(grouping: Grouping, cands: Candidates, code: int | None) -> Guess | None:
+    if code is None:
+        code, share = grouping.guess_candidates(cands.rows, cands.scores)
+        return Guess(grouping.names[code], round(share, 3), "vote", code) if code >= 0 else None
+    return Guess(grouping.names[code], 1.0, "product", code) if code >= 0 else None
+
+
+def _no_close_match(view: RankingView, cands: Candidates) -> bool:
+    """Whether a query's best candidate is below the catalog's "no close match" rule."""
+    if view.no_match_percent is None:
+        return False
+    return not len(cands) or float(view.calibration.percent(cands.scores[0])) < view.no_match_percent
+
+
+def _in_category(view: RankingView, query: np.ndarray, cands: Candidates, where: Filter, k: int,
+                 min_score: float, look: np.ndarray | None) -> list[tuple[int, float]]:
+    """``_best`` rows of one category; with ``look`` and a version with appearance vectors, its best
+    ``RERANK_DEPTH`` (by the CNN, over the threshold) re-ordered by the fused score (catalog/appearance.py)."""
+    if look is None or view.appearance is None or view.appearance_rows is None:
+        return _best(view, query, cands, where, k, min_score)
+    deep = _best(view, query, cands, where, max(k, RERANK_DEPTH), min_score)
+    if len(deep) < 2:
+        return deep[:k]
+    rows = np.array([row for row, _ in deep])
+    order = reorder(np.array([score for _, score in deep]), view.appearance_rows[rows] @ look, view.appearance)
+    return [deep[i] for i in order[:k]]
+
+
+def _best(view: RankingView, query: np.ndarray, cands: Candidates, where: Filter, k: int,
+          min_score: float) -> list[tuple[int, float]]:
+    """The best ``k`` rows admitted by ``where`` (a narrowing of the filter ``cands`` came from) with score
+    ≥ ``min_score``: taken from ``cands`` when they settle it, else from one more backend search.
+
+    ``cands`` settle it when they hold ``k`` such rows, or when every row they left out scores below
+    ``min_score`` (their last score is below it) or none was left out (exhausted)."""
+    if k <= 0:
+        return []
+    codes = view.grouping.codes
+    admitted = [(row, score) for row, score in cands.pairs()
+                if score >= min_score and where.admits(row, int(codes[row]))]
+    if len(admitted) >= k or cands.exhausted or (len(cands) and cands.scores[-1] < min_score):
+        return admitted[:k]
+    return view.backend.search(query, k, where, min_score).pairs()
