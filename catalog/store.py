@@ -32,6 +32,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from catalog.manifest import Manifest, ManifestError
 from catalog.whitening import Whitening
 
 SCHEMA_VERSION = 1
@@ -253,6 +254,11 @@ class IndexData:
         return self.files[name] if name in self.files else (self.folder / name).read_bytes()
 
     @property
+    def info(self) -> Manifest:
+        """The manifest's typed, checked fields (``ManifestError`` for one that was never checked)."""
+        return Manifest.parse(self.manifest)
+
+    @property
     def backbone_id(self) -> str:
         """The id of the vector function that made the embeddings (stored as the manifest's ``backbone``)."""
         return self.manifest["backbone"]
@@ -307,7 +313,7 @@ def write_version(store: Store, index: IndexData, extra_files: dict[str, bytes] 
 
 def publish(store: Store, version: str) -> None:
     """Point readers at ``version``: the single atomic step that makes a build visible."""
-    manifest = json.loads(store.get(f"versions/{version}/{MANIFEST}"))
+    manifest = read_manifest(store, version)  # a malformed version is never published (CorruptIndex)
     store.put(POINTER, json.dumps({"version": version, "backbone": manifest["backbone"]}).encode())
 
 
@@ -348,6 +354,10 @@ def read_manifest(store: Store, version: str) -> dict:
         raise CorruptIndex(f"version {version}: the manifest's checksums are malformed")
     if not all(isinstance(manifest.get(key), int) and manifest[key] >= 0 for key in ("count", "dim")):
         raise CorruptIndex(f"version {version}: the manifest's count or dim is missing")
+    try:
+        Manifest.parse(manifest)  # every field serving reads: refused here, like a bad checksum
+    except ManifestError as exc:
+        raise CorruptIndex(f"version {version}: the manifest is malformed: {exc}; rebuild the index") from None
     return manifest
 
 

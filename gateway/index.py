@@ -69,8 +69,9 @@ class CatalogIndex:
         # vector in ``prepare``: both sides of the cosine live in the same space.
         self.whitening = data.whitening()
         self.search_dim = int(self.whitening.projection.shape[1]) if self.whitening else self.model_dim
-        self.calibration = Calibration.from_manifest(data.manifest)
-        self.no_match_percent = _no_match_percent(data.manifest)
+        info = data.info  # checked when the version was read from the store
+        self.calibration = Calibration([list(p) for p in info.calibration] if info.calibration else UNCALIBRATED)
+        self.no_match_percent = info.no_match_percent
         labels, self.prices = self.products.scan(hashed=("id", "image_url"), listed="category", numeric="price")
         self.has_prices = bool(np.isfinite(self.prices).any())  # the page offers a price range only then
         self.grouping = Grouping.from_labels(labels, self.calibration.percent)
@@ -79,7 +80,8 @@ class CatalogIndex:
             data.version, len(self.products), self.search_dim, self.grouping.codes,
             vectors=lambda: self._search_vectors(data), blocks=lambda: Transformed(data.embeddings, self.whitening),
             ann_path=data.folder / ANN if data.folder is not None and data.has_file(ANN) else None))
-        self.appearance, self.appearance_rows = _appearance(data, len(self.products), self.search_dim)
+        self.appearance, self.appearance_rows = _appearance(data, len(self.products), self.search_dim,
+                                                                info.appearance_descriptor)
         #: All that ranking (ranking/) sees of this version.
         self.view = RankingView(self.backend, self.grouping, self.calibration, self.appearance, self.appearance_rows,
                                 self.no_match_percent, self.prices)
@@ -116,15 +118,15 @@ class CatalogIndex:
         return self.manifest.get("calibration") if self.calibration.points != UNCALIBRATED else None
 
 
-def _appearance(data: IndexData, rows: int, search_dim: int) -> tuple[Appearance | None, np.ndarray | None]:
+def _appearance(data: IndexData, rows: int, search_dim: int,
+                descriptor: str | None) -> tuple[Appearance | None, np.ndarray | None]:
     """The version's appearance space and row vectors, checked (the store is untrusted); (None, None) for a
     version without them or with another descriptor (its order inside a category is then the CNN's)."""
-    info = data.manifest.get("appearance")
-    if not isinstance(info, dict) or not (data.has_file(APPEARANCE) and data.has_file(APPEARANCE_VECTORS)):
+    if descriptor is None or not (data.has_file(APPEARANCE) and data.has_file(APPEARANCE_VECTORS)):
         return None, None
-    if info.get("descriptor") != DESCRIPTOR:
+    if descriptor != DESCRIPTOR:
         log.warning("version %s: appearance descriptor %r is not this gateway's %r: not used", data.version,
-                    info.get("descriptor"), DESCRIPTOR)
+                    descriptor, DESCRIPTOR)
         return None, None
     try:
         space = Appearance.from_bytes(data.file_bytes(APPEARANCE))
@@ -137,15 +139,6 @@ def _appearance(data: IndexData, rows: int, search_dim: int) -> tuple[Appearance
             space.projection is not None and space.projection.shape[0] != HIST_SIZE + search_dim):
         raise CorruptIndex(f"version {data.version}: the appearance files do not match the index")
     return space, vectors
-
-
-def _no_match_percent(manifest: dict) -> float | None:
-    """The fitted "no close match" threshold (catalog/no_match.py), or None: never say it. Untrusted input."""
-    rule = manifest.get("no_match")
-    value = rule.get("percent") if isinstance(rule, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
-        return None
-    return float(value)
 
 
 def default_cache_dir(uri: str) -> Path:

@@ -216,11 +216,11 @@ def test_appearance_files_that_do_not_match_the_index_are_refused(tmp_path):
                     {"version": "v", "appearance": {"descriptor": DESCRIPTOR}},
                     files={APPEARANCE: Appearance(0.5).to_bytes(), APPEARANCE_VECTORS: _npy(np.zeros((3, HIST_SIZE)))})
     with pytest.raises(CorruptIndex, match="do not match"):
-        _appearance(bad, rows=4, search_dim=4)
+        _appearance(bad, rows=4, search_dim=4, descriptor=DESCRIPTOR)
     junk = IndexData(bad.embeddings, bad.products, bad.manifest,
                      files={APPEARANCE: b"junk", APPEARANCE_VECTORS: bad.files[APPEARANCE_VECTORS]})
     with pytest.raises(CorruptIndex):
-        _appearance(junk, rows=4, search_dim=4)
+        _appearance(junk, rows=4, search_dim=4, descriptor=DESCRIPTOR)
 
 
 def _npy(x: np.ndarray) -> bytes:

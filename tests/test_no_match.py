@@ -201,12 +201,18 @@ def test_more_like_this_never_says_no_close_match(app_and_service):
     assert svc.similar("2", SearchOptions(threshold=0, top_k=3)).no_close_match is False
 
 
-@pytest.mark.parametrize("rule", [{"percent": "50"}, {"percent": 150}, {"percent": True}, "50", None])
-def test_a_malformed_rule_in_the_manifest_is_ignored(tmp_path, rule):
-    from gateway.index import _no_match_percent
+@pytest.mark.parametrize("rule", [{"percent": "50"}, {"percent": 150}, {"percent": -0.01}, {"percent": 100.01},
+                                  {"percent": True}, {"percent": float("nan")}, {}, "50", [50]])
+def test_a_malformed_rule_in_the_manifest_is_refused(rule):
+    from catalog.manifest import Manifest, ManifestError
 
-    assert _no_match_percent({"no_match": rule}) is None
-    assert _no_match_percent({"no_match": {"percent": 0}}) == 0.0
+    good = {"version": "v", "backbone": "b", "count": 0, "dim": 0}
+    with pytest.raises(ManifestError, match="no_match"):
+        Manifest.parse(good | {"no_match": rule})
+    assert Manifest.parse(good | {"no_match": None}).no_match_percent is None  # a small catalog has no rule
+    assert Manifest.parse(good).no_match_percent is None
+    assert Manifest.parse(good | {"no_match": {"percent": 0}}).no_match_percent == 0.0
+    assert Manifest.parse(good | {"no_match": {"percent": 100}}).no_match_percent == 100.0
 
 
 def test_prices_show_only_where_the_catalog_has_them(tmp_path):
