@@ -1,4 +1,5 @@
-"""Query images from strangers: the upload or the bytes behind an image URL, checked before any model call.
+"""Query images from strangers: the upload or the bytes behind an image URL, decoded once (``QueryImage``)
+before any model call.
 
 Refusals raise the error of the layer that found them (``BadRequest``, ``UnsafeURL``, ``ImageError``);
 routes.py turns each into its answer.
@@ -10,9 +11,9 @@ import base64
 import io
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from werkzeug.datastructures import FileStorage
+from PIL import Image
 
 from catalog.safe_http import safe_get
 from gateway.config import Config
@@ -20,9 +21,10 @@ from gateway.errors import BadRequest, Busy
 from handlers.imaging import decode_image
 
 USER_AGENT = "photo-gateway/0.1"
-#: The check decodes a large JPEG at reduced size, never below this many pixels a side (2× the model's
-#: input): a 24-megapixel JPEG then costs a few megabytes and milliseconds, not hundreds.
-CHECK_DRAFT = 448
+#: A query is decoded once, a large JPEG at reduced size but never below this many pixels a side: enough for
+#: a crop of a fifth of the photo to keep the model's 224 pixels, and a 24-megapixel JPEG costs 1/4 of a
+#: full decode (1/2 scale, 3000 × 2000).
+DECODE_SIDE = 1024
 #: A crop must keep at least this many pixels of the image on each side.
 MIN_CROP_PX = 16
 #: A cropped region is sent to the model at most this large (it resizes to 224 anyway).
@@ -48,18 +50,47 @@ class FetchSlots:
             self._slots.release()
 
 
-def query_image(upload: FileStorage | None, image_url: str, config: Config, slots: FetchSlots) -> bytes:
-    """The uploaded file, or the bytes behind ``image_url``; checked to be a decodable image."""
-    if upload is not None and upload.filename:
-        data = upload.read()
-        if not data:
+def query_image(upload: bytes | None, image_url: str, config: Config, slots: FetchSlots) -> QueryImage:
+    """The uploaded photo, else the one behind ``image_url``; decoded once (``ImageError`` when it is not one)."""
+    if upload is not None:
+        if not upload:
             raise BadRequest("the uploaded file is empty")
+        data = upload
     elif image_url.strip():
         data = slots.fetch(image_url, config)
     else:
         raise BadRequest("no image: choose or drop a photo, or paste a link to one")
-    decode_image(data, config.max_pixels, draft=CHECK_DRAFT)
-    return data
+    return QueryImage.decode(data, config.max_pixels)
+
+
+@dataclass(frozen=True)
+class QueryImage:
+    """A query photo decoded once: its check, crop, colour histogram and the picture the page shows all read
+    ``image``; the model is sent ``data`` (the bytes as received, or the crop as a JPEG)."""
+
+    data: bytes
+    image: Image.Image = field(repr=False)
+
+    @classmethod
+    def decode(cls, data: bytes, max_pixels: int) -> QueryImage:
+        """The one decode of a query: a large JPEG at reduced size, never below ``DECODE_SIDE`` a side."""
+        return cls(data, decode_image(data, max_pixels, draft=DECODE_SIDE))
+
+    def cropped(self, crop: Crop) -> QueryImage:
+        """The ``crop`` region, at most ``CROP_MAX_SIDE`` pixels a side, its JPEG for the model (no decode)."""
+        region = self.image.crop(crop.box(*self.image.size))
+        region.thumbnail((CROP_MAX_SIDE, CROP_MAX_SIDE))
+        out = io.BytesIO()
+        region.save(out, "JPEG", quality=92)
+        return QueryImage(out.getvalue(), region)
+
+    def picture(self) -> str:
+        """The query picture the page shows: a small JPEG as a ``data:`` URL (no second request, no storage)."""
+        img = self.image.copy()
+        img.thumbnail((PICTURE_SIDE, PICTURE_SIDE))
+        out = io.BytesIO()
+        img.save(out, "JPEG", quality=85)
+        return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
 
 
 @dataclass(frozen=True)
@@ -97,22 +128,3 @@ class Crop:
             raise BadRequest(f"the selected area is too small: draw a bigger box around the product (at least "
                              f"{MIN_CROP_PX} pixels of the photo each way)")
         return box
-
-
-def cropped(image: bytes, crop: Crop, max_pixels: int) -> bytes:
-    """The ``crop`` region of ``image`` as a JPEG, at most ``CROP_MAX_SIDE`` pixels a side."""
-    img = decode_image(image, max_pixels)
-    region = img.crop(crop.box(*img.size))
-    region.thumbnail((CROP_MAX_SIDE, CROP_MAX_SIDE))
-    out = io.BytesIO()
-    region.save(out, "JPEG", quality=92)
-    return out.getvalue()
-
-
-def picture(image: bytes, max_pixels: int) -> str:
-    """The query picture the page shows: a small JPEG as a ``data:`` URL (no second request, no storage)."""
-    img = decode_image(image, max_pixels, draft=PICTURE_SIDE)
-    img.thumbnail((PICTURE_SIDE, PICTURE_SIDE))
-    out = io.BytesIO()
-    img.save(out, "JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()

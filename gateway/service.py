@@ -16,13 +16,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from catalog.appearance import HIST_SIZE, colour_histogram_or_none
+from catalog.appearance import HIST_SIZE, histogram_of
 from gateway import metrics
 from gateway.config import Config
-from gateway.errors import NotFound, Unavailable
-from gateway.images import FetchSlots
+from gateway.errors import BadRequest, NotFound, Unavailable
+from gateway.images import Crop, FetchSlots, QueryImage, query_image
 from gateway.index import CatalogIndex, IndexManager, backend_settings
-from gateway.query_token import QueryTokens, new_key
+from gateway.query_token import ExpiredQuery, Query, QueryTokens, new_key, picture_digest
 from handlers.imaging import ImageError
 from modelserver.client import ModelClient, ModelServerError
 from ranking import Guess, Ranked, RankOptions, rank_product, rank_query
@@ -57,6 +57,33 @@ class Results:
     hist: np.ndarray | None = None  # ... and its colour histogram (catalog/appearance.py)
     index_version: str = ""  # the index version that ranked these results ...
     index_model: str = ""  # ... and the backbone it was built with
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """One search request's query, as the HTTP layer read it."""
+
+    upload: bytes | None = None  # an uploaded photo's bytes (None: no upload)
+    image_url: str = ""
+    token: str = ""  # a query token: refine an earlier search without the photo
+    crop: Crop | None = None
+    with_picture: bool = False  # the page shows the query's picture
+    picture: str = ""  # the picture a page sent back with ``token`` (shown only if it is the token's)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One search's answer: the results (with the version that ranked them), the token to refine them, and
+    what the page shows of the query."""
+
+    found: Results
+    token: str
+    image_url: str = ""  # the query's image URL ("" for an upload)
+    picture: str = ""  # the query picture as a data: URL ("" when not asked for)
+
+
+#: The only kind of query picture a page shows (``QueryImage.picture`` makes them).
+PICTURE_PREFIX = "data:image/jpeg;base64,"
 
 
 class SideWork:
@@ -105,12 +132,55 @@ class SearchService:
         with metrics.EMBEDDING.time():
             return self.client.embed(image)
 
-    def search_image(self, image: bytes, options: SearchOptions) -> Results:
-        """Products that look like ``image``; with ``category_first`` its guessed category ranks first.
-        The colour histogram (~3 ms of CPU) is computed while the model server works on the vector."""
-        hist = self.side_work.submit(colour_histogram_or_none, image, self.config.max_pixels)
+    def search(self, query: SearchQuery, options: SearchOptions) -> Answer:
+        """One search request: a new photo or image URL (cropped when asked), else the vector of its query
+        token (no upload, no model call). Decides which, searches, and issues the token of the answer."""
+        known, refused = self._verified(query.token)
+        if query.upload is not None or (query.image_url and (known is None or known.image_url != query.image_url)):
+            photo = query_image(query.upload, query.image_url, self.config, self.url_fetches)
+            if query.crop is not None:
+                photo = photo.cropped(query.crop)
+            found = self.search_image(photo, options)
+            url = "" if query.upload is not None else query.image_url
+            return self._answer(found, url, photo.picture() if query.with_picture else "")
+        if not query.token:
+            raise BadRequest("no image: choose or drop a photo, or paste a link to one")
+        if query.crop is not None:
+            raise BadRequest("to search part of the photo, give the photo again with the box drawn on it")
+        if refused is not None:
+            raise refused
+        if known.backbone_id != self.require_index().backbone_id:
+            raise ExpiredQuery("the search engine has been updated since this search: choose the photo again")
+        found = self.search_vector(known.vector, known.backbone_id, options, known.hist)
+        return self._answer(found, known.image_url, self.token_picture(query.picture, known)
+                            if query.with_picture else "")
+
+    def _verified(self, token: str) -> tuple[Query | None, ExpiredQuery | None]:
+        """The query of ``token`` (verified once), or why it cannot be used: that only matters when it is the
+        query (a new photo with a stale token is a new search)."""
         try:
-            vector, backbone_id = self.embed_image(image)
+            return (self.tokens.verify(token), None) if token else (None, None)
+        except ExpiredQuery as exc:
+            return None, exc
+
+    def _answer(self, found: Results, image_url: str, shown: str) -> Answer:
+        token = self.tokens.issue(Query(found.vector, found.model, image_url,
+                                        picture_digest(shown) if shown else "", found.hist))
+        return Answer(found, token, image_url, shown)
+
+    @staticmethod
+    def token_picture(shown: str, query: Query) -> str:
+        """``shown`` when it is the picture ``query``'s token was issued with, else "" (a stranger's picture is
+        never shown)."""
+        return shown if shown.startswith(PICTURE_PREFIX) and picture_digest(shown) == query.picture_digest else ""
+
+    def search_image(self, photo: QueryImage, options: SearchOptions) -> Results:
+        """Products that look like ``photo``; with ``category_first`` its guessed category ranks first.
+        The colour histogram (~3 ms of CPU) is made from the decoded photo while the model server works on
+        the vector."""
+        hist = self.side_work.submit(histogram_of, photo.image)
+        try:
+            vector, backbone_id = self.embed_image(photo.data)
         except BaseException:
             hist.cancel()  # not started yet: a failed query leaves no work (and no image) queued behind it
             raise

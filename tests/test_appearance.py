@@ -30,6 +30,7 @@ from catalog.appearance import (
 from catalog.store import APPEARANCE, APPEARANCE_VECTORS, IndexData, open_store, write_and_publish
 from gateway import create_app
 from gateway.config import Config
+from gateway.images import QueryImage
 from gateway.query_token import Query, QueryTokens
 from gateway.service import SearchOptions, SearchService
 
@@ -161,29 +162,33 @@ def tops_index(tmp_path, appearance: bool = True, descriptor: str = DESCRIPTOR):
     return svc
 
 
+def shot(colour) -> QueryImage:
+    """A query photo of one colour, decoded as the gateway decodes a query."""
+    return QueryImage.decode(jpeg(photo(colour)), 10**7)
+
+
 def names(found) -> list[str]:
     return [hit.product["name"] for hit in found.hits]
 
 
 def test_inside_the_category_the_colour_decides(tmp_path):
     svc = tops_index(tmp_path)
-    red = svc.search_image(jpeg(photo(RED)), SearchOptions(threshold=0, top_k=4))
+    red = svc.search_image(shot(RED), SearchOptions(threshold=0, top_k=4))
     assert red.guess.category == "Tops" and names(red)[:3] == ["red top", "green top", "blue top"]
-    blue = svc.search_image(jpeg(photo(BLUE)), SearchOptions(threshold=0, top_k=4))
+    blue = svc.search_image(shot(BLUE), SearchOptions(threshold=0, top_k=4))
     assert names(blue)[0] == "blue top"
     # the shown similarity stays the CNN's: the red top keeps its own score
     assert [round(h.score, 2) for h in red.hits[:3]] == [0.97, 0.99, 0.98]
-    alone = svc.search_image(jpeg(photo(RED)), SearchOptions(threshold=0, top_k=4, category_first=False))
+    alone = svc.search_image(shot(RED), SearchOptions(threshold=0, top_k=4, category_first=False))
     assert names(alone)[:3] == ["green top", "blue top", "red top"]  # similarity alone: the CNN's order
-    filtered = svc.search_image(jpeg(photo(RED)), SearchOptions(threshold=0, top_k=4, category="Tops",
-                                                                category_first=False))
+    filtered = svc.search_image(shot(RED), SearchOptions(threshold=0, top_k=4, category="Tops", category_first=False))
     assert names(filtered)[0] == "red top"  # one category (a filter): colour orders it too
 
 
 @pytest.mark.parametrize(("appearance", "descriptor"), [(False, DESCRIPTOR), (True, "another-descriptor")])
 def test_without_a_usable_appearance_the_cnn_orders(tmp_path, appearance, descriptor):
     svc = tops_index(tmp_path, appearance, descriptor)
-    assert names(svc.search_image(jpeg(photo(RED)), SearchOptions(threshold=0, top_k=3))) == [
+    assert names(svc.search_image(shot(RED), SearchOptions(threshold=0, top_k=3))) == [
         "green top", "blue top", "red top"]
 
 

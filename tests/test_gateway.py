@@ -383,3 +383,51 @@ def test_a_json_body_of_exactly_16_kb_is_read_and_one_byte_more_is_refused(clien
     assert at_limit.status_code == 400 and "KB" not in at_limit.get_json()["error"]  # read: no image given
     over = client.post("/api/search", data=body(16 * 1024 + 1), content_type="application/json")
     assert over.status_code == 413 and over.get_json()["error"] == "a JSON request may be at most 16 KB"
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """Counts every decode of a query image in the gateway (the model server's own decode is not the gateway's)."""
+    import catalog.appearance
+    import gateway.images
+    from handlers import imaging
+
+    calls: list[int] = []
+
+    def counted(data, *args, **kwargs):
+        calls.append(len(data))
+        return imaging.decode_image(data, *args, **kwargs)
+
+    monkeypatch.setattr(gateway.images, "decode_image", counted)
+    monkeypatch.setattr(catalog.appearance, "decode_image", counted)
+    return calls
+
+
+@pytest.mark.parametrize(("path", "fields"), [("/api/search", {}), ("/search", {}),
+                                              ("/api/search", {"crop": "0.1,0.1,0.9,0.9"}),
+                                              ("/search", {"crop": "0.1,0.1,0.9,0.9"})])
+def test_a_query_photo_is_decoded_once(client, decodes, path, fields):
+    """The check, the crop, the colour histogram and the page's picture all read one decoded image."""
+    photo = jpeg_bytes(size=(1600, 1200))
+    resp = upload(client, path, photo, threshold="0", **fields)
+    assert resp.status_code == 200 and decodes == [len(photo)]
+
+
+def test_an_image_link_is_decoded_once(small_index, stub, tmp_path, http_server, decodes):
+    link = http_server.add("/q.jpg", demo_image(10109))
+    config = Config(index_uri=str(small_index), index_poll_s=0, index_cache_dir=str(tmp_path / "copy"),
+                    allow_private_urls=True)
+    client = create_app(config, client=stub).test_client()
+    resp = client.post("/search", data={"image_url": link, "threshold": "0"})
+    assert resp.status_code == 200 and len(decodes) == 1
+
+
+def test_an_empty_file_field_means_the_link_is_the_query(small_index, stub, tmp_path, http_server):
+    """A browser sends the form's file field even when no file was chosen (no filename): the link is used."""
+    link = http_server.add("/q.jpg", demo_image(10109))
+    config = Config(index_uri=str(small_index), index_poll_s=0, index_cache_dir=str(tmp_path / "copy"),
+                    allow_private_urls=True)
+    client = create_app(config, client=stub).test_client()
+    resp = client.post("/api/search", data={"file": (io.BytesIO(b""), ""), "image_url": link,
+                                            "threshold": "0"}, content_type="multipart/form-data")
+    assert resp.status_code == 200 and resp.get_json()["results"][0]["id"] == "10109"

@@ -10,12 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from PIL import Image
-from werkzeug.datastructures import FileStorage
 
 from gateway import images
 from gateway.config import Config
 from gateway.errors import BadRequest, Busy
-from gateway.images import MIN_CROP_PX, PICTURE_SIDE, Crop, cropped, picture
+from gateway.images import MIN_CROP_PX, PICTURE_SIDE, Crop, QueryImage
 from handlers.imaging import ImageError
 
 
@@ -55,14 +54,16 @@ def test_the_smallest_crop_on_both_sides():
 
 
 def test_cropped_keeps_only_the_region():
-    out = Image.open(io.BytesIO(cropped(png(200, 100), Crop(0.5, 0, 1, 1), 10**7)))
+    region = QueryImage.decode(png(200, 100), 10**7).cropped(Crop(0.5, 0, 1, 1))
+    out = Image.open(io.BytesIO(region.data))  # what the model is sent
+    assert region.image.size == out.size  # and what the colour histogram and the picture read
     assert out.size == (100, 100)
     r, g, b = out.convert("RGB").getpixel((50, 50))
     assert r > 180 and g < 40 and b < 40  # red: the right half
 
 
 def test_the_picture_is_a_small_jpeg_data_url():
-    url = picture(png(1000, 500), 10**7)
+    url = QueryImage.decode(png(1000, 500), 10**7).picture()
     assert url.startswith("data:image/jpeg;base64,")
     shown = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     assert shown.format == "JPEG" and max(shown.size) == PICTURE_SIDE
@@ -90,13 +91,11 @@ def test_crop_refusals_word_for_word(text, message):
     assert caught.value.message == message
 
 
-@pytest.mark.parametrize("make", [lambda data, limit: cropped(data, Crop(0, 0, 1, 1), limit),
-                                  lambda data, limit: picture(data, limit)])
-def test_the_pixel_limit_on_both_sides(make):
+def test_the_pixel_limit_on_both_sides():
     data = png(100, 50)  # 5,000 pixels
-    assert make(data, 5000)
+    assert QueryImage.decode(data, 5000).image.size == (100, 50)
     with pytest.raises(ImageError, match="too large"):
-        make(data, 4999)
+        QueryImage.decode(data, 4999)
 
 
 class Slow:
@@ -143,22 +142,20 @@ class Slots:
 def test_query_image_takes_the_upload_then_the_link():
     config = Config()
     jpeg = png(40, 40)
-    with_file = FileStorage(io.BytesIO(jpeg), filename="q.png")
     slots = Slots(png(30, 30))
-    assert images.query_image(with_file, "http://x/a.jpg", config, slots) == jpeg and slots.asked == []
-    nameless = FileStorage(io.BytesIO(jpeg), filename="")  # a form's empty file field: use the link
-    assert images.query_image(nameless, " http://x/a.jpg ", config, slots) == slots.data
+    assert images.query_image(jpeg, "http://x/a.jpg", config, slots).data == jpeg and slots.asked == []
+    assert images.query_image(None, " http://x/a.jpg ", config, slots).data == slots.data
     assert slots.asked == [(" http://x/a.jpg ", config)]
     with pytest.raises(BadRequest) as none:
         images.query_image(None, "  ", config, slots)
     assert none.value.message == "no image: choose or drop a photo, or paste a link to one"
     with pytest.raises(BadRequest) as empty:
-        images.query_image(FileStorage(io.BytesIO(b""), filename="q.jpg"), "", config, slots)
+        images.query_image(b"", "", config, slots)
     assert empty.value.message == "the uploaded file is empty"
 
 
 def test_query_image_checks_the_pixel_limit_on_both_sides():
     data = png(100, 50)
-    assert images.query_image(None, "http://x", Config(max_pixels=5000), Slots(data)) == data
+    assert images.query_image(None, "http://x", Config(max_pixels=5000), Slots(data)).data == data
     with pytest.raises(ImageError, match="too large"):
         images.query_image(None, "http://x", Config(max_pixels=4999), Slots(data))

@@ -13,6 +13,7 @@ from catalog.no_match import MAX_FALSE_NO_MATCH, best_scores, fit_no_match
 from catalog.store import IndexData, open_store, write_and_publish
 from gateway import create_app
 from gateway.config import Config
+from gateway.images import QueryImage
 from gateway.service import SearchOptions, SearchService
 from tests.conftest import jpeg_bytes
 
@@ -183,7 +184,7 @@ def test_the_rule_on_both_sides_of_its_threshold(app_and_service, cosine, expect
     app, svc = app_and_service
     svc.indexes.load()
     svc.client.vector = query(cosine)
-    found = svc.search_image(b"q", SearchOptions(threshold=0, top_k=3))
+    found = svc.search_image(QueryImage.decode(jpeg_bytes(), 10**7), SearchOptions(threshold=0, top_k=3))
     assert found.no_close_match is expected
     assert (found.guess is None) is expected  # never a category claim when nothing is close
     app.extensions["photo"].client.vector = query(cosine)

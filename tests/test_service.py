@@ -13,12 +13,23 @@ import pytest
 from PIL import Image
 
 from catalog.ann import build_ann
-from catalog.appearance import colour_histogram
+from catalog.appearance import colour_histogram, histogram_of
 from catalog.store import ANN, IndexData, open_store, write_and_publish
 from gateway import service as service_module
 from gateway.config import Config
+from gateway.images import QueryImage
 from gateway.service import SearchOptions, SearchService, SideWork
 from search import top_rows
+
+
+def _photo() -> QueryImage:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (90, 90, 90)).save(buf, "JPEG")
+    return QueryImage.decode(buf.getvalue(), 10**7)
+
+
+#: The query photo of the ranking tests (the fixed client gives its vector, whatever the photo).
+PHOTO = _photo()
 
 
 class FixedClient:
@@ -89,7 +100,7 @@ def test_candidates_rank_like_the_whole_catalog(service, top_k, threshold, categ
     for _ in range(25):
         q = x[rng.integers(len(x))] + rng.normal(scale=0.5, size=8)
         svc.client.vector = (q / np.linalg.norm(q)).astype(np.float32)
-        got = [int(h.product["id"]) for h in svc.search_image(b"q", options).hits]
+        got = [int(h.product["id"]) for h in svc.search_image(PHOTO, options).hits]
         assert got == reference(index, x, svc.client.vector, options)
         row = int(rng.integers(len(x)))
         got = [int(h.product["id"]) for h in svc.similar(str(row), options).hits]
@@ -104,8 +115,8 @@ def test_offset_pages_are_slices_of_one_ranking(service, category, category_firs
     for _ in range(10):
         q = x[rng.integers(len(x))] + rng.normal(scale=0.5, size=8)
         svc.client.vector = (q / np.linalg.norm(q)).astype(np.float32)
-        whole = svc.search_image(b"q", SearchOptions(0.0, 15, category, category_first))
-        pages = [svc.search_image(b"q", SearchOptions(0.0, 5, category, category_first, offset=o)) for o in (0, 5, 10)]
+        whole = svc.search_image(PHOTO, SearchOptions(0.0, 15, category, category_first))
+        pages = [svc.search_image(PHOTO, SearchOptions(0.0, 5, category, category_first, offset=o)) for o in (0, 5, 10)]
         assert [h.product["id"] for p in pages for h in p.hits] == [h.product["id"] for h in whole.hits]
         assert sum(p.first_group for p in pages) == whole.first_group
 
@@ -143,22 +154,16 @@ def plain(tmp_path):
 def test_the_histogram_is_made_while_the_model_works(plain, monkeypatch):
     made = threading.Event()
 
-    def histogram(data: bytes, max_pixels: int) -> np.ndarray:
+    def histogram(img) -> np.ndarray:
         made.set()
-        return colour_histogram(data, max_pixels)
+        return histogram_of(img)
 
-    monkeypatch.setattr(service_module, "colour_histogram_or_none", histogram)
+    monkeypatch.setattr(service_module, "histogram_of", histogram)
     svc = SearchService(plain, WaitingClient(made))
     svc.indexes.load()
-    found = svc.search_image(_jpeg(), SearchOptions(0.0, 3))
+    found = svc.search_image(QueryImage.decode(_jpeg(), 10**7), SearchOptions(0.0, 3))
     assert svc.client.histogram_was_ready  # made before the model answered, not after
-    assert np.array_equal(found.hist, colour_histogram(_jpeg(), plain.max_pixels))
-
-
-def test_an_image_only_the_model_reads_has_no_histogram(plain):
-    svc = SearchService(plain, FixedClient())
-    svc.indexes.load()
-    assert svc.search_image(b"not a picture", SearchOptions(0.0, 3)).hist is None
+    assert np.array_equal(found.hist, colour_histogram(_jpeg(), plain.max_pixels))  # small: no reduced decode
 
 
 def test_a_forked_worker_gets_side_threads_of_its_own():
@@ -197,5 +202,5 @@ def test_a_failed_model_call_drops_its_queued_histogram(plain):
     svc.indexes.load()
     svc.side_work = QueuedOnly()
     with pytest.raises(ModelServerError):
-        svc.search_image(_jpeg(), SearchOptions(0.0, 3))
+        svc.search_image(QueryImage.decode(_jpeg(), 10**7), SearchOptions(0.0, 3))
     assert svc.side_work.futures[0].cancelled()

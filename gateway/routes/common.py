@@ -1,0 +1,157 @@
+"""What every route shares: the blueprint, the request's parameters read and checked, the query object,
+links to catalog images, and the security headers of every answer."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, Response, current_app, request, url_for
+
+from catalog.paths import is_remote
+from gateway.config import FALSE_WORDS, TRUE_WORDS
+from gateway.errors import BadRequest, TooLarge
+from gateway.images import Crop
+from gateway.service import SearchOptions, SearchQuery, SearchService
+
+bp = Blueprint("photo", __name__)
+
+
+def service() -> SearchService:
+    return current_app.extensions["photo"]
+
+
+def wants_json() -> bool:
+    return request.path.startswith("/api/") or request.path in ("/healthz", "/readyz")
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def request_params() -> dict:
+    """Merged query string, form fields and JSON body."""
+    merged = dict(request.args.items())
+    merged.update(request.form.items())
+    if request.is_json:
+        body = _json_body()
+        if not isinstance(body, dict):
+            raise BadRequest("JSON body must be an object, e.g. {\"image_url\": \"https://...\"}")
+        merged.update({k: v for k, v in body.items() if v is not None})
+    return merged
+
+
+#: A JSON body carries a URL and a few settings: far less than this.
+MAX_JSON_BYTES = 16 * 1024
+
+
+def _json_body() -> object:
+    """The JSON body, at most ``MAX_JSON_BYTES`` (413 above); None when it does not parse (any depth)."""
+    if (request.content_length or 0) > MAX_JSON_BYTES:
+        raise TooLarge(f"a JSON request may be at most {MAX_JSON_BYTES // 1024} KB")
+    raw = request.stream.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:  # no Content-Length (chunked): counted while read
+        raise TooLarge(f"a JSON request may be at most {MAX_JSON_BYTES // 1024} KB")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):  # 200,000 "[" is a RecursionError, not a ValueError
+        return None
+
+
+def _number(params: dict, name: str, default: float, low: float, high: float, kind=float):
+    raw = params.get(name)
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return default
+    try:
+        if isinstance(raw, bool) or (kind is int and isinstance(raw, float) and not raw.is_integer()):
+            raise TypeError(raw)  # JSON true is not 1, and 1.5 results is not 1
+        value = kind(raw)
+    except (TypeError, ValueError):
+        what = "a whole number" if kind is int else "a number"
+        raise BadRequest(f"{name} must be {what} between {low:g} and {high:g}, got {raw!r}") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+    return value
+
+
+def _flag(params: dict, name: str, default: bool) -> bool:
+    raw = params.get(name)
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return default
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text not in TRUE_WORDS + FALSE_WORDS:
+        raise BadRequest(f"{name} must be true or false, got {raw!r}")
+    return text in TRUE_WORDS
+
+
+def search_options(params: dict) -> SearchOptions:
+    """threshold, top_k, category, category_first and offset from the request, checked."""
+    cfg = service().config
+    return SearchOptions(threshold=_number(params, "threshold", cfg.default_threshold, 0, 100),
+                         top_k=_number(params, "top_k", cfg.default_top_k, 1, cfg.max_top_k, kind=int),
+                         category=str(params.get("category") or "").strip() or None,
+                         category_first=_flag(params, "category_first", cfg.category_first),
+                         offset=_number(params, "offset", 0, 0, cfg.max_top_k, kind=int),
+                         **_price_range(params))
+
+
+#: The highest price a range may name (far above any real price; keeps the number finite and printable).
+MAX_PRICE = 1e12
+
+
+def _price_range(params: dict) -> dict:
+    """``min_price`` / ``max_price`` (either may be left out), checked: 0 ≤ min ≤ max ≤ ``MAX_PRICE``."""
+    low = _number(params, "min_price", None, 0, MAX_PRICE)
+    high = _number(params, "max_price", None, 0, MAX_PRICE)
+    if low is not None and high is not None and low > high:
+        raise BadRequest(f"the lowest price ({low:g}) is above the highest ({high:g}): swap them")
+    return {"min_price": low, "max_price": high}
+
+
+def show_more(params: dict) -> int | None:
+    """"Show more": the same search with ``show`` results instead of ``top_k``; returns how many were shown
+    before (the first new one gets focus), or None."""
+    if not params.get("show"):
+        return None
+    shown_before, params["top_k"] = params.get("top_k"), params["show"]
+    try:
+        return int(str(shown_before))
+    except ValueError:
+        return None
+
+
+def image_link(product: dict) -> str:
+    url = str(product.get("image_url", ""))
+    return url if is_remote(url) else url_for("photo.catalog_image", path=url)
+
+
+# --------------------------------------------------------------------------- headers
+
+#: No inline script or style (the page's script is static/page.js); images from the catalog's hosts (http/https),
+#: the shopper's own preview (blob:); never framed, never sending the page's address to image hosts.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' https: http: "
+                           "blob: data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                           "frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+@bp.after_app_request
+def security_headers(response: Response) -> Response:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+def search_query(params: dict, with_picture: bool) -> SearchQuery:
+    """The request's query as the service takes it: the upload's bytes, the image URL, the query token (and
+    the picture a page sent back with it), the crop."""
+    upload = request.files.get("file")
+    return SearchQuery(upload=upload.read() if upload is not None and upload.filename else None,
+                       image_url=str(params.get("image_url") or "").strip(),
+                       token=str(params.get("query_token") or ""), crop=Crop.parse(params.get("crop")),
+                       with_picture=with_picture, picture=str(params.get("query_picture") or ""))

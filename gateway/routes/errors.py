@@ -1,0 +1,113 @@
+"""Every failure as an answer: JSON for the API, the page (with what the shopper had entered) otherwise."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+
+from flask import current_app, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from catalog.safe_http import UnsafeURL
+from gateway import metrics
+from gateway.errors import ServiceError
+from gateway.query_token import ExpiredQuery
+from gateway.routes.common import bp, search_options, service, wants_json
+from gateway.routes.page import render_page
+from handlers.imaging import ImageError
+from modelserver.client import ModelServerError
+from search import SearchUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def error_answer(status: int, message: str):
+    if wants_json():
+        return jsonify(error=message, status=status), status
+    return render_page(status=status, error=message, **_kept_inputs())
+
+
+def _kept_inputs() -> dict:
+    """What the shopper had entered, for the page that reports an error: the typed URL and every setting
+    that is still valid (an invalid one falls back to its default; the error names it)."""
+    try:
+        params = dict(request.args.items()) | dict(request.form.items())
+    except Exception:  # noqa: BLE001 - an unreadable body: nothing to keep
+        return {}
+    kept: dict = {"image_url": str(params.get("image_url") or "")[:2048]} | _kept_query(params)
+    try:
+        kept.update(asdict(search_options(params)))
+    except ServiceError:
+        kept["category"] = str(params.get("category") or "") or None
+    return kept
+
+
+def _kept_query(params: dict) -> dict:
+    """A still-valid query token (and its picture) of a failed request, so the shopper can retry without
+    giving the photo again."""
+    token = str(params.get("query_token") or "")
+    try:
+        query = service().tokens.verify(token) if token else None
+    except ExpiredQuery:
+        query = None
+    if query is None:
+        return {}
+    return {"query_token": token, "query_picture": service().token_picture(str(params.get("query_picture") or ""),
+                                                                           query),
+            "image_url": str(params.get("image_url") or query.image_url)[:2048]}
+
+
+@bp.app_errorhandler(ServiceError)
+def on_serviceerror_answer(exc: ServiceError):
+    response = error_answer(exc.status, exc.message)
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        response = current_app.make_response(response)
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+@bp.app_errorhandler(ImageError)
+def on_bad_image(exc: ImageError):
+    return error_answer(400, str(exc))
+
+
+@bp.app_errorhandler(UnsafeURL)
+def on_refused_url(exc: UnsafeURL):
+    metrics.FETCH_ERRORS.labels(str(exc.status)).inc()
+    return error_answer(exc.status, str(exc))
+
+
+@bp.app_errorhandler(ModelServerError)
+def on_model_server_down(exc: ModelServerError):
+    log.warning("embedding failed: %s", exc)
+    return error_answer(503, f"search is temporarily unavailable: {exc}")
+
+
+#: What a shopper is told when the search backend fails (the reason goes to the log).
+SEARCH_DOWN = "search is temporarily unavailable: please try again in a moment"
+
+
+@bp.app_errorhandler(SearchUnavailable)
+def on_search_down(exc: SearchUnavailable):
+    log.warning("search backend failed: %s", exc)
+    response = current_app.make_response(error_answer(503, SEARCH_DOWN))
+    response.headers["Retry-After"] = "2"
+    return response
+
+
+@bp.app_errorhandler(RequestEntityTooLarge)
+def on_too_large(exc: RequestEntityTooLarge):
+    limit = service().config.max_upload_mb
+    return error_answer(413, f"upload too large: the limit is {limit:g} MB")
+
+
+@bp.app_errorhandler(HTTPException)
+def on_httperror_answer(exc: HTTPException):
+    return error_answer(exc.code or 500, exc.description or exc.name)
+
+
+@bp.app_errorhandler(Exception)
+def on_unexpected(exc: Exception):
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return error_answer(500, "internal error: the request could not be completed; it has been logged")
