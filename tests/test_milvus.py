@@ -3,6 +3,7 @@ version, the alias switched in one step, the old collection dropped after its gr
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -12,9 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from catalog.store import open_store, publish, write_version
+from gateway import create_app
 from gateway.__main__ import workers_for
+from gateway.config import Config
+from gateway.routes import SEARCH_DOWN
 from search import Filter
 from search.milvus import MilvusSearch, MilvusSettings, _alias_holder, client_for, collection_name
+from tests.conftest import jpeg_bytes
+from tests.test_ranking import FixedClient, catalog, version_data
 
 V1, V2 = "20260101T000000000000Z-aaaaaa", "20260102T000000000000Z-bbbbbb"
 
@@ -99,3 +106,39 @@ def test_our_milvus_uri_variable_does_not_confuse_pymilvus(tmp_path):
                           env={**os.environ, "MILVUS_URI": str(tmp_path / "m.db")},
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.stdout.strip() == "ok", done.stderr[-500:]
+
+
+def test_a_milvus_failure_is_a_503_in_plain_words_and_the_next_request_recovers(tmp_path, caplog):
+    x, hists, products = catalog(60)
+    store = open_store(tmp_path / "index")
+    data, _ = version_data(x, hists, products)
+    publish(store, write_version(store, data))
+    config = Config(index_uri=str(tmp_path / "index"), index_poll_s=0, index_cache_dir=str(tmp_path / "copy"),
+                    search_backend="milvus", milvus_uri=str(tmp_path / "milvus.db"), milvus_index_type="FLAT")
+    client = FixedClient()
+    client.vector = x[3]
+    app = create_app(config, client)
+    http = app.test_client()
+    backend = app.extensions["photo"].require_index().backend
+    assert backend.name == "milvus"
+    upload = {"file": (io.BytesIO(jpeg_bytes()), "q.jpg")}
+    assert http.post("/api/search", data=upload, content_type="multipart/form-data").status_code == 200
+
+    backend._client.release_collection(backend._collection)  # Milvus loses the collection mid-service
+    for path in ("/api/search", "/api/products/3/similar", "/search"):
+        if path == "/api/products/3/similar":
+            answer = http.get(path)
+        else:
+            answer = http.post(path, data={"file": (io.BytesIO(jpeg_bytes()), "q.jpg")},
+                               content_type="multipart/form-data")
+        assert answer.status_code == 503, (path, answer.status_code)
+        assert answer.headers["Retry-After"] == "2"
+        text = answer.get_data(as_text=True)
+        assert SEARCH_DOWN in text and "Milvus" not in text and str(tmp_path) not in text
+    assert "Milvus search failed" in caplog.text  # the reason is in the log
+
+    backend._client.load_collection(backend._collection)  # Milvus is back
+    again = http.post("/api/search", data={"file": (io.BytesIO(jpeg_bytes()), "q.jpg")},
+                      content_type="multipart/form-data")
+    assert again.status_code == 200 and again.get_json()["results"][0]["id"] == "3"
+    assert http.get("/api/products/3/similar").status_code == 200
