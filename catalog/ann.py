@@ -14,7 +14,6 @@ by the gateway.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -36,15 +35,6 @@ class AnnSettings:
     expansion_search: int = 128  # efSearch (ANN_EXPANSION in the gateway)
     #: Catalogs from this size get an ANN file at build time (``--ann auto``) and use it in the gateway.
     min_products: int = 100_000
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> AnnSettings:
-        env = os.environ if env is None else env
-        raw = env.get("ANN_MIN_PRODUCTS", "")
-        try:
-            return cls(min_products=int(raw)) if raw.strip() else cls()
-        except ValueError:
-            raise ValueError(f"ANN_MIN_PRODUCTS={raw!r} is not a whole number") from None
 
 
 def build_ann(vectors: np.ndarray, settings: AnnSettings = AnnSettings()) -> bytes:

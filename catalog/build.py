@@ -300,7 +300,7 @@ def build_index(
     graph (catalog/ann.py), ``auto`` from ``ann_settings.min_products`` products (``ANN_MIN_PRODUCTS``)."""
     if ann not in ANN_CHOICES:
         raise ValueError(f"ann={ann!r}: use one of {', '.join(ANN_CHOICES)}")
-    ann_settings = ann_settings or AnnSettings.from_env()
+    ann_settings = ann_settings or AnnSettings()
     catalog = Path(catalog).resolve()
     rows, errors = read_catalog(catalog)
     store = open_store(output)

@@ -17,8 +17,6 @@ from catalog.paths import UnsafePath, is_remote, redact_url, resolve_local
 from catalog.safe_http import UnsafeURL, safe_get
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
-#: Where downloaded catalog images are kept between builds.
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "photo" / "images"
 USER_AGENT = "photo-index-builder/0.1"
 
 

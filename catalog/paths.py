@@ -46,3 +46,9 @@ def printable(text: str, limit: int = 200) -> str:
     """``text`` safe to print on a terminal: control characters (escape sequences, CR) shown escaped."""
     clean = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
     return clean if len(clean) <= limit else clean[:limit] + "…"
+
+
+def cache_home(xdg_cache_home: str = "") -> Path:
+    """This project's folder in the user's cache: under ``xdg_cache_home`` (the ``XDG_CACHE_HOME`` setting),
+    else ~/.cache. Index copies and downloaded catalog images live there."""
+    return Path(xdg_cache_home or Path.home() / ".cache") / "photo"

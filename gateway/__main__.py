@@ -38,10 +38,10 @@ def _worker_exit(server, worker) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        Config.from_env()  # a bad setting stops here, named once, instead of in every worker's boot
+        settings = Config.from_env()  # a bad setting stops here, named once, instead of in every worker's boot
     except ValueError as exc:
         sys.exit(f"gateway: {exc}")
-    if not os.environ.get("QUERY_TOKEN_KEY"):  # one key for every worker, so any of them verifies a token
+    if not settings.query_token_key:  # one key for every worker, so any of them verifies a token
         from gateway.query_token import new_key
 
         os.environ["QUERY_TOKEN_KEY"] = new_key()
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # /metrics adds up every worker's counts
         own_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="photo-metrics-")
     try:
-        serve(args)
+        serve(args, settings)
     finally:
         if own_dir:
             shutil.rmtree(own_dir, ignore_errors=True)
@@ -81,11 +81,10 @@ def _whole(name: str, low: int, high: int | None = None) -> Callable[[str], int]
     return parse
 
 
-def workers_for(requested: int, env: dict[str, str] | None = None) -> int:
+def workers_for(requested: int, settings: Config) -> int:
     """``requested``, except 1 with Milvus Lite: its local file can be opened by one process only."""
-    env = os.environ if env is None else env
-    uri = env.get("MILVUS_URI", "")
-    lite = env.get("SEARCH_BACKEND", "").strip() == "milvus" and uri and "://" not in uri
+    uri = settings.milvus_uri
+    lite = settings.search_backend == "milvus" and uri and "://" not in uri
     if lite and requested > 1:
         print(f"gateway: MILVUS_URI={uri} is a Milvus Lite file, which one process can open: 1 worker "
               f"(not {requested}); raise GATEWAY_THREADS instead", file=sys.stderr)
@@ -93,10 +92,10 @@ def workers_for(requested: int, env: dict[str, str] | None = None) -> int:
     return requested
 
 
-def serve(args: argparse.Namespace) -> None:
+def serve(args: argparse.Namespace, settings: Config) -> None:
     GatewayServer({
         "bind": f"{args.host}:{args.port}",
-        "workers": workers_for(args.workers),
+        "workers": workers_for(args.workers, settings),
         "threads": args.threads,
         "worker_class": "gthread",
         "timeout": 60,

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import cached_property
+from pathlib import Path
+
+from catalog.ann import AnnSettings
+from catalog.paths import cache_home
+from search import BackendSettings
+from search.milvus import MilvusSettings
 
 #: Words read as true in environment variables and request flags (requests also accept FALSE_WORDS).
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -73,16 +80,16 @@ class Config:
     #: Search backend: auto (exact below ``ann_min_products``, else the version's ANN file), exact, ann, milvus.
     search_backend: str = "auto"
     #: ``auto`` searches with the ANN file from this many products (the build writes one from this size).
-    ann_min_products: int = 100_000
+    ann_min_products: int = AnnSettings.min_products
     #: HNSW search depth (efSearch): higher is more exact and slower (see docs/SCALING.md).
-    ann_expansion: int = 128
+    ann_expansion: int = AnnSettings.expansion_search
     #: Milvus cluster / Zilliz Cloud address, or a local file for Milvus Lite (``search_backend=milvus``).
     milvus_uri: str = ""
     milvus_token: str = ""
     #: Alias switched to the served version's collection.
-    milvus_alias: str = "photo_current"
+    milvus_alias: str = MilvusSettings.alias
     #: Milvus index type of new collections: AUTOINDEX (approximate, Milvus picks), HNSW, FLAT (exact), ...
-    milvus_index_type: str = "AUTOINDEX"
+    milvus_index_type: str = MilvusSettings.index_type
     #: Key signing query tokens (refine without re-uploading); replicas behind one address must share it.
     #: Unset: ``python -m gateway`` makes one for its workers (tokens then work on this replica only).
     query_token_key: str = ""
@@ -90,6 +97,8 @@ class Config:
     query_token_ttl_s: float = 3600.0
     #: /readyz caches its TorchServe probe for this many seconds.
     ready_cache_s: float = 2.0
+    #: The user's cache folder (the XDG convention; unset: ~/.cache): index copies and downloaded images.
+    xdg_cache_home: str = ""
 
     def __post_init__(self) -> None:
         for name, low, strict, high in LIMITS:
@@ -105,6 +114,41 @@ class Config:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError:
                 raise ValueError(f"ALLOWED_IMAGE_NETWORKS: {cidr!r} is not a network (e.g. 10.0.0.0/8)") from None
+
+    @property
+    def ann(self) -> AnnSettings:
+        """The HNSW settings (the build's and the gateway's)."""
+        return AnnSettings(min_products=self.ann_min_products, expansion_search=self.ann_expansion)
+
+    @property
+    def milvus(self) -> MilvusSettings | None:
+        """Where Milvus is, when ``MILVUS_URI`` is set."""
+        if not self.milvus_uri:
+            return None
+        return MilvusSettings(self.milvus_uri, self.milvus_token, self.milvus_alias, self.milvus_index_type)
+
+    @property
+    def backends(self) -> BackendSettings:
+        """Which search backend serves a version."""
+        return BackendSettings(self.search_backend, self.ann_min_products, self.ann_expansion, self.milvus)
+
+    @property
+    def fetch(self) -> FetchSettings:
+        """How query image URLs are fetched."""
+        return FetchSettings(int(self.max_upload_mb * 1024 * 1024), self.url_fetch_timeout,
+                             self.url_fetch_concurrency, self.allow_private_urls, self.image_networks)
+
+    @property
+    def tokens(self) -> TokenSettings:
+        """How query tokens are signed."""
+        return TokenSettings(self.query_token_key, self.query_token_ttl_s)
+
+    @property
+    def index_cache(self) -> Path:
+        """The local copy of the index: ``INDEX_CACHE_DIR``, else a folder per index URI under the user's cache."""
+        if self.index_cache_dir:
+            return Path(self.index_cache_dir)
+        return cache_home(self.xdg_cache_home) / "index" / hashlib.sha256(self.index_uri.encode()).hexdigest()[:16]
 
     @cached_property
     def image_networks(self) -> tuple[str, ...]:
@@ -123,6 +167,25 @@ class Config:
             values[f.name] = _parse(f.name.upper(), raw, type(f.default))
         values.update(overrides)
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """Query image URLs: the byte cap, the deadline, how many at once, and which non-public networks."""
+
+    max_bytes: int
+    timeout_s: float
+    concurrency: int
+    allow_private: bool
+    networks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    """Query tokens: the signing key ("": one made per process) and how long a token is valid."""
+
+    key: str
+    ttl_s: float
 
 
 def _parse(name: str, raw: str, kind: type) -> object:

@@ -7,10 +7,8 @@ swapping them in with one reference assignment: in-flight requests finish on the
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -41,16 +39,6 @@ from search import BackendSettings, BackendSource, SearchBackend, open_backend
 from search.factory import DEFAULT_BACKENDS
 
 log = logging.getLogger(__name__)
-
-
-def backend_settings(config: Config) -> BackendSettings:
-    """The search backend settings in ``config``."""
-    milvus = None
-    if config.milvus_uri:
-        from search.milvus import MilvusSettings
-
-        milvus = MilvusSettings(config.milvus_uri, config.milvus_token, config.milvus_alias, config.milvus_index_type)
-    return BackendSettings(config.search_backend, config.ann_min_products, config.ann_expansion, milvus)
 
 
 class CatalogIndex:
@@ -141,11 +129,6 @@ def _appearance(data: IndexData, rows: int, search_dim: int,
     return space, vectors
 
 
-def default_cache_dir(uri: str) -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "photo" / "index"
-    return base / hashlib.sha256(uri.encode()).hexdigest()[:16]
-
-
 class IndexManager:
     #: Versions kept in the local copy: the served one and the one before (a rollback needs no download).
     CACHE_KEEP = 2
@@ -154,7 +137,7 @@ class IndexManager:
                  backends: BackendSettings = DEFAULT_BACKENDS) -> None:
         self.uri = uri
         self.store = open_store(uri)
-        self.cache = LocalStore(Path(cache_dir) if cache_dir else default_cache_dir(uri))
+        self.cache = LocalStore(Path(cache_dir) if cache_dir else Config(index_uri=uri).index_cache)
         self.poll_s = poll_s
         self.backends = backends
         self.current: CatalogIndex | None = None

@@ -13,11 +13,14 @@ from typing import Any
 
 from apig_wsgi import make_lambda_handler
 
-os.environ.setdefault("INDEX_POLL_ON_REQUEST", "true")
+from gateway import create_app
+from gateway.config import Config
 
-from gateway import create_app  # noqa: E402 - after the Lambda defaults above
+#: A frozen Lambda runs no thread between invocations: new versions are looked for on requests, unless the
+#: environment says otherwise.
+LAMBDA_DEFAULTS = {"INDEX_POLL_ON_REQUEST": "true"}
 
-app = create_app()  # at cold start: the index is loaded once per Lambda instance
+app = create_app(Config.from_env(LAMBDA_DEFAULTS | dict(os.environ)))  # at cold start: one index per instance
 _wsgi = make_lambda_handler(app, binary_support=True)
 
 

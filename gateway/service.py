@@ -21,7 +21,7 @@ from gateway import metrics
 from gateway.config import Config
 from gateway.errors import BadRequest, NotFound, Unavailable
 from gateway.images import Crop, FetchSlots, QueryImage, query_image
-from gateway.index import CatalogIndex, IndexManager, backend_settings
+from gateway.index import CatalogIndex, IndexManager
 from gateway.query_token import ExpiredQuery, Query, QueryTokens, new_key, picture_digest
 from handlers.imaging import ImageError
 from modelserver.client import ModelClient, ModelServerError
@@ -109,10 +109,9 @@ class SearchService:
     def __init__(self, config: Config, client: ModelClient) -> None:
         self.config = config
         self.client = client
-        self.indexes = IndexManager(config.index_uri, config.index_cache_dir or None, config.index_poll_s,
-                                    backend_settings(config))
+        self.indexes = IndexManager(config.index_uri, config.index_cache, config.index_poll_s, config.backends)
         self.url_fetches = FetchSlots(config.url_fetch_concurrency)
-        self.tokens = QueryTokens(config.query_token_key or new_key(), config.query_token_ttl_s)
+        self.tokens = QueryTokens(config.tokens.key or new_key(), config.tokens.ttl_s)
         self._ready: tuple[float, bool, str] = (0.0, False, "not checked yet")
         self._ready_lock = threading.Lock()
         self.side_work = SideWork()

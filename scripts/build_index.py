@@ -8,47 +8,52 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
 from catalog.build import ANN_CHOICES, build_index
-from catalog.fetch import DEFAULT_CACHE
-from catalog.paths import printable
+from catalog.paths import cache_home, printable
 from catalog.reader import CatalogError
 from catalog.store import StoreUnavailable
+from gateway.config import Config
 from modelserver.client import ModelServerError, make_client
 
 
-def make_embedder(args: argparse.Namespace):
+def make_embedder(args: argparse.Namespace, settings: Config):
     if args.embedder == "local":
         from handlers.embedder import Embedder
 
         if args.archive:  # the archive's runtime (e.g. OpenVINO), checked as the handler checks it
             return Embedder.from_archive(args.archive)
         return Embedder.create(args.backbone, args.weights)
-    client = make_client(args.torchserve_url, args.model, args.timeout, os.environ.get("TORCHSERVE_TOKEN", ""),
-                         os.environ.get("TORCHSERVE_KEY_FILE", ""))
+    client = make_client(args.torchserve_url, args.model, args.timeout, settings.torchserve_token,
+                         settings.torchserve_key_file)
     client.concurrency = args.concurrency
     client.probe()  # fail fast, before any download, if TorchServe is not there
     return client
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = Config.from_env()  # the one reading of the environment (TORCHSERVE_*, ANN_MIN_PRODUCTS, ...)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--catalog", type=Path, required=True, help="products.csv")
     parser.add_argument("--output", required=True, help="index folder or s3://bucket/prefix")
     parser.add_argument("--embedder", choices=("torchserve", "local"), default="torchserve")
-    parser.add_argument("--torchserve-url", default=os.environ.get("TORCHSERVE_URL", "http://127.0.0.1:8080"),
+    parser.add_argument("--torchserve-url", default=settings.torchserve_url,
                         help="TorchServe, or sagemaker://ENDPOINT; TORCHSERVE_TOKEN / TORCHSERVE_KEY_FILE "
                              "when TorchServe's token authorization is on")
-    parser.add_argument("--model", default=os.environ.get("TORCHSERVE_MODEL", "embedding"))
+    parser.add_argument("--model", default=settings.torchserve_model)
     parser.add_argument("--backbone", default="auto", help="local embedder only")
     parser.add_argument("--weights", type=Path, help="local embedder only: explicit weights file")
     parser.add_argument("--archive", type=Path,
                         help="local embedder only: embed with a built model archive (its runtime), e.g. "
                              "model_store/embedding.mar")
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="download cache")
+    parser.add_argument("--cache-dir", type=Path, default=cache_home(settings.xdg_cache_home) / "images",
+                        help="download cache")
     parser.add_argument("--refresh-cache", action="store_true", help="re-download remote images")
     parser.add_argument("--allow-private-hosts", action="store_true",
                         help="let image URLs point at loopback/private addresses (refused by default)")
@@ -63,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        embedder = make_embedder(args)
+        embedder = make_embedder(args, settings)
         report = build_index(args.catalog, args.output, embedder, args.cache_dir, workers=args.workers,
                              refresh_cache=args.refresh_cache, progress=not args.no_progress, keep=args.keep,
-                             allow_private_hosts=args.allow_private_hosts, ann=args.ann)
+                             allow_private_hosts=args.allow_private_hosts, ann=args.ann, ann_settings=settings.ann)
     except (CatalogError, ModelServerError, StoreUnavailable) as exc:
         print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2

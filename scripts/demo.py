@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from catalog.build import build_index
-from catalog.fetch import DEFAULT_CACHE
+from catalog.paths import cache_home
+from gateway.config import Config
 from modelserver.archive import build_archive
 from modelserver.client import TorchServeClient
 from modelserver.process import REPO, TorchServe, models_setting, wait_for_http
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print("[demo] starting TorchServe on http://127.0.0.1:8080 (logs in logs/torchserve)", flush=True)
         ts.start().wait_ready()
-        report = build_index(args.catalog, args.index, TorchServeClient(ts.url), DEFAULT_CACHE)
+        images = cache_home(Config.from_env().xdg_cache_home) / "images"
+        report = build_index(args.catalog, args.index, TorchServeClient(ts.url), images)
         print(report.summary(), flush=True)
         env = {**os.environ, "INDEX_URI": args.index, "TORCHSERVE_URL": ts.url,
                "CATALOG_DIR": str(args.catalog.resolve().parent)}

@@ -25,11 +25,13 @@ import numpy as np
 from catalog.appearance import HIST_SIZE, AppearanceSettings, colour_column, colour_histogram
 from catalog.calibration import UNCALIBRATED, Calibration, fit_calibration
 from catalog.category_first import Grouping
-from catalog.fetch import DEFAULT_CACHE, FetchError, ImageSource
+from catalog.fetch import FetchError, ImageSource
 from catalog.neighbours import fit_threshold
+from catalog.paths import cache_home
 from catalog.store import IndexNotFound, open_store, read_current
 from evaluation.held_out import evaluate_held_out, held_out_split, joined_labels
 from evaluation.metrics import evaluate, labelled_rows
+from gateway.config import Config
 from handlers.imaging import DEFAULT_MAX_PIXELS, ImageError
 
 
@@ -100,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embedder", choices=("local", "torchserve"), default="local")
     parser.add_argument("--torchserve-url", default="http://127.0.0.1:8080")
     parser.add_argument("--out", type=Path, default=Path("build/evaluation"))
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="image download cache")
+    parser.add_argument("--cache-dir", type=Path, default=cache_home(Config.from_env().xdg_cache_home) / "images",
+                        help="image download cache")
     parser.add_argument("--no-whitening", action="store_true",
                         help="evaluate the plain pooled features, ignoring the index's whitening")
     parser.add_argument("--no-category-first", action="store_true",

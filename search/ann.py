@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from catalog.ann import AnnSettings
 from search.base import EVERY_ROW, Candidates, Filter, SearchUnavailable, top_rows
 
 
@@ -20,7 +21,7 @@ class AnnSearch:
     #: Deeper than this, HNSW is slower than brute force over the admitted rows.
     EXACT_BEYOND = 4096
 
-    def __init__(self, index, codes: np.ndarray, expansion_search: int = 128) -> None:
+    def __init__(self, index, codes: np.ndarray, expansion_search: int = AnnSettings.expansion_search) -> None:
         from catalog.ann import vectors_of
 
         self._index = index

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from catalog.ann import AnnSettings
 from search.base import SearchBackend
 
 log = logging.getLogger(__name__)
@@ -22,8 +23,8 @@ class BackendSettings:
     """Which search backend serves a version (``SEARCH_BACKEND`` and friends, see gateway/config.py)."""
 
     kind: str = "auto"
-    ann_min_products: int = 100_000
-    ann_expansion: int = 128
+    ann_min_products: int = AnnSettings.min_products
+    ann_expansion: int = AnnSettings.expansion_search
     milvus: object | None = None  # search.milvus.MilvusSettings (imported only where Milvus is used)
 
 

@@ -172,3 +172,24 @@ def test_a_network_written_with_its_host_bits_is_accepted():
 def test_from_env_reads_the_process_environment(monkeypatch):
     monkeypatch.setenv("DEFAULT_TOP_K", "7")
     assert Config.from_env().default_top_k == 7
+
+
+#: The only production modules that touch the environment, and why each must.
+ENVIRONMENT_READERS = {
+    "gateway/config.py": "the one reading of every setting (Config.from_env)",
+    "gateway/__main__.py": "gunicorn's own options (GATEWAY_*) and handing workers one token key and metrics folder",
+    "gateway/lambda_handler.py": "hands the process environment to Config.from_env with Lambda's defaults",
+    "gateway/metrics.py": "prometheus-client's PROMETHEUS_MULTIPROC_DIR, a variable of that library",
+    "search/milvus.py": "hides MILVUS_URI from pymilvus's import, which would read it as its own default",
+    "handlers/runtimes.py": "the model archive's thread count (PHOTO_THREADS), read in TorchServe's worker",
+    "modelserver/process.py": "starts a development TorchServe with this environment and its own log folder",
+}
+
+
+def test_libraries_take_settings_as_arguments_and_read_no_variable():
+    readers = set()
+    for folder in ("catalog", "search", "ranking", "gateway", "handlers", "modelserver", "evaluation"):
+        for path in (REPO / folder).rglob("*.py"):
+            if re.search(r"os\.environ|os\.getenv|getenv\(", path.read_text()):
+                readers.add(str(path.relative_to(REPO)))
+    assert readers - set(ENVIRONMENT_READERS) == set(), "modules reading the environment besides Config.from_env"

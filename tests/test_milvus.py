@@ -93,8 +93,8 @@ def test_a_row_mask_is_applied_after_a_deeper_search(settings):
     ({"SEARCH_BACKEND": "ann", "MILVUS_URI": "/data/milvus.db"}, 4),
 ])
 def test_milvus_lite_runs_one_gateway_worker(env, workers):
-    assert workers_for(4, env) == workers
-    assert workers_for(1, env) == 1
+    assert workers_for(4, Config.from_env(env)) == workers
+    assert workers_for(1, Config.from_env(env)) == 1
 
 
 def test_our_milvus_uri_variable_does_not_confuse_pymilvus(tmp_path):
