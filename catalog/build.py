@@ -19,14 +19,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from catalog.ann import AnnSettings, build_ann
-from catalog.appearance import HIST_SIZE, colour_column, colour_histogram_or_none, fit_appearance
-from catalog.calibration import Calibration, fit_calibration
 from catalog.fetch import FetchError, ImageSource
-from catalog.no_match import fit_no_match
-from catalog.paths import printable, redact_url
 from catalog.reader import RowError, read_catalog
-from catalog.store import (
+from catalog.vector_cache import VectorCache
+from indexstore.ann import AnnSettings, build_ann
+from indexstore.store import (
     ANN,
     APPEARANCE,
     APPEARANCE_VECTORS,
@@ -40,10 +37,13 @@ from catalog.store import (
     read_current,
     write_and_publish,
 )
-from catalog.vector_cache import VectorCache
-from catalog.whitening import fit_whitening
-from handlers.imaging import DEFAULT_MAX_PIXELS
-from handlers.protocol import BatchEmbedder
+from modelio.imaging import DEFAULT_MAX_PIXELS
+from modelio.protocol import BatchEmbedder
+from ranking.appearance import HIST_SIZE, colour_column, colour_histogram_or_none, fit_appearance
+from ranking.calibration import Calibration, fit_calibration
+from ranking.no_match import fit_no_match
+from ranking.whitening import fit_whitening
+from safeio.paths import printable, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ def build_index(
 
     Catalogs with at least ``whiten_min`` products get a PCA-whitening fitted on them (a value above
     the catalog size disables it; see docs/QUALITY.md). ``ann``: ``always`` / ``never`` write the HNSW
-    graph (catalog/ann.py), ``auto`` from ``ann_settings.min_products`` products (``ANN_MIN_PRODUCTS``)."""
+    graph (indexstore/ann.py), ``auto`` from ``ann_settings.min_products`` products (``ANN_MIN_PRODUCTS``)."""
     if ann not in ANN_CHOICES:
         raise ValueError(f"ann={ann!r}: use one of {', '.join(ANN_CHOICES)}")
     ann_settings = ann_settings or AnnSettings()

@@ -1,7 +1,7 @@
 """Get a catalog image's bytes: a local path inside the catalog folder, or an http(s) URL via a cache.
 
 The cache is keyed by URL, so a second build downloads nothing; ``refresh=True`` re-downloads.
-Downloads go through ``catalog.safe_http``: private and loopback hosts only with ``allow_private``.
+Downloads go through ``safeio.safe_http``: private and loopback hosts only with ``allow_private``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from catalog.paths import UnsafePath, is_remote, redact_url, resolve_local
-from catalog.safe_http import UnsafeURL, safe_get
+from safeio.paths import UnsafePath, is_remote, redact_url, resolve_local
+from safeio.safe_http import UnsafeURL, safe_get
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 USER_AGENT = "photo-index-builder/0.1"

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from catalog.appearance import AppearanceSettings, fit_appearance
-from catalog.calibration import Calibration, fit_calibration
-from catalog.category_first import Grouping
-from catalog.whitening import Whitening, fit_whitening
 from evaluation.ranked import gallery_view, ranked_rows
+from ranking.appearance import AppearanceSettings, fit_appearance
+from ranking.calibration import Calibration, fit_calibration
+from ranking.category_first import Grouping
+from ranking.whitening import Whitening, fit_whitening
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from catalog.calibration import UNCALIBRATED, Calibration
-from catalog.category_first import Grouping
-from catalog.neighbours import hist_summary, neighbours
 from catalog.reader import read_catalog
 from evaluation.ranked import gallery_view, ranked_rows
+from ranking.calibration import UNCALIBRATED, Calibration
+from ranking.category_first import Grouping
+from ranking.neighbours import hist_summary, neighbours
 
 
 @dataclass

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from catalog.appearance import Appearance
-from catalog.calibration import Calibration
-from catalog.category_first import Grouping
 from ranking import RankingView, RankOptions, rank_query
+from ranking.appearance import Appearance
+from ranking.calibration import Calibration
+from ranking.category_first import Grouping
 from search import ExactSearch
 
 

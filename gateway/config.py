@@ -11,8 +11,8 @@ from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
 
-from catalog.ann import AnnSettings
-from catalog.paths import cache_home
+from indexstore.ann import AnnSettings
+from safeio.paths import cache_home
 from search import BackendSettings
 from search.milvus import MilvusSettings
 
@@ -61,10 +61,10 @@ class Config:
     max_upload_mb: float = 10.0
     #: Decompression-bomb guard for uploads and fetched URLs: a 6000×4000 photo; the model needs 224×224.
     max_pixels: int = 24_000_000
-    #: Default minimum similarity, in calibrated percent (see catalog/calibration.py; uncalibrated: 100·cosine).
+    #: Default minimum similarity, in calibrated percent (see ranking/calibration.py; uncalibrated: 100·cosine).
     default_threshold: float = 70.0
     default_top_k: int = 12
-    #: Rank the query's guessed category first (see catalog/category_first.py); per request: category_first.
+    #: Rank the query's guessed category first (see ranking/category_first.py); per request: category_first.
     category_first: bool = True
     max_top_k: int = 100
     #: Folder with the catalog's local images, served on /catalog/ (unset: none are; never taken from the index).

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from catalog.safe_http import safe_get
 from gateway.config import Config
 from gateway.errors import BadRequest, Busy
-from handlers.imaging import decode_image
+from modelio.imaging import decode_image
+from safeio.safe_http import safe_get
 
 USER_AGENT = "photo-gateway/0.1"
 #: A query is decoded once, a large JPEG at reduced size but never below this many pixels a side: enough for

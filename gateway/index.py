@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from catalog.appearance import DESCRIPTOR, HIST_SIZE, Appearance
-from catalog.calibration import UNCALIBRATED, Calibration
-from catalog.category_first import Grouping
 from catalog.products import ProductTable
-from catalog.store import (
+from gateway import metrics
+from gateway.config import Config
+from indexstore.store import (
     ANN,
     APPEARANCE,
     APPEARANCE_VECTORS,
@@ -32,9 +31,10 @@ from catalog.store import (
     prune,
     sync_version,
 )
-from gateway import metrics
-from gateway.config import Config
 from ranking import RankingView
+from ranking.appearance import DESCRIPTOR, HIST_SIZE, Appearance
+from ranking.calibration import UNCALIBRATED, Calibration
+from ranking.category_first import Grouping
 from search import BackendSettings, BackendSource, SearchBackend, open_backend
 from search.factory import DEFAULT_BACKENDS
 
@@ -47,7 +47,7 @@ class CatalogIndex:
 
     def __init__(self, data: IndexData, backends: BackendSettings = DEFAULT_BACKENDS) -> None:
         if not isinstance(data.products, ProductTable):
-            raise TypeError("CatalogIndex serves a memory-mapped version (catalog.store.open_local)")
+            raise TypeError("CatalogIndex serves a memory-mapped version (indexstore.store.open_local)")
         self.manifest = data.manifest
         self.products: ProductTable = data.products
         self.backbone_id: str = data.backbone_id

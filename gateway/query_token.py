@@ -42,7 +42,7 @@ class Query:
     backbone_id: str
     image_url: str = ""  # the URL the image came from; "" for an upload
     picture_digest: str = ""  # ``picture_digest()`` of the picture shown for the query; "" for none
-    hist: np.ndarray | None = None  # its colour histogram (catalog/appearance.py), when there is one
+    hist: np.ndarray | None = None  # its colour histogram (ranking/appearance.py), when there is one
 
 
 def picture_digest(picture: str) -> str:

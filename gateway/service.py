@@ -16,16 +16,16 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from catalog.appearance import HIST_SIZE, histogram_of
 from gateway import metrics
 from gateway.config import Config
 from gateway.errors import BadRequest, NotFound, Unavailable
 from gateway.images import Crop, FetchSlots, QueryImage, query_image
 from gateway.index import CatalogIndex, IndexManager
 from gateway.query_token import ExpiredQuery, Query, QueryTokens, new_key, picture_digest
-from handlers.imaging import ImageError
+from modelio.imaging import ImageError
 from modelserver.client import ModelClient, ModelServerError
 from ranking import Guess, Ranked, RankOptions, rank_product, rank_query
+from ranking.appearance import HIST_SIZE, histogram_of
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ SearchOptions = RankOptions
 class Hit:
     product: dict
     score: float  # cosine similarity in the index's search space
-    similarity: float  # calibrated percent (see catalog/calibration.py)
+    similarity: float  # calibrated percent (see ranking/calibration.py)
 
     @property
     def percent(self) -> float:
@@ -54,7 +54,7 @@ class Results:
     no_close_match: bool = False  # the best match is below the catalog's fitted rule: we don't carry this
     vector: np.ndarray | None = None  # a query image's model vector (for its query token) ...
     model: str = ""  # ... and the backbone that made it
-    hist: np.ndarray | None = None  # ... and its colour histogram (catalog/appearance.py)
+    hist: np.ndarray | None = None  # ... and its colour histogram (ranking/appearance.py)
     index_version: str = ""  # the index version that ranked these results ...
     index_model: str = ""  # ... and the backbone it was built with
 

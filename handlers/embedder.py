@@ -10,14 +10,43 @@ import json
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from handlers.backbones import LoadedBackbone, resolve_weights
-from handlers.imaging import DEFAULT_MAX_PIXELS, ImageError, decode_image
-from handlers.protocol import EmbedResult
-from handlers.runtimes import MIN_COSINE, min_cosine, probe_images
+from handlers.backbones import SPECS, backbone_id, resolve_weights, sha256_file
+from handlers.runtimes import MIN_COSINE, load_runtime, min_cosine, probe_images
+from modelio.imaging import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from modelio.protocol import EmbedResult
 
 #: Written into the model archive next to the weights: which backbone the weights belong to.
 BACKBONE_FILE = "backbone.json"
+
+
+class LoadedBackbone:
+    """A ready model plus its transform and identity; ``embed`` maps RGB images to unit vectors.
+
+    ``runtime`` picks what runs the network (handlers/runtimes.py); the weights file is hashed for the
+    backbone id whatever the runtime, and ``model_file`` is the exported network the runtime loads."""
+
+    def __init__(self, name: str, weights: Path, device: str = "cpu", runtime: str = "eager",
+                 model_file: Path | None = None) -> None:
+        self.spec = SPECS[name]
+        self.weights_sha256 = sha256_file(weights)
+        self.backbone_id = backbone_id(name, self.weights_sha256)
+        self.runtime = load_runtime(runtime, name, weights, model_file, device)
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def preprocess(self, images: list[Image.Image]) -> np.ndarray:
+        return self.spec.preprocess.batch(images)
+
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        """(n, dim) float32, each row L2-normalised."""
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        feats = np.asarray(self.runtime(self.preprocess(images)), dtype=np.float32)
+        return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
 
 
 class Embedder:

@@ -17,7 +17,7 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.embedder import Embedder
-from handlers.protocol import COMPACT, encode_answer
+from modelio.protocol import COMPACT, encode_answer
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def request_bytes(row: dict) -> bytes:
 
 
 def wants_compact(context, idx: int) -> bool:
-    """Whether request ``idx`` accepts the base64 float32 answer (handlers/protocol.py)."""
+    """Whether request ``idx`` accepts the base64 float32 answer (modelio/protocol.py)."""
     headers = context.get_all_request_header(idx) or {}
     return any(k.lower() == "accept" and COMPACT in str(v) for k, v in headers.items())
 

@@ -2,7 +2,7 @@
 
 A runtime maps a preprocessed batch (n, crop, crop, 3) uint8 to pooled features (n, dim); the
 normalisation is part of the network (``handlers.backbones.Normalized``). The ONNX
-file is exported from the same weights when the archive is built (modelserver/export.py), never here.
+file is exported from the same weights when the archive is built (modelarchive/export.py), never here.
 Every runtime gets the same input array from ``Preprocess`` (handlers/backbones.py); their vectors
 agree to cosine ≥ 0.999 (checked when the archive is built, and again by the handler when it loads), so
 they share one backbone id: an index built with one runtime is searched with another.

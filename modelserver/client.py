@@ -18,8 +18,8 @@ from typing import Protocol
 import numpy as np
 import requests
 
-from handlers.imaging import ImageError
-from handlers.protocol import COMPACT, EmbedResult, decode_vector
+from modelio.imaging import ImageError
+from modelio.protocol import COMPACT, EmbedResult, decode_vector
 
 SAGEMAKER_SCHEME = "sagemaker://"
 
@@ -41,7 +41,7 @@ class ModelClient(Protocol):
 
 
 def parse_answer(status: int, body: object, reason: str) -> tuple[np.ndarray, str]:
-    """The handler's JSON answer (either form, handlers/protocol.py) → (vector, backbone id), or the error."""
+    """The handler's JSON answer (either form, modelio/protocol.py) → (vector, backbone id), or the error."""
     if status == 400 and isinstance(body, dict) and "error" in body:
         raise ImageError(str(body["error"]))
     if status == 200 and isinstance(body, dict) and "model" in body:

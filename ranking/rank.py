@@ -1,8 +1,8 @@
 """Category-first ranking with the threshold, the "no close match" rule and the colour re-ranking.
 
 A search asks the backend for candidates (search/), guesses the query's category by a vote of its
-nearest products (catalog/category_first.py), puts that category's products first (re-ordered by
-appearance, catalog/appearance.py, when the version has it), then the rest by similarity, all above the
+nearest products (ranking/category_first.py), puts that category's products first (re-ordered by
+appearance, ranking/appearance.py, when the version has it), then the rest by similarity, all above the
 threshold. Every step works on what the backend returns, so every backend ranks the same way.
 """
 
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from catalog.appearance import RERANK_DEPTH, Appearance, reorder
-from catalog.calibration import Calibration
-from catalog.category_first import Grouping
+from ranking.appearance import RERANK_DEPTH, Appearance, reorder
+from ranking.calibration import Calibration
+from ranking.category_first import Grouping
 from search import Candidates, Filter, SearchBackend
 
 #: Vectors are float32, so a cosine exactly at the threshold can come out a few 1e-8 below it: a product the
@@ -51,7 +51,7 @@ class Ranked:
 
     rows: list[int]
     scores: list[float]  # cosine in the index's search space
-    similarities: list[float]  # calibrated percent (catalog/calibration.py)
+    similarities: list[float]  # calibrated percent (ranking/calibration.py)
     guess: Guess | None  # None: ranked by similarity alone
     first_group: int = 0  # how many leading rows are in the guessed category
     no_close_match: bool = False  # the best match is below the catalog's fitted rule: we don't carry this
@@ -66,7 +66,7 @@ class RankingView:
     calibration: Calibration
     appearance: Appearance | None = None  # the version's appearance space ...
     appearance_rows: np.ndarray | None = None  # ... and each row's appearance vector
-    no_match_percent: float | None = None  # the fitted "no close match" rule (catalog/no_match.py); None: never
+    no_match_percent: float | None = None  # the fitted "no close match" rule (ranking/no_match.py); None: never
     prices: np.ndarray | None = None  # price per row, NaN where unknown; None: no prices
 
     def category_codes(self, category: str | None) -> frozenset[int] | None:
@@ -154,7 +154,7 @@ def _no_close_match(view: RankingView, cands: Candidates) -> bool:
 def _in_category(view: RankingView, query: np.ndarray, cands: Candidates, where: Filter, k: int,
                  min_score: float, look: np.ndarray | None) -> list[tuple[int, float]]:
     """``_best`` rows of one category; with ``look`` and a version with appearance vectors, its best
-    ``RERANK_DEPTH`` (by the CNN, over the threshold) re-ordered by the fused score (catalog/appearance.py)."""
+    ``RERANK_DEPTH`` (by the CNN, over the threshold) re-ordered by the fused score (ranking/appearance.py)."""
     if look is None or view.appearance is None or view.appearance_rows is None:
         return _best(view, query, cands, where, k, min_score)
     deep = _best(view, query, cands, where, max(k, RERANK_DEPTH), min_score)

@@ -33,13 +33,13 @@ import numpy as np
 import requests
 
 from catalog.build import Collected, build_index, finish_version
-from catalog.calibration import UNCALIBRATED, Calibration
-from catalog.category_first import Grouping
-from catalog.store import open_store, write_and_publish
+from devtools.process import REPO, TorchServe, models_setting, wait_for_http
 from handlers.runtimes import min_cosine
-from modelserver.archive import build_archive
+from indexstore.store import open_store, write_and_publish
+from modelarchive.archive import build_archive
 from modelserver.client import TorchServeClient
-from modelserver.process import REPO, TorchServe, models_setting, wait_for_http
+from ranking.calibration import UNCALIBRATED, Calibration
+from ranking.category_first import Grouping
 from search import ExactSearch, top_rows
 
 MYNTRA = REPO.parent / "shared" / "datasets" / "myntra-fashion" / "images"

@@ -3,7 +3,7 @@
 On ``--n`` synthetic clustered unit vectors (1,000,000 × 512 by default: the dimension the pipeline stores
 after whitening), and on the real Myntra vectors when the dataset is there:
 
-- the in-process ANN (catalog/ann.py, search/ann.py ``AnnSearch``): query p50 and recall@10 against exact
+- the in-process ANN (indexstore/ann.py, search/ann.py ``AnnSearch``): query p50 and recall@10 against exact
   search, exact NumPy p50 beside it, the graph's build time (reused from an earlier run when it exists);
 - the gateway's memory: PSS of all gunicorn processes (shared pages counted once) serving the n vectors from
   a published index version, divided by the raw float32 vector bytes;
@@ -29,9 +29,9 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from catalog.ann import AnnSettings, build_ann, open_ann  # noqa: E402
-from catalog.store import ANN, IndexData, IndexNotFound, open_store, read_current, write_and_publish  # noqa: E402
-from modelserver.process import REPO, wait_for_http  # noqa: E402
+from devtools.process import REPO, wait_for_http  # noqa: E402
+from indexstore.ann import AnnSettings, build_ann, open_ann  # noqa: E402
+from indexstore.store import ANN, IndexData, IndexNotFound, open_store, read_current, write_and_publish  # noqa: E402
 from scripts.bench import free_port, p50_ms  # noqa: E402
 from search import ExactSearch  # noqa: E402
 from search.ann import AnnSearch  # noqa: E402

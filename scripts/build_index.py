@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 from catalog.build import ANN_CHOICES, build_index
-from catalog.paths import cache_home, printable
 from catalog.reader import CatalogError
-from catalog.store import StoreUnavailable
 from gateway.config import Config
+from indexstore.store import StoreUnavailable
 from modelserver.client import ModelServerError, make_client
+from safeio.paths import cache_home, printable
 
 
 def make_embedder(args: argparse.Namespace, settings: Config):

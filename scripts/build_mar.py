@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from handlers.backbones import CHOICES, WeightsUnavailable
-from modelserver.archive import DEFAULT_MODEL_NAME, build_archive
-from modelserver.export import AUTO, RUNTIME_CHOICES, ExportError
+from modelarchive.archive import DEFAULT_MODEL_NAME, build_archive
+from modelarchive.export import AUTO, RUNTIME_CHOICES, ExportError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 from catalog.build import build_index
-from catalog.paths import cache_home
+from devtools.process import REPO, TorchServe, models_setting, wait_for_http
 from gateway.config import Config
-from modelserver.archive import build_archive
+from modelarchive.archive import build_archive
 from modelserver.client import TorchServeClient
-from modelserver.process import REPO, TorchServe, models_setting, wait_for_http
+from safeio.paths import cache_home
 
 
 def _interrupt(*_: object) -> None:

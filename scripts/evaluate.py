@@ -22,17 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from catalog.appearance import HIST_SIZE, AppearanceSettings, colour_column, colour_histogram
-from catalog.calibration import UNCALIBRATED, Calibration, fit_calibration
-from catalog.category_first import Grouping
 from catalog.fetch import FetchError, ImageSource
-from catalog.neighbours import fit_threshold
-from catalog.paths import cache_home
-from catalog.store import IndexNotFound, open_store, read_current
 from evaluation.held_out import evaluate_held_out, held_out_split, joined_labels
 from evaluation.metrics import evaluate, labelled_rows
 from gateway.config import Config
-from handlers.imaging import DEFAULT_MAX_PIXELS, ImageError
+from indexstore.store import IndexNotFound, open_store, read_current
+from modelio.imaging import DEFAULT_MAX_PIXELS, ImageError
+from ranking.appearance import HIST_SIZE, AppearanceSettings, colour_column, colour_histogram
+from ranking.calibration import UNCALIBRATED, Calibration, fit_calibration
+from ranking.category_first import Grouping
+from ranking.neighbours import fit_threshold
+from safeio.paths import cache_home
 
 
 def load_or_build(catalog: Path, index_dir: Path, embedder_kind: str, torchserve_url: str, cache_dir: Path):

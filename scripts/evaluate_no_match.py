@@ -18,10 +18,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from catalog.calibration import Calibration, fit_calibration  # noqa: E402
-from catalog.no_match import TWIN, fit_no_match  # noqa: E402
-from catalog.store import open_store, read_current  # noqa: E402
-from catalog.whitening import fit_whitening  # noqa: E402
+from indexstore.store import open_store, read_current  # noqa: E402
+from ranking.calibration import Calibration, fit_calibration  # noqa: E402
+from ranking.no_match import TWIN, fit_no_match  # noqa: E402
+from ranking.whitening import fit_whitening  # noqa: E402
 
 
 def split(labels: np.ndarray, seed: int, lacking_share: float, held_share: float):

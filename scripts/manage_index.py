@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from catalog.store import (
+from indexstore.store import (
     MANIFEST,
     CorruptIndex,
     IndexNotFound,

@@ -29,16 +29,16 @@ import numpy as np
 import torch
 from torchvision import transforms
 
-from catalog.calibration import Calibration, fit_calibration
-from catalog.category_first import CategoryVote, Grouping
 from catalog.fetch import ImageSource
-from catalog.neighbours import neighbours
-from catalog.store import open_store, read_current
-from catalog.whitening import fit_whitening
 from evaluation.metrics import evaluate, labelled_rows
 from evaluation.ranked import gallery_view, ranked_rows
 from handlers.backbones import SPECS, build_model, efficientnet_lite0_weights
-from handlers.imaging import decode_image
+from indexstore.store import open_store, read_current
+from modelio.imaging import decode_image
+from ranking.calibration import Calibration, fit_calibration
+from ranking.category_first import CategoryVote, Grouping
+from ranking.neighbours import neighbours
+from ranking.whitening import fit_whitening
 
 VARIANTS = {
     # name: (resize, crop). The shipped default resizes the short side to 256 and centre-crops 224.

@@ -1,15 +1,15 @@
-"""Approximate search: FAISS HNSW over the version's memory-mapped ANN file (catalog/ann.py)."""
+"""Approximate search: FAISS HNSW over the version's memory-mapped ANN file (indexstore/ann.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from catalog.ann import AnnSettings
+from indexstore.ann import AnnSettings
 from search.base import EVERY_ROW, Candidates, Filter, SearchUnavailable, top_rows
 
 
 class AnnSearch:
-    """FAISS HNSW over a memory-mapped ANN file (catalog/ann.py): every worker shares one copy.
+    """FAISS HNSW over a memory-mapped ANN file (indexstore/ann.py): every worker shares one copy.
 
     Approximate (recall@10 ≥ 0.99 on the bench), with two exact paths where HNSW is weak: a filter that
     admits few rows is answered by brute force over those rows, and a search that must go deeper than
@@ -22,7 +22,7 @@ class AnnSearch:
     EXACT_BEYOND = 4096
 
     def __init__(self, index, codes: np.ndarray, expansion_search: int = AnnSettings.expansion_search) -> None:
-        from catalog.ann import vectors_of
+        from indexstore.ann import vectors_of
 
         self._index = index
         self._matrix = vectors_of(index)

@@ -16,7 +16,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Filter:
-    """Which rows may be returned: by category code (see catalog/category_first.py), by row, and by a
+    """Which rows may be returned: by category code (see ranking/category_first.py), by row, and by a
     per-row mask of what no category says (a price range)."""
 
     categories: frozenset[int] | None = None  # only rows of these category codes (None: any)
@@ -112,7 +112,7 @@ def top_rows(scores: np.ndarray, top_k: int, min_score: float = -1.0, keys: np.n
              ) -> list[tuple[int, float]]:
     """Row indices and scores of the best ``top_k`` rows with score ≥ ``min_score``.
 
-    Ranked by ``keys`` when given (e.g. category-first keys, see catalog/category_first.py), else by score.
+    Ranked by ``keys`` when given (e.g. category-first keys, see ranking/category_first.py), else by score.
     """
     keys = scores if keys is None else keys
     keys = np.where(scores >= min_score, keys, -np.inf)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from catalog.ann import AnnSettings
+from indexstore.ann import AnnSettings
 from search.base import SearchBackend
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class BackendSource:
     version: str
     count: int  # rows
     dim: int  # search-space dimensions
-    codes: np.ndarray  # category code per row (catalog/category_first.py)
+    codes: np.ndarray  # category code per row (ranking/category_first.py)
     vectors: Callable[[], np.ndarray]  # the whole matrix (exact search)
     blocks: Callable[[], object]  # the same, readable slice by slice (``len`` and ``[a:b]``: filling Milvus)
     ann_path: Path | None = None  # the version's ANN file, when it has one
@@ -64,7 +64,7 @@ def open_backend(settings: BackendSettings, source: BackendSource) -> SearchBack
         if source.ann_path is None:
             raise NoAnnFile(f"version {source.version} has no ANN file, and SEARCH_BACKEND=ann needs one "
                             "(build it with scripts/build_index.py --ann always)")
-        from catalog.ann import check_file, open_ann
+        from indexstore.ann import check_file, open_ann
         from search.ann import AnnSearch
 
         check_file(source.ann_path, source.count, source.dim)  # in a child: a malformed file cannot crash us

@@ -18,11 +18,11 @@ import requests
 from PIL import Image
 
 from catalog.build import build_index
+from devtools.process import REPO, TorchServe, models_setting
 from gateway import create_app
 from gateway.config import Config
-from handlers.imaging import ImageError
+from modelio.imaging import ImageError
 from modelserver.client import ModelServerError
-from modelserver.process import REPO, TorchServe, models_setting
 
 DEMO_CSV = REPO / "data" / "demo" / "products.csv"
 DEMO_DIR = DEMO_CSV.parent
@@ -109,7 +109,7 @@ def local_embedder():
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory) -> Path:
-    from modelserver.archive import build_archive
+    from modelarchive.archive import build_archive
 
     store = tmp_path_factory.mktemp("model_store")
     build_archive("efficientnet_lite0", output=store)

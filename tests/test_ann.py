@@ -1,4 +1,4 @@
-"""The ANN file (catalog/ann.py) and its backend (search/ann.py AnnSearch): built by the index build from
+"""The ANN file (indexstore/ann.py) and its backend (search/ann.py AnnSearch): built by the index build from
 a size on, checked in a child process before the gateway opens it, chosen by ``SEARCH_BACKEND=auto``."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from catalog.ann import AnnFileError, AnnSettings, build_ann, check_file, open_ann
 from catalog.build import Collected, finish_version
-from catalog.store import ANN, IndexData, open_store, publish, write_and_publish, write_version
 from gateway.index import IndexManager
+from indexstore.ann import AnnFileError, AnnSettings, build_ann, check_file, open_ann
+from indexstore.store import ANN, IndexData, open_store, publish, write_and_publish, write_version
 from search import BackendSettings, ExactSearch, Filter
 from search.ann import AnnSearch
 

@@ -1,4 +1,4 @@
-"""Appearance (catalog/appearance.py): the colour histogram, the fitted space, and the gateway ordering a
+"""Appearance (ranking/appearance.py): the colour histogram, the fitted space, and the gateway ordering a
 category by it, end to end through the search service."""
 
 from __future__ import annotations
@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catalog.appearance import (
+from gateway import create_app
+from gateway.config import Config
+from gateway.images import QueryImage
+from gateway.query_token import Query, QueryTokens
+from gateway.service import SearchOptions, SearchService
+from indexstore.store import APPEARANCE, APPEARANCE_VECTORS, IndexData, open_store, write_and_publish
+from ranking.appearance import (
     DESCRIPTOR,
     FOREGROUND,
     HIST_SIZE,
@@ -27,12 +33,6 @@ from catalog.appearance import (
     histogram_of,
     reorder,
 )
-from catalog.store import APPEARANCE, APPEARANCE_VECTORS, IndexData, open_store, write_and_publish
-from gateway import create_app
-from gateway.config import Config
-from gateway.images import QueryImage
-from gateway.query_token import Query, QueryTokens
-from gateway.service import SearchOptions, SearchService
 
 RED, BLUE, GREEN = (200, 20, 20), (20, 40, 200), (30, 170, 40)
 
@@ -214,8 +214,8 @@ def test_a_refine_keeps_the_colour_order_without_the_photo(tmp_path):
 
 
 def test_appearance_files_that_do_not_match_the_index_are_refused(tmp_path):
-    from catalog.store import CorruptIndex
     from gateway.index import _appearance
+    from indexstore.store import CorruptIndex
 
     bad = IndexData(np.zeros((4, 4), np.float32), [{"id": str(i)} for i in range(4)],
                     {"version": "v", "appearance": {"descriptor": DESCRIPTOR}},

@@ -1,37 +1,40 @@
-"""The model archive (modelserver/archive.py): what it packs, and that the handler can trust it."""
+"""The model archive (modelarchive/archive.py): what it packs, and that the handler can trust it."""
 
 from __future__ import annotations
 
 import ast
 import json
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from handlers.embedder import BACKBONE_FILE, Embedder
 from handlers.runtimes import RUNTIMES
-from modelserver.archive import HANDLERS_DIR
+from modelarchive.archive import HANDLERS_DIR, MODELIO_DIR
+
+#: The packages the archive packs, and where each lives here.
+PACKED = {"handlers": HANDLERS_DIR, "modelio": MODELIO_DIR}
 
 
-def handler_imports(module: str = "embedding_handler", seen: set[str] | None = None) -> set[str]:
-    """Modules of the handlers package the handler imports, directly or through each other."""
+def handler_imports(module: str = "handlers.embedding_handler", seen: set[str] | None = None) -> set[str]:
+    """Modules of the packed packages the handler imports, directly or through each other ("pkg.module")."""
     seen = set() if seen is None else seen
     seen.add(module)
-    tree = ast.parse((HANDLERS_DIR / f"{module}.py").read_text())
+    package, name = module.split(".")
+    tree = ast.parse((PACKED[package] / f"{name}.py").read_text())
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("handlers."):
-            name = node.module.split(".", 1)[1]
-            if name not in seen:
-                handler_imports(name, seen)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKED:
+            if node.module not in seen:
+                handler_imports(node.module, seen)
     return seen
 
 
 def test_archive_packs_exactly_what_the_handler_imports(model_store):
     names = set(zipfile.ZipFile(model_store / "embedding.mar").namelist())
     assert {"embedding_handler.py", BACKBONE_FILE} <= names
-    packed = {Path(n).stem for n in names if n.startswith("handlers/") and n.endswith(".py")} - {"__init__"}
+    packed = {n[:-3].replace("/", ".") for n in names if n.split("/")[0] in PACKED and n.endswith(".py")}
+    packed -= {f"{package}.__init__" for package in PACKED}
     assert packed == handler_imports()  # nothing the handler does not need (no client, no process manager)
 
 

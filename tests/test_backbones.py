@@ -76,7 +76,7 @@ def test_efficientnet_is_really_pretrained(local_embedder):
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     state = torch.load(backbones.efficientnet_lite0_weights(), weights_only=True)
     model.load_state_dict(dict(zip(model.state_dict().keys(), state.values(), strict=True)))
-    from handlers.imaging import decode_image
+    from modelio.imaging import decode_image
 
     watches = [10109, 10140, 10195]  # Watches in the sample catalog
     x = local_embedder.backbone.preprocess([decode_image(demo_image(pid)) for pid in watches])

@@ -14,7 +14,7 @@ import pytest
 import requests
 from playwright.sync_api import expect, sync_playwright
 
-from modelserver.process import REPO
+from devtools.process import REPO
 from tests.conftest import DEMO_CSV, demo_image, jpeg_bytes
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import pytest
 
 from catalog.build import build_index
 from catalog.reader import CatalogError, read_catalog
-from catalog.store import open_store, read_current
+from indexstore.store import open_store, read_current
 from scripts.build_index import main as build_cli
 from tests.conftest import DEMO_DIR, demo_image
 

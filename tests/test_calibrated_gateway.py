@@ -8,9 +8,9 @@ import io
 import numpy as np
 import pytest
 
-from catalog.store import IndexData, open_store, write_and_publish
 from gateway import create_app
 from gateway.config import Config
+from indexstore.store import IndexData, open_store, write_and_publish
 from tests.conftest import jpeg_bytes
 
 #: cosine → percent: 0.2 → 0 %, 0.5 → 40 %, 0.8 → 70 %, 1.0 → 100 % (straight lines between).

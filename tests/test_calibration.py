@@ -1,13 +1,13 @@
-"""The similarity calibration and the neighbour histograms it is fitted from (catalog/calibration.py,
-catalog/neighbours.py): its documented anchors, its limits on both sides, and hand-computed quantiles."""
+"""The similarity calibration and the neighbour histograms it is fitted from (ranking/calibration.py,
+ranking/neighbours.py): its documented anchors, its limits on both sides, and hand-computed quantiles."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from catalog.calibration import MATCH_K, UNCALIBRATED, Calibration, fit_calibration
-from catalog.neighbours import BINS, fit_threshold, hist_quantile, hist_summary, neighbours
+from ranking.calibration import MATCH_K, UNCALIBRATED, Calibration, fit_calibration
+from ranking.neighbours import BINS, fit_threshold, hist_quantile, hist_summary, neighbours
 
 HALF_BIN = (BINS[1] - BINS[0]) / 2
 

@@ -1,4 +1,4 @@
-"""Category-first ranking (catalog/category_first.py): the vote, the evaluation with it, and the gateway's
+"""Category-first ranking (ranking/category_first.py): the vote, the evaluation with it, and the gateway's
 use of it on an index whose vectors are laid out by hand."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import math
 import numpy as np
 import pytest
 
-from catalog.calibration import UNCALIBRATED, Calibration
-from catalog.category_first import CategoryVote, Grouping
-from catalog.store import IndexData, open_store, publish, write_version
 from evaluation.metrics import evaluate
 from evaluation.ranked import gallery_view, ranked_rows
 from gateway import create_app
 from gateway.config import Config
+from indexstore.store import IndexData, open_store, publish, write_version
+from ranking.calibration import UNCALIBRATED, Calibration
+from ranking.category_first import CategoryVote, Grouping
 from tests.conftest import jpeg_bytes
 
 UNCAL = Calibration([[0.0, 0.0], [1.0, 100.0]]).percent  # percent = 100·cosine, as in an uncalibrated index

@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from handlers.imaging import ImageError
-from handlers.protocol import COMPACT
+from modelio.imaging import ImageError
+from modelio.protocol import COMPACT
 from modelserver.client import ModelServerError, TorchServeClient
 
 

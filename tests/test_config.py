@@ -12,8 +12,8 @@ from unittest import mock
 import pytest
 
 import gateway.__main__ as gateway_main
+from devtools.process import REPO
 from gateway.config import LIMITS, Config
-from modelserver.process import REPO
 
 
 def test_defaults_and_environment_names():
@@ -182,7 +182,7 @@ ENVIRONMENT_READERS = {
     "gateway/metrics.py": "prometheus-client's PROMETHEUS_MULTIPROC_DIR, a variable of that library",
     "search/milvus.py": "hides MILVUS_URI from pymilvus's import, which would read it as its own default",
     "handlers/runtimes.py": "the model archive's thread count (PHOTO_THREADS), read in TorchServe's worker",
-    "modelserver/process.py": "starts a development TorchServe with this environment and its own log folder",
+    "devtools/process.py": "starts a development TorchServe with this environment and its own log folder",
 }
 
 

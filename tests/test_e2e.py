@@ -137,7 +137,7 @@ def test_whitened_index_same_transform_for_queries(start_gateway, torchserve, lo
     """A whitened index served with the real TorchServe: the gateway transforms each query vector
     exactly as the stored ones, so a catalog photo still finds itself first."""
     from catalog.build import build_index
-    from catalog.store import open_store, read_current
+    from indexstore.store import open_store, read_current
 
     out = tmp_path / "white"
     build_index(DEMO_CSV, out, local_embedder, tmp_path / "cache", progress=False, whiten_min=10)

@@ -83,8 +83,8 @@ def test_base64_json_and_form_upload(torchserve, local_embedder):
 @pytest.fixture(scope="module", params=["eager", "onnxruntime", "openvino"])
 def runtime_server(request, tmp_path_factory):
     """A real TorchServe serving an archive built with one explicit runtime (batching on)."""
-    from modelserver.archive import build_archive
-    from modelserver.process import TorchServe, models_setting
+    from devtools.process import TorchServe, models_setting
+    from modelarchive.archive import build_archive
     from tests.conftest import free_port
 
     store = tmp_path_factory.mktemp(f"store-{request.param}")
@@ -119,10 +119,10 @@ def test_each_runtime_serves_eager_vectors_and_a_bad_image_fails_alone(runtime_s
 def test_default_runtime_keeps_retrieval_quality(demo_index, local_embedder):
     """The sample catalog indexed through TorchServe with the default (optimised) runtime ranks like eager
     PyTorch in-process: leave-one-out same-category precision within 0.005."""
-    from catalog.calibration import Calibration
-    from catalog.category_first import Grouping
-    from catalog.store import open_store, read_current
     from evaluation.metrics import evaluate
+    from indexstore.store import open_store, read_current
+    from ranking.calibration import Calibration
+    from ranking.category_first import Grouping
 
     index = read_current(open_store(demo_index))
     labels = [p["category"] for p in index.products]
@@ -137,8 +137,8 @@ def test_default_runtime_keeps_retrieval_quality(demo_index, local_embedder):
 
 
 def test_compact_answer_when_asked_for(torchserve):
-    """``Accept: COMPACT`` (handlers/protocol.py) gets base64 float32, the same vector as the JSON list."""
-    from handlers.protocol import COMPACT, decode_vector
+    """``Accept: COMPACT`` (modelio/protocol.py) gets base64 float32, the same vector as the JSON list."""
+    from modelio.protocol import COMPACT, decode_vector
 
     blob = demo_image(IDS[0])
     plain = post(torchserve, blob).json()

@@ -1,5 +1,5 @@
-"""Retrieval metrics, whitening and calibration (catalog/evaluate.py, catalog/whitening.py,
-catalog/calibration.py, scripts/evaluate.py)."""
+"""Retrieval metrics, whitening and calibration (catalog/evaluate.py, ranking/whitening.py,
+ranking/calibration.py, scripts/evaluate.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from catalog.calibration import UNCALIBRATED, Calibration, fit_calibration
-from catalog.neighbours import fit_threshold, neighbours
-from catalog.whitening import fit_whitening
 from evaluation.metrics import evaluate
+from ranking.calibration import UNCALIBRATED, Calibration, fit_calibration
+from ranking.neighbours import fit_threshold, neighbours
+from ranking.whitening import fit_whitening
 from scripts.evaluate import main as evaluate_cli
 from tests.conftest import DEMO_CSV
 

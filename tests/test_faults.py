@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from devtools.process import TorchServe, models_setting
 from gateway import create_app
 from gateway.config import Config
 from modelserver.client import TorchServeClient
-from modelserver.process import TorchServe, models_setting
 from scripts.loadtest import run_load
 from tests.conftest import DEMO_DIR, demo_image, free_port
 

@@ -63,8 +63,8 @@ def test_a_fifo_or_device_in_the_catalog_is_refused_without_reading(tmp_path):
 
 def test_signed_urls_lose_their_query_in_reports(tmp_path, http_server):
     from catalog.build import errors_csv
-    from catalog.paths import redact_url
     from catalog.reader import RowError
+    from safeio.paths import redact_url
 
     signed = "https://cdn.example.com/a.jpg?X-Amz-Signature=secret&X-Amz-Credential=key#frag"
     assert redact_url(signed) == "https://cdn.example.com/a.jpg?…"

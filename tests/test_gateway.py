@@ -12,9 +12,9 @@ import sys
 import pytest
 from PIL import Image
 
+from devtools.process import REPO
 from gateway import create_app
 from gateway.config import Config
-from modelserver.process import REPO
 from tests.conftest import demo_image, jpeg_bytes
 
 
@@ -388,9 +388,9 @@ def test_a_json_body_of_exactly_16_kb_is_read_and_one_byte_more_is_refused(clien
 @pytest.fixture
 def decodes(monkeypatch):
     """Counts every decode of a query image in the gateway (the model server's own decode is not the gateway's)."""
-    import catalog.appearance
     import gateway.images
-    from handlers import imaging
+    import ranking.appearance
+    from modelio import imaging
 
     calls: list[int] = []
 
@@ -399,7 +399,7 @@ def decodes(monkeypatch):
         return imaging.decode_image(data, *args, **kwargs)
 
     monkeypatch.setattr(gateway.images, "decode_image", counted)
-    monkeypatch.setattr(catalog.appearance, "decode_image", counted)
+    monkeypatch.setattr(ranking.appearance, "decode_image", counted)
     return calls
 
 

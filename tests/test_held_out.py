@@ -6,9 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from catalog.appearance import HIST_SIZE
-from catalog.calibration import UNCALIBRATED, Calibration
-from catalog.category_first import Grouping
 from evaluation import held_out
 from evaluation.held_out import (
     Split,
@@ -19,6 +16,9 @@ from evaluation.held_out import (
     twins_of,
 )
 from evaluation.ranked import gallery_view, ranked_rows
+from ranking.appearance import HIST_SIZE
+from ranking.calibration import UNCALIBRATED, Calibration
+from ranking.category_first import Grouping
 
 
 def test_normalised_precision_by_hand():

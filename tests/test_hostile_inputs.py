@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from catalog import safe_http
-from handlers.imaging import ImageError, decode_image
+from modelio.imaging import ImageError, decode_image
+from safeio import safe_http
 from tests.conftest import demo_image, jpeg_bytes
 
 

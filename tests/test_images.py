@@ -15,7 +15,7 @@ from gateway import images
 from gateway.config import Config
 from gateway.errors import BadRequest, Busy
 from gateway.images import MIN_CROP_PX, PICTURE_SIDE, Crop, QueryImage
-from handlers.imaging import ImageError
+from modelio.imaging import ImageError
 
 
 def png(width: int, height: int) -> bytes:

@@ -1,4 +1,4 @@
-"""Decoding of odd and hostile image bytes (handlers/imaging.py)."""
+"""Decoding of odd and hostile image bytes (modelio/imaging.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handlers import imaging
-from handlers.imaging import ImageError, _to_rgb, decode_image
+from modelio import imaging
+from modelio.imaging import ImageError, _to_rgb, decode_image
 from tests.conftest import demo_image, jpeg_bytes
 
 

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from catalog.build import build_index
-from catalog.store import CorruptIndex, IndexData, current_version, open_store, publish, read_current, write_version
+from indexstore.store import CorruptIndex, IndexData, current_version, open_store, publish, read_current, write_version
 from scripts.manage_index import main as manage_cli
 from tests.conftest import DEMO_CSV, REPO, demo_image, free_port
 

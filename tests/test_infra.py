@@ -18,8 +18,8 @@ import pytest
 import requests
 import yaml
 
+from devtools.process import REPO, TorchServe
 from gateway.config import Config
-from modelserver.process import REPO, TorchServe
 from tests.conftest import demo_image, free_port
 
 INFRA = REPO / "infra"

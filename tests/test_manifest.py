@@ -1,4 +1,4 @@
-"""The typed manifest (catalog/manifest.py): every field serving reads is checked where a version is read from
+"""The typed manifest (indexstore/manifest.py): every field serving reads is checked where a version is read from
 the store; a version with any field corrupted is refused and the version served before keeps serving."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from catalog.calibration import UNCALIBRATED
-from catalog.manifest import MAX_BACKBONE_CHARS, Manifest, ManifestError
-from catalog.store import MANIFEST, POINTER, CorruptIndex, IndexData, open_store, publish, write_version
 from gateway.index import IndexManager
+from indexstore.manifest import MAX_BACKBONE_CHARS, Manifest, ManifestError
+from indexstore.store import MANIFEST, POINTER, CorruptIndex, IndexData, open_store, publish, write_version
+from ranking.calibration import UNCALIBRATED
 
 NAN = float("nan")
 GOOD = {"version": "v", "backbone": "resnet18-v1", "count": 3, "dim": 4,

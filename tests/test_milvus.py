@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from catalog.store import open_store, publish, write_version
 from gateway import create_app
 from gateway.__main__ import workers_for
 from gateway.config import Config
 from gateway.routes import SEARCH_DOWN
+from indexstore.store import open_store, publish, write_version
 from search import Filter
 from search.milvus import MilvusSearch, MilvusSettings, _alias_holder, client_for, collection_name
 from tests.conftest import jpeg_bytes

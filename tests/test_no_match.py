@@ -1,4 +1,4 @@
-"""The "no close match" rule (catalog/no_match.py): fitted from the catalog at build time, applied by the
+"""The "no close match" rule (ranking/no_match.py): fitted from the catalog at build time, applied by the
 gateway on both sides of its threshold, shown on the page and in the API without a category claim."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ import io
 import numpy as np
 import pytest
 
-from catalog.calibration import UNCALIBRATED, Calibration
-from catalog.no_match import MAX_FALSE_NO_MATCH, best_scores, fit_no_match
-from catalog.store import IndexData, open_store, write_and_publish
 from gateway import create_app
 from gateway.config import Config
 from gateway.images import QueryImage
 from gateway.service import SearchOptions, SearchService
+from indexstore.store import IndexData, open_store, write_and_publish
+from ranking.calibration import UNCALIBRATED, Calibration
+from ranking.no_match import MAX_FALSE_NO_MATCH, best_scores, fit_no_match
 from tests.conftest import jpeg_bytes
 
 PERCENT = Calibration(UNCALIBRATED).percent
@@ -205,7 +205,7 @@ def test_more_like_this_never_says_no_close_match(app_and_service):
 @pytest.mark.parametrize("rule", [{"percent": "50"}, {"percent": 150}, {"percent": -0.01}, {"percent": 100.01},
                                   {"percent": True}, {"percent": float("nan")}, {}, "50", [50]])
 def test_a_malformed_rule_in_the_manifest_is_refused(rule):
-    from catalog.manifest import Manifest, ManifestError
+    from indexstore.manifest import Manifest, ManifestError
 
     good = {"version": "v", "backbone": "b", "count": 0, "dim": 0}
     with pytest.raises(ManifestError, match="no_match"):

@@ -1,10 +1,10 @@
-"""Catalog image locations (catalog/paths.py): remote or inside the catalog folder, never outside."""
+"""Catalog image locations (safeio/paths.py): remote or inside the catalog folder, never outside."""
 
 from __future__ import annotations
 
 import pytest
 
-from catalog.paths import UnsafePath, is_remote, printable, redact_url, resolve_local
+from safeio.paths import UnsafePath, is_remote, printable, redact_url, resolve_local
 
 
 @pytest.mark.parametrize(("url", "remote"), [("http://a/b.jpg", True), ("HTTPS://a/b.jpg", True),

@@ -1,11 +1,11 @@
-"""The TorchServe process manager's config rendering (modelserver/process.py); the process itself is
+"""The TorchServe process manager's config rendering (devtools/process.py); the process itself is
 exercised by every integration test through the ``torchserve`` fixture."""
 
 from __future__ import annotations
 
 import json
 
-from modelserver.process import CONFIG_TEMPLATE, models_setting, render_config
+from devtools.process import CONFIG_TEMPLATE, models_setting, render_config
 
 
 def test_overrides_replace_keys_and_append_new_ones(tmp_path):
@@ -28,7 +28,7 @@ def test_models_setting_and_the_checked_in_config():
 def test_wait_for_http_answers_true_when_up_and_false_at_the_deadline(http_server):
     import time
 
-    from modelserver.process import wait_for_http
+    from devtools.process import wait_for_http
     from tests.conftest import free_port
 
     assert wait_for_http(http_server.add("/readyz", b"{}", content_type="application/json"), timeout=5)

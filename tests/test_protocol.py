@@ -1,4 +1,4 @@
-"""The embedding answer's wire format (handlers/protocol.py), both forms."""
+"""The embedding answer's wire format (modelio/protocol.py), both forms."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from handlers.protocol import decode_vector, encode_answer
+from modelio.protocol import decode_vector, encode_answer
 
 
 @pytest.mark.parametrize("compact", [False, True])

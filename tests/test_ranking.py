@@ -9,15 +9,15 @@ import threading
 import numpy as np
 import pytest
 
-from catalog.appearance import DESCRIPTOR, HIST_SIZE, Appearance
-from catalog.calibration import fit_calibration
-from catalog.store import APPEARANCE, APPEARANCE_VECTORS, IndexData, open_store, publish, write_version
 from evaluation.held_out import fit_gallery
 from evaluation.ranked import gallery_view, ranked_rows
 from gateway import create_app
 from gateway.config import Config
 from gateway.service import SearchService
+from indexstore.store import APPEARANCE, APPEARANCE_VECTORS, IndexData, open_store, publish, write_version
 from ranking import RankOptions
+from ranking.appearance import DESCRIPTOR, HIST_SIZE, Appearance
+from ranking.calibration import fit_calibration
 from tests.conftest import jpeg_bytes
 
 CATEGORIES = ["Shoes", "Bags", "Watches", "Tops"]

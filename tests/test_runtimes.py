@@ -1,4 +1,4 @@
-"""Runtimes (handlers/runtimes.py) and the export that feeds them (modelserver/export.py), in-process.
+"""Runtimes (handlers/runtimes.py) and the export that feeds them (modelarchive/export.py), in-process.
 
 Through a real TorchServe: tests/test_embedding_handler.py."""
 
@@ -15,9 +15,9 @@ from PIL import Image
 from torchvision import transforms
 
 from handlers.backbones import SPECS, Normalized, resolve_weights
-from handlers.imaging import decode_image
 from handlers.runtimes import MIN_COSINE, Runtime, eager, load_runtime, min_cosine, openvino_config, probe_images
-from modelserver.export import ExportError, choose_runtime, export_onnx
+from modelarchive.export import ExportError, choose_runtime, export_onnx
+from modelio.imaging import decode_image
 from tests.conftest import DEMO_DIR
 
 NAME = "efficientnet_lite0"
@@ -103,7 +103,7 @@ def test_auto_packs_the_fastest_runtime_that_matches_eager(exported, monkeypatch
 
     real = runtimes.openvino
     monkeypatch.setattr(runtimes, "openvino", lambda f, d="cpu": (lambda b: real(f, d)(b)[:, ::-1].copy()))
-    monkeypatch.setattr("modelserver.export.load_runtime", runtimes.load_runtime)
+    monkeypatch.setattr("modelarchive.export.load_runtime", runtimes.load_runtime)
     choice = choose_runtime("auto", NAME, weights, onnx_file, images)
     assert "openvino" in choice.refused and choice.runtime != "openvino"
     with pytest.raises(ExportError, match="cosine to eager"):

@@ -1,4 +1,4 @@
-"""SSRF guards for image URLs (catalog/safe_http.py): every refusal is exact and happens before connecting."""
+"""SSRF guards for image URLs (safeio/safe_http.py): every refusal is exact and happens before connecting."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from catalog import safe_http
-from catalog.safe_http import UnsafeURL, address_problem, check_url, safe_get
+from safeio import safe_http
+from safeio.safe_http import UnsafeURL, address_problem, check_url, safe_get
 from tests.conftest import REPO, demo_image
 
 

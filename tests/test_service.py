@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catalog.ann import build_ann
-from catalog.appearance import colour_histogram, histogram_of
-from catalog.store import ANN, IndexData, open_store, write_and_publish
 from gateway import service as service_module
 from gateway.config import Config
 from gateway.images import QueryImage
 from gateway.service import SearchOptions, SearchService, SideWork
+from indexstore.ann import build_ann
+from indexstore.store import ANN, IndexData, open_store, write_and_publish
+from ranking.appearance import colour_histogram, histogram_of
 from search import top_rows
 
 

@@ -1,4 +1,4 @@
-"""Versioned index storage (catalog/store.py)."""
+"""Versioned index storage (indexstore/store.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from catalog.store import (
+from indexstore.store import (
     CorruptIndex,
     IndexData,
     IndexNotFound,
@@ -302,7 +302,7 @@ def _manifest_cases(manifest: dict, version: str) -> list[tuple[object, str]]:
 
 
 def test_each_manifest_refusal_word_for_word(tmp_path):
-    from catalog.store import read_manifest
+    from indexstore.store import read_manifest
 
     store = open_store(tmp_path / "index")
     version = write_version(store, make_index())
@@ -354,8 +354,8 @@ def test_the_pointer_names_the_version_and_its_backbone(tmp_path):
 
 
 def test_a_versions_whitening_is_read_back(tmp_path):
-    from catalog.store import WHITENING
-    from catalog.whitening import fit_whitening
+    from indexstore.store import WHITENING
+    from ranking.whitening import fit_whitening
 
     fitted = fit_whitening(np.random.default_rng(1).normal(size=(40, 4)), dims=3)
     store = open_store(tmp_path / "index")
@@ -369,7 +369,7 @@ def test_a_versions_whitening_is_read_back(tmp_path):
                                                        ("s3://shop-index", "shop-index", ""),
                                                        ("s3://b/", "b", "")])
 def test_an_s3_uri_names_its_bucket_and_prefix(uri, bucket, prefix):
-    from catalog.store import S3Store
+    from indexstore.store import S3Store
 
     store = open_store(uri)
     assert isinstance(store, S3Store) and (store.bucket, store.prefix) == (bucket, prefix)
@@ -382,7 +382,7 @@ def test_an_s3_uri_without_a_bucket_and_other_schemes():
 
 
 def test_refusals_name_where_the_bad_version_came_from(tmp_path):
-    from catalog.store import read_manifest
+    from indexstore.store import read_manifest
 
     store = open_store(tmp_path / "index")
     publish(store, write_version(store, make_index()))

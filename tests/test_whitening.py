@@ -1,4 +1,4 @@
-"""Whitening of the search space (catalog/whitening.py): PCA with shrunk, powered eigenvalues, fitted on
+"""Whitening of the search space (ranking/whitening.py): PCA with shrunk, powered eigenvalues, fitted on
 catalog vectors, then every query and product vector is mapped and re-normalised."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from catalog.whitening import Whitening, fit_whitening
+from ranking.whitening import Whitening, fit_whitening
 
 
 def data(n: int = 400, d: int = 6, seed: int = 0) -> np.ndarray:

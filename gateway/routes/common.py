@@ -7,11 +7,11 @@ import json
 
 from flask import Blueprint, Response, current_app, request, url_for
 
-from catalog.paths import is_remote
 from gateway.config import FALSE_WORDS, TRUE_WORDS
 from gateway.errors import BadRequest, TooLarge
 from gateway.images import Crop
 from gateway.service import SearchOptions, SearchQuery, SearchService
+from safeio.paths import is_remote
 
 bp = Blueprint("photo", __name__)
 

@@ -8,14 +8,14 @@ from dataclasses import asdict
 from flask import current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from catalog.safe_http import UnsafeURL
 from gateway import metrics
 from gateway.errors import ServiceError
 from gateway.query_token import ExpiredQuery
 from gateway.routes.common import bp, search_options, service, wants_json
 from gateway.routes.page import render_page
-from handlers.imaging import ImageError
+from modelio.imaging import ImageError
 from modelserver.client import ModelServerError
+from safeio.safe_http import UnsafeURL
 from search import SearchUnavailable
 
 log = logging.getLogger(__name__)

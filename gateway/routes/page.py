@@ -9,10 +9,10 @@ from urllib.parse import urlsplit
 
 from flask import redirect, render_template, request, send_file, url_for
 
-from catalog.paths import UnsafePath, resolve_local
 from gateway.errors import NotFound
 from gateway.routes.common import bp, image_link, request_params, search_options, search_query, service, show_more
 from gateway.service import SearchOptions
+from safeio.paths import UnsafePath, resolve_local
 
 
 def render_page(status: int = 200, **context) -> tuple[str, int]:

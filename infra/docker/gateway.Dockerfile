@@ -15,10 +15,12 @@ WORKDIR /app
 COPY infra/docker/requirements-gateway.txt /tmp/requirements-gateway.txt
 RUN pip install -r /tmp/requirements-gateway.txt
 COPY catalog/ catalog/
+COPY indexstore/ indexstore/
+COPY safeio/ safeio/
 COPY gateway/ gateway/
 COPY search/ search/
 COPY ranking/ ranking/
-COPY handlers/__init__.py handlers/imaging.py handlers/protocol.py handlers/
+COPY modelio/ modelio/
 COPY modelserver/__init__.py modelserver/client.py modelserver/
 USER 1000:1000
 EXPOSE 5000
@@ -40,10 +42,12 @@ FROM public.ecr.aws/lambda/python:3.11.2025.04.03.11 AS lambda
 COPY infra/docker/requirements-gateway.txt /tmp/requirements-gateway.txt
 RUN pip install --no-cache-dir -r /tmp/requirements-gateway.txt
 COPY catalog/ ${LAMBDA_TASK_ROOT}/catalog/
+COPY indexstore/ ${LAMBDA_TASK_ROOT}/indexstore/
+COPY safeio/ ${LAMBDA_TASK_ROOT}/safeio/
 COPY gateway/ ${LAMBDA_TASK_ROOT}/gateway/
 COPY search/ ${LAMBDA_TASK_ROOT}/search/
 COPY ranking/ ${LAMBDA_TASK_ROOT}/ranking/
-COPY handlers/__init__.py handlers/imaging.py handlers/protocol.py ${LAMBDA_TASK_ROOT}/handlers/
+COPY modelio/ ${LAMBDA_TASK_ROOT}/modelio/
 COPY modelserver/__init__.py modelserver/client.py ${LAMBDA_TASK_ROOT}/modelserver/
 # Lambda's filesystem is read-only but /tmp: the local copy of the index lives there.
 ENV INDEX_CACHE_DIR=/tmp/photo-index \

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from handlers.imaging import ImageError, decode_image
+from modelio.imaging import ImageError, decode_image
 
 #: Identifies the histogram below: an index built with another one is not re-ranked by this code.
 DESCRIPTOR = "hsv-fg-112-v1"

@@ -1,7 +1,7 @@
 """An index version's manifest as typed, checked values: the part of ``manifest.json`` that serving reads.
 
 The store is untrusted input: ``Manifest.parse`` checks every field serving uses (types, ranges, finite
-numbers, a monotone calibration, required keys) when a version is read from the store (catalog/store.py
+numbers, a monotone calibration, required keys) when a version is read from the store (indexstore/store.py
 ``read_manifest``), so a version that fails is refused like a bad checksum and the one served before keeps
 serving. Optional sections a build may leave out or write as null (an older build, a small catalog) read
 as None; a section that is there must be right.

@@ -75,7 +75,7 @@ def vectors_of(index) -> np.ndarray:
 def check_file(path: Path, count: int, dim: int, timeout_s: float = 120.0) -> None:
     """Open ``path`` and search it in a child process; ``AnnFileError`` if that fails or crashes."""
     try:
-        done = subprocess.run([sys.executable, "-m", "catalog.ann", str(path), str(count), str(dim)],
+        done = subprocess.run([sys.executable, "-m", "indexstore.ann", str(path), str(count), str(dim)],
                               capture_output=True, text=True, timeout=timeout_s,
                               cwd=Path(__file__).resolve().parent.parent)
     except subprocess.TimeoutExpired:

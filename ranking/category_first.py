@@ -5,7 +5,7 @@ lookalikes from a neighbouring category (a casual shoe, a sandal). Large visual 
 systems therefore predict the query's category and search inside it first (Alibaba's Pailitao,
 Pinterest's visual search). Here the guess is a vote of the query's ``k`` nearest catalog products,
 each weighted by ``exp((percent - best percent) / temperature)`` on the calibrated similarity scale
-(see catalog/calibration.py), so the weights mean the same for every backbone and transform; an
+(see ranking/calibration.py), so the weights mean the same for every backbone and transform; an
 identical picture outweighs everything else. Only the catalog's own labels vote, never the query's.
 The ranking itself (each group in its order, scores unchanged) is ranking/rank.py's.
 See docs/QUALITY.md for how ``k`` and ``temperature`` were chosen and what it measures.

@@ -32,8 +32,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from catalog.manifest import Manifest, ManifestError
-from catalog.whitening import Whitening
+from indexstore.manifest import Manifest, ManifestError
+from ranking.whitening import Whitening
 
 SCHEMA_VERSION = 1
 POINTER = "CURRENT"
@@ -41,10 +41,10 @@ EMBEDDINGS = "embeddings.npy"
 PRODUCTS = "products.jsonl"
 ERRORS = "errors.csv"
 WHITENING = "whitening.npz"
-#: The appearance space (catalog/appearance.py) and each product's unit appearance vector (float32, rows).
+#: The appearance space (ranking/appearance.py) and each product's unit appearance vector (float32, rows).
 APPEARANCE = "appearance.npz"
 APPEARANCE_VECTORS = "appearance.npy"
-ANN = "ann.faiss"  # optional: the HNSW graph over the search-space vectors (catalog/ann.py)
+ANN = "ann.faiss"  # optional: the HNSW graph over the search-space vectors (indexstore/ann.py)
 MANIFEST = "manifest.json"
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from catalog.neighbours import BINS, fit_threshold, hist_quantile, neighbours
+from ranking.neighbours import BINS, fit_threshold, hist_quantile, neighbours
 
 UNCALIBRATED = [[0.0, 0.0], [1.0, 100.0]]
 MATCH_K = 20

@@ -1,6 +1,6 @@
 """Package a backbone into a TorchServe model archive (``.mar``) with ``torch-model-archiver``.
 
-The archive holds the weights, for an optimised runtime the ONNX export of them (modelserver/export.py),
+The archive holds the weights, for an optimised runtime the ONNX export of them (modelarchive/export.py),
 ``backbone.json`` (which backbone, which weights file, its checksum, the
 backbone id and dim, all checked when the handler loads) and the ``handlers`` package, so the handler
 imports the same preprocessing as in-process code.
@@ -20,16 +20,18 @@ from pathlib import Path
 from PIL import Image
 
 import handlers
+import modelio
 from handlers.backbones import SPECS, backbone_id, resolve_weights, sha256_file
 from handlers.embedder import BACKBONE_FILE
-from handlers.imaging import decode_image
 from handlers.runtimes import ONNX_FILE, Runtime, eager, probe_images
-from modelserver.export import AUTO, RUNTIME_CHOICES, RuntimeChoice, choose_runtime, export_onnx
+from modelarchive.export import AUTO, RUNTIME_CHOICES, RuntimeChoice, choose_runtime, export_onnx
+from modelio.imaging import decode_image
 
 log = logging.getLogger(__name__)
 
-#: The package the handler runs from; it holds only what the handler imports, and all of it is packed.
+#: The packages the handler runs from; they hold only what the handler imports, and all of it is packed.
 HANDLERS_DIR = Path(handlers.__file__).resolve().parent
+MODELIO_DIR = Path(modelio.__file__).resolve().parent
 DEFAULT_MODEL_NAME = "embedding"
 
 
@@ -82,6 +84,7 @@ def build_archive(
         stage.mkdir()
         # Whole package as a sub-folder: the handler does `from handlers.backbones import ...` there too.
         shutil.copytree(HANDLERS_DIR, stage / "handlers", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(MODELIO_DIR, stage / "modelio", ignore=shutil.ignore_patterns("__pycache__"))
         reference = Runtime("eager", eager(name, weights_path))  # the vectors every runtime must give
         choice = RuntimeChoice("eager", {"eager": 1.0})
         if runtime != "eager":

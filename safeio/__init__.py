@@ -1,0 +1,2 @@
+"""Safe access to untrusted places: URLs fetched without SSRF (safe_http.py), local paths kept inside
+their root and URLs redacted for reports (paths.py)."""
