@@ -36,3 +36,18 @@ def ranked_rows(view: RankingView, queries: np.ndarray, k: int, category_first: 
         rows = rank_query(view, query, options, look, exclude).rows
         top[i, :len(rows)] = rows
     return top
+
+
+def best_matches(view: RankingView, queries: np.ndarray, excluded: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: its best match's calibrated percent (NaN when nothing may answer) and whether the ranking
+    says "no close match" (the view's fitted rule), both as ``rank_query`` finds them for a shopper."""
+    options = RankOptions(threshold=0.0, top_k=1, category_first=False)
+    best = np.full(len(queries), np.nan)
+    lost = np.zeros(len(queries), bool)
+    for i, query in enumerate(np.asarray(queries, np.float32)):
+        exclude = frozenset(np.flatnonzero(excluded[i]).tolist()) if excluded is not None else frozenset()
+        ranked = rank_query(view, query, options, exclude=exclude)
+        best[i] = ranked.similarities[0] if ranked.similarities else np.nan
+        lost[i] = ranked.no_close_match
+    return best, lost

@@ -148,3 +148,24 @@ def test_the_appearance_fit_never_sees_a_held_out_query(monkeypatch):
     (fit_hists, fit_vectors, fit_colours), = seen
     assert np.isfinite(fit_hists).all() and "POISON" not in fit_colours and len(fit_colours) == len(split.gallery)
     assert report["appearance"]["projection"]["fitted_on"] == len(split.gallery)
+
+
+def test_best_matches_report_the_rankings_own_no_close_match():
+    """The offline "no close match" figures come from the ranking's own rule (evaluation/ranked.py), twins left
+    out: a query whose only close gallery row is its twin is not carried."""
+    from evaluation.ranked import best_matches
+    from ranking import RankingView
+    from search import ExactSearch
+
+    gallery = np.eye(3, dtype=np.float32)
+    queries = np.array([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0]], np.float32)
+    scale = Calibration(UNCALIBRATED)  # percent = 100 × cosine
+    grouping = Grouping.from_labels(["a", "b", "c"], scale.percent)
+    view = RankingView(ExactSearch(gallery, grouping.codes), grouping, scale, no_match_percent=70.0)
+    best, lost = best_matches(view, queries)
+    assert best.tolist() == pytest.approx([100.0, 80.0]) and lost.tolist() == [False, False]
+    twins = np.array([[True, False, False], [False, False, False]])
+    best, lost = best_matches(view, queries, excluded=twins)
+    assert best.tolist() == pytest.approx([0.0, 80.0]) and lost.tolist() == [True, False]
+    edge = RankingView(ExactSearch(gallery, grouping.codes), grouping, scale, no_match_percent=80.01)
+    assert best_matches(edge, queries[1:])[1].tolist() == [True]  # just below the rule: not carried

@@ -21,7 +21,8 @@ from indexstore.store import open_store, publish, write_version
 from search import Filter
 from search.milvus import MilvusSearch, MilvusSettings, _alias_holder, client_for, collection_name
 from tests.conftest import jpeg_bytes
-from tests.test_ranking import FixedClient, catalog, version_data
+from tests.test_ranking import catalog, version_data
+from tests.test_service import FixedClient
 
 V1, V2 = "20260101T000000000000Z-aaaaaa", "20260102T000000000000Z-bbbbbb"
 

@@ -19,21 +19,9 @@ from ranking import RankOptions
 from ranking.appearance import DESCRIPTOR, HIST_SIZE, Appearance
 from ranking.calibration import fit_calibration
 from tests.conftest import jpeg_bytes
+from tests.test_service import FixedClient
 
 CATEGORIES = ["Shoes", "Bags", "Watches", "Tops"]
-
-
-class FixedClient:
-    backbone = "fixed-8d"
-
-    def __init__(self) -> None:
-        self.vector = np.zeros(8, np.float32)
-
-    def embed(self, blob: bytes):
-        return self.vector, self.backbone
-
-    def probe(self) -> str:
-        return self.backbone
 
 
 def catalog(n: int = 240, seed: int = 5, prefix: str = ""):
