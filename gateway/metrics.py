@@ -44,6 +44,16 @@ def index_served(version: str, backbone_id: str, products: int, previous: str | 
     INDEX_PRODUCTS.set(products)
 
 
+#: HTTP methods counted by name; any other token (gunicorn accepts any 3–20 letters) is counted as "OTHER",
+#: so a stranger cannot create a new time series per request.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+
+
+def method_label(method: str) -> str:
+    """The ``method`` label of a request: its method when a standard one, else ``OTHER``."""
+    return method if method in METHODS else "OTHER"
+
+
 def instrument(app: Flask) -> None:
     """Count and time every request by its route pattern (bounded label values), and serve /metrics."""
 
@@ -54,7 +64,7 @@ def instrument(app: Flask) -> None:
     @app.after_request
     def _count(response):
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        REQUESTS.labels(route, method_label(request.method), str(response.status_code)).inc()
         if "metrics_started" in g:
             LATENCY.labels(route, str(response.status_code)).observe(time.perf_counter() - g.metrics_started)
         return response

@@ -26,7 +26,7 @@ from gateway.errors import BadRequest
 PREFIX = "q1"
 #: Far above any real token (a 2048-d float32 vector is 11 KB as base64): longer ones are not parsed.
 MAX_TOKEN_CHARS = 16_384
-#: Longest image URL a token carries (longer URLs get no token: the page fetches them again).
+#: Longest image URL a query may name (the service refuses longer ones; a token never cuts one short).
 MAX_URL_CHARS = 2048
 
 
@@ -76,7 +76,9 @@ class QueryTokens:
     def issue(self, query: Query, now: float | None = None) -> str:
         """The token of ``query``, valid for ``ttl_s`` seconds from ``now``."""
         now = time.time() if now is None else now
-        head = {"b": query.backbone_id, "u": query.image_url[:MAX_URL_CHARS], "d": query.picture_digest,
+        if len(query.image_url) > MAX_URL_CHARS:  # never cut short: a cut URL would name another image
+            raise ValueError(f"an image URL of {len(query.image_url)} characters is over {MAX_URL_CHARS}")
+        head = {"b": query.backbone_id, "u": query.image_url, "d": query.picture_digest,
                 "e": int(now + self.ttl_s), "n": int(np.size(query.vector))}
         parts = [query.vector] if query.hist is None else [query.vector, query.hist]
         vector = np.concatenate([np.asarray(p, dtype="<f4").ravel() for p in parts]).tobytes()

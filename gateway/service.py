@@ -21,7 +21,7 @@ from gateway.config import Config
 from gateway.errors import BadRequest, NotFound, Unavailable
 from gateway.images import Crop, FetchSlots, QueryImage, query_image
 from gateway.index import CatalogIndex, IndexManager
-from gateway.query_token import ExpiredQuery, Query, QueryTokens, new_key, picture_digest
+from gateway.query_token import MAX_URL_CHARS, ExpiredQuery, Query, QueryTokens, new_key, picture_digest
 from modelio.imaging import ImageError
 from modelserver.client import ModelClient, ModelServerError
 from ranking import Guess, Ranked, RankOptions, rank_product, rank_query
@@ -134,6 +134,9 @@ class SearchService:
     def search(self, query: SearchQuery, options: SearchOptions) -> Answer:
         """One search request: a new photo or image URL (cropped when asked), else the vector of its query
         token (no upload, no model call). Decides which, searches, and issues the token of the answer."""
+        if len(query.image_url) > MAX_URL_CHARS:
+            raise BadRequest(f"that image link is too long (over {MAX_URL_CHARS:,} characters): save the picture "
+                             "and upload it instead")
         known, refused = self._verified(query.token)
         if query.upload is not None or (query.image_url and (known is None or known.image_url != query.image_url)):
             photo = query_image(query.upload, query.image_url, self.config, self.url_fetches)

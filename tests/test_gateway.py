@@ -431,3 +431,20 @@ def test_an_empty_file_field_means_the_link_is_the_query(small_index, stub, tmp_
     resp = client.post("/api/search", data={"file": (io.BytesIO(b""), ""), "image_url": link,
                                             "threshold": "0"}, content_type="multipart/form-data")
     assert resp.status_code == 200 and resp.get_json()["results"][0]["id"] == "10109"
+
+
+def test_an_image_link_over_the_limit_is_refused_and_one_at_it_is_fetched(small_index, stub, tmp_path, http_server):
+    from gateway.query_token import MAX_URL_CHARS
+
+    config = Config(index_uri=str(small_index), index_poll_s=0, index_cache_dir=str(tmp_path / "copy"),
+                    allow_private_urls=True)
+    client = create_app(config, client=stub).test_client()
+    path = "/" + "p" * (MAX_URL_CHARS - len(http_server.url) - 1)
+    at_limit = http_server.add(path, demo_image(10109))
+    assert len(at_limit) == MAX_URL_CHARS
+    found = client.post("/api/search", json={"image_url": at_limit, "threshold": 0})
+    assert found.status_code == 200 and found.get_json()["results"][0]["id"] == "10109"
+    refined = client.post("/api/search", json={"query_token": found.get_json()["query_token"], "image_url": at_limit})
+    assert refined.status_code == 200 and len(http_server.requests) == 1  # the token carried the whole link
+    over = client.post("/api/search", json={"image_url": at_limit + "x"})
+    assert over.status_code == 400 and "too long" in over.get_json()["error"] and len(http_server.requests) == 1

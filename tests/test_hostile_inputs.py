@@ -207,3 +207,13 @@ def test_slow_image_links_cannot_take_every_thread(small_index, stub, tmp_path):
     resp = client.post("/api/search", json={"image_url": again.url})
     assert resp.status_code == 400 and "not a supported image" in resp.get_json()["error"]  # the slot was free
     again.close()
+
+
+@pytest.mark.parametrize("body", ['{"query_token": "q1.a.b.\\ud800"}', '{"category": "\\udfff", "image_url": "x"}',
+                                  '{"image_url": ["\\ud83d"]}'])
+def test_a_lone_surrogate_in_json_is_a_400_not_a_crash(client, body, caplog):
+    answer = client.post("/api/search", data=body, content_type="application/json")
+    assert answer.status_code == 400 and "not valid UTF-8" in answer.get_json()["error"]
+    assert "Traceback" not in caplog.text
+    paired = client.post("/api/search", data='{"category": "\\ud83d\\udc5f"}', content_type="application/json")
+    assert paired.status_code == 400 and "no image" in paired.get_json()["error"]  # a real emoji (👟) is text

@@ -60,3 +60,14 @@ def test_metrics_add_up_every_gunicorn_worker(start_gateway, demo_index, torchse
     text = requests.get(f"{gw.url}/metrics", timeout=10).text
     assert sample(text, "photo_requests_total", route="/api/search", method="POST", status="200") == 6
     assert sample(text, "photo_embedding_seconds_count") == 6
+
+
+def test_an_unknown_method_is_counted_as_other_not_as_a_new_series(client):
+    """Any 3–20 letter method token reaches the app; each new one must not become a permanent label value."""
+    other = {"route": "unmatched", "method": "OTHER", "status": "405"}
+    before = sample(client.get("/metrics").get_data(as_text=True), "photo_requests_total", **other)
+    for method in ("ZZ0002XYZ", "PROPFIND"):
+        assert client.open("/healthz", method=method).status_code == 405
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "ZZ0002XYZ" not in text and "PROPFIND" not in text
+    assert sample(text, "photo_requests_total", **other) == before + 2

@@ -117,3 +117,15 @@ def test_the_picture_digest():
     a, b = picture_digest("data:image/jpeg;base64,AAAA"), picture_digest("data:image/jpeg;base64,AAAB")
     assert a != b and a == picture_digest("data:image/jpeg;base64,AAAA") and len(a) == 32
     assert set(a) <= set("0123456789abcdef")
+
+
+def test_a_url_is_carried_whole_up_to_its_limit_and_never_cut_short():
+    from dataclasses import replace
+
+    from gateway.query_token import MAX_URL_CHARS
+
+    tokens = QueryTokens("k", ttl_s=60)
+    longest = "https://shop.example/" + "a" * (MAX_URL_CHARS - len("https://shop.example/"))
+    assert tokens.verify(tokens.issue(replace(QUERY, image_url=longest))).image_url == longest
+    with pytest.raises(ValueError, match="over 2048"):
+        tokens.issue(replace(QUERY, image_url=longest + "b"))

@@ -51,9 +51,14 @@ def _json_body() -> object:
     if len(raw) > MAX_JSON_BYTES:  # no Content-Length (chunked): counted while read
         raise TooLarge(f"a JSON request may be at most {MAX_JSON_BYTES // 1024} KB")
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, RecursionError):  # 200,000 "[" is a RecursionError, not a ValueError
         return None
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")  # "\ud800" parses to a lone surrogate
+    except UnicodeEncodeError:
+        raise BadRequest("the request has text that is not valid UTF-8: send it again as plain text") from None
+    return body
 
 
 def _number(params: dict, name: str, default: float, low: float, high: float, kind=float):
