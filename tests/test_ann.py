@@ -151,3 +151,88 @@ def test_a_loader_that_crashes_is_reported_not_inherited(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.executable", str(crashing))
     with pytest.raises(AnnFileError, match="died"):
         check_file(path, 20, 16)
+
+
+class Watched:
+    """The FAISS index, with every search's parameters recorded (or a failure raised)."""
+
+    def __init__(self, index, fail: Exception | None = None) -> None:
+        self._index, self.fail, self.depths = index, fail, []
+
+    def __getattr__(self, name):
+        return getattr(self._index, name)
+
+    def search(self, x, k, params=None):
+        self.depths.append(params.efSearch)
+        if self.fail is not None:
+            raise self.fail
+        return self._index.search(x, k, params=params)
+
+
+@pytest.fixture(scope="module")
+def forty(tmp_path_factory):
+    x = unit_rows(40)
+    path = tmp_path_factory.mktemp("ann") / ANN
+    path.write_bytes(build_ann(x))
+    return x, open_ann(path, 40, 16)
+
+
+def paths_taken(ann: AnnSearch) -> list[str]:
+    taken: list[str] = []
+    exact, graph = ann._exact, ann._graph
+    ann._exact = lambda *a: taken.append("exact") or exact(*a)
+    ann._graph = lambda *a: taken.append("graph") or graph(*a)
+    return taken
+
+
+def test_the_exact_path_at_its_limits_on_both_sides(forty):
+    x, index = forty
+    ann = AnnSearch(index, np.arange(40) % 4)
+    ann.SMALL_FILTER, ann.EXACT_BEYOND = 10, 5
+    taken = paths_taken(ann)
+    ten = Filter(categories=frozenset({0, 1}), exclude_rows=frozenset(range(10)))  # 15 admitted ...
+    ann.search(x[0], 3, Filter(categories=frozenset({0})))  # 10 admitted: exactly the limit
+    ann.search(x[0], 3, ten)  # 15 admitted: past it
+    ann.search(x[0], 3)  # no filter: the graph, however few rows
+    ann.search(x[0], 5)  # k at its limit
+    ann.search(x[0], 6)  # k past it
+    assert taken == ["exact", "graph", "graph", "graph", "exact"]
+
+
+def test_the_graph_searches_deeper_under_a_filter_up_to_eight_times(forty):
+    x, index = forty
+    watched = Watched(index)
+    ann = AnnSearch(watched, np.arange(40) % 10, expansion_search=16)
+    ann.SMALL_FILTER = 0
+    ann.search(x[0], 3)
+    ann.search(x[0], 3, Filter(categories=frozenset({0, 1, 2, 3, 4})))  # half the rows: twice as deep
+    ann.search(x[0], 3, Filter(categories=frozenset({0})))  # a tenth: capped at eight times
+    ann.search(x[0], 20)  # deeper than the expansion: k sets the depth
+    assert watched.depths == [16, 32, 128, 20]
+
+
+def test_single_rows_and_empty_answers(forty):
+    x, index = forty
+    ann = AnnSearch(index, np.arange(40))
+    one = ann.search(x[5], 1)
+    assert one.rows.tolist() == [5] and one.rows.dtype == np.int64 and one.scores.dtype == np.float32
+    only = ann.search(x[0], 3, Filter(categories=frozenset({7})))  # one row admitted
+    assert only.rows.tolist() == [7] and only.exhausted
+    for empty in (ann.search(x[0], 0), ann.search(x[0], 3, Filter(categories=frozenset()))):
+        assert len(empty) == 0 and empty.exhausted and empty.rows.dtype == np.int64
+        assert empty.scores.dtype == np.float32 and empty.scores.shape == (0,)
+    graph = AnnSearch(index, np.arange(40) % 2)
+    graph.SMALL_FILTER = 0
+    assert graph.search(x[0], 3, Filter(categories=frozenset({1}))).scores.dtype == np.float32
+    exact = graph._exact(x[0].astype(np.float64), 3, None, -1.0)
+    assert exact.scores.dtype == np.float32 and not exact.exhausted
+
+
+def test_a_faiss_failure_is_search_unavailable(forty):
+    from search import SearchUnavailable
+
+    x, index = forty
+    ann = AnnSearch(Watched(index, fail=RuntimeError("Error in faiss::IndexHNSW::search")), np.arange(40))
+    with pytest.raises(SearchUnavailable) as caught:
+        ann.search(x[0], 3)
+    assert str(caught.value) == "HNSW search failed: Error in faiss::IndexHNSW::search"

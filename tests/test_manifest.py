@@ -118,3 +118,67 @@ def test_a_version_with_a_corrupted_manifest_is_refused_and_the_previous_keeps_s
     publish(store, good)
     manager.refresh()
     assert manager.error is None  # the store is fine again: nothing stale is reported
+
+
+#: Each refusal word for word: the operator reading the log must be told which field and why.
+MESSAGES = [
+    ("not an object", [1], "the manifest is a list, not an object"),
+    ("backbone missing", lambda m: m.pop("backbone"), "backbone is missing"),
+    ("backbone a number", lambda m: m.update(backbone=7), "backbone must be text, not int"),
+    ("count text", lambda m: m.update(count="3"), "count must be a whole number, not str"),
+    ("count true", lambda m: m.update(count=True), "count must be a whole number, not bool"),
+    ("dim negative", lambda m: m.update(dim=-1), "dim must be at least 0, not -1"),
+    ("dim zero", lambda m: m.update(dim=0), "dim is 0 for a version with products"),
+    ("calibration a list", lambda m: m.update(calibration=[1, 2]), "calibration must be an object or null, not list"),
+    ("points text", lambda m: m["calibration"].update(points="abc"), "calibration.points must be a list, not str"),
+    ("points an object", lambda m: m["calibration"].update(points={}), "calibration.points must be a list, not dict"),
+    ("points missing", lambda m: m["calibration"].pop("points"), "calibration.points is missing"),
+    ("one point", lambda m: m["calibration"].update(points=[[1.0, 100.0]]),
+     "calibration.points must hold 2 to 64 points, not 1"),
+    ("not a pair", lambda m: m["calibration"]["points"].__setitem__(1, [0.5]),
+     "calibration.points[1] must be a [cosine, percent] pair"),
+    ("a triple", lambda m: m["calibration"]["points"].__setitem__(1, [0.5, 40, 1]),
+     "calibration.points[1] must be a [cosine, percent] pair"),
+    ("cosine text", lambda m: m["calibration"]["points"][2].__setitem__(0, "0.8"),
+     "calibration.points[2].cosine must be a number, not str"),
+    ("cosine below -1", lambda m: m["calibration"]["points"][0].__setitem__(0, -1.01),
+     "calibration.points[0].cosine must be a finite number from -1 to 1, not -1.01"),
+    ("percent NaN", lambda m: m["calibration"]["points"][1].__setitem__(1, NAN),
+     "calibration.points[1].percent must be a finite number from 0 to 100, not nan"),
+    ("equal cosines", lambda m: m["calibration"]["points"][2].__setitem__(0, 0.5),
+     "calibration.points must increase strictly in both cosine and percent"),
+    ("no_match text", lambda m: m.update(no_match="60"), "no_match must be an object or null, not str"),
+    ("no_match percent missing", lambda m: m["no_match"].pop("percent"), "no_match.percent is missing"),
+    ("no_match percent true", lambda m: m["no_match"].update(percent=True),
+     "no_match.percent must be a number, not bool"),
+    ("appearance weight", lambda m: m["appearance"].update(weight=2),
+     "appearance.weight must be a finite number from 0 to 1, not 2"),
+    ("appearance descriptor", lambda m: m["appearance"].update(descriptor=None),
+     "appearance.descriptor must be text, not NoneType"),
+    ("version missing", lambda m: m.pop("version"), "version is missing"),
+]
+
+
+@pytest.mark.parametrize(("what", "corrupt", "message"), MESSAGES, ids=[m[0] for m in MESSAGES])
+def test_each_refusal_word_for_word(what, corrupt, message):
+    bad = copy.deepcopy(GOOD)
+    if callable(corrupt):
+        corrupt(bad)
+    else:
+        bad = corrupt
+    with pytest.raises(ManifestError) as caught:
+        Manifest.parse(bad)
+    assert str(caught.value) == message
+
+
+def test_the_limits_of_counts_and_points_on_both_sides():
+    one = GOOD | {"count": 1, "dim": 0}
+    with pytest.raises(ManifestError, match="dim is 0"):
+        Manifest.parse(one)
+    assert Manifest.parse(GOOD | {"count": 0, "dim": 0}).count == 0  # an empty version needs no dimension
+    points = [[i / 64, i * 100 / 64] for i in range(1, 65)]  # 64 points: the most
+    assert len(Manifest.parse(GOOD | {"calibration": {"points": points}}).calibration) == 64
+    with pytest.raises(ManifestError, match="2 to 64 points, not 65"):
+        Manifest.parse(GOOD | {"calibration": {"points": [[-1, 0]] + points}})
+    assert Manifest.parse(GOOD | {"calibration": {"points": [[-1, 0], [1, 100]]}}).calibration[0] == (-1.0, 0.0)
+    assert Manifest.parse(GOOD).version == "v"
