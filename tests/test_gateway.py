@@ -94,10 +94,12 @@ def test_unknown_product_and_too_large_upload(client):
     assert resp.status_code == 413 and "1 MB" in resp.get_json()["error"]
 
 
-def test_torchserve_down_is_503_and_not_ready(client, stub):
+def test_torchserve_down_is_503_and_not_ready(client, stub, caplog):
     stub.down = True
     resp = upload(client, "/api/search", demo_image(10109))
-    assert resp.status_code == 503 and "temporarily unavailable" in resp.get_json()["error"]
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "2"
+    assert resp.get_json()["error"] == "search is temporarily unavailable: please try again in a moment"
+    assert "127.0.0.1" not in resp.get_data(as_text=True) and "unreachable at http://127.0.0.1:1" in caplog.text
     ready = client.get("/readyz")
     assert ready.status_code == 503 and "not ready" in ready.get_json()["reason"]
     stub.down = False

@@ -78,14 +78,17 @@ def on_refused_url(exc: UnsafeURL):
     return error_answer(exc.status, str(exc))
 
 
+#: What a shopper is told when the model server or the search backend fails: no host, port or reason (those
+#: go to the log).
+SEARCH_DOWN = "search is temporarily unavailable: please try again in a moment"
+
+
 @bp.app_errorhandler(ModelServerError)
 def on_model_server_down(exc: ModelServerError):
     log.warning("embedding failed: %s", exc)
-    return error_answer(503, f"search is temporarily unavailable: {exc}")
-
-
-#: What a shopper is told when the search backend fails (the reason goes to the log).
-SEARCH_DOWN = "search is temporarily unavailable: please try again in a moment"
+    response = current_app.make_response(error_answer(503, SEARCH_DOWN))
+    response.headers["Retry-After"] = "2"
+    return response
 
 
 @bp.app_errorhandler(SearchUnavailable)
