@@ -84,16 +84,10 @@ SEARCH_DOWN = "search is temporarily unavailable: please try again in a moment"
 
 
 @bp.app_errorhandler(ModelServerError)
-def on_model_server_down(exc: ModelServerError):
-    log.warning("embedding failed: %s", exc)
-    response = current_app.make_response(error_answer(503, SEARCH_DOWN))
-    response.headers["Retry-After"] = "2"
-    return response
-
-
 @bp.app_errorhandler(SearchUnavailable)
-def on_search_down(exc: SearchUnavailable):
-    log.warning("search backend failed: %s", exc)
+def on_search_down(exc: ModelServerError | SearchUnavailable):
+    """The model server or the search backend failed: 503 with ``Retry-After``, the reason to the log only."""
+    log.warning("%s failed: %s", "embedding" if isinstance(exc, ModelServerError) else "search backend", exc)
     response = current_app.make_response(error_answer(503, SEARCH_DOWN))
     response.headers["Retry-After"] = "2"
     return response
