@@ -1,7 +1,7 @@
 """The gateway's own request errors: one type per kind, each with the HTTP status it answers with.
 
 ``str(err)`` is shown to the user as it is. Errors of other layers that reach a request keep their own
-types (``ImageError``, ``UnsafeURL``, ``ModelServerError``); routes.py registers one handler for each.
+types (``ImageError``, ``UnsafeURL``, ``ModelServerError``); gateway/routes/errors.py registers one handler for each.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 before any model call.
 
 Refusals raise the error of the layer that found them (``BadRequest``, ``UnsafeURL``, ``ImageError``);
-routes.py turns each into its answer.
+gateway/routes/errors.py turns each into its answer.
 """
 
 from __future__ import annotations
