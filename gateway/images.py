@@ -93,6 +93,12 @@ class QueryImage:
         return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
 
 
+#: The longest crop a page sends is four numbers of a few digits: far below this.
+MAX_CROP_CHARS = 100
+NOT_A_BOX = ("the selected area is not valid: draw the box again (crop is left,top,right,bottom, each between 0 "
+             "and 1)")
+
+
 @dataclass(frozen=True)
 class Crop:
     """A region of the query image as fractions of its width and height, measured from the top left."""
@@ -105,15 +111,19 @@ class Crop:
     @classmethod
     def parse(cls, text: object) -> Crop | None:
         """``"left,top,right,bottom"`` (fractions, 0 to 1); None for no crop; ``BadRequest`` when malformed."""
-        if text is None or not str(text).strip():
+        if text is None:
+            return None
+        raw = str(text)
+        if len(raw) > MAX_CROP_CHARS:  # checked before any parsing: a 10 MB field costs nothing
+            raise BadRequest(NOT_A_BOX)
+        if not raw.strip():
             return None
         try:
-            parts = [float(part) for part in str(text).split(",")]
+            parts = [float(part) for part in raw.split(",")]
         except ValueError:
             parts = []
         if len(parts) != 4 or not all(math.isfinite(p) for p in parts):
-            raise BadRequest("the selected area is not valid: draw the box again (crop is left,top,right,bottom, "
-                             "each between 0 and 1)")
+            raise BadRequest(NOT_A_BOX)
         crop = cls(*parts)
         if not (0 <= crop.left < crop.right <= 1 and 0 <= crop.top < crop.bottom <= 1):
             raise BadRequest("the selected area is outside the photo: draw the box again (crop is "

@@ -159,3 +159,15 @@ def test_query_image_checks_the_pixel_limit_on_both_sides():
     assert images.query_image(None, "http://x", Config(max_pixels=5000), Slots(data)).data == data
     with pytest.raises(ImageError, match="too large"):
         images.query_image(None, "http://x", Config(max_pixels=4999), Slots(data))
+
+
+def test_a_crop_is_measured_before_it_is_parsed():
+    from gateway.images import MAX_CROP_CHARS
+
+    padded = "0.1,0.1,0.9," + "0.9".ljust(MAX_CROP_CHARS - len("0.1,0.1,0.9,"), "0")  # exactly the limit
+    assert len(padded) == MAX_CROP_CHARS and Crop.parse(padded) == Crop(0.1, 0.1, 0.9, 0.9)
+    with pytest.raises(BadRequest, match="not valid"):
+        Crop.parse(padded + "0")
+    with pytest.raises(BadRequest, match="not valid"):
+        Crop.parse("," * 10_000_000)  # a 10 MB field: refused by its length, never split
+    assert Crop.parse(" " * MAX_CROP_CHARS) is None
