@@ -182,3 +182,4 @@ def test_the_limits_of_counts_and_points_on_both_sides():
         Manifest.parse(GOOD | {"calibration": {"points": [[-1, 0]] + points}})
     assert Manifest.parse(GOOD | {"calibration": {"points": [[-1, 0], [1, 100]]}}).calibration[0] == (-1.0, 0.0)
     assert Manifest.parse(GOOD).version == "v"
+
