@@ -1,0 +1,52 @@
+"""The handler's batch contract without TorchServe (fast; tests/test_embedding_handler.py runs it for real): one
+batch mixing answer formats, body forms and a bad image answers each request in its own format, aligned with
+its inputs, the bad one alone with 400."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+
+from handlers.embedder import Embedder
+from handlers.embedding_handler import EmbeddingHandler
+from modelio.protocol import COMPACT, decode_vector
+from tests.conftest import demo_image
+
+
+class Context:
+    """What TorchServe's context gives a handler: per-request headers, and per-request answers set."""
+
+    def __init__(self, headers: list[dict]) -> None:
+        self.headers, self.types, self.statuses = headers, {}, {}
+
+    def get_all_request_header(self, idx: int) -> dict:
+        return self.headers[idx]
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        self.types[idx] = value
+
+    def set_response_status(self, code: int, phrase: str, idx: int) -> None:
+        self.statuses[idx] = (code, phrase)
+
+
+def test_a_mixed_batch_answers_each_request_in_its_own_format(local_embedder: Embedder):
+    handler = EmbeddingHandler()
+    handler.embedder = local_embedder
+    a, b = demo_image("10109"), demo_image("11043")
+    rows = [{"body": a}, {"data": base64.b64encode(b).decode()}, {"body": b"not an image"},
+            {"body": {"image": base64.b64encode(a).decode()}}]
+    context = Context([{"Accept": COMPACT}, {"accept": "application/json"}, {"Accept": COMPACT}, {}])
+    answers = [json.loads(out) for out in handler.handle(rows, context)]
+    assert len(answers) == 4 and set(context.types.values()) == {"application/json"}
+    assert "embedding_b64" in answers[0] and "embedding" not in answers[0]  # asked for the compact form
+    assert "embedding" in answers[1] and "embedding_b64" not in answers[1]  # plain JSON
+    assert "embedding" in answers[3]  # no Accept header: plain JSON
+    assert context.statuses == {2: (400, "Bad image")} and "error" in answers[2]
+    assert answers[2]["model"] == local_embedder.backbone_id
+    want_a, want_b = local_embedder.embed_one(a), local_embedder.embed_one(b)
+    assert float(decode_vector(answers[0]) @ want_a) >= 0.9999 and float(decode_vector(answers[3]) @ want_a) >= 0.9999
+    assert float(decode_vector(answers[1]) @ want_b) >= 0.9999
+    assert float(want_a @ want_b) < 0.99  # different pictures: a mixed-up batch would be seen
+    assert np.isclose(np.linalg.norm(decode_vector(answers[1])), 1.0, atol=1e-4)
