@@ -18,6 +18,7 @@ import requests
 from devtools.process import TorchServe, models_setting
 from gateway import create_app
 from gateway.config import Config
+from gateway.routes import SEARCH_DOWN
 from modelserver.client import TorchServeClient
 from scripts.loadtest import run_load
 from tests.conftest import DEMO_DIR, demo_image, free_port
@@ -92,7 +93,7 @@ class _Hanging(BaseHTTPRequestHandler):
         self.end_headers()
 
 
-def test_slow_torchserve_is_a_bounded_503(served_demo, tmp_path):
+def test_slow_torchserve_is_a_bounded_503(served_demo, tmp_path, caplog):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Hanging)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -102,7 +103,8 @@ def test_slow_torchserve_is_a_bounded_503(served_demo, tmp_path):
         app = create_app(config, TorchServeClient(url, timeout=1)).test_client()
         started = time.monotonic()
         resp = app.post("/api/search", data={"file": (io.BytesIO(UPLOADS[0]), "q.jpg")})
-        assert resp.status_code == 503 and "timed out after 1s" in resp.get_json()["error"]
+        assert resp.status_code == 503 and resp.get_json()["error"] == SEARCH_DOWN  # the shopper's words ...
+        assert "timed out after 1s" in caplog.text  # ... and the reason, in the log
         assert time.monotonic() - started < 3
     finally:
         server.shutdown()
