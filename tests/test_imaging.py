@@ -179,3 +179,28 @@ def test_a_pixel_format_that_cannot_be_converted_is_a_clear_refusal(monkeypatch)
     with pytest.raises(ImageError) as refused:
         decode_image(encode(Image.new("RGB", (2, 2)), "PNG"))
     assert str(refused.value) == "unsupported image: conversion from XYZ not supported"
+
+
+def test_deep_grey_is_scaled_in_integers_exactly_as_dividing_by_256():
+    """Every 16-bit value and 32-bit values past both ends give value // 256, clipped: what the float64 path
+    gave, with a fraction of its memory."""
+    from modelio.imaging import _top_byte
+
+    every = np.arange(65536, dtype=np.uint16)
+    assert np.array_equal(_top_byte(every), (every.astype(np.float64) / 256).astype(np.uint8))
+    assert np.array_equal(_top_byte(every.astype(">u2")), _top_byte(every))  # big-endian (I;16B) as well
+    wide = np.array([-70000, -1, 0, 255, 256, 65535, 65536, 10**9], dtype=np.int32)
+    assert _top_byte(wide).tolist() == [0, 0, 0, 0, 1, 255, 255, 255]
+
+
+def test_a_large_16_bit_png_decodes_without_a_float_copy():
+    import tracemalloc
+
+    img = Image.fromarray(np.full((1000, 2000), 40000, dtype=np.uint16))  # 2 megapixels, 4 MB of samples
+    data = encode(img, "PNG")
+    tracemalloc.start()
+    out = decode_image(data)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert out.size == (2000, 1000) and out.getpixel((5, 5)) == (156, 156, 156)
+    assert peak < 6 * 2_000_000  # the float64 path alone took 8 bytes per pixel (16 MB here)
