@@ -126,3 +126,22 @@ def test_token_is_sent_and_a_rotated_key_file_is_read_again(fake, tmp_path):
     with pytest.raises(ModelServerError, match="refused the token"):
         client.embed(b"img")
     assert client_for(fake, token="k3").embed(b"img")[1] == "m-1"
+
+
+def test_the_image_never_goes_through_an_environment_proxy(fake, monkeypatch):
+    """A proxy named in the environment (HTTP_PROXY, ALL_PROXY) would see every shopper's photo: the client
+    ignores it and talks to TorchServe directly."""
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), _Fake)
+    seen: list[bytes] = []
+    proxy.answer = lambda body: (seen.append(body), (502, {"error": "the proxy"}))[1]
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(var, f"http://127.0.0.1:{proxy.server_address[1]}")
+        for var in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(var, raising=False)
+        vector, _ = client_for(fake).embed(b"a shopper's photo")
+        assert vector.tolist() == [np.float32(0.6), np.float32(0.8)] and seen == []
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
