@@ -9,6 +9,7 @@ threshold. Every step works on what the backend returns, so every backend ranks 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -69,12 +70,19 @@ class RankingView:
     no_match_percent: float | None = None  # the fitted "no close match" rule (ranking/no_match.py); None: never
     prices: np.ndarray | None = None  # price per row, NaN where unknown; None: no prices
 
+    @cached_property
+    def _codes_by_name(self) -> dict[str, frozenset[int]]:
+        """Category codes by case-folded name, made once per version (not on every search)."""
+        codes: dict[str, frozenset[int]] = {}
+        for code, name in enumerate(self.grouping.names):
+            codes[name.casefold()] = codes.get(name.casefold(), frozenset()) | {code}
+        return codes
+
     def category_codes(self, category: str | None) -> frozenset[int] | None:
         """Codes of the categories named ``category`` (case-insensitive); None: no category filter."""
         if not category:
             return None
-        folded = category.strip().casefold()
-        return frozenset(code for code, name in enumerate(self.grouping.names) if name.casefold() == folded)
+        return self._codes_by_name.get(category.strip().casefold(), frozenset())
 
     def price_rows(self, low: float | None, high: float | None) -> np.ndarray | None:
         """Bool per row: the price is known and within [low, high] (either end open); None: no price range."""
