@@ -14,12 +14,13 @@ from pathlib import Path
 from indexstore.ann import AnnSettings
 from safeio.paths import cache_home
 from search import BackendSettings
+from search.factory import KINDS
 from search.milvus import MilvusSettings
 
 #: Words read as true in environment variables and request flags (requests also accept FALSE_WORDS).
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
-SEARCH_BACKENDS = ("auto", "exact", "ann", "milvus")
+SEARCH_BACKENDS = KINDS  # the search backend kinds (search/factory.py)
 
 #: Accepted range of each numeric setting: (field, lowest, lowest excluded, highest or None). README's
 #: configuration table states the same ranges; tests/test_config.py checks each on both sides.

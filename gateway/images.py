@@ -44,8 +44,9 @@ class FetchSlots:
             raise Busy("too many image links are being fetched right now; try again in a moment, or upload "
                        "the photo instead")
         try:
-            return safe_get(image_url, int(config.max_upload_mb * 1024 * 1024), config.url_fetch_timeout,
-                            config.allow_private_urls, user_agent=USER_AGENT, allow_networks=config.image_networks)
+            fetch = config.fetch
+            return safe_get(image_url, fetch.max_bytes, fetch.timeout_s, fetch.allow_private, user_agent=USER_AGENT,
+                            allow_networks=fetch.networks)
         finally:
             self._slots.release()
 
