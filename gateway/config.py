@@ -94,6 +94,8 @@ class Config:
     #: Key signing query tokens (refine without re-uploading); replicas behind one address must share it.
     #: Unset: ``python -m gateway`` makes one for its workers (tokens then work on this replica only).
     query_token_key: str = ""
+    #: Comma-separated earlier keys that still open tokens (rotation: keep one for QUERY_TOKEN_TTL_S, then drop it).
+    query_token_old_keys: str = ""
     #: Seconds a query token stays valid after its search.
     query_token_ttl_s: float = 3600.0
     #: /readyz caches its TorchServe probe for this many seconds.
@@ -142,7 +144,8 @@ class Config:
     @property
     def tokens(self) -> TokenSettings:
         """How query tokens are signed."""
-        return TokenSettings(self.query_token_key, self.query_token_ttl_s)
+        old = tuple(k.strip() for k in self.query_token_old_keys.split(",") if k.strip())
+        return TokenSettings(self.query_token_key, self.query_token_ttl_s, old)
 
     @property
     def index_cache(self) -> Path:
@@ -183,10 +186,12 @@ class FetchSettings:
 
 @dataclass(frozen=True)
 class TokenSettings:
-    """Query tokens: the signing key ("": one made per process) and how long a token is valid."""
+    """Query tokens: the sealing key ("": one made per process), how long a token is valid, and the earlier keys
+    that still open tokens."""
 
     key: str
     ttl_s: float
+    old_keys: tuple[str, ...] = ()
 
 
 def _parse(name: str, raw: str, kind: type) -> object:

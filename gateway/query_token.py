@@ -1,11 +1,17 @@
-"""Short-lived signed query tokens: refine a search (threshold, category, more results) without sending
+"""Short-lived sealed query tokens: refine a search (threshold, category, more results) without sending
 the photo again, and without the model embedding it again.
 
-A token carries the query's model vector (never the photo), the backbone that made it, the image URL it
-came from (empty for an upload), a digest of the picture the page shows for it, and when it expires; it
-is signed with HMAC-SHA256 under ``QUERY_TOKEN_KEY``. Nothing is kept server-side, so any worker of any
-replica sharing the key can verify it. A token is untrusted input: whatever is wrong with it (forged,
-expired, cut short, from another model) is one ``ExpiredQuery`` in the shopper's words.
+A token carries the query's model vector (never the photo), its colour descriptor, the backbone that made
+it, the image URL it came from (empty for an upload), a digest of the picture the page shows for it, and
+when it expires. All of that is **encrypted and authenticated** with AES-256-GCM (``cryptography``) under a
+key derived from ``QUERY_TOKEN_KEY``: whoever sees a token (a browser history, a proxy log, a shared link)
+learns nothing of the photo's vector or URL, and a changed byte is refused.
+
+Keys rotate: tokens are sealed under the current key and opened under it or any of ``QUERY_TOKEN_OLD_KEYS``
+(keep the previous key there for at least ``QUERY_TOKEN_TTL_S`` after a change, then remove it). Each token
+names its key by a short id, so opening one costs one decryption. Nothing is kept server-side, so any worker
+of any replica sharing the keys can open a token. A token is untrusted input: whatever is wrong with it
+(forged, expired, cut short, another key, another model) is one ``ExpiredQuery`` in the shopper's words.
 """
 
 from __future__ import annotations
@@ -13,17 +19,25 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import hmac
 import json
+import os
 import secrets
+import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.errors import BadRequest
 
-PREFIX = "q1"
+PREFIX = "q2"
+#: AES-GCM nonce bytes, random per token (NIST SP 800-38D: up to 2^32 tokens per key; rotate long before).
+NONCE_BYTES = 12
 #: Far above any real token (a 2048-d float32 vector is 11 KB as base64): longer ones are not parsed.
 MAX_TOKEN_CHARS = 16_384
 #: Longest image URL a query may name (the service refuses longer ones; a token never cuts one short).
@@ -63,47 +77,77 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-class QueryTokens:
-    """Issues and verifies tokens under one key."""
+class _Key:
+    """One token key: the AES-256 key derived from the configured text, and its public id."""
 
-    def __init__(self, key: str, ttl_s: float) -> None:
-        self._key = key.encode()
+    def __init__(self, text: str) -> None:
+        if not text:
+            raise ValueError("a query token key must not be empty")
+        raw = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"photo-query-token",
+                   info=b"aes-256-gcm v2").derive(text.encode())
+        self.aead = AESGCM(raw)
+        self.id = hashlib.sha256(b"key id" + raw).hexdigest()[:8]  # names the key, reveals nothing of it
+
+
+class QueryTokens:
+    """Seals tokens under the current key; opens them under it or an old one (rotation)."""
+
+    def __init__(self, key: str, ttl_s: float, old_keys: Sequence[str] = ()) -> None:
+        self._current = _Key(key)
+        self._keys = {k.id: k for k in (_Key(text) for text in old_keys if text)}
+        self._keys[self._current.id] = self._current
         self.ttl_s = ttl_s
 
-    def _mac(self, body: str) -> str:
-        return _b64(hmac.new(self._key, body.encode(), hashlib.sha256).digest())
+    def _seal(self, plain: bytes, key: _Key | None = None) -> str:
+        key = key or self._current
+        aad = f"{PREFIX}.{key.id}"
+        nonce = os.urandom(NONCE_BYTES)
+        return f"{aad}.{_b64(nonce + key.aead.encrypt(nonce, plain, aad.encode()))}"
 
     def issue(self, query: Query, now: float | None = None) -> str:
         """The token of ``query``, valid for ``ttl_s`` seconds from ``now``."""
         now = time.time() if now is None else now
         if len(query.image_url) > MAX_URL_CHARS:  # never cut short: a cut URL would name another image
             raise ValueError(f"an image URL of {len(query.image_url)} characters is over {MAX_URL_CHARS}")
-        head = {"b": query.backbone_id, "u": query.image_url, "d": query.picture_digest,
-                "e": int(now + self.ttl_s), "n": int(np.size(query.vector))}
+        head = json.dumps({"b": query.backbone_id, "u": query.image_url, "d": query.picture_digest,
+                           "e": int(now + self.ttl_s), "n": int(np.size(query.vector))},
+                          separators=(",", ":")).encode()
         parts = [query.vector] if query.hist is None else [query.vector, query.hist]
         vector = np.concatenate([np.asarray(p, dtype="<f4").ravel() for p in parts]).tobytes()
-        body = f"{PREFIX}.{_b64(json.dumps(head, separators=(',', ':')).encode())}.{_b64(vector)}"
-        return f"{body}.{self._mac(body)}"
+        return self._seal(struct.pack("<H", len(head)) + head + vector)
+
+    def _open(self, token: object) -> bytes:
+        """The plaintext of a token sealed under one of our keys; ``ExpiredQuery`` for anything else."""
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or token.count(".") != 2:
+            raise ExpiredQuery(_AGAIN)
+        prefix, key_id, sealed = token.split(".")
+        key = self._keys.get(key_id)
+        if prefix != PREFIX or key is None:
+            raise ExpiredQuery(_AGAIN)
+        try:
+            raw = _unb64(sealed)
+            return key.aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], f"{prefix}.{key_id}".encode())
+        except (InvalidTag, ValueError, binascii.Error):
+            raise ExpiredQuery(_AGAIN) from None
 
     def verify(self, token: str, now: float | None = None) -> Query:
         """The query of a genuine, unexpired token; ``ExpiredQuery`` for anything else."""
         now = time.time() if now is None else now
-        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or token.count(".") != 3:
-            raise ExpiredQuery(_AGAIN)
-        body, _, mac = token.rpartition(".")
-        if not hmac.compare_digest(mac.encode(), self._mac(body).encode()) or not body.startswith(PREFIX + "."):
-            raise ExpiredQuery(_AGAIN)
-        try:  # signed by us, so well formed; checked anyway (a key can leak)
-            _, head_text, vector_text = body.split(".")
-            head = json.loads(_unb64(head_text))
-            numbers = np.frombuffer(_unb64(vector_text), dtype="<f4").astype(np.float32)
+        plain = self._open(token)
+        try:  # authenticated, so made by us; parsed defensively anyway (a key can leak)
+            (size,) = struct.unpack_from("<H", plain)
+            head = json.loads(plain[2:2 + size])
+            tail = plain[2 + size:]
+            if len(tail) % 4:
+                raise ValueError("vector bytes")
+            numbers = np.frombuffer(tail, dtype="<f4").astype(np.float32)
             n = int(head["n"])
             if not 0 < n <= len(numbers):
                 raise ValueError("vector length")
             vector, hist = numbers[:n], (numbers[n:] if len(numbers) > n else None)
             query = Query(vector, str(head["b"]), str(head["u"]), str(head["d"]), hist)
             expires = int(head["e"])
-        except (ValueError, KeyError, TypeError, binascii.Error):
+        except (ValueError, KeyError, TypeError, struct.error):
             raise ExpiredQuery(_AGAIN) from None
         if expires < now:
             raise ExpiredQuery("this search has expired: choose the photo again, or paste its link")

@@ -111,7 +111,7 @@ class SearchService:
         self.client = client
         self.indexes = IndexManager(config.index_uri, config.index_cache, config.index_poll_s, config.backends)
         self.url_fetches = FetchSlots(config.url_fetch_concurrency)
-        self.tokens = QueryTokens(config.tokens.key or new_key(), config.tokens.ttl_s)
+        self.tokens = QueryTokens(config.tokens.key or new_key(), config.tokens.ttl_s, config.tokens.old_keys)
         self._ready: tuple[float, bool, str] = (0.0, False, "not checked yet")
         self._ready_lock = threading.Lock()
         self.side_work = SideWork()

@@ -206,7 +206,7 @@ def test_a_new_photo_wins_over_the_token(client):
 
 
 @pytest.mark.parametrize(("fields", "message"), [
-    ({"query_token": "q1.forged.token.mac"}, "choose the photo again"),
+    ({"query_token": "q2.forged.token"}, "choose the photo again"),
     ({"query_token": "", "crop": "0,0,1,1"}, "no image"),
 ])
 def test_unusable_queries_get_a_clear_400(client, fields, message):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 import pytest
 
@@ -37,7 +39,8 @@ def test_another_key_or_any_changed_character_is_refused():
             QueryTokens("k", ttl_s=60).verify(changed)
 
 
-@pytest.mark.parametrize("token", ["", "x", "q1.a.b", "q1.a.b.c.d", "." * 3, "q1." + "A" * MAX_TOKEN_CHARS])
+@pytest.mark.parametrize("token", ["", "x", "q2.a", "q2.a.b.c", "." * 2, "q2..", "q2.a.b", "q1.a.b.c",
+                                   "q2.x." + "A" * MAX_TOKEN_CHARS])
 def test_malformed_tokens_are_refused_in_the_shoppers_words(token):
     with pytest.raises(ExpiredQuery) as caught:
         QueryTokens("k", ttl_s=60).verify(token)
@@ -72,23 +75,55 @@ def test_a_token_is_url_safe_and_any_float_vector_round_trips():
         assert np.allclose(got.vector, vector) and got.vector.dtype == np.float32 and got.hist is None
 
 
-def test_a_changed_vector_with_the_old_signature_is_refused():
-    """The signature covers the vector, not only the head."""
-    import base64
-
+def test_a_changed_ciphertext_or_key_id_is_refused():
+    """The tag covers every byte of the sealed part and the key id beside it."""
     tokens = QueryTokens("k", ttl_s=60)
-    prefix, head, vector, mac = tokens.issue(Query(np.ones(4, np.float32), "m")).split(".")
-    other = base64.urlsafe_b64encode(np.full(4, 2, "<f4").tobytes()).decode().rstrip("=")
+    prefix, key_id, sealed = tokens.issue(Query(np.ones(4, np.float32), "m")).split(".")
+    raw = bytearray(base64.urlsafe_b64decode(sealed + "=" * (-len(sealed) % 4)))
+    for at in (0, 12, len(raw) // 2, len(raw) - 1):  # the nonce, the first byte sealed, the middle, the tag
+        changed = bytearray(raw)
+        changed[at] ^= 1
+        text = base64.urlsafe_b64encode(bytes(changed)).decode().rstrip("=")
+        with pytest.raises(ExpiredQuery):
+            tokens.verify(".".join([prefix, key_id, text]))
     with pytest.raises(ExpiredQuery):
-        tokens.verify(".".join([prefix, head, other, mac]))
+        tokens.verify(".".join([prefix, "0" * 8, sealed]))
 
 
-def test_a_signed_but_malformed_token_gets_the_shoppers_message():
-    """Even a body signed with the key (a leaked key) is parsed defensively, with the same words."""
+def test_a_token_reveals_neither_the_url_nor_the_vector():
+    """Anyone who sees a token (a history, a log, a shared link) learns nothing of the photo it stands for."""
     tokens = QueryTokens("k", ttl_s=60)
-    for body in ("q1.bm90IGpzb24.AAAA", "q1.e30.AAAAAA"):  # not JSON; JSON without the fields
+    token = tokens.issue(QUERY)
+    sealed = base64.urlsafe_b64decode(token.split(".")[2] + "==")
+    for secret in (b"shop.example", VECTOR.astype("<f4").tobytes()[:8], b"model-a", QUERY.picture_digest.encode()):
+        assert secret not in sealed and secret.decode("latin-1") not in token
+    assert tokens.issue(QUERY) != token  # a fresh nonce each time: two searches of one photo are not linkable
+
+
+def test_an_old_key_still_opens_its_tokens_and_a_dropped_one_does_not():
+    old = QueryTokens("2026-11", ttl_s=60)
+    token = old.issue(QUERY)
+    rotated = QueryTokens("2026-12", ttl_s=60, old_keys=["2026-11"])
+    assert rotated.verify(token).image_url == QUERY.image_url
+    assert rotated.issue(QUERY).split(".")[1] != token.split(".")[1]  # new tokens use the new key
+    with pytest.raises(ExpiredQuery):
+        old.verify(rotated.issue(QUERY))  # the old key never opens a new token
+    with pytest.raises(ExpiredQuery):
+        QueryTokens("2026-12", ttl_s=60).verify(token)  # once dropped, its tokens are refused
+    with pytest.raises(ExpiredQuery, match="expired"):
+        rotated.verify(old.issue(QUERY, now=0.0))  # an old key does not extend a token's life
+
+
+def test_a_sealed_but_malformed_token_gets_the_shoppers_message():
+    """Even a plaintext sealed with the key (a leaked key) is parsed defensively, with the same words."""
+    import struct
+
+    tokens = QueryTokens("k", ttl_s=60)
+    plains = (b"", b"\x05\x00", struct.pack("<H", 8) + b"not json", struct.pack("<H", 2) + b"{}AAAA",
+              struct.pack("<H", 7) + b'{"n":1}' + b"\x00\x00\x80")  # 3 vector bytes: not whole floats
+    for plain in plains:
         with pytest.raises(ExpiredQuery) as caught:
-            tokens.verify(f"{body}.{tokens._mac(body)}")
+            tokens.verify(tokens._seal(plain))
         assert caught.value.message == "we could not re-run that search: choose the photo again, or paste its link"
 
 
@@ -100,14 +135,16 @@ def test_the_expiry_message():
 
 
 def test_the_longest_token_passes_and_one_character_more_fails():
-    """Genuine tokens of exactly MAX_TOKEN_CHARS and of one more: only the length tells them apart."""
+    """Genuine tokens of exactly MAX_TOKEN_CHARS and of the next length: only the length tells them apart."""
     tokens = QueryTokens("k", ttl_s=60)
     by_length = {}
     for dim in range(3000, 3080):
         for url in range(0, 8):
             token = tokens.issue(Query(np.ones(dim, np.float32), "m", "u" * url))
             by_length.setdefault(len(token), token)
-    exact, over = by_length[MAX_TOKEN_CHARS], by_length[MAX_TOKEN_CHARS + 1]
+    # base64 never ends a token one character past a multiple of four: the next genuine length is 2 more
+    exact, over = by_length[MAX_TOKEN_CHARS], by_length[min(n for n in by_length if n > MAX_TOKEN_CHARS)]
+    assert len(over) <= MAX_TOKEN_CHARS + 2
     assert len(tokens.verify(exact).vector) > 0
     with pytest.raises(ExpiredQuery):
         tokens.verify(over)
