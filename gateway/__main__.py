@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         settings = Config.from_env()  # a bad setting stops here, named once, instead of in every worker's boot
+        check_threads(args.threads, settings)
     except ValueError as exc:
         sys.exit(f"gateway: {exc}")
     if not settings.query_token_key:  # one key for every worker, so any of them verifies a token
@@ -62,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=_whole("GATEWAY_PORT", 1, 65535),
                         default=os.environ.get("GATEWAY_PORT", "5000"))
     parser.add_argument("--workers", type=_whole("GATEWAY_WORKERS", 1), default=os.environ.get("GATEWAY_WORKERS", "2"))
-    parser.add_argument("--threads", type=_whole("GATEWAY_THREADS", 1), default=os.environ.get("GATEWAY_THREADS", "4"))
+    parser.add_argument("--threads", type=_whole("GATEWAY_THREADS", 2), default=os.environ.get("GATEWAY_THREADS", "4"))
     return parser.parse_args(argv)
 
 
@@ -79,6 +80,14 @@ def _whole(name: str, low: int, high: int | None = None) -> Callable[[str], int]
         return value
 
     return parse
+
+
+def check_threads(threads: int, settings: Config) -> None:
+    """Refuse settings under which image-link fetches could take every thread of a worker: uploads, page
+    loads and health checks must always find one free (slow links then get 503, not the whole worker)."""
+    if settings.url_fetch_concurrency >= threads:
+        raise ValueError(f"URL_FETCH_CONCURRENCY={settings.url_fetch_concurrency} must be below "
+                         f"GATEWAY_THREADS={threads}: image links must leave a thread for uploads and health checks")
 
 
 def workers_for(requested: int, settings: Config) -> int:

@@ -72,8 +72,9 @@ class Config:
     catalog_dir: str = ""
     #: Seconds for the whole fetch of a query image URL: lookup, connect, redirects and body together.
     url_fetch_timeout: float = 10.0
-    #: Image URLs fetched at once per worker process; more get 503 with Retry-After.
-    url_fetch_concurrency: int = 4
+    #: Image URLs fetched at once per worker process; more get 503 with Retry-After. Below GATEWAY_THREADS, so
+    #: slow links never hold every thread (``python -m gateway`` refuses otherwise).
+    url_fetch_concurrency: int = 2
     #: Let query image URLs point at loopback/private hosts (tests and local demos only).
     allow_private_urls: bool = False
     #: Comma-separated CIDRs of non-public networks query URLs may still use (e.g. an internal image host).

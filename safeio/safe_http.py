@@ -5,8 +5,11 @@
 - loopback, private, link-local (cloud metadata), multicast, reserved, unspecified and IPv4-mapped
   IPv6 forms of those are refused unless ``allow_private`` is set;
 - redirects are followed by hand, at most ``MAX_REDIRECTS``, each hop checked again;
-- one wall-clock deadline for the whole fetch: every lookup, connect, read and redirect (a server that
-  drips a byte at a time is cut off at the deadline, not kept as long as it keeps dripping);
+- one wall-clock deadline for the whole fetch: every lookup, connect, TLS handshake, header, redirect and
+  body byte. It is enforced on the socket itself (a watchdog shuts the connection down at the deadline),
+  not per read: a server that drips its headers or body a byte at a time is cut off at the deadline;
+- lookups run in a small pool and never queue: when slow names hold every lookup thread, a new lookup
+  is refused at once (503) instead of waiting behind them;
 - a byte cap while streaming, and a content-type check; proxy environment variables are ignored (a
   proxy would connect to the name again, around the pinned address); names are sent as IDNA.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +29,8 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 MAX_REDIRECTS = 3
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "application/octet-stream")
@@ -41,15 +47,21 @@ class UnsafeURL(ValueError):
         self.status = status
 
 
+#: Lookup threads per process. A lookup the deadline gave up on keeps its thread until the resolver
+#: answers, so the pool can fill with slow names; then new lookups are refused, never queued.
+LOOKUP_THREADS = 8
 #: Lookups run here so that a slow resolver cannot outlast the fetch's deadline.
-_LOOKUPS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dns")
+_LOOKUPS = ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="dns")
+#: Lookups submitted and not yet answered (a slot is freed when the resolver returns, not when we give up).
+_LOOKUP_SLOTS = threading.BoundedSemaphore(LOOKUP_THREADS)
 
 
 def _new_lookup_threads() -> None:
     """A forked child (gunicorn with --preload, a forking test runner) gets its own pool: the parent's threads
     do not exist there, yet its pool would count them as idle and wait on them forever."""
-    global _LOOKUPS
-    _LOOKUPS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dns")
+    global _LOOKUPS, _LOOKUP_SLOTS
+    _LOOKUPS = ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="dns")
+    _LOOKUP_SLOTS = threading.BoundedSemaphore(LOOKUP_THREADS)
 
 
 os.register_at_fork(after_in_child=_new_lookup_threads)
@@ -133,7 +145,7 @@ def check_url(url: str, allow_private: bool, resolve: Resolver,
         raise UnsafeURL("image URL has no host")
     host = idna_host(host)
     port = port or (443 if scheme == "https" else 80)
-    lookup = _LOOKUPS.submit(resolve, host, port)
+    lookup = _submit_lookup(resolve, host, port)
     try:
         addresses = lookup.result(timeout=deadline.left() if deadline else None)
     except FutureTimeout:
@@ -150,17 +162,102 @@ def check_url(url: str, allow_private: bool, resolve: Resolver,
     return scheme, host, port, addresses[0].split("%")[0]
 
 
-class _PinnedAdapter(HTTPAdapter):
-    """Connects to the checked IP while TLS (SNI and certificate) uses the real host name."""
+def _submit_lookup(resolve: Resolver, host: str, port: int):
+    """Start a lookup in the pool, or refuse at once (503) when slow lookups hold every thread."""
+    slots = _LOOKUP_SLOTS
+    if not slots.acquire(blocking=False):
+        raise UnsafeURL("too many image links are being looked up right now", 503)
 
-    def __init__(self, hostname: str) -> None:
+    def run() -> list[str]:
+        try:
+            return resolve(host, port)
+        finally:
+            slots.release()
+
+    try:
+        return _LOOKUPS.submit(run)
+    except RuntimeError:  # the pool is shut down (interpreter exit)
+        slots.release()
+        raise UnsafeURL("image links cannot be fetched right now", 503) from None
+
+
+class Watchdog:
+    """Shuts down every connection of one fetch when its deadline passes, whatever the fetch is waiting on
+    (the TLS handshake, a header dripped a byte at a time, the body): a blocked read then returns at once.
+
+    It holds a duplicate of each socket, so its descriptor cannot be reused for another connection before
+    ``close``; shutting the duplicate down ends the connection the fetch reads from."""
+
+    def __init__(self, deadline: Deadline) -> None:
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._fired = self._closed = False
+        self._timer = threading.Timer(max(deadline.at - time.monotonic(), 0.0), self._cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        """Cut ``sock`` at the deadline (at once if it has passed)."""
+        with self._lock:
+            if self._closed:
+                return
+            twin = sock.dup()
+            self._socks.append(twin)
+            if self._fired:
+                _shut(twin)
+
+    def _cut(self) -> None:
+        with self._lock:
+            self._fired = True
+            for sock in self._socks:
+                _shut(sock)
+
+    def close(self) -> None:
+        """Stop watching; the duplicates are closed (the fetch's own sockets are its to close)."""
+        self._timer.cancel()
+        with self._lock:
+            self._closed = True
+            for sock in self._socks:
+                sock.close()
+            self._socks.clear()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed by its peer: nothing left to cut
+
+
+def _watched_pools(watch: Callable[[socket.socket], None]) -> dict[str, type]:
+    """Connection-pool classes whose new sockets are handed to ``watch`` before any byte is exchanged."""
+    def new_conn(base: type) -> Callable[..., socket.socket]:
+        def _new_conn(self) -> socket.socket:
+            sock = base._new_conn(self)
+            watch(sock)
+            return sock
+        return _new_conn
+
+    http = type("WatchedHTTPConnection", (HTTPConnection,), {"_new_conn": new_conn(HTTPConnection)})
+    https = type("WatchedHTTPSConnection", (HTTPSConnection,), {"_new_conn": new_conn(HTTPSConnection)})
+    return {"http": type("WatchedPool", (HTTPConnectionPool,), {"ConnectionCls": http}),
+            "https": type("WatchedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": https})}
+
+
+class _PinnedAdapter(HTTPAdapter):
+    """Connects to the checked IP while TLS (SNI and certificate) uses the real host name; every connection
+    it opens is handed to the fetch's watchdog."""
+
+    def __init__(self, hostname: str, watchdog: Watchdog) -> None:
         self.hostname = hostname
+        self.watchdog = watchdog
         super().__init__(max_retries=0)
 
     def init_poolmanager(self, *args, **kwargs) -> None:
         kwargs["server_hostname"] = self.hostname
         kwargs["assert_hostname"] = self.hostname
         super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _watched_pools(self.watchdog.watch)
 
 
 def safe_get(url: str, max_bytes: int, timeout: float, allow_private: bool = False,
@@ -171,9 +268,28 @@ def safe_get(url: str, max_bytes: int, timeout: float, allow_private: bool = Fal
     ``timeout`` is the whole fetch's budget: lookups, connects, redirects and the body together."""
     resolve = resolve or system_resolve
     deadline = Deadline(timeout)
-    url = url.strip()
+    watchdog = Watchdog(deadline)
+    try:
+        return _fetch(url.strip(), max_bytes, deadline, watchdog,
+                      _Policy(allow_private, resolve, user_agent, allow_networks))
+    finally:
+        watchdog.close()
+
+
+class _Policy:
+    """What a fetch may reach and how it names itself."""
+
+    def __init__(self, allow_private: bool, resolve: Resolver, user_agent: str,
+                 allow_networks: tuple[str, ...]) -> None:
+        self.allow_private, self.resolve = allow_private, resolve
+        self.user_agent, self.allow_networks = user_agent, allow_networks
+
+
+def _fetch(url: str, max_bytes: int, deadline: Deadline, watchdog: Watchdog, policy: _Policy) -> bytes:
+    """Follow at most ``MAX_REDIRECTS`` checked hops to the image body."""
     for _ in range(MAX_REDIRECTS + 1):
-        scheme, host, port, address = check_url(url, allow_private, resolve, allow_networks, deadline)
+        scheme, host, port, address = check_url(url, policy.allow_private, policy.resolve, policy.allow_networks,
+                                                deadline)
         parts = urlsplit(url)
         literal = f"[{address}]" if ":" in address else address
         pinned = urlunsplit((scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
@@ -181,15 +297,16 @@ def safe_get(url: str, max_bytes: int, timeout: float, allow_private: bool = Fal
         name = f"[{host}]" if ":" in host else host  # an IPv6 literal is bracketed in Host
         with requests.Session() as session:
             session.trust_env = False  # no proxies from the environment: they would bypass the pinning
-            session.mount(f"{scheme}://", _PinnedAdapter(host))
-            headers = {"Host": name if default_port else f"{name}:{port}", "User-Agent": user_agent}
+            session.mount(f"{scheme}://", _PinnedAdapter(host, watchdog))
+            headers = {"Host": name if default_port else f"{name}:{port}", "User-Agent": policy.user_agent}
             left = deadline.left()
             try:
                 resp = session.get(pinned, headers=headers, stream=True, allow_redirects=False,
-                                   timeout=(min(left, 5.0), left))
-            except requests.Timeout:
-                raise UnsafeURL(f"image URL took longer than {timeout:g}s", 504) from None
+                                   timeout=(left, left))
             except requests.RequestException as exc:
+                deadline.left()  # a connection the watchdog cut is reported as the deadline
+                if isinstance(exc, requests.Timeout):
+                    raise UnsafeURL(f"image URL took longer than {deadline.seconds:g}s", 504) from None
                 raise UnsafeURL(f"could not fetch image URL ({type(exc).__name__})") from None
             with resp:
                 if resp.is_redirect and "location" in resp.headers:

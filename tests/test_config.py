@@ -193,3 +193,18 @@ def test_libraries_take_settings_as_arguments_and_read_no_variable():
             if re.search(r"os\.environ|os\.getenv|getenv\(", path.read_text()):
                 readers.add(str(path.relative_to(REPO)))
     assert readers - set(ENVIRONMENT_READERS) == set(), "modules reading the environment besides Config.from_env"
+
+
+@pytest.mark.parametrize(("threads", "fetches", "ok"), [(4, 3, True), (4, 4, False), (2, 1, True), (2, 2, False)])
+def test_image_links_always_leave_a_thread_free(threads, fetches, ok):
+    """URL_FETCH_CONCURRENCY below GATEWAY_THREADS passes; equal is refused, naming both settings."""
+    settings = Config.from_env({"URL_FETCH_CONCURRENCY": str(fetches)})
+    if ok:
+        gateway_main.check_threads(threads, settings)
+        return
+    with pytest.raises(ValueError, match="URL_FETCH_CONCURRENCY=.* must be below GATEWAY_THREADS"):
+        gateway_main.check_threads(threads, settings)
+
+
+def test_the_defaults_leave_a_thread_free():
+    gateway_main.check_threads(vars(gateway_main.parse_args([]))["threads"], Config())

@@ -427,3 +427,129 @@ def test_a_location_header_on_an_ordinary_answer_is_not_followed():
 ])
 def test_each_kind_of_address_is_named_word_for_word(address, reason):
     assert address_problem(ipaddress.ip_address(address)) == reason
+
+
+class HeaderDrip:
+    """Accepts, then sends an answer's status line and headers one byte every ``gap`` seconds, ``total`` bytes:
+    every read returns quickly, so only a deadline over the whole exchange stops it. Bounded; stops by itself."""
+
+    def __init__(self, gap: float, total: int, tls_silent: bool = False) -> None:
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        scheme = "https" if tls_silent else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.sock.getsockname()[1]}/a.jpg"
+        self.gap, self.total, self.tls_silent = gap, total, tls_silent
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import time
+
+        conn, _ = self.sock.accept()
+        with conn:
+            if not self.tls_silent:
+                conn.recv(65536)
+            if self.tls_silent:  # a TLS handshake record announced as 16 KB long, its bytes dripped
+                lines = (b"\x16\x03\x03\x40\x00" + b"\x00" * self.total)[: self.total]
+            else:
+                lines = (b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * self.total)[: self.total]
+            try:
+                for byte in lines:
+                    conn.sendall(bytes([byte]))
+                    time.sleep(self.gap)
+            except OSError:
+                pass  # the client hung up: what the deadline is for
+        self.sock.close()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["headers", "tls-handshake"])
+def test_a_server_that_drips_its_headers_or_handshake_is_cut_off_at_the_deadline(tls):
+    """Each byte arrives within any per-read timeout (0.1 s apart); the deadline still ends the fetch."""
+    import time
+
+    server = HeaderDrip(gap=0.1, total=200, tls_silent=tls)  # 20 s of dripping
+    started = time.monotonic()
+    with pytest.raises(UnsafeURL) as refused:
+        safe_get(server.url, 10_000, timeout=1.0, allow_private=True)
+    took = time.monotonic() - started
+    assert (str(refused.value), refused.value.status) == ("image URL took longer than 1s", 504)
+    assert 0.9 < took < 3, took  # not the 20 s the server wanted (per-read timeouts allowed all of it)
+
+
+def test_the_watchdog_leaves_no_descriptor_behind(http_server):
+    """Every duplicate the watchdog holds is closed with its fetch, whether it ended well or was cut."""
+    import os
+
+    url = http_server.add("/w.jpg", b"img", content_type="image/jpeg")
+    safe_get(url, 100, timeout=5, allow_private=True)  # warm up lazily opened descriptors
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        assert safe_get(url, 100, timeout=5, allow_private=True) == b"img"
+    assert len(os.listdir("/proc/self/fd")) <= before + 1
+
+
+def test_the_watchdog_cuts_a_socket_handed_to_it_after_the_deadline():
+    from safeio.safe_http import Deadline, Watchdog
+
+    a, b = socket.socketpair()
+    with a, b:
+        dog = Watchdog(Deadline(0.01))
+        import time
+
+        time.sleep(0.1)
+        dog.watch(a)  # the deadline has passed: cut at once
+        a.settimeout(2)
+        assert a.recv(1) == b""  # shut down: reads end, they do not wait
+        dog.close()
+
+
+def test_the_watchdog_does_not_cut_a_fetch_that_finished_in_time():
+    from safeio.safe_http import Deadline, Watchdog
+
+    a, b = socket.socketpair()
+    with a, b:
+        dog = Watchdog(Deadline(0.2))
+        dog.watch(a)
+        dog.close()  # finished before the deadline
+        import time
+
+        time.sleep(0.4)
+        b.sendall(b"x")
+        a.settimeout(2)
+        assert a.recv(1) == b"x"  # still open: closing the watchdog cancelled the cut
+
+
+def test_slow_lookups_never_queue_new_ones_and_the_pool_recovers():
+    """When slow names hold every lookup thread, another lookup is refused at once (503); once they answer,
+    lookups work again."""
+    import threading
+    import time
+
+    from safeio import safe_http
+
+    release = threading.Event()
+
+    def stuck(host, port):
+        release.wait(10)
+        return ["93.184.216.34"]
+
+    waiting = []
+    for i in range(safe_http.LOOKUP_THREADS):
+        with pytest.raises(UnsafeURL, match="looking up"):
+            safe_http.check_url(f"http://slow{i}.test/", False, stuck, deadline=safe_http.Deadline(0.05))
+        waiting.append(i)
+    started = time.monotonic()
+    with pytest.raises(UnsafeURL) as busy:
+        safe_http.check_url("http://other.test/", False, lambda h, p: ["93.184.216.34"],
+                            deadline=safe_http.Deadline(5))
+    assert busy.value.status == 503 and time.monotonic() - started < 0.5  # refused, not queued for 5 s
+    release.set()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the stuck lookups answer and free their threads
+        try:
+            got = safe_http.check_url("http://other.test/", False, lambda h, p: ["93.184.216.34"],
+                                      deadline=safe_http.Deadline(5))
+            break
+        except UnsafeURL:
+            time.sleep(0.05)
+    assert got[3] == "93.184.216.34"
