@@ -29,6 +29,8 @@ LIMITS: tuple[tuple[str, float, bool, float | None], ...] = (
     ("torchserve_timeout", 0, True, None),
     ("max_upload_mb", 0, True, None),
     ("max_pixels", 1, False, None),
+    ("max_decode_mb", 0, True, None),
+    ("decode_concurrency", 1, False, None),
     ("default_threshold", 0, False, 100),
     ("default_top_k", 1, False, None),
     ("max_top_k", 1, False, None),
@@ -62,6 +64,11 @@ class Config:
     max_upload_mb: float = 10.0
     #: Decompression-bomb guard for uploads and fetched URLs: a 6000×4000 photo; the model needs 224×224.
     max_pixels: int = 24_000_000
+    #: Peak memory one query decode may take, estimated before decoding (modelio/imaging.py ``decode_cost``).
+    max_decode_mb: float = 256.0
+    #: Query photos decoded at once per worker process: the worker's decoding memory is at most this ×
+    #: ``max_decode_mb``; a request that waits 10 s for a turn gets 503.
+    decode_concurrency: int = 2
     #: Default minimum similarity, in calibrated percent (see ranking/calibration.py; uncalibrated: 100·cosine).
     default_threshold: float = 70.0
     default_top_k: int = 12

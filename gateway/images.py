@@ -17,7 +17,7 @@ from PIL import Image
 
 from gateway.config import Config
 from gateway.errors import BadRequest, Busy
-from modelio.imaging import decode_image
+from modelio.imaging import DEFAULT_MAX_DECODE_BYTES, decode_image
 from safeio.safe_http import safe_get
 
 USER_AGENT = "photo-gateway/0.1"
@@ -51,7 +51,25 @@ class FetchSlots:
             self._slots.release()
 
 
-def query_image(upload: bytes | None, image_url: str, config: Config, slots: FetchSlots) -> QueryImage:
+class DecodeSlots:
+    """At most ``limit`` query decodes at once in this process, so that a worker's decoding memory is bounded
+    (``limit`` × ``MAX_DECODE_MB``); a request that finds none free within ``wait_s`` gets 503."""
+
+    def __init__(self, limit: int, wait_s: float = 10.0) -> None:
+        self._slots = threading.BoundedSemaphore(limit)
+        self.wait_s = wait_s
+
+    def decode(self, data: bytes, config: Config) -> QueryImage:
+        if not self._slots.acquire(timeout=self.wait_s):
+            raise Busy("too many photos are being opened right now; try again in a moment")
+        try:
+            return QueryImage.decode(data, config.max_pixels, int(config.max_decode_mb * 1024 * 1024))
+        finally:
+            self._slots.release()
+
+
+def query_image(upload: bytes | None, image_url: str, config: Config, slots: FetchSlots,
+                decodes: DecodeSlots) -> QueryImage:
     """The uploaded photo, else the one behind ``image_url``; decoded once (``ImageError`` when it is not one)."""
     if upload is not None:
         if not upload:
@@ -61,7 +79,7 @@ def query_image(upload: bytes | None, image_url: str, config: Config, slots: Fet
         data = slots.fetch(image_url, config)
     else:
         raise BadRequest("no image: choose or drop a photo, or paste a link to one")
-    return QueryImage.decode(data, config.max_pixels)
+    return decodes.decode(data, config)
 
 
 @dataclass(frozen=True)
@@ -73,9 +91,10 @@ class QueryImage:
     image: Image.Image = field(repr=False)
 
     @classmethod
-    def decode(cls, data: bytes, max_pixels: int) -> QueryImage:
-        """The one decode of a query: a large JPEG at reduced size, never below ``DECODE_SIDE`` a side."""
-        return cls(data, decode_image(data, max_pixels, draft=DECODE_SIDE))
+    def decode(cls, data: bytes, max_pixels: int, max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES) -> QueryImage:
+        """The one decode of a query: a large JPEG at reduced size, any other format shrunk right after, never
+        below ``DECODE_SIDE`` a side; its peak memory at most ``max_decode_bytes`` (estimated before)."""
+        return cls(data, decode_image(data, max_pixels, draft=DECODE_SIDE, max_decode_bytes=max_decode_bytes))
 
     def cropped(self, crop: Crop) -> QueryImage:
         """The ``crop`` region, at most ``CROP_MAX_SIDE`` pixels a side, its JPEG for the model (no decode)."""

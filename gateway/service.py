@@ -19,7 +19,7 @@ import numpy as np
 from gateway import metrics
 from gateway.config import Config
 from gateway.errors import BadRequest, NotFound, Unavailable
-from gateway.images import Crop, FetchSlots, QueryImage, query_image
+from gateway.images import Crop, DecodeSlots, FetchSlots, QueryImage, query_image
 from gateway.index import CatalogIndex, IndexManager
 from gateway.query_token import MAX_URL_CHARS, ExpiredQuery, Query, QueryTokens, new_key, picture_digest
 from modelio.imaging import ImageError
@@ -111,6 +111,7 @@ class SearchService:
         self.client = client
         self.indexes = IndexManager(config.index_uri, config.index_cache, config.index_poll_s, config.backends)
         self.url_fetches = FetchSlots(config.url_fetch_concurrency)
+        self.decodes = DecodeSlots(config.decode_concurrency)
         self.tokens = QueryTokens(config.tokens.key or new_key(), config.tokens.ttl_s, config.tokens.old_keys)
         self._ready: tuple[float, bool, str] = (0.0, False, "not checked yet")
         self._ready_lock = threading.Lock()
@@ -139,7 +140,7 @@ class SearchService:
                              "and upload it instead")
         known, refused = self._verified(query.token)
         if query.upload is not None or (query.image_url and (known is None or known.image_url != query.image_url)):
-            photo = query_image(query.upload, query.image_url, self.config, self.url_fetches)
+            photo = query_image(query.upload, query.image_url, self.config, self.url_fetches, self.decodes)
             if query.crop is not None:
                 photo = photo.cropped(query.crop)
             found = self.search_image(photo, options)

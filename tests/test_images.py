@@ -130,6 +130,9 @@ def test_fetch_slots_limit_on_both_sides(monkeypatch):
     assert kwargs == {"user_agent": images.USER_AGENT, "allow_networks": ("10.0.0.0/8",)}
 
 
+DECODES = images.DecodeSlots(2)
+
+
 class Slots:
     def __init__(self, data: bytes) -> None:
         self.data, self.asked = data, []
@@ -143,22 +146,22 @@ def test_query_image_takes_the_upload_then_the_link():
     config = Config()
     jpeg = png(40, 40)
     slots = Slots(png(30, 30))
-    assert images.query_image(jpeg, "http://x/a.jpg", config, slots).data == jpeg and slots.asked == []
-    assert images.query_image(None, " http://x/a.jpg ", config, slots).data == slots.data
+    assert images.query_image(jpeg, "http://x/a.jpg", config, slots, DECODES).data == jpeg and slots.asked == []
+    assert images.query_image(None, " http://x/a.jpg ", config, slots, DECODES).data == slots.data
     assert slots.asked == [(" http://x/a.jpg ", config)]
     with pytest.raises(BadRequest) as none:
-        images.query_image(None, "  ", config, slots)
+        images.query_image(None, "  ", config, slots, DECODES)
     assert none.value.message == "no image: choose or drop a photo, or paste a link to one"
     with pytest.raises(BadRequest) as empty:
-        images.query_image(b"", "", config, slots)
+        images.query_image(b"", "", config, slots, DECODES)
     assert empty.value.message == "the uploaded file is empty"
 
 
 def test_query_image_checks_the_pixel_limit_on_both_sides():
     data = png(100, 50)
-    assert images.query_image(None, "http://x", Config(max_pixels=5000), Slots(data)).data == data
+    assert images.query_image(None, "http://x", Config(max_pixels=5000), Slots(data), DECODES).data == data
     with pytest.raises(ImageError, match="too large"):
-        images.query_image(None, "http://x", Config(max_pixels=4999), Slots(data))
+        images.query_image(None, "http://x", Config(max_pixels=4999), Slots(data), DECODES)
 
 
 def test_a_crop_is_measured_before_it_is_parsed():
@@ -171,3 +174,31 @@ def test_a_crop_is_measured_before_it_is_parsed():
     with pytest.raises(BadRequest, match="not valid"):
         Crop.parse("," * 10_000_000)  # a 10 MB field: refused by its length, never split
     assert Crop.parse(" " * MAX_CROP_CHARS) is None
+
+
+def test_query_image_checks_the_decode_memory_limit_on_both_sides():
+    """A 100×50 RGB PNG is estimated at 100·50·3·2 bytes plus the overhead: that many MB passes, one byte less
+    does not (the estimate is checked before any pixel is decoded)."""
+    from modelio.imaging import decode_cost
+
+    data = png(100, 50)
+    cost = decode_cost("PNG", "RGB", (100, 50), images.DECODE_SIDE)
+    assert images.query_image(None, "http://x", Config(max_decode_mb=cost / 2**20), Slots(data), DECODES).data == data
+    with pytest.raises(ImageError, match="too large to open"):
+        images.query_image(None, "http://x", Config(max_decode_mb=(cost - 1) / 2**20), Slots(data), DECODES)
+
+
+def test_decodes_wait_for_a_turn_and_a_long_wait_is_busy():
+    """With one slot taken, a second decode waits; past its wait it gets 503 in the shopper's words; when the
+    slot comes back decoding works again."""
+    import threading
+
+    from gateway.errors import Busy
+
+    slots = images.DecodeSlots(1, wait_s=0.2)
+    slots._slots.acquire()  # another request is decoding
+    with pytest.raises(Busy) as busy:
+        slots.decode(png(20, 20), Config())
+    assert busy.value.message == "too many photos are being opened right now; try again in a moment"
+    threading.Timer(0.05, slots._slots.release).start()  # the other decode ends while this one waits
+    assert slots.decode(png(20, 20), Config()).image.size == (20, 20)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,7 +106,7 @@ def test_the_pixel_limit_admits_exactly_its_value():
     assert decode_image(encode(Image.new("RGB", (1, 1)), "PNG"), max_pixels=1).size == (1, 1)
     # The default: 40 million pixels. A header at the limit passes the size check (then has no pixel data).
     with pytest.raises(ImageError, match="corrupt or truncated"):
-        decode_image(fake_png(8000, 5000))
+        decode_image(fake_png(8000, 5000), max_decode_bytes=2**40)
     with pytest.raises(ImageError, match="8000x5001 is more than 40,000,000"):
         decode_image(fake_png(8000, 5001))
 
@@ -119,7 +120,88 @@ def test_a_large_jpeg_decodes_at_reduced_size_but_never_below_the_draft():
     reduced = decode_image(data, draft=224)
     assert reduced.mode == "RGB" and reduced.getpixel((10, 10))[2] > 240
     png = encode(Image.new("RGB", (2000, 1000)), "PNG")
-    assert decode_image(png, draft=224).size == (2000, 1000)  # only JPEG has reduced decoding
+    assert decode_image(png).size == (2000, 1000)
+    assert decode_image(png, draft=224).size == (500, 250)  # other formats are shrunk right after decoding
+
+
+@pytest.mark.parametrize(("size", "side", "shrunk"), [((2000, 1000), 500, (1000, 500)), ((2000, 1000), 501, (2000, 1000)),
+                                                      ((999, 3000), 333, (333, 1000)), ((999, 3000), 334, (500, 1500))])
+def test_shrinking_keeps_both_sides_at_least_the_draft_on_both_sides_of_each_factor(size, side, shrunk):
+    from modelio.imaging import shrink
+
+    assert shrink(Image.new("RGB", size), side).size == shrunk
+
+
+def test_palette_images_are_sampled_not_averaged_when_shrunk():
+    """An average of palette indices 0 and 2 would be index 1, a colour neither pixel has."""
+    from modelio.imaging import shrink
+
+    palette = Image.new("P", (8, 8), 0)
+    palette.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255] + [0, 0, 0] * 253)
+    for x in range(0, 8, 2):
+        for y in range(8):
+            palette.putpixel((x + 1, y), 2)
+    small = shrink(palette, 2)
+    assert small.size == (2, 2) and set(small.getdata()) <= {0, 2}
+    out = decode_image(encode(palette, "PNG"), draft=2)
+    assert set(out.getdata()) <= {(255, 0, 0), (0, 0, 255)}
+
+
+@pytest.mark.parametrize(("fmt", "mode", "size", "draft", "expected"), [
+    ("PNG", "RGB", (100, 50), None, 100 * 50 * 3 * 2),
+    ("PNG", "RGBA", (100, 50), 1024, 100 * 50 * 4 * 2),
+    ("PNG", "I;16", (10, 10), None, 10 * 10 * 2 * 2),
+    ("WEBP", "RGB", (10, 10), None, 10 * 10 * 3 * 4),
+    ("JPEG", "RGB", (4096, 2048), 1024, 2048 * 1024 * 3 * 3),  # decoded at 1/2: 1/4 would be under 1024 a side
+    ("JPEG", "RGB", (4096, 2048), None, 4096 * 2048 * 3 * 3),
+    ("JPEG", "CMYK", (8192, 8192), 1024, 1024 * 1024 * 4 * 3),  # 1/8 at most
+])
+def test_the_decode_cost_estimate(fmt, mode, size, draft, expected):
+    from modelio.imaging import DECODE_OVERHEAD, decode_cost
+
+    assert decode_cost(fmt, mode, size, draft) == expected + DECODE_OVERHEAD
+
+
+def test_the_decode_memory_limit_admits_exactly_its_value():
+    from modelio.imaging import decode_cost
+
+    data = encode(Image.new("RGB", (100, 50), (1, 2, 3)), "PNG")
+    cost = decode_cost("PNG", "RGB", (100, 50), None)
+    assert decode_image(data, max_decode_bytes=cost).size == (100, 50)
+    with pytest.raises(ImageError, match="100x50 PNG needs about 32 MB"):
+        decode_image(data, max_decode_bytes=cost - 1)
+
+
+PEAK_SCRIPT = """
+import io, resource, sys
+from PIL import Image
+from modelio.imaging import decode_cost, decode_image
+for fmt in ("PNG", "JPEG", "GIF", "WEBP"):  # load every decoder first: their code is not the image's cost
+    b = io.BytesIO(); Image.new("RGB", (8, 8)).save(b, fmt); decode_image(b.getvalue(), draft=1024)
+data = open(sys.argv[1], "rb").read()
+probe = Image.open(io.BytesIO(data)); estimate = decode_cost(probe.format, probe.mode, probe.size, 1024); del probe
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+decode_image(data, 10**9, draft=1024, max_decode_bytes=2**40)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024, estimate)
+"""
+
+
+@pytest.mark.parametrize(("fmt", "mode", "size"), [
+    ("PNG", "RGBA", (6000, 4000)), ("PNG", "RGB", (6000, 4000)), ("PNG", "I;16", (6000, 4000)),
+    ("GIF", "P", (6000, 4000)), ("WEBP", "RGBA", (4000, 3000)), ("JPEG", "RGB", (6000, 4000))])
+def test_a_decodes_peak_memory_stays_under_its_estimate(fmt, mode, size, tmp_path):
+    """Measured in a fresh process (peak RSS): what the limit promises is what a decode takes."""
+    import subprocess
+    import sys
+
+    image = Image.fromarray(np.zeros(size[::-1], np.uint16)) if mode == "I;16" else Image.new(mode, size, 7)
+    path = tmp_path / f"big.{fmt.lower()}"
+    image.save(path, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    del image
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(path)], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    peak, estimate = map(int, out.stdout.split())
+    assert peak <= estimate, f"{fmt} {mode} {size}: {peak >> 20} MB measured, {estimate >> 20} MB estimated"
 
 
 def test_every_mode_becomes_rgb_with_its_colours():
