@@ -124,8 +124,9 @@ def test_a_large_jpeg_decodes_at_reduced_size_but_never_below_the_draft():
     assert decode_image(png, draft=224).size == (500, 250)  # other formats are shrunk right after decoding
 
 
-@pytest.mark.parametrize(("size", "side", "shrunk"), [((2000, 1000), 500, (1000, 500)), ((2000, 1000), 501, (2000, 1000)),
-                                                      ((999, 3000), 333, (333, 1000)), ((999, 3000), 334, (500, 1500))])
+@pytest.mark.parametrize(("size", "side", "shrunk"), [
+    ((2000, 1000), 500, (1000, 500)), ((2000, 1000), 501, (2000, 1000)),
+    ((999, 3000), 333, (333, 1000)), ((999, 3000), 334, (500, 1500))])
 def test_shrinking_keeps_both_sides_at_least_the_draft_on_both_sides_of_each_factor(size, side, shrunk):
     from modelio.imaging import shrink
 
