@@ -15,8 +15,9 @@ from gateway.config import Config
 
 
 class GatewayServer(BaseApplication):
-    def __init__(self, options: dict) -> None:
+    def __init__(self, options: dict, admin_port: int = 0) -> None:
         self.options = options
+        self.admin_port = admin_port
         super().__init__()
 
     def load_config(self) -> None:
@@ -25,8 +26,9 @@ class GatewayServer(BaseApplication):
 
     def load(self):
         from gateway import create_app  # imported in the worker, after PROMETHEUS_MULTIPROC_DIR is set
+        from gateway.listener import tag_admin_requests
 
-        return create_app()
+        return tag_admin_requests(create_app(), self.admin_port)
 
 
 def _worker_exit(server, worker) -> None:
@@ -40,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = Config.from_env()  # a bad setting stops here, named once, instead of in every worker's boot
         check_threads(args.threads, settings)
+        if settings.gateway_admin_port == args.port:
+            raise ValueError(f"GATEWAY_ADMIN_PORT={args.port} is the public port: give the admin listener its own")
     except ValueError as exc:
         sys.exit(f"gateway: {exc}")
     if not settings.query_token_key:  # one key for every worker, so any of them verifies a token
@@ -63,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=_whole("GATEWAY_PORT", 1, 65535),
                         default=os.environ.get("GATEWAY_PORT", "5000"))
     parser.add_argument("--workers", type=_whole("GATEWAY_WORKERS", 1), default=os.environ.get("GATEWAY_WORKERS", "2"))
-    parser.add_argument("--threads", type=_whole("GATEWAY_THREADS", 2), default=os.environ.get("GATEWAY_THREADS", "4"))
+    parser.add_argument("--threads", type=_whole("GATEWAY_THREADS", 2), default=os.environ.get("GATEWAY_THREADS", "8"))
     return parser.parse_args(argv)
 
 
@@ -101,9 +105,16 @@ def workers_for(requested: int, settings: Config) -> int:
     return requested
 
 
+def binds(args: argparse.Namespace, settings: Config) -> list[str]:
+    """The public address, and the admin listener's on the same host when ``GATEWAY_ADMIN_PORT`` is set."""
+    host = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
+    admin = [f"{host}:{settings.gateway_admin_port}"] if settings.gateway_admin_port else []
+    return [f"{host}:{args.port}", *admin]
+
+
 def serve(args: argparse.Namespace, settings: Config) -> None:
     GatewayServer({
-        "bind": f"{args.host}:{args.port}",
+        "bind": binds(args, settings),
         "workers": workers_for(args.workers, settings),
         "threads": args.threads,
         "worker_class": "gthread",
@@ -111,7 +122,7 @@ def serve(args: argparse.Namespace, settings: Config) -> None:
         "graceful_timeout": 10,
         "accesslog": "-",
         "child_exit": _worker_exit,
-    }).run()
+    }, settings.gateway_admin_port).run()
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ LIMITS: tuple[tuple[str, float, bool, float | None], ...] = (
     ("ann_expansion", 1, False, None),
     ("query_token_ttl_s", 0, True, None),
     ("ready_cache_s", 0, False, None),
+    ("gateway_admin_port", 0, False, 65535),
 )
 
 
@@ -81,7 +82,7 @@ class Config:
     url_fetch_timeout: float = 10.0
     #: Image URLs fetched at once per worker process; more get 503 with Retry-After. Below GATEWAY_THREADS, so
     #: slow links never hold every thread (``python -m gateway`` refuses otherwise).
-    url_fetch_concurrency: int = 2
+    url_fetch_concurrency: int = 6
     #: Let query image URLs point at loopback/private hosts (tests and local demos only).
     allow_private_urls: bool = False
     #: Comma-separated CIDRs of non-public networks query URLs may still use (e.g. an internal image host).
@@ -108,6 +109,9 @@ class Config:
     query_token_ttl_s: float = 3600.0
     #: /readyz caches its TorchServe probe for this many seconds.
     ready_cache_s: float = 2.0
+    #: The admin listener's port (``python -m gateway`` binds it beside the public one): /metrics and
+    #: /readyz's details are served there only. 0: none (metrics and details are then served nowhere).
+    gateway_admin_port: int = 0
     #: The user's cache folder (the XDG convention; unset: ~/.cache): index copies and downloaded images.
     xdg_cache_home: str = ""
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the gateway, served on ``GET /metrics``.
+"""Prometheus metrics of the gateway, served on ``GET /metrics`` of the admin listener only (gateway/listener.py).
 
 Requests by route and status with their latency, model-server latency, the served index (version,
 backbone, size) and image-URL fetch refusals. Under gunicorn with several workers the counts of all
@@ -13,6 +13,8 @@ import time
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+
+from gateway.listener import on_admin_listener
 
 REQUESTS = Counter("photo_requests_total", "HTTP requests answered", ["route", "method", "status"])
 LATENCY = Histogram("photo_request_seconds", "Time to answer an HTTP request", ["route", "status"],
@@ -55,7 +57,8 @@ def method_label(method: str) -> str:
 
 
 def instrument(app: Flask) -> None:
-    """Count and time every request by its route pattern (bounded label values), and serve /metrics."""
+    """Count and time every request by its route pattern (bounded label values), and serve /metrics on the
+    admin listener (404 on the public one)."""
 
     @app.before_request
     def _start() -> None:
@@ -71,4 +74,6 @@ def instrument(app: Flask) -> None:
 
     @app.get("/metrics")
     def metrics() -> Response:
+        if not on_admin_listener():  # the public route: as if there were no such page
+            return Response("not found\n", status=404, mimetype="text/plain")
         return Response(generate_latest(registry()), mimetype=CONTENT_TYPE_LATEST)

@@ -206,6 +206,12 @@ class Watchdog:
             if self._fired:
                 _shut(twin)
 
+    @property
+    def fired(self) -> bool:
+        """Whether the deadline passed and the connections were cut (an answer read since may be cut short)."""
+        with self._lock:
+            return self._fired
+
     def _cut(self) -> None:
         with self._lock:
             self._fired = True
@@ -304,7 +310,7 @@ def _fetch(url: str, max_bytes: int, deadline: Deadline, watchdog: Watchdog, pol
                 resp = session.get(pinned, headers=headers, stream=True, allow_redirects=False,
                                    timeout=(left, left))
             except requests.RequestException as exc:
-                deadline.left()  # a connection the watchdog cut is reported as the deadline
+                _check_cut(watchdog, deadline)  # a connection the watchdog cut is reported as the deadline
                 if isinstance(exc, requests.Timeout):
                     raise UnsafeURL(f"image URL took longer than {deadline.seconds:g}s", 504) from None
                 raise UnsafeURL(f"could not fetch image URL ({type(exc).__name__})") from None
@@ -312,8 +318,17 @@ def _fetch(url: str, max_bytes: int, deadline: Deadline, watchdog: Watchdog, pol
                 if resp.is_redirect and "location" in resp.headers:
                     url = urljoin(url, resp.headers["location"])
                     continue
-                return _image_body(resp, max_bytes, deadline)
+                body = _image_body(resp, max_bytes, deadline)
+                _check_cut(watchdog, deadline)  # a cut looks like the end of the answer: never take it as one
+                return body
     raise UnsafeURL(f"image URL redirected more than {MAX_REDIRECTS} times")
+
+
+def _check_cut(watchdog: Watchdog, deadline: Deadline) -> None:
+    """``UnsafeURL`` (504) when the deadline has passed or the watchdog cut the connection."""
+    if watchdog.fired:
+        raise UnsafeURL(f"image URL took longer than {deadline.seconds:g}s", 504)
+    deadline.left()
 
 
 def _image_body(resp: requests.Response, max_bytes: int, deadline: Deadline) -> bytes:

@@ -213,10 +213,16 @@ def client(small_index, stub, tmp_path):
 # --------------------------------------------------------------------------- gateway process
 
 
+#: Flask test-client environ of a request that came in through the admin listener (gateway/listener.py).
+ADMIN = {"photo.admin_listener": True}
+
+
 class GatewayProcess:
     def __init__(self, env: dict[str, str], workdir: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_port = int(env.setdefault("GATEWAY_ADMIN_PORT", str(free_port())))
+        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
         self.log_path = workdir / "gateway.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.process = subprocess.Popen(

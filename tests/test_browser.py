@@ -196,7 +196,7 @@ def snap(page, name: str, top: bool = True) -> None:
 
 def embeddings(gateway) -> float:
     """How many query images the gateway has sent to the model so far (all workers)."""
-    text = requests.get(f"{gateway.url}/metrics", timeout=5).text
+    text = requests.get(f"{gateway.admin_url}/metrics", timeout=5).text
     return sum(float(line.split()[-1]) for line in text.splitlines()
                if line.startswith("photo_embedding_seconds_count"))
 

@@ -11,7 +11,7 @@ import pytest
 from gateway import create_app
 from gateway.config import Config
 from indexstore.store import IndexData, open_store, write_and_publish
-from tests.conftest import jpeg_bytes
+from tests.conftest import ADMIN, jpeg_bytes
 
 #: cosine → percent: 0.2 → 0 %, 0.5 → 40 %, 0.8 → 70 %, 1.0 → 100 % (straight lines between).
 POINTS = [[0.2, 0.0], [0.5, 40.0], [0.8, 70.0], [1.0, 100.0]]
@@ -76,7 +76,7 @@ def test_a_model_that_does_not_match_the_index_is_refused_and_not_ready(index_di
     assert answer.status_code == 503
     assert answer.get_json()["error"] == ("the embedding model (other-4d) does not match the index (fixed-4d); "
                                           "rebuild the index or deploy the matching model archive")
-    ready = web.get("/readyz")
+    ready = web.get("/readyz", environ_overrides=ADMIN)
     assert ready.status_code == 503 and ready.get_json()["ready"] is False
     assert ready.get_json()["reason"] == "model mismatch: TorchServe serves other-4d, index was built with fixed-4d"
     assert app_for(index_dir, Client()).get("/readyz").get_json()["ready"] is True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -99,7 +100,7 @@ def _samples(name: str, accepted: str) -> tuple[list[str], list[str]]:
 
 
 def _load(name: str, value: str) -> object:
-    if name.startswith("GATEWAY_"):
+    if name.startswith("GATEWAY_") and name.lower() not in {f.name for f in dataclasses.fields(Config)}:
         with mock.patch.dict(os.environ, {name: value}):
             return vars(gateway_main.parse_args([]))
     extra = {"MILVUS_URI": "x.db"} if name == "SEARCH_BACKEND" else {}

@@ -27,7 +27,7 @@ def search(gw, blob: bytes, **fields) -> requests.Response:
 
 
 def test_ready_and_catalog_image_ranks_first(gateway):
-    ready = requests.get(f"{gateway.url}/readyz", timeout=30).json()
+    ready = requests.get(f"{gateway.admin_url}/readyz", timeout=30).json()
     assert ready["ready"] is True and ready["products"] == 240
     for pid in ("10109", "10175", "11052"):
         body = search(gateway, demo_image(pid), threshold="0", top_k="5").json()

@@ -64,7 +64,7 @@ def test_torchserve_killed_mid_load_then_recovers_by_itself(model_store, tmp_pat
         time.sleep(3)
         down = requests.post(f"{gw.url}/api/search", files={"file": ("q.jpg", UPLOADS[1])}, timeout=30)
         assert down.status_code == 503 and "temporarily unavailable" in down.json()["error"]
-        readyz = requests.get(f"{gw.url}/readyz", timeout=30)
+        readyz = requests.get(f"{gw.admin_url}/readyz", timeout=30)
         assert readyz.status_code == 503 and "not ready" in readyz.json()["reason"]
         ts.start().wait_ready(timeout=240)  # same ports: the gateway must find it again by itself
         deadline = time.monotonic() + 60
@@ -134,3 +134,54 @@ def test_api_matches_its_openapi_contract(torchserve, served_demo, start_gateway
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     counts = re.search(r"(\d+) generated, (\d+) passed", done.stdout)
     assert counts and counts.group(1) == counts.group(2) and int(counts.group(1)) >= 50
+
+
+class _DripHeaders(BaseHTTPRequestHandler):
+    """Sends its status line and then a header one byte every 0.2 s: each read is quick, the answer never ends."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        try:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            for _ in range(100):  # 20 s at most: the gateway's deadline ends it long before
+                self.wfile.write(b"X")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass  # the gateway hung up: what its deadline is for
+
+
+def test_slow_image_links_never_take_the_threads_uploads_and_health_checks_need(torchserve, served_demo,
+                                                                                 start_gateway):
+    """Twelve links to a server that drips its headers, at once, against 2 workers × 3 threads with at most 2
+    fetches per worker: each link ends at the 3 s deadline (504) or is refused at once (503), while /healthz and
+    an upload search keep answering quickly."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    drip = ThreadingHTTPServer(("127.0.0.1", 0), _DripHeaders)
+    threading.Thread(target=drip.serve_forever, daemon=True).start()
+    gw = start_gateway(INDEX_URI=str(served_demo), TORCHSERVE_URL=torchserve.url, ALLOW_PRIVATE_URLS="1",
+                       GATEWAY_THREADS="3", URL_FETCH_CONCURRENCY="2", URL_FETCH_TIMEOUT="3")
+    link = f"http://127.0.0.1:{drip.server_address[1]}/slow.jpg"
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            started = time.monotonic()
+            links = [pool.submit(requests.post, f"{gw.url}/api/search", json={"image_url": link}, timeout=30)
+                     for _ in range(12)]
+            time.sleep(0.5)  # the links are in flight
+            health_started = time.monotonic()
+            assert requests.get(f"{gw.url}/healthz", timeout=5).status_code == 200
+            health_s = time.monotonic() - health_started
+            upload = requests.post(f"{gw.url}/api/search", files={"file": ("q.jpg", UPLOADS[0])}, timeout=30)
+            upload_s = time.monotonic() - health_started
+            answers = [f.result() for f in links]
+            links_s = time.monotonic() - started
+    finally:
+        drip.shutdown()
+    assert upload.status_code == 200 and upload_s < 2.5, upload_s  # not behind the links' 3 s
+    assert health_s < 1, health_s
+    assert {a.status_code for a in answers} <= {503, 504} and 504 in {a.status_code for a in answers}
+    assert links_s < 10, links_s  # every link ended by its deadline, none held on by the drip
+    assert all("127.0.0.1" not in a.text for a in answers)

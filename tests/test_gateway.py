@@ -15,7 +15,7 @@ from PIL import Image
 from devtools.process import REPO
 from gateway import create_app
 from gateway.config import Config
-from tests.conftest import demo_image, jpeg_bytes
+from tests.conftest import ADMIN, demo_image, jpeg_bytes
 
 
 def upload(client, path, data, **fields):
@@ -100,7 +100,7 @@ def test_torchserve_down_is_503_and_not_ready(client, stub, caplog):
     assert resp.status_code == 503 and resp.headers["Retry-After"] == "2"
     assert resp.get_json()["error"] == "search is temporarily unavailable: please try again in a moment"
     assert "127.0.0.1" not in resp.get_data(as_text=True) and "unreachable at http://127.0.0.1:1" in caplog.text
-    ready = client.get("/readyz")
+    ready = client.get("/readyz", environ_overrides=ADMIN)
     assert ready.status_code == 503 and "not ready" in ready.get_json()["reason"]
     stub.down = False
     assert client.get("/readyz").status_code == 200

@@ -90,7 +90,7 @@ def gateway_env(uri, torchserve, extra=None):
 
 
 def ready(gw) -> dict:
-    return requests.get(f"{gw.url}/readyz", timeout=10).json()
+    return requests.get(f"{gw.admin_url}/readyz", timeout=10).json()
 
 
 def wait_for(predicate, timeout=20.0):

@@ -553,3 +553,21 @@ def test_slow_lookups_never_queue_new_ones_and_the_pool_recovers():
         except UnsafeURL:
             time.sleep(0.05)
     assert got[3] == "93.184.216.34"
+
+
+def test_an_answer_that_ends_because_the_watchdog_cut_it_is_the_deadline_not_an_image(http_server, monkeypatch):
+    """A cut connection reads as an ordinary end of the answer (EOF): what was read by then is never returned."""
+    import time
+
+    from safeio import safe_http
+
+    url = http_server.add("/cut.jpg", b"whole image", content_type="image/jpeg")
+
+    def read_past_the_deadline(resp, max_bytes, deadline):
+        time.sleep(deadline.at - time.monotonic() + 0.2)  # the watchdog fires meanwhile
+        return b"whole"  # what had arrived before the cut
+
+    monkeypatch.setattr(safe_http, "_image_body", read_past_the_deadline)
+    with pytest.raises(UnsafeURL) as refused:
+        safe_get(url, 100, timeout=0.5, allow_private=True)
+    assert (str(refused.value), refused.value.status) == ("image URL took longer than 0.5s", 504)

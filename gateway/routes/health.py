@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import jsonify
 
+from gateway.listener import on_admin_listener
 from gateway.routes.common import bp, service
 
 
@@ -14,8 +15,12 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
+    """Ready or not, for anyone; why, and what is served, only on the admin listener (the reasons name
+    addresses and errors of the services behind the gateway)."""
     svc = service()
     ok, reason = svc.readiness()
+    if not on_admin_listener():
+        return jsonify(ready=ok), 200 if ok else 503
     index = svc.index
     body = {"ready": ok, "reason": reason, "index_version": index.version if index else None,
             "index_cached": svc.indexes.from_cache, "index_error": svc.indexes.error,

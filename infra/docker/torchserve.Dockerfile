@@ -27,7 +27,8 @@ WORKDIR /home/model-server
 COPY --chown=model-server:model-server model_store/embedding.mar model-store/embedding.mar
 COPY --chown=model-server:model-server infra/torchserve/${CONFIG} config.properties
 COPY --chown=model-server:model-server infra/torchserve/ping.py ping.py
-RUN mkdir -p keys tmp logs && chown model-server:model-server keys tmp logs \
+COPY --chown=model-server:model-server infra/torchserve/publish_key.py publish_key.py
+RUN mkdir -p keys inference-key tmp logs && chown model-server:model-server keys inference-key tmp logs \
     && if [ "${CONFIG}" = "config.sagemaker.properties" ]; then \
          mkdir -p /opt/ml/model && cp model-store/embedding.mar /opt/ml/model/ \
          && chown -R model-server:model-server /opt/ml; fi
@@ -40,8 +41,15 @@ EXPOSE 8080
 # no key file) SageMaker probes /ping itself.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s \
     CMD ["python", "/home/model-server/ping.py"]
-# key_file.json (the inference token) is written into the working directory: keys/, a volume the
-# gateway can read.
+# TorchServe writes key_file.json (inference, management and token-API keys) into its working directory,
+# keys/, which stays private to this container; publish_key.py copies the inference key alone into
+# inference-key/, the only key volume the gateway mounts (it cannot unregister or scale the model).
+# LOG_LOCATION/METRICS_LOCATION and TEMP keep every write under logs/ and tmp/ (volumes where the root
+# filesystem is read-only).
+ENV LOG_LOCATION=/home/model-server/logs \
+    METRICS_LOCATION=/home/model-server/logs
 WORKDIR /home/model-server/keys
-CMD ["torchserve", "--start", "--foreground", "--ncs", "--model-store", "/home/model-server/model-store", \
+CMD ["python", "/home/model-server/publish_key.py", "/home/model-server/keys/key_file.json", \
+     "/home/model-server/inference-key", "--", \
+     "torchserve", "--start", "--foreground", "--ncs", "--model-store", "/home/model-server/model-store", \
      "--ts-config", "/home/model-server/config.properties"]
