@@ -67,7 +67,8 @@ class CatalogIndex:
         self.backend: SearchBackend = open_backend(backends, BackendSource(
             data.version, len(self.products), self.search_dim, self.grouping.codes,
             vectors=lambda: self._search_vectors(data), blocks=lambda: Transformed(data.embeddings, self.whitening),
-            ann_path=data.folder / ANN if data.folder is not None and data.has_file(ANN) else None))
+            ann_path=data.folder / ANN if data.folder is not None and data.has_file(ANN) else None,
+            prices=self.prices))
         self.appearance, self.appearance_rows = _appearance(data, len(self.products), self.search_dim,
                                                                 info.appearance_descriptor)
         #: All that ranking (ranking/) sees of this version.

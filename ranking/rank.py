@@ -98,8 +98,10 @@ class RankingView:
 
     def where(self, options: RankOptions, exclude: frozenset[int] = frozenset()) -> Filter:
         """The filter of ``options`` (category, price range), ``exclude`` rows left out."""
+        priced = options.min_price is not None or options.max_price is not None
         return Filter(categories=self.category_codes(options.category), exclude_rows=exclude,
-                      rows=self.price_rows(options.min_price, options.max_price))
+                      rows=self.price_rows(options.min_price, options.max_price),
+                      price=(options.min_price, options.max_price) if priced else None)
 
 
 def rank_query(view: RankingView, query: np.ndarray, options: RankOptions, look: np.ndarray | None = None,

@@ -17,12 +17,15 @@ import numpy as np
 @dataclass(frozen=True)
 class Filter:
     """Which rows may be returned: by category code (see ranking/category_first.py), by row, and by a
-    per-row mask of what no category says (a price range)."""
+    per-row mask of what no category says (a price range). A price range is given twice: as that mask
+    (``rows``, for backends holding vectors only) and as its bounds (``price``, for a backend that stores
+    prices and filters them itself: Milvus); both say the same."""
 
     categories: frozenset[int] | None = None  # only rows of these category codes (None: any)
     exclude_categories: frozenset[int] = frozenset()
     exclude_rows: frozenset[int] = frozenset()
     rows: np.ndarray | None = field(default=None, compare=False)  # bool per row: only rows marked True
+    price: tuple[float | None, float | None] | None = None  # known price within [low, high] (None: either end open)
 
     def narrowed(self, categories: frozenset[int] | None = None,
                  exclude_categories: frozenset[int] = frozenset()) -> Filter:
@@ -30,7 +33,7 @@ class Filter:
         if categories is not None and self.categories is not None:
             categories = categories & self.categories
         return Filter(categories if categories is not None else self.categories,
-                      self.exclude_categories | exclude_categories, self.exclude_rows, self.rows)
+                      self.exclude_categories | exclude_categories, self.exclude_rows, self.rows, self.price)
 
     def admits(self, row: int, code: int) -> bool:
         """Whether row ``row`` of category code ``code`` may be returned."""

@@ -39,6 +39,7 @@ class BackendSource:
     vectors: Callable[[], np.ndarray]  # the whole matrix (exact search)
     blocks: Callable[[], object]  # the same, readable slice by slice (``len`` and ``[a:b]``: filling Milvus)
     ann_path: Path | None = None  # the version's ANN file, when it has one
+    prices: np.ndarray | None = None  # price per row, NaN where unknown (Milvus stores and filters them)
 
 
 class NoAnnFile(ValueError):
@@ -72,7 +73,7 @@ def open_backend(settings: BackendSettings, source: BackendSource) -> SearchBack
     if kind == "milvus":
         from search.milvus import MilvusSearch
 
-        return MilvusSearch.serve(settings.milvus, source.version, source.blocks(), source.codes)
+        return MilvusSearch.serve(settings.milvus, source.version, source.blocks(), source.codes, source.prices)
     from search.exact import ExactSearch
 
     return ExactSearch(source.vectors(), source.codes)

@@ -70,7 +70,8 @@ def collection_name(version: str) -> str:
 
 
 class MilvusSearch:
-    """One index version's collection: rows as primary keys, category codes as a filterable field."""
+    """One index version's collection: rows as primary keys; category codes and prices (a nullable DOUBLE:
+    unknown prices are null, which no price range admits) as typed fields Milvus filters on."""
 
     name = "milvus"
 
@@ -78,15 +79,17 @@ class MilvusSearch:
         self._client, self._collection, self._count, self._settings = client, collection, count, settings
 
     @classmethod
-    def serve(cls, settings: MilvusSettings, version: str, vectors: np.ndarray, codes: np.ndarray) -> MilvusSearch:
+    def serve(cls, settings: MilvusSettings, version: str, vectors: np.ndarray, codes: np.ndarray,
+              prices: np.ndarray | None = None) -> MilvusSearch:
         """The collection of ``version``, created and filled from ``vectors`` unless complete already,
         loaded, and made the alias's target."""
         MilvusException = _pymilvus().exceptions.MilvusException  # noqa: N806
 
         client, name = client_for(settings), collection_name(version)
+        prices = np.full(len(vectors), np.nan) if prices is None else np.asarray(prices, dtype=np.float64)
         try:
             if not _complete(client, name, len(vectors)):
-                _fill(client, name, vectors, codes, settings.index_type)
+                _fill(client, name, vectors, codes, prices, settings.index_type)
             client.load_collection(name)
             holder = _alias_holder(client, settings.alias)
             if holder is None:
@@ -103,8 +106,10 @@ class MilvusSearch:
     def search(self, query: np.ndarray, k: int, where: Filter = EVERY_ROW, min_score: float = -1.0) -> Candidates:
         if k <= 0 or self._count == 0:
             return Candidates(np.zeros(0, np.int64), np.zeros(0, np.float32), exhausted=True)
-        # Milvus cannot filter by an arbitrary set of rows (a price range): search deeper, filter here.
-        limit = min(k if where.rows is None else MAX_TOPK, MAX_TOPK, self._count)
+        # Every condition is Milvus's own (a price range included): ask for k. Only a row mask without its
+        # price bounds (none is made today) would need a deeper search filtered here.
+        masked = where.rows is not None and where.price is None
+        limit = min(MAX_TOPK if masked else k, MAX_TOPK, self._count)
         try:
             found = self._client.search(self._collection, data=[np.asarray(query, np.float32).tolist()], limit=limit,
                                         filter=_expression(where), output_fields=[],
@@ -113,11 +118,13 @@ class MilvusSearch:
             raise MilvusError(f"Milvus search failed: {exc}") from None
         rows = np.array([hit["row"] for hit in found], dtype=np.int64)
         scores = np.array([hit["distance"] for hit in found], dtype=np.float32)
+        below = bool(len(scores)) and float(scores[-1]) < min_score  # best first: none after it passes either
         keep = scores >= min_score
         if where.rows is not None and len(rows):
             keep &= where.rows[rows]
         rows, scores = rows[keep][:k], scores[keep][:k]
-        return Candidates(rows, scores, exhausted=len(found) < limit and limit < MAX_TOPK)
+        # fewer rows than asked: Milvus has no more that pass the filter
+        return Candidates(rows, scores, exhausted=len(found) < limit or below)
 
     def vector(self, row: int) -> np.ndarray:
         try:
@@ -152,7 +159,22 @@ def _expression(where: Filter) -> str:
         parts.append(f"code not in {sorted(int(c) for c in where.exclude_categories)}")
     if where.exclude_rows:
         parts.append(f"row not in {sorted(int(r) for r in where.exclude_rows)}")
+    if where.price is not None:
+        low, high = where.price
+        parts.append("price is not null")  # an unknown price is in no range
+        if low is not None:
+            parts.append(f"price >= {_number(low)}")
+        if high is not None:
+            parts.append(f"price <= {_number(high)}")
     return " and ".join(parts)
+
+
+def _number(value: float) -> str:
+    """A finite price as a Milvus literal, from a float only (never text a request supplied)."""
+    number = float(value)
+    if not np.isfinite(number):
+        raise ValueError(f"a price bound must be finite, not {value!r}")
+    return repr(number)
 
 
 def _alias_holder(client, alias: str) -> str | None:
@@ -164,15 +186,25 @@ def _alias_holder(client, alias: str) -> str | None:
 
 
 def _complete(client, name: str, count: int) -> bool:
-    """Whether ``name`` exists with every row (a fill that died midway leaves fewer)."""
+    """Whether ``name`` exists with every row (a fill that died midway leaves fewer) and today's fields (a
+    collection made before prices were stored is dropped, to be filled again)."""
     if not client.has_collection(name):
+        return False
+    fields = {f["name"] for f in client.describe_collection(name).get("fields", [])}
+    if not FIELDS <= fields:
+        log.warning("Milvus collection %s lacks %s: filling it again", name, ", ".join(sorted(FIELDS - fields)))
+        client.drop_collection(name)
         return False
     client.load_collection(name)
     rows = client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"]
     return int(rows) == count
 
 
-def _fill(client, name: str, vectors: np.ndarray, codes: np.ndarray, index_type: str) -> None:
+#: The fields of a version's collection.
+FIELDS = frozenset({"row", "code", "price", "vector"})
+
+
+def _fill(client, name: str, vectors: np.ndarray, codes: np.ndarray, prices: np.ndarray, index_type: str) -> None:
     """Create ``name`` (if missing) and upsert every row: idempotent, so two gateways filling the same
     version at once, or a fill resumed after a crash, end with the same collection."""
     pymilvus = _pymilvus()
@@ -182,13 +214,19 @@ def _fill(client, name: str, vectors: np.ndarray, codes: np.ndarray, index_type:
         schema = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("row", DataType.INT64, is_primary=True)
         schema.add_field("code", DataType.INT64)
+        schema.add_field("price", DataType.DOUBLE, nullable=True)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(vectors.shape[1]))
         params = client.prepare_index_params()
         params.add_index(field_name="vector", index_type=index_type, metric_type="IP")
         client.create_collection(name, schema=schema, index_params=params)
     for start in range(0, len(vectors), BATCH):
         block = np.asarray(vectors[start:start + BATCH], dtype=np.float32)
-        client.upsert(name, [{"row": start + i, "code": int(codes[start + i]), "vector": v.tolist()}
-                             for i, v in enumerate(block)])
+        client.upsert(name, [{"row": start + i, "code": int(codes[start + i]), "price": _price(prices[start + i]),
+                              "vector": v.tolist()} for i, v in enumerate(block)])
     client.flush(name)
     log.info("filled Milvus collection %s with %d rows", name, len(vectors))
+
+
+def _price(value: float) -> float | None:
+    """A row's price for Milvus: null when unknown (NaN)."""
+    return float(value) if np.isfinite(value) else None

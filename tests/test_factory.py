@@ -3,6 +3,7 @@ the refusal when the ANN file is missing. Milvus itself is stubbed here (tests/t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -78,8 +79,8 @@ def test_milvus_is_filled_from_the_blocks_of_its_version(tmp_path, monkeypatch):
     seen = {}
     blocks = object()
 
-    def serve(settings, version, vectors, codes):
-        seen.update(settings=settings, version=version, vectors=vectors, codes=codes)
+    def serve(settings, version, vectors, codes, prices):
+        seen.update(settings=settings, version=version, vectors=vectors, codes=codes, prices=prices)
         return "a milvus backend"
 
     monkeypatch.setattr(milvus.MilvusSearch, "serve", staticmethod(serve))
@@ -87,6 +88,10 @@ def test_milvus_is_filled_from_the_blocks_of_its_version(tmp_path, monkeypatch):
     src = source(tmp_path, blocks=lambda: blocks)
     assert open_backend(settings, src) == "a milvus backend"
     assert seen["settings"] is settings.milvus and seen["version"] == "v1" and seen["vectors"] is blocks
+    assert seen["prices"] is None  # this source has none; a version's prices are handed on as they are
+    prices = np.arange(len(src.codes), dtype=float)
+    assert open_backend(settings, dataclasses.replace(src, prices=prices)) == "a milvus backend"
+    assert seen["prices"] is prices
     assert seen["codes"] is src.codes
 
 

@@ -75,17 +75,94 @@ def test_scores_and_threshold(settings):
     backend = MilvusSearch.serve(settings, V1, x, np.zeros(50, np.int64))
     floor = float(np.sort(x @ x[0])[-4])  # four rows reach it
     got = backend.search(x[0], 10, min_score=floor)
-    assert len(got) == 4 and np.isclose(got.scores[0], 1.0, atol=1e-5) and not got.exhausted
+    assert len(got) == 4 and np.isclose(got.scores[0], 1.0, atol=1e-5)
+    assert got.exhausted  # the tenth is below the floor: no row after it reaches it
+    top = backend.search(x[0], 3, min_score=floor)
+    assert len(top) == 3 and not top.exhausted  # all three above the floor: a fourth may be too
 
 
-def test_a_row_mask_is_applied_after_a_deeper_search(settings):
-    """Milvus has no field for a price range: it searches deeper and the rows are filtered here."""
+def test_a_row_mask_without_its_bounds_is_applied_after_a_deeper_search(settings):
+    """A mask Milvus cannot see (no price bounds with it): it searches deeper and the rows are filtered here."""
     x = unit_rows(60)
     backend = MilvusSearch.serve(settings, V1, x, np.zeros(60, np.int64))
     priced = np.arange(60) % 4 == 1
     got = backend.search(x[0], 5, Filter(rows=priced))
     want = [int(r) for r in np.argsort(-(x @ x[0])) if priced[r]][:5]
     assert got.rows.tolist() == want
+
+
+PRICES = np.array([np.nan if i % 5 == 0 else float(i) for i in range(60)])
+
+
+class SpyClient:
+    """The real Milvus client, with the limit and filter of each search written down."""
+
+    def __init__(self, client) -> None:
+        self.client, self.asked = client, []
+
+    def search(self, collection, **kwargs):
+        self.asked.append((kwargs["limit"], kwargs["filter"]))
+        return self.client.search(collection, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+@pytest.mark.parametrize(("low", "high"), [(10.0, 20.0), (None, 7.0), (55.0, None), (12.0, 12.0), (11.5, 11.9)])
+def test_a_price_range_is_filtered_inside_milvus_on_a_typed_field(settings, low, high):
+    """Bounds inclusive on both sides, an unknown price (null) in no range, k asked for (no deeper search), the
+    same rows as the mask the exact backend uses."""
+    x = unit_rows(60)
+    backend = MilvusSearch.serve(settings, V1, x, np.zeros(60, np.int64), PRICES)
+    backend._client = spy = SpyClient(backend._client)
+    mask = np.isfinite(PRICES) & (PRICES >= (low if low is not None else -np.inf)) & (
+        PRICES <= (high if high is not None else np.inf))
+    got = backend.search(x[0], 5, Filter(rows=mask, price=(low, high)))
+    want = [int(r) for r in np.argsort(-(x @ x[0])) if mask[r]][:5]
+    assert got.rows.tolist() == want
+    assert spy.asked[-1][0] == 5 and "price" in spy.asked[-1][1]  # k rows asked, the range in Milvus's filter
+    assert got.exhausted == (mask.sum() < 5)  # fewer admitted rows than asked: complete, no second search
+
+
+def test_a_filtered_search_that_returns_fewer_rows_than_asked_is_complete(settings):
+    x = unit_rows(30)
+    backend = MilvusSearch.serve(settings, V1, x, np.arange(30) % 10, np.arange(30, dtype=float))
+    few = backend.search(x[0], 8, Filter(categories=frozenset({3})))  # 3 rows have code 3
+    assert len(few) == 3 and few.exhausted
+    many = backend.search(x[0], 2, Filter(categories=frozenset({3})))
+    assert len(many) == 2 and not many.exhausted
+
+
+def test_a_collection_made_before_prices_were_stored_is_filled_again(settings):
+    from search import milvus
+
+    x = unit_rows(12)
+    client = client_for(settings)
+    pymilvus = milvus._pymilvus()
+    schema = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("row", pymilvus.DataType.INT64, is_primary=True)
+    schema.add_field("code", pymilvus.DataType.INT64)
+    schema.add_field("vector", pymilvus.DataType.FLOAT_VECTOR, dim=8)
+    params = client.prepare_index_params()
+    params.add_index(field_name="vector", index_type="FLAT", metric_type="IP")
+    client.create_collection(collection_name(V1), schema=schema, index_params=params)
+    client.upsert(collection_name(V1), [{"row": i, "code": 0, "vector": v.tolist()} for i, v in enumerate(x)])
+    client.flush(collection_name(V1))  # complete by its count, but without the price field
+    prices = np.arange(12, dtype=float)
+    backend = MilvusSearch.serve(settings, V1, x, np.zeros(12, np.int64), prices)
+    fields = {f["name"] for f in client.describe_collection(collection_name(V1))["fields"]}
+    assert "price" in fields
+    got = backend.search(x[0], 12, Filter(rows=prices >= 6, price=(6.0, None)))
+    assert sorted(got.rows.tolist()) == list(range(6, 12))
+
+
+def test_price_bounds_reach_milvus_as_numbers_only():
+    from search.milvus import _expression
+
+    assert _expression(Filter(price=(1.5, None))) == "price is not null and price >= 1.5"
+    assert _expression(Filter(price=(None, 2))) == "price is not null and price <= 2.0"
+    with pytest.raises(ValueError, match="finite"):
+        _expression(Filter(price=(float("nan"), None)))
 
 
 @pytest.mark.parametrize(("env", "workers"), [
@@ -143,3 +220,28 @@ def test_a_milvus_failure_is_a_503_in_plain_words_and_the_next_request_recovers(
                       content_type="multipart/form-data")
     assert again.status_code == 200 and again.get_json()["results"][0]["id"] == "3"
     assert http.get("/api/products/3/similar").status_code == 200
+
+
+def test_the_gateway_on_milvus_filters_prices_like_the_exact_backend(tmp_path):
+    """Through the app: the same price range on Milvus and on exact search gives the same products."""
+    x, hists, products = catalog(60)
+    for i, product in enumerate(products):
+        if i % 4:  # every fourth has no price
+            product["price"] = i + 0.5
+    store = open_store(tmp_path / "index")
+    data, _ = version_data(x, hists, products)
+    publish(store, write_version(store, data))
+    answers = {}
+    for backend in ("exact", "milvus"):
+        config = Config(index_uri=str(tmp_path / "index"), index_poll_s=0, index_cache_dir=str(tmp_path / backend),
+                        search_backend=backend, milvus_uri=str(tmp_path / "milvus.db"), milvus_index_type="FLAT")
+        client = FixedClient()
+        client.vector = x[3]
+        http = create_app(config, client).test_client()
+        answer = http.post("/api/search", data={"file": (io.BytesIO(jpeg_bytes()), "q.jpg"), "threshold": "0",
+                                                "min_price": "10", "max_price": "40.5", "top_k": "8",
+                                                "category_first": "false"}, content_type="multipart/form-data")
+        assert answer.status_code == 200
+        answers[backend] = [(r["id"], r["price"]) for r in answer.get_json()["results"]]
+    assert answers["milvus"] == answers["exact"] and len(answers["exact"]) == 8
+    assert all(10 <= price <= 40.5 for _, price in answers["milvus"])
