@@ -19,6 +19,7 @@ def create_app(config: Config | None = None, client: ModelClient | None = None) 
     """The WSGI app. ``client`` is for unit tests; by default it talks to ``config.torchserve_url``."""
     from flask import Flask
 
+    from gateway import request_id
     from gateway.config import Config
     from gateway.metrics import instrument
     from gateway.routes import bp
@@ -39,6 +40,7 @@ def create_app(config: Config | None = None, client: ModelClient | None = None) 
     else:
         svc.indexes.start_polling()
     app.extensions["photo"] = svc
+    request_id.install(app)
     instrument(app)
     app.register_blueprint(bp)
     return app

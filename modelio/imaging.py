@@ -27,8 +27,17 @@ FORMAT_COST = {"JPEG": 3, "PNG": 2, "GIF": 2, "WEBP": 4}
 DECODE_OVERHEAD = 32 * 1024 * 1024
 
 
+#: What is wrong with an input, in kinds a gateway can word for a shopper.
+IMAGE_KINDS = ("empty", "format", "damaged", "too_large")
+
+
 class ImageError(ValueError):
-    """An input that is not a usable image. ``str(err)`` is safe to show to a user."""
+    """An input that is not a usable image: ``str(err)`` says exactly why (for logs and API callers of the
+    model server), ``kind`` (one of ``IMAGE_KINDS``) which kind of problem it is."""
+
+    def __init__(self, message: str, kind: str = "damaged") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None,
@@ -43,26 +52,26 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int |
     checked before any pixel is decoded.
     """
     if not data:
-        raise ImageError("empty image: no bytes received")
+        raise ImageError("empty image: no bytes received", "empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
-        raise ImageError("not a supported image: send JPEG, PNG, WebP or GIF") from None
+        raise ImageError("not a supported image: send JPEG, PNG, WebP or GIF", "format") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"image too large: more than {max_pixels:,} pixels") from None
+        raise ImageError(f"image too large: more than {max_pixels:,} pixels", "too_large") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad input, not a crash
         raise ImageError(f"corrupt or truncated image: {exc}") from None
     width, height = img.size
     if width < 1 or height < 1:
         raise ImageError("image has no pixels")
     if width * height > max_pixels:
-        raise ImageError(f"image too large: {width}x{height} is more than {max_pixels:,} pixels")
+        raise ImageError(f"image too large: {width}x{height} is more than {max_pixels:,} pixels", "too_large")
     cost = decode_cost(img.format or "", img.mode, img.size, draft)
     if cost > max_decode_bytes:
         raise ImageError(f"image too large to open: {width}x{height} {img.format} needs about {cost >> 20} MB "
-                         f"(the limit is {max_decode_bytes >> 20} MB); send a smaller or JPEG photo")
+                         f"(the limit is {max_decode_bytes >> 20} MB); send a smaller or JPEG photo", "too_large")
     if draft and img.format == "JPEG":
         img.draft(img.mode, (draft, draft))
     try:
@@ -76,7 +85,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int |
     try:
         return _to_rgb(img)
     except (ValueError, OSError) as exc:  # a pixel format Pillow cannot convert: the input's fault
-        raise ImageError(f"unsupported image: {exc}") from None
+        raise ImageError(f"unsupported image: {exc}", "format") from None
 
 
 def jpeg_scale(size: tuple[int, int], draft: int | None) -> int:

@@ -39,12 +39,18 @@ IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "applicatio
 Resolver = Callable[[str, int], list[str]]
 
 
-class UnsafeURL(ValueError):
-    """A URL refused before or while fetching; ``status`` is the HTTP status a gateway should answer."""
+#: Why a URL failed, in kinds a gateway can word for a shopper (``str(err)`` is the technical reason, for logs).
+URL_KINDS = ("invalid", "refused", "unreachable", "not_image", "too_large", "slow", "busy")
 
-    def __init__(self, message: str, status: int = 400) -> None:
+
+class UnsafeURL(ValueError):
+    """A URL refused before or while fetching; ``status`` is the HTTP status a gateway should answer and
+    ``kind`` (one of ``URL_KINDS``) what went wrong, for words a shopper understands."""
+
+    def __init__(self, message: str, status: int = 400, kind: str = "refused") -> None:
         super().__init__(message)
         self.status = status
+        self.kind = {504: "slow", 503: "busy", 413: "too_large"}.get(status, kind)
 
 
 #: Lookup threads per process. A lookup the deadline gave up on keeps its thread until the resolver
@@ -82,7 +88,7 @@ def idna_host(host: str) -> str:
     try:
         return host.encode("idna").decode("ascii")
     except UnicodeError:
-        raise UnsafeURL(f"image URL host {host[:80]!r} is not a valid host name") from None
+        raise UnsafeURL(f"image URL host {host[:80]!r} is not a valid host name", kind="invalid") from None
 
 
 class Deadline:
@@ -134,15 +140,15 @@ def check_url(url: str, allow_private: bool, resolve: Resolver,
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        raise UnsafeURL("image URL is malformed") from None
+        raise UnsafeURL("image URL is malformed", kind="invalid") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
-        raise UnsafeURL("image URL must start with http:// or https://")
+        raise UnsafeURL("image URL must start with http:// or https://", kind="invalid")
     if parts.username or parts.password:
         raise UnsafeURL("image URL must not contain credentials")
     host = parts.hostname
     if not host:
-        raise UnsafeURL("image URL has no host")
+        raise UnsafeURL("image URL has no host", kind="invalid")
     host = idna_host(host)
     port = port or (443 if scheme == "https" else 80)
     lookup = _submit_lookup(resolve, host, port)
@@ -151,9 +157,9 @@ def check_url(url: str, allow_private: bool, resolve: Resolver,
     except FutureTimeout:
         raise UnsafeURL(f"image URL took longer than {deadline.seconds:g}s (looking up {host!r})", 504) from None
     except (OSError, UnicodeError):
-        raise UnsafeURL(f"cannot resolve host {host!r}") from None
+        raise UnsafeURL(f"cannot resolve host {host!r}", kind="unreachable") from None
     if not addresses:
-        raise UnsafeURL(f"cannot resolve host {host!r}")
+        raise UnsafeURL(f"cannot resolve host {host!r}", kind="unreachable")
     for raw in addresses:
         ip = ipaddress.ip_address(raw.split("%")[0])
         problem = address_problem(ip)
@@ -313,7 +319,7 @@ def _fetch(url: str, max_bytes: int, deadline: Deadline, watchdog: Watchdog, pol
                 _check_cut(watchdog, deadline)  # a connection the watchdog cut is reported as the deadline
                 if isinstance(exc, requests.Timeout):
                     raise UnsafeURL(f"image URL took longer than {deadline.seconds:g}s", 504) from None
-                raise UnsafeURL(f"could not fetch image URL ({type(exc).__name__})") from None
+                raise UnsafeURL(f"could not fetch image URL ({type(exc).__name__})", kind="unreachable") from None
             with resp:
                 if resp.is_redirect and "location" in resp.headers:
                     url = urljoin(url, resp.headers["location"])
@@ -321,7 +327,7 @@ def _fetch(url: str, max_bytes: int, deadline: Deadline, watchdog: Watchdog, pol
                 body = _image_body(resp, max_bytes, deadline)
                 _check_cut(watchdog, deadline)  # a cut looks like the end of the answer: never take it as one
                 return body
-    raise UnsafeURL(f"image URL redirected more than {MAX_REDIRECTS} times")
+    raise UnsafeURL(f"image URL redirected more than {MAX_REDIRECTS} times", kind="unreachable")
 
 
 def _check_cut(watchdog: Watchdog, deadline: Deadline) -> None:
@@ -334,10 +340,10 @@ def _check_cut(watchdog: Watchdog, deadline: Deadline) -> None:
 def _image_body(resp: requests.Response, max_bytes: int, deadline: Deadline) -> bytes:
     """The body of an image answer, at most ``max_bytes``, read before ``deadline``."""
     if resp.status_code != 200:
-        raise UnsafeURL(f"image URL answered HTTP {resp.status_code}")
+        raise UnsafeURL(f"image URL answered HTTP {resp.status_code}", kind="unreachable")
     ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype and ctype not in IMAGE_TYPES:
-        raise UnsafeURL(f"image URL is not an image (content-type {ctype})")
+        raise UnsafeURL(f"image URL is not an image (content-type {ctype})", kind="not_image")
     too_large = UnsafeURL(f"image URL is larger than {max_bytes // (1024 * 1024)} MB", 413)
     declared = resp.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
@@ -351,7 +357,7 @@ def _image_body(resp: requests.Response, max_bytes: int, deadline: Deadline) -> 
             chunk = resp.raw.read1(64 * 1024)  # returns what has arrived: a drip is seen byte by byte
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             deadline.left()  # a read cut off by the deadline is reported as the deadline
-            raise UnsafeURL(f"could not fetch image URL ({type(exc).__name__})") from None
+            raise UnsafeURL(f"could not fetch image URL ({type(exc).__name__})", kind="unreachable") from None
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)

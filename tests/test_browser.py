@@ -151,7 +151,7 @@ def test_image_url_search(page, http_server):
 
 
 @pytest.mark.parametrize("name,blob,message", [
-    ("notes.jpg", b"this is not an image", "not a supported image"),
+    ("notes.jpg", b"this is not an image", "not a picture we can open"),
     ("empty.jpg", b"", "empty"),
 ])
 def test_a_bad_file_shows_a_clear_message(page, name, blob, message):

@@ -60,8 +60,8 @@ def test_similar_page_makes_no_model_call(client, stub):
 
 BAD = [
     ("no image", {}, 400, "no image"),
-    ("text bytes", {"file": b"hello"}, 400, "not a supported image"),
-    ("truncated", {"file": jpeg_bytes()[:300]}, 400, "truncated"),
+    ("text bytes", {"file": b"hello"}, 400, "not a picture we can open"),
+    ("truncated", {"file": jpeg_bytes()[:300]}, 400, "damaged or incomplete"),
     ("empty file", {"file": b""}, 400, "empty"),
     ("threshold high", {"file": jpeg_bytes(), "threshold": "150"}, 400, "threshold"),
     ("threshold text", {"file": jpeg_bytes(), "threshold": "abc"}, 400, "threshold"),
@@ -178,7 +178,8 @@ def test_an_error_page_keeps_what_the_shopper_entered(client):
     page = client.post("/search", data={"image_url": typed, "threshold": "55", "top_k": "7", "category": "Watches",
                                         "category_first": "0"})
     html = page.get_data(as_text=True)
-    assert page.status_code == 400 and "cannot resolve host" in html
+    assert page.status_code == 400 and "load a picture from that link" in html and "nothing.invalid" not in html.split(
+        'value="')[0]
     assert f'value="{typed}"' in html and 'value="55"' in html and 'value="7"' in html
     assert "<option selected>Watches</option>" in html and 'name="category_first" value="1" checked' not in html
     bad = client.post("/search", data={"image_url": typed, "threshold": "500"}).get_data(as_text=True)
@@ -450,3 +451,33 @@ def test_an_image_link_over_the_limit_is_refused_and_one_at_it_is_fetched(small_
     assert refined.status_code == 200 and len(http_server.requests) == 1  # the token carried the whole link
     over = client.post("/api/search", json={"image_url": at_limit + "x"})
     assert over.status_code == 400 and "too long" in over.get_json()["error"] and len(http_server.requests) == 1
+
+
+def test_every_answer_carries_a_request_id_and_a_well_formed_one_is_kept(client):
+    made = client.get("/healthz").headers["X-Request-Id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", made) and client.get("/healthz").headers["X-Request-Id"] != made
+    assert client.get("/healthz", headers={"X-Request-Id": "lb-1234.5:a"}).headers["X-Request-Id"] == "lb-1234.5:a"
+    for forged in ("a b", "x" * 65, "line\\nbreak", "<script>"):  # not simple, or too long: a new one is made
+        got = client.get("/healthz", headers={"X-Request-Id": forged}).headers["X-Request-Id"]
+        assert got != forged and re.fullmatch(r"[0-9a-f]{32}", got)
+    assert client.get("/healthz", headers={"X-Request-Id": "x" * 64}).headers["X-Request-Id"] == "x" * 64
+
+
+@pytest.mark.parametrize("how", ["query", "form", "valid"])
+def test_text_that_is_not_utf8_is_a_400_in_plain_words(client, how):
+    if how == "valid":  # the other side: real UTF-8 (é, €) is searched for
+        resp = client.post("/api/search?category=Caf%C3%A9%E2%82%AC", data={"file": (io.BytesIO(jpeg_bytes()),
+                                                                                  "a.jpg")},
+                           content_type="multipart/form-data")
+        assert resp.status_code == 200
+        return
+    if how == "query":
+        resp = client.post("/api/search?category=%ff%fe", data={"file": (io.BytesIO(jpeg_bytes()), "a.jpg")},
+                           content_type="multipart/form-data")
+    else:
+        body = (b'--B\r\nContent-Disposition: form-data; name="category"\r\n\r\n\xff\xfe\r\n--B\r\n'
+                b'Content-Disposition: form-data; name="file"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+                + jpeg_bytes() + b"\r\n--B--\r\n")
+        resp = client.post("/api/search", data=body, content_type="multipart/form-data; boundary=B")
+    assert resp.status_code == 400
+    assert resp.get_json()["error"] == "the request has text that is not valid UTF-8: send it again as plain text"

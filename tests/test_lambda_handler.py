@@ -56,7 +56,7 @@ def test_health_and_a_search_through_api_gateway_events(lambda_module):
     assert answer["results"][0]["id"] == "10109" and len(answer["results"]) == 3
     body, content_type = multipart({}, b"not an image")
     refused = lambda_module.handler(event("POST", "/api/search", body, {"Content-Type": content_type}), None)
-    assert refused["statusCode"] == 400 and "not a supported image" in json.loads(refused["body"])["error"]
+    assert refused["statusCode"] == 400 and "not a picture we can open" in json.loads(refused["body"])["error"]
 
 
 def test_index_poll_happens_on_requests_not_in_a_thread(lambda_module):

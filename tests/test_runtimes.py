@@ -126,7 +126,21 @@ def test_large_jpeg_decodes_at_reduced_size_never_below_the_draft():
     assert min(decode_image(buf.getvalue(), draft=300).size) >= 300
     png = io.BytesIO()
     real_images(1)[0].resize((800, 600)).save(png, format="PNG")
-    assert decode_image(png.getvalue(), draft=256).size == (800, 600)  # only JPEG has a draft mode
+    assert decode_image(png.getvalue()).size == (800, 600)
+    assert decode_image(png.getvalue(), draft=256).size == (400, 300)  # other formats: shrunk after decoding
+
+
+def test_shrinking_a_large_png_before_the_model_keeps_its_vector(local_embedder):
+    """What the model sees of a large PNG shrunk right after decoding (box filter, whole factor) is what it saw
+    of the full-size decode: the same vector within the runtimes' own tolerance, so the vectors' meaning (and
+    the backbone id) is unchanged."""
+    for image in real_images(3):
+        png = io.BytesIO()
+        image.resize((1200, 900)).save(png, format="PNG")
+        full, shrunk = decode_image(png.getvalue()), decode_image(png.getvalue(), draft=256)
+        assert shrunk.size == (400, 300)
+        a, b = local_embedder.backbone.embed([full])[0], local_embedder.backbone.embed([shrunk])[0]
+        assert float(a @ b) >= 0.99
 
 
 @pytest.mark.parametrize(("env", "expected"), [

@@ -87,7 +87,7 @@ def test_gateway_in_sagemaker_mode(sagemaker, small_index, tmp_path):
     assert ok.status_code == 200 and ok.get_json()["results"][0]["id"] == "10109"
     bad = client.post("/api/search", data={"file": (io.BytesIO(b"GIF89a nope"), "q.gif")},
                       content_type="multipart/form-data")
-    assert bad.status_code == 400 and "not a supported image" in bad.get_json()["error"]
+    assert bad.status_code == 400 and "not a picture we can open" in bad.get_json()["error"]
     assert client.get("/readyz").status_code == 200
     with pytest.raises(ValueError, match="no SageMaker endpoint"):
         make_client("sagemaker://")

@@ -4,6 +4,8 @@ links to catalog images, and the security headers of every answer."""
 from __future__ import annotations
 
 import json
+import re
+from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, Response, current_app, request, url_for
 
@@ -27,16 +29,35 @@ def wants_json() -> bool:
 # --------------------------------------------------------------------------- parameters
 
 
+NOT_UTF8 = "the request has text that is not valid UTF-8: send it again as plain text"
+
+
 def request_params() -> dict:
-    """Merged query string, form fields and JSON body."""
+    """Merged query string, form fields and JSON body; text that was not valid UTF-8 is refused (400)."""
     merged = dict(request.args.items())
     merged.update(request.form.items())
+    # Werkzeug decodes the query string and form fields with errors="replace": bytes that were not UTF-8
+    # arrive as U+FFFD. Refused rather than searched for as a category or fetched as a link.
+    if not _query_is_utf8() or any("\ufffd" in key or (isinstance(value, str) and "\ufffd" in value)
+                                   for key, value in merged.items()):
+        raise BadRequest(NOT_UTF8)
     if request.is_json:
         body = _json_body()
         if not isinstance(body, dict):
             raise BadRequest("JSON body must be an object, e.g. {\"image_url\": \"https://...\"}")
         merged.update({k: v for k, v in body.items() if v is not None})
     return merged
+
+
+def _query_is_utf8() -> bool:
+    """Whether every name and value of the raw query string is UTF-8 once unquoted (Werkzeug keeps a bad
+    escape such as ``%FF`` as the literal text "%FF", so the decoded view cannot tell)."""
+    try:
+        for part in re.split(rb"[&;]", request.query_string):
+            unquote_to_bytes(part.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 #: A JSON body carries a URL and a few settings: far less than this.
@@ -57,7 +78,7 @@ def _json_body() -> object:
     try:
         json.dumps(body, ensure_ascii=False).encode("utf-8")  # "\ud800" parses to a lone surrogate
     except UnicodeEncodeError:
-        raise BadRequest("the request has text that is not valid UTF-8: send it again as plain text") from None
+        raise BadRequest(NOT_UTF8) from None
     return body
 
 

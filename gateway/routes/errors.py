@@ -8,7 +8,7 @@ from dataclasses import asdict
 from flask import current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from gateway import metrics
+from gateway import metrics, request_id
 from gateway.errors import ServiceError
 from gateway.query_token import ExpiredQuery
 from gateway.routes.common import bp, search_options, service, wants_json
@@ -67,15 +67,45 @@ def on_serviceerror_answer(exc: ServiceError):
     return response
 
 
+#: What a shopper is told about a picture that cannot be used, by ``ImageError.kind`` (the exact reason goes to
+#: the log with the request id).
+IMAGE_WORDS = {
+    "empty": "the file is empty: choose a photo",
+    "format": "that file is not a picture we can open: choose a JPEG, PNG, WebP or GIF photo",
+    "damaged": "that picture seems damaged or incomplete: choose it again, or try another photo",
+    "too_large": "that picture is too large to open: choose a smaller photo (any phone photo works)",
+}
+
+#: What a shopper is told about an image link that failed, by ``UnsafeURL.kind``; never the host, address or
+#: port (the link was theirs, but what it resolves to is ours).
+URL_WORDS = {
+    "invalid": "that link is not a web address we can use: paste the picture's full link (https://…), or upload "
+               "the photo",
+    "refused": "we can't open pictures from that link: use a public link to the picture, or upload the photo",
+    "unreachable": "we couldn't load a picture from that link: check that it opens in your browser, or upload the "
+                   "photo",
+    "not_image": "that link opens a page, not a picture: copy the picture's own address (right-click it, \"Copy "
+                 "image address\"), or upload it",
+    "too_large": "the picture at that link is too large: upload a smaller photo",
+    "slow": "that link took too long to answer: try again, or upload the photo",
+    "busy": "we're opening a lot of links right now: try again in a moment, or upload the photo",
+}
+
+
 @bp.app_errorhandler(ImageError)
 def on_bad_image(exc: ImageError):
-    return error_answer(400, str(exc))
+    log.info("unusable image [request %s]: %s", request_id.current(), exc)
+    return error_answer(400, IMAGE_WORDS.get(exc.kind, IMAGE_WORDS["damaged"]))
 
 
 @bp.app_errorhandler(UnsafeURL)
 def on_refused_url(exc: UnsafeURL):
     metrics.FETCH_ERRORS.labels(str(exc.status)).inc()
-    return error_answer(exc.status, str(exc))
+    log.info("image URL refused [request %s]: %s", request_id.current(), exc)
+    response = current_app.make_response(error_answer(exc.status, URL_WORDS.get(exc.kind, URL_WORDS["refused"])))
+    if exc.status == 503:
+        response.headers["Retry-After"] = "2"
+    return response
 
 
 #: What a shopper is told when the model server or the search backend fails: no host, port or reason (those
@@ -87,7 +117,8 @@ SEARCH_DOWN = "search is temporarily unavailable: please try again in a moment"
 @bp.app_errorhandler(SearchUnavailable)
 def on_search_down(exc: ModelServerError | SearchUnavailable):
     """The model server or the search backend failed: 503 with ``Retry-After``, the reason to the log only."""
-    log.warning("%s failed: %s", "embedding" if isinstance(exc, ModelServerError) else "search backend", exc)
+    log.warning("%s failed [request %s]: %s", "embedding" if isinstance(exc, ModelServerError) else "search backend",
+                request_id.current(), exc)
     response = current_app.make_response(error_answer(503, SEARCH_DOWN))
     response.headers["Retry-After"] = "2"
     return response
@@ -106,5 +137,5 @@ def on_httperror_answer(exc: HTTPException):
 
 @bp.app_errorhandler(Exception)
 def on_unexpected(exc: Exception):
-    log.exception("unhandled error on %s %s", request.method, request.path)
+    log.exception("unhandled error on %s %s [request %s]", request.method, request.path, request_id.current())
     return error_answer(500, "internal error: the request could not be completed; it has been logged")
