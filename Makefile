@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv mar demo test test-blas lint bench bench-search infra-check screenshots mutate clean
+.PHONY: help venv mar demo test test-blas lint bench bench-search infra-check lock screenshots mutate clean
 
 help:
 	@echo "make demo   - build the model archive, start TorchServe, index the sample catalog, serve http://127.0.0.1:5000"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench  - speed figures as ratios within one run (build/bench.json), checked against targets"
 	@echo "make bench-search - ANN / exact / Milvus Lite at 1M vectors, gateway memory (build/bench_search.json)"
 	@echo "make infra-check - lint and validate every deployment file in infra/ (offline)"
+	@echo "make lock        - regenerate the gateway image's hashed lock (infra/docker/requirements-gateway.lock)"
 	@echo "make screenshots - the page's main states, from the browser tests, into docs/screenshots/"
 	@echo "make mutate - mutation testing of the modules in [tool.mutmut] (build/mutation.md)"
 
@@ -73,6 +74,11 @@ bench-search: venv
 # Every deployment file, validated offline: Dockerfiles (hadolint), CloudFormation/SAM (cfn-lint, which
 # expands SAM), Kubernetes (kustomize build, then the 1.37 schemas, strict), compose (the compose spec),
 # YAML style (yamllint), then the cross-file consistency tests. Any finding fails.
+# The gateway image's hashed lock (infra/docker/requirements-gateway.lock), from requirements-gateway.txt.
+lock: venv
+	$(BIN)/python -m piptools compile --quiet --allow-unsafe --generate-hashes --no-emit-index-url --no-emit-find-links \
+		--strip-extras --output-file=infra/docker/requirements-gateway.lock infra/docker/requirements-gateway.txt
+
 infra-check: venv
 	@mkdir -p build
 	$(BIN)/hadolint infra/docker/*.Dockerfile

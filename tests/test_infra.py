@@ -389,3 +389,40 @@ def test_the_model_role_pulls_only_its_own_image_and_the_bucket_is_tls_only():
     deny = next(s for s in policy if s["Effect"] == "Deny")
     assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} and deny["Principal"] == "*"
     assert deny["Action"] == "s3:*" and len(deny["Resource"]) == 2  # the bucket and every object
+
+
+def lock_pins(text: str) -> dict[str, str]:
+    return {m.group(1).lower(): m.group(2) for m in re.finditer(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", text, re.M)}
+
+
+def test_the_gateway_image_installs_every_package_by_hash():
+    """The gateway and Lambda stages install the hashed lock with --require-hashes --no-deps; the lock pins
+    what requirements-gateway.txt pins, every package (dependencies too) has a hash, and no local path leaks."""
+    lock = (INFRA / "docker" / "requirements-gateway.lock").read_text()
+    locked = lock_pins(lock)
+    wanted = pins((INFRA / "docker" / "requirements-gateway.txt").read_text())
+    assert {name.lower(): v for name, v in wanted.items()}.items() <= locked.items()
+    blocks = re.split(r"\n(?=[A-Za-z0-9_.-]+==)", lock.split("\n\n", 1)[1] if "\n\n" in lock else lock)
+    for block in blocks:
+        if "==" in block:
+            assert "--hash=sha256:" in block, block.splitlines()[0]
+    assert "--find-links" not in lock and "/opt/" not in lock and "--index-url" not in lock
+    dockerfile = (INFRA / "docker" / "gateway.Dockerfile").read_text()
+    installs = re.findall(r"^RUN pip install (.+)$", dockerfile, re.M)
+    hashed = [line for line in installs if "requirements-gateway.lock" in line]
+    assert len(hashed) == 2 and all("--require-hashes" in line and "--no-deps" in line for line in hashed)
+    assert not any("requirements-gateway.txt" in line for line in installs)
+
+
+@pytest.mark.integration
+def test_the_gateway_lock_resolves_as_binary_wheels_for_its_image(tmp_path):
+    """pip itself checks the lock against the index: every package a manylinux x86_64 CPython 3.11 wheel whose
+    hash is in the lock (no source build, no mismatch)."""
+    run = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--require-hashes", "--no-deps", "-r",
+                          str(INFRA / "docker" / "requirements-gateway.lock"), "--only-binary=:all:",
+                          "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64",
+                          "--platform", "manylinux_2_17_x86_64", "--python-version", "3.11", "--implementation",
+                          "cp", "--abi", "cp311", "-d", str(tmp_path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(list(tmp_path.iterdir())) == len(lock_pins((INFRA / "docker" / "requirements-gateway.lock")
+                                                         .read_text()))

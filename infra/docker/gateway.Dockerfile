@@ -12,8 +12,9 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONPATH=/app
 RUN useradd --create-home --home-dir /home/photo --uid 1000 photo
 WORKDIR /app
-COPY infra/docker/requirements-gateway.txt /tmp/requirements-gateway.txt
-RUN pip install -r /tmp/requirements-gateway.txt
+# Every package from the hashed lock (pins equal requirements-gateway.txt; tests/test_infra.py checks).
+COPY infra/docker/requirements-gateway.lock /tmp/requirements-gateway.lock
+RUN pip install --require-hashes --no-deps -r /tmp/requirements-gateway.lock
 COPY catalog/ catalog/
 COPY indexstore/ indexstore/
 COPY safeio/ safeio/
@@ -39,8 +40,8 @@ ENTRYPOINT ["python", "scripts/build_index.py"]
 CMD ["--help"]
 
 FROM public.ecr.aws/lambda/python:3.11.2025.04.03.11 AS lambda
-COPY infra/docker/requirements-gateway.txt /tmp/requirements-gateway.txt
-RUN pip install --no-cache-dir -r /tmp/requirements-gateway.txt
+COPY infra/docker/requirements-gateway.lock /tmp/requirements-gateway.lock
+RUN pip install --no-cache-dir --require-hashes --no-deps -r /tmp/requirements-gateway.lock
 COPY catalog/ ${LAMBDA_TASK_ROOT}/catalog/
 COPY indexstore/ ${LAMBDA_TASK_ROOT}/indexstore/
 COPY safeio/ ${LAMBDA_TASK_ROOT}/safeio/
