@@ -12,9 +12,10 @@ class ServiceError(Exception):
 
     status = 500
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, detail: str = "") -> None:
         super().__init__(message)
         self.message = message
+        self.detail = detail  # for the log only (paths, store errors, model ids): never shown
 
 
 class BadRequest(ServiceError):

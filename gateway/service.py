@@ -28,6 +28,9 @@ from ranking import Guess, Ranked, RankOptions, rank_product, rank_query
 from ranking.appearance import HIST_SIZE, histogram_of
 
 log = logging.getLogger(__name__)
+#: What a shopper is told while search cannot answer (no index yet, a model that does not match it): the
+#: reason, which names paths, stores or models, goes to the log and to the admin listener's /readyz.
+NOT_READY = "search is not ready right now: please try again in a few minutes"
 
 
 #: What a shopper can set on one search (the ranking's options).
@@ -124,7 +127,7 @@ class SearchService:
     def require_index(self) -> CatalogIndex:
         index = self.indexes.current
         if index is None:
-            raise Unavailable(self.indexes.error or "index not loaded")
+            raise Unavailable(NOT_READY, detail=self.indexes.error or "index not loaded")
         return index
 
     def embed_image(self, image: bytes) -> tuple[np.ndarray, str]:
@@ -196,10 +199,11 @@ class SearchService:
         spaces cannot be compared."""
         index = self.require_index()
         if backbone_id != index.backbone_id:
-            raise Unavailable(f"the embedding model ({backbone_id}) does not match the index ({index.backbone_id}); "
-                              "rebuild the index or deploy the matching model archive")
+            raise Unavailable(NOT_READY, detail=f"the embedding model ({backbone_id}) does not match the index "
+                              f"({index.backbone_id}); rebuild the index or deploy the matching model archive")
         if np.shape(vector) != (index.model_dim,):
-            raise Unavailable(f"the query vector has {np.size(vector)} numbers, the index's model {index.model_dim}")
+            raise Unavailable(NOT_READY, detail=f"the query vector has {np.size(vector)} numbers, the index's model "
+                              f"{index.model_dim}")
         query = index.prepare(vector)
         look = None
         if index.appearance is not None and hist is not None and np.shape(hist) == (HIST_SIZE,):

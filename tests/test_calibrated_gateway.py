@@ -70,19 +70,22 @@ def test_the_default_threshold_is_seventy_calibrated_percent(index_dir):
     assert [r["similarity"] for r in answer["results"]] == pytest.approx([100.0, 85.0, 70.0], abs=0.01)
 
 
-def test_a_model_that_does_not_match_the_index_is_refused_and_not_ready(index_dir):
+def test_a_model_that_does_not_match_the_index_is_refused_and_not_ready(index_dir, caplog):
+    """The shopper is told search is not ready; the reason (model ids) goes to the log and the admin /readyz."""
     web = app_for(index_dir, Client(backbone="other-4d"))
     answer = search(web, threshold="0")
     assert answer.status_code == 503
-    assert answer.get_json()["error"] == ("the embedding model (other-4d) does not match the index (fixed-4d); "
-                                          "rebuild the index or deploy the matching model archive")
+    assert answer.get_json()["error"] == "search is not ready right now: please try again in a few minutes"
+    assert ("the embedding model (other-4d) does not match the index (fixed-4d); rebuild the index or deploy the "
+            "matching model archive") in caplog.text and answer.headers["X-Request-Id"] in caplog.text
     ready = web.get("/readyz", environ_overrides=ADMIN)
     assert ready.status_code == 503 and ready.get_json()["ready"] is False
     assert ready.get_json()["reason"] == "model mismatch: TorchServe serves other-4d, index was built with fixed-4d"
     assert app_for(index_dir, Client()).get("/readyz").get_json()["ready"] is True
 
 
-def test_a_vector_of_another_size_is_refused(index_dir):
+def test_a_vector_of_another_size_is_refused(index_dir, caplog):
     answer = search(app_for(index_dir, Client(dim=5)), threshold="0")
     assert answer.status_code == 503
-    assert answer.get_json()["error"] == "the query vector has 5 numbers, the index's model 4"
+    assert answer.get_json()["error"] == "search is not ready right now: please try again in a few minutes"
+    assert "the query vector has 5 numbers, the index's model 4" in caplog.text

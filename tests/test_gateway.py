@@ -111,7 +111,10 @@ def test_missing_index_keeps_process_up(tmp_path, stub):
     app = create_app(config, client=stub).test_client()
     assert app.get("/healthz").status_code == 200
     assert app.get("/readyz").status_code == 503
-    assert upload(app, "/api/search", jpeg_bytes()).status_code == 503
+    refused = upload(app, "/api/search", jpeg_bytes())
+    assert refused.status_code == 503  # the store's path is in the log, never in the answer
+    assert refused.get_json()["error"] == "search is not ready right now: please try again in a few minutes"
+    assert str(tmp_path) not in refused.get_data(as_text=True)
     assert app.get("/").status_code == 200
 
 

@@ -59,6 +59,8 @@ def _kept_query(params: dict) -> dict:
 
 @bp.app_errorhandler(ServiceError)
 def on_serviceerror_answer(exc: ServiceError):
+    if exc.detail:
+        log.warning("%s [request %s]: %s", exc.message, request_id.current(), exc.detail)
     response = error_answer(exc.status, exc.message)
     retry_after = getattr(exc, "retry_after_s", None)
     if retry_after is not None:
