@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -116,6 +117,10 @@ def _run_archiver(model_name: str, weights: Path, stage: Path, output: Path) -> 
         "--force",
     ]
     log.info("running %s", " ".join(cmd))
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    # torch-model-archiver stages files in $TMPDIR/<model name>: two builds on one machine (a CI run beside a
+    # developer's tests) would share /tmp/embedding and break each other. A temp dir of its own per build.
+    with tempfile.TemporaryDirectory(prefix="archiver-") as own_tmp:
+        done = subprocess.run(cmd, capture_output=True, text=True,
+                              env={**os.environ, "TMPDIR": own_tmp, "TEMP": own_tmp, "TMP": own_tmp})
     if done.returncode != 0:
         raise RuntimeError(f"torch-model-archiver failed: {done.stderr.strip() or done.stdout.strip()}")

@@ -55,3 +55,26 @@ def test_backbone_json_is_checked_when_the_handler_loads(model_store, tmp_path):
     (tmp_path / BACKBONE_FILE).write_text(json.dumps({**meta, "probe": probe.tolist()}))
     with pytest.raises(ValueError, match="disagrees with eager"):
         Embedder.from_model_dir(tmp_path)
+
+
+def test_each_archiver_run_stages_in_a_temp_dir_of_its_own(tmp_path, monkeypatch):
+    """torch-model-archiver stages in $TMPDIR/<model name>: two builds at once (CI beside a developer's tests)
+    once broke each other in /tmp/embedding. Each run gets its own TMPDIR, removed afterwards."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from modelarchive import archive
+
+    seen = []
+
+    def run(cmd, **kwargs):
+        seen.append(kwargs["env"]["TMPDIR"])
+        assert Path(kwargs["env"]["TMPDIR"]).is_dir() and kwargs["env"]["TEMP"] == kwargs["env"]["TMPDIR"]
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(archive.subprocess, "run", run)
+    for _ in range(2):
+        archive._run_archiver("embedding", tmp_path / "w.pth", tmp_path, tmp_path)
+    assert len(set(seen)) == 2 and all(Path(t).parent == Path(tempfile.gettempdir()) for t in seen)
+    assert not any(Path(t).exists() for t in seen)

@@ -222,173 +222,143 @@ def test_token_auth_on_end_to_end(model_store, tmp_path, local_embedder):
         ts.stop()
 
 
-def dockerfile_cmd(name: str) -> list[str]:
-    """The CMD of an image, read from its Dockerfile (so this breaks when the file changes)."""
+def dockerfile_list(name: str, instruction: str) -> list[str]:
+    """An exec-form instruction of an image (CMD, ENTRYPOINT), read from its Dockerfile, so that these tests
+    run what the image runs and break when the file changes."""
     text = (INFRA / "docker" / name).read_text().replace("\\\n", " ")
-    line = next(line for line in text.splitlines() if line.startswith("CMD "))
-    return json.loads(line[4:])
+    lines = [line for line in text.splitlines() if line.startswith(f"{instruction} ")]
+    return json.loads(lines[-1][len(instruction) + 1:])
+
+
+class ImageRun:
+    """The TorchServe image's ENTRYPOINT + CMD (+ ``args``, as ``docker run IMAGE args`` replaces CMD), run as a
+    process with the image's layout under a temporary /home/model-server (and /opt/ml for SageMaker), on free
+    loopback ports moved through TorchServe's TS_* variables."""
+
+    def __init__(self, tmp_path: Path, model_store: Path, config: str, args: list[str] | None = None) -> None:
+        import os
+
+        self.home = tmp_path / "home" / "model-server"
+        self.opt_ml = tmp_path / "opt" / "ml"
+        for folder in ("model-store", "keys", "inference-key", "tmp", "logs"):
+            (self.home / folder).mkdir(parents=True)
+        (self.home / "model-store" / "embedding.mar").symlink_to(model_store / "embedding.mar")
+        for name in ("ping.py", "publish_key.py", "start.py"):
+            (self.home / name).write_text((INFRA / "torchserve" / name).read_text())
+        text = (INFRA / "torchserve" / config).read_text()
+        (self.home / "config.properties").write_text(text.replace("/home/model-server", str(self.home))
+                                                     .replace("/opt/ml", str(self.opt_ml)))
+        self.ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc_i", "grpc_m")}
+        self.url = f"http://127.0.0.1:{self.ports['inference']}"
+        venv_bin = Path(sys.executable).parent
+        self.env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}", "PHOTO_HOME": str(self.home),
+                    "PHOTO_THREADS": "1", "TEMP": str(self.home / "tmp"), "TMPDIR": str(self.home / "tmp"),
+                    "LOG_LOCATION": str(self.home / "logs"), "METRICS_LOCATION": str(self.home / "logs"),
+                    "TS_INFERENCE_ADDRESS": self.url,
+                    "TS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{self.ports['management']}",
+                    "TS_METRICS_ADDRESS": f"http://127.0.0.1:{self.ports['metrics']}",
+                    "TS_GRPC_INFERENCE_PORT": str(self.ports["grpc_i"]),
+                    "TS_GRPC_MANAGEMENT_PORT": str(self.ports["grpc_m"]), "TS_DEFAULT_WORKERS_PER_MODEL": "1"}
+        entry = dockerfile_list("torchserve.Dockerfile", "ENTRYPOINT")
+        cmd = dockerfile_list("torchserve.Dockerfile", "CMD") if args is None else args
+        self.command = [sys.executable if arg == "python" else arg.replace("/home/model-server", str(self.home))
+                        for arg in entry + cmd]
+        self.log_path = tmp_path / "torchserve.out"
+
+    def start(self) -> ImageRun:
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(self.command, cwd=self.home / "keys", env=self.env, stdout=self._log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def alive(self) -> None:
+        assert self.process.poll() is None, self.log_path.read_text()[-3000:]
+
+    def stop(self) -> None:
+        import os
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # the Java frontend or a worker left behind
+        except ProcessLookupError:
+            pass
+        self._log.close()
 
 
 @pytest.mark.integration
 def test_the_torchserve_image_command_publishes_only_the_inference_key(model_store, tmp_path, local_embedder):
-    """The TorchServe image's own CMD, run as a process with the image's layout under a temporary
-    /home/model-server: TorchServe starts with token auth on, the gateway's volume receives the inference key
-    alone, that key embeds and passes ping.py, and it does not open the management API."""
-    import os
-    import signal
+    """The TorchServe image as a container runs it: TorchServe starts with token auth on, the gateway's volume
+    receives the inference key alone, that key embeds and passes ping.py, and it does not open the management
+    API."""
     import time
 
     from modelserver.client import TorchServeClient
 
-    home = tmp_path / "home" / "model-server"
-    for folder in ("model-store", "keys", "inference-key", "tmp", "logs"):
-        (home / folder).mkdir(parents=True)
-    (home / "model-store" / "embedding.mar").symlink_to(model_store / "embedding.mar")
-    for name in ("ping.py", "publish_key.py"):
-        (home / name).write_text((INFRA / "torchserve" / name).read_text())
-    config = (INFRA / "torchserve" / "config.container.properties").read_text()
-    (home / "config.properties").write_text(config.replace("/home/model-server", str(home)))
-    ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc_i", "grpc_m")}
-    env = {**os.environ, "PHOTO_THREADS": "1", "TEMP": str(home / "tmp"), "TMPDIR": str(home / "tmp"),
-           "LOG_LOCATION": str(home / "logs"), "METRICS_LOCATION": str(home / "logs"),
-           # what Kubernetes and ECS set for the sidecar (read because enable_envvars_config is on)
-           "TS_INFERENCE_ADDRESS": f"http://127.0.0.1:{ports['inference']}",
-           "TS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{ports['management']}",
-           "TS_METRICS_ADDRESS": f"http://127.0.0.1:{ports['metrics']}",
-           "TS_GRPC_INFERENCE_PORT": str(ports["grpc_i"]), "TS_GRPC_MANAGEMENT_PORT": str(ports["grpc_m"]),
-           "TS_DEFAULT_WORKERS_PER_MODEL": "1"}
-    venv_bin = Path(sys.executable).parent
-    command = [str(venv_bin / "torchserve") if arg == "torchserve" else sys.executable if arg == "python" else
-               arg.replace("/home/model-server", str(home)) for arg in dockerfile_cmd("torchserve.Dockerfile")]
-    log = open(tmp_path / "torchserve.out", "wb")  # noqa: SIM115
-    process = subprocess.Popen(command, cwd=home / "keys", env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    url = f"http://127.0.0.1:{ports['inference']}"
-    published = home / "inference-key" / "key_file.json"
+    run = ImageRun(tmp_path, model_store, "config.container.properties").start()
+    published = run.home / "inference-key" / "key_file.json"
     try:
         deadline = time.monotonic() + 240
         vector = None
         while vector is None and time.monotonic() < deadline:
-            assert process.poll() is None, (tmp_path / "torchserve.out").read_text()[-3000:]
+            run.alive()
             try:
-                vector, backbone = TorchServeClient(url, key_file=published).embed(demo_image("10109"))
+                vector, backbone = TorchServeClient(run.url, key_file=published).embed(demo_image("10109"))
             except Exception:  # noqa: BLE001 - starting: no key yet, or no worker yet
                 time.sleep(1)
         assert vector is not None and backbone == local_embedder.backbone_id
         assert set(json.loads(published.read_text())) == {"inference"}
-        everything = json.loads((home / "keys" / "key_file.json").read_text())
+        everything = json.loads((run.home / "keys" / "key_file.json").read_text())
         assert {"management", "inference"} <= set(everything)
         assert everything["management"]["key"] not in published.read_text()
-        ping = [sys.executable, str(home / "ping.py"), str(published), f"{url}/ping"]
+        ping = [sys.executable, str(run.home / "ping.py"), str(published), f"{run.url}/ping"]
         assert subprocess.run(ping).returncode == 0
         inference_key = json.loads(published.read_text())["inference"]["key"]
-        management = requests.get(f"http://127.0.0.1:{ports['management']}/models", timeout=10,
+        management = requests.get(f"http://127.0.0.1:{run.ports['management']}/models", timeout=10,
                                   headers={"Authorization": f"Bearer {inference_key}"})
         assert management.status_code in (400, 401, 403)  # the gateway's key cannot manage the model
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        else:
+        run.stop()
+
+
+@pytest.mark.integration
+def test_the_sagemaker_image_answers_serve(model_store, tmp_path):
+    """SageMaker's contract: ``docker run IMAGE serve`` (replacing CMD) with the model artifact unpacked into
+    /opt/ml/model answers GET /ping and POST /invocations on 8080 (here a free port)."""
+    import tarfile
+    import time
+
+    artifact = tmp_path / "model.tar.gz"  # as infra/README.md makes it
+    with tarfile.open(artifact, "w:gz") as tar:
+        tar.add(model_store / "embedding.mar", arcname="embedding.mar")
+    run = ImageRun(tmp_path, model_store, "config.sagemaker.properties", args=["serve"])
+    (run.opt_ml / "model").mkdir(parents=True)
+    with tarfile.open(artifact) as tar:  # what SageMaker does with ModelDataUrl
+        tar.extractall(run.opt_ml / "model", filter="data")
+    (run.home / "model-store" / "embedding.mar").unlink()  # only /opt/ml/model may serve
+    run.start()
+    try:
+        deadline = time.monotonic() + 240
+        ok = None
+        while time.monotonic() < deadline:
+            run.alive()
             try:
-                os.killpg(process.pid, signal.SIGKILL)  # the Java frontend or a worker left behind
-            except ProcessLookupError:
+                if requests.get(f"{run.url}/ping", timeout=5).json() == {"status": "Healthy"}:
+                    ok = requests.post(f"{run.url}/invocations", data=demo_image("10109"), timeout=60,
+                                       headers={"Content-Type": "application/octet-stream"})
+                    if ok.status_code == 200:
+                        break
+            except (requests.RequestException, ValueError):
                 pass
-        log.close()
-
-
-def test_the_gateway_mounts_only_the_published_inference_key():
-    """Kubernetes, ECS and compose: TorchServe's key file (management key included) stays in TorchServe's own
-    volume; the gateway's only key volume is the one publish_key.py writes the inference key to."""
-    pod = next(d for d in k8s() if d["kind"] == "Deployment")["spec"]["template"]["spec"]
-    by_name = {c["name"]: c for c in pod["containers"]}
-    ts_mounts = {m["mountPath"]: m["name"] for m in by_name["torchserve"]["volumeMounts"]}
-    gw_mounts = {m["name"] for m in by_name["gateway"]["volumeMounts"]}
-    assert ts_mounts["/home/model-server/inference-key"] == "inference-key" in gw_mounts
-    assert ts_mounts["/home/model-server/keys"] not in gw_mounts
-    task = cfn("ecs-fargate.yaml")["Resources"]["TaskDefinition"]["Properties"]
-    ecs = {c["Name"]: {m["ContainerPath"]: m["SourceVolume"] for m in c["MountPoints"]}
-           for c in task["ContainerDefinitions"]}
-    assert ecs["torchserve"] == {"/home/model-server/inference-key": "inference-key"}  # keys/ stays in the container
-    assert ecs["gateway"] == {"/keys": "inference-key"}
-    services = compose()["services"]
-    ts_volumes = services["torchserve"]["volumes"]
-    assert ts_volumes == ["inference-key:/home/model-server/inference-key"]
-    for name in ("gateway", "indexer"):
-        keys = [v for v in services[name]["volumes"] if v.endswith(":/keys:ro")]
-        assert keys == ["inference-key:/keys:ro"]
-
-
-def test_metrics_and_readiness_details_are_off_every_public_route():
-    """The admin listener (9090) is set in every long-running deployment and reached by no public route."""
-    envs = gateway_envs()
-    for where in ("compose", "k8s", "ecs"):
-        assert envs[where]["GATEWAY_ADMIN_PORT"] == "9090", where
-    assert "GATEWAY_ADMIN_PORT" not in envs["sam"]  # Lambda: no admin listener, so /metrics is 404 there
-    docs = k8s()
-    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "photo")
-    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
-    deployment = next(d for d in docs if d["kind"] == "Deployment")
-    assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9090"
-    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
-    open_to_all = [r for r in policy["spec"]["ingress"] if "from" not in r]
-    assert [p["port"] for r in open_to_all for p in r["ports"]] == [5000]
-    assert compose()["services"]["gateway"]["ports"] == ["127.0.0.1:5000:5000"]
-    resources = cfn("ecs-fargate.yaml")["Resources"]
-    assert resources["TargetGroup"]["Properties"]["Port"] == 5000
-    task_sg = resources["TaskSecurityGroup"]["Properties"]["SecurityGroupIngress"]
-    assert [(r["FromPort"], r["ToPort"]) for r in task_sg] == [(5000, 5000)]
-
-
-def test_torchserve_as_a_sidecar_listens_on_loopback_with_a_read_only_root():
-    pod = next(d for d in k8s() if d["kind"] == "Deployment")["spec"]["template"]["spec"]
-    ts = next(c for c in pod["containers"] if c["name"] == "torchserve")
-    env = {e["name"]: e["value"] for e in ts["env"]}
-    assert env["TS_INFERENCE_ADDRESS"] == "http://127.0.0.1:8080"
-    assert ts["securityContext"]["readOnlyRootFilesystem"] is True
-    writable = {m["mountPath"] for m in ts["volumeMounts"]}
-    assert {"/home/model-server/keys", "/home/model-server/tmp", "/home/model-server/logs", "/tmp"} <= writable
-    assert 8080 not in {p["containerPort"] for p in ts.get("ports", [])}
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    for mount in ts["volumeMounts"]:
-        assert "sizeLimit" in volumes[mount["name"]]["emptyDir"], mount["name"]
-    assert properties("config.container.properties")["enable_envvars_config"] == "true"  # TS_* is read
-    task = cfn("ecs-fargate.yaml")["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"]
-    ecs_ts = next(c for c in task if c["Name"] == "torchserve")
-    assert {e["Name"]: e["Value"] for e in ecs_ts["Environment"]}["TS_INFERENCE_ADDRESS"] == "http://127.0.0.1:8080"
-
-
-def test_egress_reaches_dns_and_public_addresses_only():
-    import ipaddress
-
-    policy = next(d for d in k8s() if d["kind"] == "NetworkPolicy")
-    assert "Egress" in policy["spec"]["policyTypes"]
-    rules = policy["spec"]["egress"]
-    blocks = [to["ipBlock"] for rule in rules for to in rule.get("to", []) if "ipBlock" in to]
-    assert blocks and all(rule.get("to") for rule in rules)  # no rule open to every destination
-    for block in blocks:
-        excluded = [ipaddress.ip_network(n) for n in block.get("except", [])]
-        for private in ("10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "127.0.0.1", "100.64.0.1"):
-            address = ipaddress.ip_address(private)
-            assert address not in ipaddress.ip_network(block["cidr"]) or any(address in n for n in excluded), private
-    dns = [r for r in rules if any("podSelector" in to for to in r["to"])]
-    assert {p["port"] for r in dns for p in r["ports"]} == {53}
-
-
-def test_the_model_role_pulls_only_its_own_image_and_the_bucket_is_tls_only():
-    resources = cfn("template.yaml")["Resources"]
-    statements = resources["ModelRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
-    pull = next(s for s in statements if "ecr:BatchGetImage" in s["Action"])
-    arn, names = pull["Resource"]
-    assert arn.endswith(":repository/${Repository}") and "*" not in arn
-    pattern = cfn("template.yaml")["Parameters"]["TorchServeImageUri"]["AllowedPattern"]
-    assert re.match(pattern, "123456789012.dkr.ecr.eu-west-1.amazonaws.com/photo-torchserve:1.0")
-    assert not re.match(pattern, "docker.io/library/photo:latest")
-    policy = resources["IndexBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
-    deny = next(s for s in policy if s["Effect"] == "Deny")
-    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} and deny["Principal"] == "*"
-    assert deny["Action"] == "s3:*" and len(deny["Resource"]) == 2  # the bucket and every object
+            time.sleep(1)
+        assert ok is not None and ok.status_code == 200 and len(ok.json()["embedding"]) == ok.json()["dim"]
+    finally:
+        run.stop()
 
 
 def lock_pins(text: str) -> dict[str, str]:

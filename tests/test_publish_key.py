@@ -97,8 +97,16 @@ def test_a_wrong_command_line_is_refused_with_its_usage():
 
 
 def test_the_image_runs_torchserve_through_it():
+    """ENTRYPOINT start.py, CMD serve; start.py runs TorchServe through this wrapper with the image's paths."""
+    import importlib.util as util
+
     dockerfile = (REPO / "infra" / "docker" / "torchserve.Dockerfile").read_text()
-    cmd = json.loads(" ".join(dockerfile.split("\nCMD ", 1)[1].split("\n\n")[0].replace("\\\n", " ").split()))
-    assert cmd[:5] == ["python", "/home/model-server/publish_key.py", "/home/model-server/keys/key_file.json",
-                       "/home/model-server/inference-key", "--"] and cmd[5] == "torchserve"
-    assert Path(cmd[1]).name == SCRIPT.name
+    assert 'ENTRYPOINT ["python", "/home/model-server/start.py"]' in dockerfile and 'CMD ["serve"]' in dockerfile
+    spec = util.spec_from_file_location("start", REPO / "infra" / "torchserve" / "start.py")
+    start = util.module_from_spec(spec)
+    spec.loader.exec_module(start)
+    command = start.torchserve_command(Path("/home/model-server"))
+    assert command[1:5] == ["/home/model-server/publish_key.py", "/home/model-server/keys/key_file.json",
+                            "/home/model-server/inference-key", "--"] and command[5] == "torchserve"
+    assert command[-2:] == ["--ts-config", "/home/model-server/config.properties"]
+    assert "--model-store" not in command  # the config's model_store decides (SageMaker: /opt/ml/model)

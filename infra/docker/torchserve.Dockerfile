@@ -28,6 +28,7 @@ COPY --chown=model-server:model-server model_store/embedding.mar model-store/emb
 COPY --chown=model-server:model-server infra/torchserve/${CONFIG} config.properties
 COPY --chown=model-server:model-server infra/torchserve/ping.py ping.py
 COPY --chown=model-server:model-server infra/torchserve/publish_key.py publish_key.py
+COPY --chown=model-server:model-server infra/torchserve/start.py start.py
 RUN mkdir -p keys inference-key tmp logs && chown model-server:model-server keys inference-key tmp logs \
     && if [ "${CONFIG}" = "config.sagemaker.properties" ]; then \
          mkdir -p /opt/ml/model && cp model-store/embedding.mar /opt/ml/model/ \
@@ -49,7 +50,8 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=120s \
 ENV LOG_LOCATION=/home/model-server/logs \
     METRICS_LOCATION=/home/model-server/logs
 WORKDIR /home/model-server/keys
-CMD ["python", "/home/model-server/publish_key.py", "/home/model-server/keys/key_file.json", \
-     "/home/model-server/inference-key", "--", \
-     "torchserve", "--start", "--foreground", "--ncs", "--model-store", "/home/model-server/model-store", \
-     "--ts-config", "/home/model-server/config.properties"]
+# SageMaker starts a model container as `docker run IMAGE serve`, replacing CMD: start.py takes "serve" (or
+# nothing) to mean "run TorchServe with config.properties", whose model_store is this image's model-store/
+# or, in the SageMaker build, /opt/ml/model where SageMaker unpacks ModelDataUrl.
+ENTRYPOINT ["python", "/home/model-server/start.py"]
+CMD ["serve"]
