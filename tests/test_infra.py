@@ -384,15 +384,44 @@ def test_the_gateway_image_installs_every_package_by_hash():
     assert not any("requirements-gateway.txt" in line for line in installs)
 
 
+#: What each base image runs the lock on: its Python and the manylinux tags its glibc accepts.
+IMAGE_PLATFORMS = {
+    "python:3.11.11-slim-bookworm": ("3.11", "cp311", ["manylinux_2_36_x86_64", "manylinux_2_28_x86_64",
+                                                       "manylinux_2_17_x86_64", "manylinux2014_x86_64"]),
+    "public.ecr.aws/lambda/python:3.12": ("3.12", "cp312", ["manylinux_2_34_x86_64", "manylinux_2_28_x86_64",
+                                                            "manylinux_2_17_x86_64", "manylinux2014_x86_64"]),
+    # Amazon Linux 2 (the python:3.11 Lambda base): glibc 2.26, so manylinux2014 wheels at most
+    "public.ecr.aws/lambda/python:3.11": ("3.11", "cp311", ["manylinux2014_x86_64"]),
+}
+
+
+def resolve_lock(base: str, folder: Path) -> subprocess.CompletedProcess:
+    """pip itself resolving the lock as binary wheels for ``base``'s Python and glibc, checking every hash."""
+    python, abi, platforms = IMAGE_PLATFORMS[base]
+    command = [sys.executable, "-m", "pip", "download", "-q", "--require-hashes", "--no-deps", "-r",
+               str(INFRA / "docker" / "requirements-gateway.lock"), "--only-binary=:all:", "--python-version",
+               python, "--implementation", "cp", "--abi", abi, "--abi", "abi3", "--abi", "none", "-d", str(folder)]
+    for platform in platforms:
+        command += ["--platform", platform]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
 @pytest.mark.integration
-def test_the_gateway_lock_resolves_as_binary_wheels_for_its_image(tmp_path):
-    """pip itself checks the lock against the index: every package a manylinux x86_64 CPython 3.11 wheel whose
-    hash is in the lock (no source build, no mismatch)."""
-    run = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--require-hashes", "--no-deps", "-r",
-                          str(INFRA / "docker" / "requirements-gateway.lock"), "--only-binary=:all:",
-                          "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64",
-                          "--platform", "manylinux_2_17_x86_64", "--python-version", "3.11", "--implementation",
-                          "cp", "--abi", "cp311", "-d", str(tmp_path)], capture_output=True, text=True)
+@pytest.mark.parametrize("stage", ["gateway", "lambda"])
+def test_the_gateway_lock_resolves_as_binary_wheels_for_each_image(tmp_path, stage):
+    """For the base image each stage names (read from the Dockerfile): every locked package a binary wheel for
+    its Python and glibc (no source build), with its hash in the lock."""
+    dockerfile = (INFRA / "docker" / "gateway.Dockerfile").read_text()
+    base = re.search(rf"^FROM (\S+) AS {stage}$", dockerfile, re.M).group(1)
+    run = resolve_lock(base, tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert len(list(tmp_path.iterdir())) == len(lock_pins((INFRA / "docker" / "requirements-gateway.lock")
                                                          .read_text()))
+
+
+@pytest.mark.integration
+def test_amazon_linux_2_cannot_install_the_lock(tmp_path):
+    """The other side of the check, and why the Lambda base is Amazon Linux 2023: on the python:3.11 Lambda
+    base (glibc 2.26) faiss-cpu 1.15, numpy 2.4 and pillow 13 have no wheel."""
+    run = resolve_lock("public.ecr.aws/lambda/python:3.11", tmp_path)
+    assert run.returncode != 0 and "No matching distribution" in run.stderr

@@ -69,3 +69,15 @@ def test_index_poll_happens_on_requests_not_in_a_thread(lambda_module):
     time.sleep(0.05)
     assert lambda_module.handler(event("GET", "/healthz"), None)["statusCode"] == 200
     assert svc.indexes.checked_at > checked  # the request itself looked for a new version
+
+
+def test_the_page_behind_a_rest_stage_links_inside_the_stage(lambda_module):
+    """The advertised SearchUrl is https://…/prod/: the page's style sheet, script and form must be under /prod
+    too, and the static files load through the same function."""
+    page = lambda_module.handler(event("GET", "/"), None)
+    assert page["statusCode"] == 200
+    html = base64.b64decode(page["body"]).decode() if page.get("isBase64Encoded") else page["body"]
+    assert 'href="/prod/static/style.css"' in html and 'action="/prod/search"' in html
+    assert 'src="/prod/static/page.js"' in html
+    css = lambda_module.handler(event("GET", "/static/style.css"), None)
+    assert css["statusCode"] == 200 and css["headers"]["Content-Type"].startswith("text/css")

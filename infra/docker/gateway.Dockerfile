@@ -39,7 +39,10 @@ HEALTHCHECK NONE
 ENTRYPOINT ["python", "scripts/build_index.py"]
 CMD ["--help"]
 
-FROM public.ecr.aws/lambda/python:3.11.2025.04.03.11 AS lambda
+# Amazon Linux 2023 (glibc 2.34) with Python 3.12: every locked wheel installs there. The python:3.11 Lambda
+# base is Amazon Linux 2 (glibc 2.26), for which numpy 2.4, pillow 13 and faiss-cpu 1.15 have no wheels.
+# tests/test_infra.py resolves the lock for each image's Python and glibc.
+FROM public.ecr.aws/lambda/python:3.12 AS lambda
 COPY infra/docker/requirements-gateway.lock /tmp/requirements-gateway.lock
 RUN pip install --no-cache-dir --require-hashes --no-deps -r /tmp/requirements-gateway.lock
 COPY catalog/ ${LAMBDA_TASK_ROOT}/catalog/
