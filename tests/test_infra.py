@@ -55,6 +55,12 @@ def k8s() -> list[dict]:
             for doc in yaml.safe_load_all(f.read_text()) if doc]
 
 
+def k8s_env() -> dict[str, str]:
+    """The gateway's settings in Kubernetes (infra/k8s/gateway.env, made into a ConfigMap by kustomize)."""
+    lines = (INFRA / "k8s" / "gateway.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
 def compose() -> dict:
     return yaml.safe_load((INFRA / "compose.yaml").read_text())
 
@@ -63,8 +69,7 @@ def gateway_envs() -> dict[str, dict[str, str]]:
     """Every deployment's gateway environment, by where it is set."""
     sam = cfn("template.yaml")["Resources"]["GatewayFunction"]["Properties"]["Environment"]["Variables"]
     ecs = cfn("ecs-fargate.yaml")["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"]
-    configmap = next(d for d in k8s() if d["kind"] == "ConfigMap")
-    return {"compose": compose()["services"]["gateway"]["environment"], "sam": sam, "k8s": configmap["data"],
+    return {"compose": compose()["services"]["gateway"]["environment"], "sam": sam, "k8s": k8s_env(),
             "ecs": {e["Name"]: e["Value"] for e in next(c for c in ecs if c["Name"] == "gateway")["Environment"]}}
 
 
@@ -425,3 +430,156 @@ def test_amazon_linux_2_cannot_install_the_lock(tmp_path):
     base (glibc 2.26) faiss-cpu 1.15, numpy 2.4 and pillow 13 have no wheel."""
     run = resolve_lock("public.ecr.aws/lambda/python:3.11", tmp_path)
     assert run.returncode != 0 and "No matching distribution" in run.stderr
+
+
+def kustomized() -> list[dict]:
+    """What ``kubectl kustomize infra/k8s`` makes: what a cluster would be given."""
+    out = subprocess.run([str(Path(sys.executable).with_name("kubectl")), "kustomize", str(INFRA / "k8s")],
+                         capture_output=True, text=True, check=True).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def test_kubernetes_rolls_pods_on_config_changes_and_lets_the_hpa_own_the_count():
+    docs = kustomized()
+    configmap = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert re.fullmatch(r"photo-gateway-[a-z0-9]{10}", configmap["metadata"]["name"])  # named by its content
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    refs = [e["configMapRef"]["name"] for c in deployment["spec"]["template"]["spec"]["containers"]
+            for e in c.get("envFrom", [])]
+    assert refs == [configmap["metadata"]["name"]]  # a changed setting is a new pod template: a rollout
+    assert "replicas" not in deployment["spec"]
+    hpa = next(d for d in docs if d["kind"] == "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"] and hpa["spec"]["minReplicas"] >= 2
+
+
+def test_kubernetes_survives_large_indexes_drains_and_node_loss():
+    docs = kustomized()
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    gateway = next(c for c in pod["containers"] if c["name"] == "gateway")
+    startup, liveness = gateway["startupProbe"], gateway["livenessProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # minutes to copy a large index
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] < 120  # liveness stays quick after start
+    assert all("sizeLimit" in v["emptyDir"] for v in pod["volumes"] if "emptyDir" in v)
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert anti["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    pdb = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == pod.get("labels", {}) or pdb["spec"]["selector"]["matchLabels"] \
+        == next(d for d in docs if d["kind"] == "Deployment")["spec"]["selector"]["matchLabels"]
+
+
+def test_the_ingress_admits_every_upload_the_gateway_accepts():
+    ingress = next(d for d in kustomized() if d["kind"] == "Ingress")
+    size = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert size.endswith("m") and int(size[:-1]) * MIB >= upload_bytes(k8s_env()) + MULTIPART_SLACK
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "photo", "port": {"name": "http"}}
+
+
+def test_the_index_is_built_by_a_job_and_a_cronjob_with_their_own_torchserve():
+    docs = kustomized()
+    job = next(d for d in docs if d["kind"] == "Job")
+    cron = next(d for d in docs if d["kind"] == "CronJob")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert cron["spec"]["jobTemplate"]["spec"]["template"]["spec"] == job["spec"]["template"]["spec"]
+    pod = job["spec"]["template"]["spec"]
+    sidecar = pod["initContainers"][0]
+    assert sidecar["restartPolicy"] == "Always" and sidecar["image"].endswith("photo-torchserve:0.1.0")
+    build = pod["containers"][0]
+    assert build["image"].endswith("photo-indexer:0.1.0") and "--output" in build["args"]
+    assert {e["name"]: e["value"] for e in build["env"]}["TORCHSERVE_KEY_FILE"] == "/keys/key_file.json"
+    assert {m["name"] for m in build["volumeMounts"]} >= {"inference-key"} and "torchserve-keys" not in {
+        m["name"] for m in build["volumeMounts"]}
+
+
+def test_the_gateway_mounts_only_the_published_inference_key():
+    """Kubernetes, ECS and compose: TorchServe's key file (management key included) stays in TorchServe's own
+    volume; the gateway's only key volume is the one publish_key.py writes the inference key to."""
+    pod = next(d for d in k8s() if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    by_name = {c["name"]: c for c in pod["containers"]}
+    ts_mounts = {m["mountPath"]: m["name"] for m in by_name["torchserve"]["volumeMounts"]}
+    gw_mounts = {m["name"] for m in by_name["gateway"]["volumeMounts"]}
+    assert ts_mounts["/home/model-server/inference-key"] == "inference-key" in gw_mounts
+    assert ts_mounts["/home/model-server/keys"] not in gw_mounts
+    task = cfn("ecs-fargate.yaml")["Resources"]["TaskDefinition"]["Properties"]
+    ecs = {c["Name"]: {m["ContainerPath"]: m["SourceVolume"] for m in c["MountPoints"]}
+           for c in task["ContainerDefinitions"]}
+    assert ecs["torchserve"] == {"/home/model-server/inference-key": "inference-key"}  # keys/ stays in the container
+    assert ecs["gateway"] == {"/keys": "inference-key"}
+    services = compose()["services"]
+    ts_volumes = services["torchserve"]["volumes"]
+    assert ts_volumes == ["inference-key:/home/model-server/inference-key"]
+    for name in ("gateway", "indexer"):
+        keys = [v for v in services[name]["volumes"] if v.endswith(":/keys:ro")]
+        assert keys == ["inference-key:/keys:ro"]
+
+
+def test_metrics_and_readiness_details_are_off_every_public_route():
+    """The admin listener (9090) is set in every long-running deployment and reached by no public route."""
+    envs = gateway_envs()
+    for where in ("compose", "k8s", "ecs"):
+        assert envs[where]["GATEWAY_ADMIN_PORT"] == "9090", where
+    assert "GATEWAY_ADMIN_PORT" not in envs["sam"]  # Lambda: no admin listener, so /metrics is 404 there
+    docs = k8s()
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "photo")
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9090"
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
+    open_to_all = [r for r in policy["spec"]["ingress"] if "from" not in r]
+    assert [p["port"] for r in open_to_all for p in r["ports"]] == [5000]
+    assert compose()["services"]["gateway"]["ports"] == ["127.0.0.1:5000:5000"]
+    resources = cfn("ecs-fargate.yaml")["Resources"]
+    assert resources["TargetGroup"]["Properties"]["Port"] == 5000
+    task_sg = resources["TaskSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert [(r["FromPort"], r["ToPort"]) for r in task_sg] == [(5000, 5000)]
+
+
+def test_torchserve_as_a_sidecar_listens_on_loopback_with_a_read_only_root():
+    pod = next(d for d in k8s() if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    ts = next(c for c in pod["containers"] if c["name"] == "torchserve")
+    env = {e["name"]: e["value"] for e in ts["env"]}
+    assert env["TS_INFERENCE_ADDRESS"] == "http://127.0.0.1:8080"
+    assert ts["securityContext"]["readOnlyRootFilesystem"] is True
+    writable = {m["mountPath"] for m in ts["volumeMounts"]}
+    assert {"/home/model-server/keys", "/home/model-server/tmp", "/home/model-server/logs", "/tmp"} <= writable
+    assert 8080 not in {p["containerPort"] for p in ts.get("ports", [])}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in ts["volumeMounts"]:
+        assert "sizeLimit" in volumes[mount["name"]]["emptyDir"], mount["name"]
+    assert properties("config.container.properties")["enable_envvars_config"] == "true"  # TS_* is read
+    task = cfn("ecs-fargate.yaml")["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"]
+    ecs_ts = next(c for c in task if c["Name"] == "torchserve")
+    assert {e["Name"]: e["Value"] for e in ecs_ts["Environment"]}["TS_INFERENCE_ADDRESS"] == "http://127.0.0.1:8080"
+
+
+def test_egress_reaches_dns_and_public_addresses_only():
+    import ipaddress
+
+    policy = next(d for d in k8s() if d["kind"] == "NetworkPolicy")
+    assert "Egress" in policy["spec"]["policyTypes"]
+    rules = policy["spec"]["egress"]
+    blocks = [to["ipBlock"] for rule in rules for to in rule.get("to", []) if "ipBlock" in to]
+    assert blocks and all(rule.get("to") for rule in rules)  # no rule open to every destination
+    for block in blocks:
+        excluded = [ipaddress.ip_network(n) for n in block.get("except", [])]
+        for private in ("10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "127.0.0.1", "100.64.0.1"):
+            address = ipaddress.ip_address(private)
+            assert address not in ipaddress.ip_network(block["cidr"]) or any(address in n for n in excluded), private
+    dns = [r for r in rules if any("podSelector" in to for to in r["to"])]
+    assert {p["port"] for r in dns for p in r["ports"]} == {53}
+
+
+def test_the_model_role_pulls_only_its_own_image_and_the_bucket_is_tls_only():
+    resources = cfn("template.yaml")["Resources"]
+    statements = resources["ModelRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    pull = next(s for s in statements if "ecr:BatchGetImage" in s["Action"])
+    arn, names = pull["Resource"]
+    assert arn.endswith(":repository/${Repository}") and "*" not in arn
+    pattern = cfn("template.yaml")["Parameters"]["TorchServeImageUri"]["AllowedPattern"]
+    assert re.match(pattern, "123456789012.dkr.ecr.eu-west-1.amazonaws.com/photo-torchserve:1.0")
+    assert not re.match(pattern, "docker.io/library/photo:latest")
+    policy = resources["IndexBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    deny = next(s for s in policy if s["Effect"] == "Deny")
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} and deny["Principal"] == "*"
+    assert deny["Action"] == "s3:*" and len(deny["Resource"]) == 2  # the bucket and every object
