@@ -12,6 +12,7 @@ from collections.abc import Callable
 from gunicorn.app.base import BaseApplication
 
 from gateway.config import Config
+from safeio.logs import gunicorn_config
 
 
 class GatewayServer(BaseApplication):
@@ -120,7 +121,8 @@ def serve(args: argparse.Namespace, settings: Config) -> None:
         "worker_class": "gthread",
         "timeout": 60,
         "graceful_timeout": 10,
-        "accesslog": "-",
+        "accesslog": None,  # the app logs each request itself, as JSON with its request id (gateway/request_id.py)
+        "logconfig_dict": gunicorn_config(settings.log_format, "gateway.request_id.RequestIdFilter"),
         "child_exit": _worker_exit,
     }, settings.gateway_admin_port).run()
 

@@ -21,6 +21,7 @@ from search.milvus import MilvusSettings
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 SEARCH_BACKENDS = KINDS  # the search backend kinds (search/factory.py)
+LOG_FORMATS = ("json", "text")
 
 #: Accepted range of each numeric setting: (field, lowest, lowest excluded, highest or None). README's
 #: configuration table states the same ranges; tests/test_config.py checks each on both sides.
@@ -112,6 +113,8 @@ class Config:
     #: The admin listener's port (``python -m gateway`` binds it beside the public one): /metrics and
     #: /readyz's details are served there only. 0: none (metrics and details are then served nowhere).
     gateway_admin_port: int = 0
+    #: Logs of the gateway and the build: ``json`` (one object per line, with the request id) or ``text``.
+    log_format: str = "json"
     #: The user's cache folder (the XDG convention; unset: ~/.cache): index copies and downloaded images.
     xdg_cache_home: str = ""
 
@@ -120,6 +123,8 @@ class Config:
             _check_range(name, getattr(self, name), low, strict, high)
         if self.default_top_k > self.max_top_k:
             raise ValueError(f"DEFAULT_TOP_K={self.default_top_k} must be at most MAX_TOP_K={self.max_top_k}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"LOG_FORMAT={self.log_format!r}: use one of {', '.join(LOG_FORMATS)}")
         if self.search_backend not in SEARCH_BACKENDS:
             raise ValueError(f"SEARCH_BACKEND={self.search_backend!r}: use one of {', '.join(SEARCH_BACKENDS)}")
         if self.search_backend == "milvus" and not self.milvus_uri:

@@ -14,6 +14,7 @@ stage from the path the same way; every link and form target Flask makes then ca
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -22,6 +23,8 @@ from apig_wsgi import make_lambda_handler
 
 from gateway import create_app
 from gateway.config import Config
+from gateway.request_id import RequestIdFilter
+from safeio.logs import configure as configure_logs
 
 #: A frozen Lambda runs no thread between invocations: new versions are looked for on requests, unless the
 #: environment says otherwise.
@@ -57,7 +60,9 @@ def with_stage_prefix(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iter
     return wsgi
 
 
-app = create_app(Config.from_env(LAMBDA_DEFAULTS | dict(os.environ)))  # at cold start: one index per instance
+_settings = Config.from_env(LAMBDA_DEFAULTS | dict(os.environ))
+configure_logs(_settings.log_format, logging.INFO, RequestIdFilter())  # CloudWatch gets one JSON object per line
+app = create_app(_settings)  # at cold start: one index per instance
 _wsgi = make_lambda_handler(with_stage_prefix(app), binary_support=True)
 
 

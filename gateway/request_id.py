@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 
 from flask import Flask, g, has_request_context, request
+
+#: One line per request answered: its id, route pattern, method, status and duration.
+access = logging.getLogger("photo.access")
 
 HEADER = "X-Request-Id"
 #: An incoming id is kept only if it is this simple (no log injection, bounded length).
@@ -37,8 +41,14 @@ def install(app: Flask) -> None:
     def _assign() -> None:
         given = request.headers.get(HEADER, "")
         g.request_id = given if WELL_FORMED.fullmatch(given) else uuid.uuid4().hex
+        g.request_started = time.perf_counter()
 
     @app.after_request
     def _answer(response):
         response.headers[HEADER] = current()
+        started = g.get("request_started")
+        took = round((time.perf_counter() - started) * 1000, 1) if started is not None else None
+        access.info("%s %s %s", request.method, request.path, response.status_code,
+                    extra={"request_id": current(), "route": request.url_rule.rule if request.url_rule else "unmatched",
+                           "method": request.method, "status": response.status_code, "duration_ms": took})
         return response

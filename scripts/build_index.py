@@ -7,7 +7,6 @@ Bad rows never abort the build: they are listed at the end and written to the ve
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from catalog.reader import CatalogError
 from gateway.config import Config
 from indexstore.store import StoreUnavailable
 from modelserver.client import ModelServerError, make_client
+from safeio.logs import configure as configure_logs
 from safeio.paths import cache_home, printable
 
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(default 100000)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    configure_logs(settings.log_format)  # LOG_FORMAT: json (default) or text
     try:
         embedder = make_embedder(args, settings)
         report = build_index(args.catalog, args.output, embedder, args.cache_dir, workers=args.workers,
