@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError(f"GATEWAY_ADMIN_PORT={args.port} is the public port: give the admin listener its own")
     except ValueError as exc:
         sys.exit(f"gateway: {exc}")
-    if not settings.query_token_key:  # one key for every worker, so any of them verifies a token
+    if not settings.query_token_key and not settings.query_token_secret_arn:  # one key for every worker
         from gateway.query_token import new_key
 
         os.environ["QUERY_TOKEN_KEY"] = new_key()

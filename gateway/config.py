@@ -104,6 +104,9 @@ class Config:
     #: Key signing query tokens (refine without re-uploading); replicas behind one address must share it.
     #: Unset: ``python -m gateway`` makes one for its workers (tokens then work on this replica only).
     query_token_key: str = ""
+    #: A Secrets Manager secret holding the key, read once at start (AWS; the key then never sits in the
+    #: function's configuration). Used when QUERY_TOKEN_KEY is unset.
+    query_token_secret_arn: str = ""
     #: Comma-separated earlier keys that still open tokens (rotation: keep one for QUERY_TOKEN_TTL_S, then drop it).
     query_token_old_keys: str = ""
     #: Seconds a query token stays valid after its search.

@@ -64,6 +64,26 @@ def picture_digest(picture: str) -> str:
     return hashlib.sha256(picture.encode()).hexdigest()[:32]
 
 
+class KeyUnavailable(RuntimeError):
+    """The token key's secret could not be read: the gateway must not start (a made-up key would refuse every
+    other instance's tokens)."""
+
+
+def key_from_secret(arn: str, client=None) -> str:
+    """The key stored in the Secrets Manager secret ``arn`` (its SecretString)."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client = client or boto3.client("secretsmanager")
+        key = client.get_secret_value(SecretId=arn).get("SecretString") or ""
+    except (BotoCoreError, ClientError) as exc:
+        raise KeyUnavailable(f"cannot read the query token key from {arn}: {exc}") from None
+    if not key:
+        raise KeyUnavailable(f"the secret {arn} holds no text key")
+    return key
+
+
 def new_key() -> str:
     """A random key, for a gateway started without ``QUERY_TOKEN_KEY``."""
     return secrets.token_urlsafe(32)

@@ -21,7 +21,15 @@ from gateway.config import Config
 from gateway.errors import BadRequest, NotFound, Unavailable
 from gateway.images import Crop, DecodeSlots, FetchSlots, QueryImage, query_image
 from gateway.index import CatalogIndex, IndexManager
-from gateway.query_token import MAX_URL_CHARS, ExpiredQuery, Query, QueryTokens, new_key, picture_digest
+from gateway.query_token import (
+    MAX_URL_CHARS,
+    ExpiredQuery,
+    Query,
+    QueryTokens,
+    key_from_secret,
+    new_key,
+    picture_digest,
+)
 from modelio.imaging import ImageError
 from modelserver.client import ModelClient, ModelServerError
 from ranking import Guess, Ranked, RankOptions, rank_product, rank_query
@@ -115,7 +123,9 @@ class SearchService:
         self.indexes = IndexManager(config.index_uri, config.index_cache, config.index_poll_s, config.backends)
         self.url_fetches = FetchSlots(config.url_fetch_concurrency)
         self.decodes = DecodeSlots(config.decode_concurrency)
-        self.tokens = QueryTokens(config.tokens.key or new_key(), config.tokens.ttl_s, config.tokens.old_keys)
+        key = config.tokens.key or (key_from_secret(config.query_token_secret_arn) if config.query_token_secret_arn
+                                    else new_key())
+        self.tokens = QueryTokens(key, config.tokens.ttl_s, config.tokens.old_keys)
         self._ready: tuple[float, bool, str] = (0.0, False, "not checked yet")
         self._ready_lock = threading.Lock()
         self.side_work = SideWork()

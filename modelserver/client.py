@@ -158,15 +158,14 @@ class SageMakerClient(BatchingClient):
     handler's JSON back. Credentials, region and ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`` come from boto3's
     standard chain."""
 
-    def __init__(self, endpoint: str, timeout: float = 30.0, concurrency: int = 8, runtime=None) -> None:
+    def __init__(self, endpoint: str, timeout: float = 30.0, concurrency: int = 8, runtime=None,
+                 attempts: int = 2) -> None:
         import boto3
-        from botocore.config import Config as BotoConfig
 
         self.endpoint = endpoint
         self.timeout = timeout
         self.concurrency = concurrency
-        self.runtime = runtime or boto3.client("sagemaker-runtime", config=BotoConfig(
-            connect_timeout=3, read_timeout=timeout, retries={"max_attempts": 2, "mode": "standard"}))
+        self.runtime = runtime or boto3.client("sagemaker-runtime", config=boto_config(timeout, attempts))
 
     def embed(self, blob: bytes) -> tuple[np.ndarray, str]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -195,14 +194,28 @@ class SageMakerClient(BatchingClient):
                                 f"{error.get('Message', '')}".rstrip(": "))
 
 
+def boto_config(timeout: float, attempts: int):
+    """botocore's settings for ``InvokeEndpoint``: a shopper's query tries twice and fails fast; a build
+    (``attempts`` > 2) uses botocore's adaptive mode, which backs off and slows its own sending rate when a
+    serverless endpoint throttles at its ``MaxConcurrency``, instead of aborting hours of work."""
+    from botocore.config import Config as BotoConfig
+
+    mode = "adaptive" if attempts > 2 else "standard"
+    return BotoConfig(connect_timeout=3, read_timeout=timeout, retries={"max_attempts": attempts, "mode": mode})
+
+
+#: Attempts per image for a build against SageMaker (adaptive backoff on throttling between them).
+BUILD_ATTEMPTS = 10
+
+
 def make_client(url: str, model: str = "embedding", timeout: float = 30.0, token: str = "",
-                key_file: str = "") -> TorchServeClient | SageMakerClient:
+                key_file: str = "", attempts: int = 2) -> TorchServeClient | SageMakerClient:
     """``sagemaker://ENDPOINT`` → ``SageMakerClient``; an http(s) URL → ``TorchServeClient``."""
     if url.startswith(SAGEMAKER_SCHEME):
         endpoint = url[len(SAGEMAKER_SCHEME):].strip("/")
         if not endpoint:
             raise ValueError(f"{url}: no SageMaker endpoint name")
-        return SageMakerClient(endpoint, timeout)
+        return SageMakerClient(endpoint, timeout, attempts=attempts)
     return TorchServeClient(url, model, timeout=timeout, token=token, key_file=key_file)
 
 

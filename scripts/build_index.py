@@ -14,7 +14,7 @@ from catalog.build import ANN_CHOICES, build_index
 from catalog.reader import CatalogError
 from gateway.config import Config
 from indexstore.store import StoreUnavailable
-from modelserver.client import ModelServerError, make_client
+from modelserver.client import BUILD_ATTEMPTS, ModelServerError, make_client
 from safeio.logs import configure as configure_logs
 from safeio.paths import cache_home, printable
 
@@ -27,7 +27,7 @@ def make_embedder(args: argparse.Namespace, settings: Config):
             return Embedder.from_archive(args.archive)
         return Embedder.create(args.backbone, args.weights)
     client = make_client(args.torchserve_url, args.model, args.timeout, settings.torchserve_token,
-                         settings.torchserve_key_file)
+                         settings.torchserve_key_file, attempts=BUILD_ATTEMPTS)
     client.concurrency = args.concurrency
     client.probe()  # fail fast, before any download, if TorchServe is not there
     return client

@@ -145,3 +145,17 @@ def test_the_image_never_goes_through_an_environment_proxy(fake, monkeypatch):
     finally:
         proxy.shutdown()
         proxy.server_close()
+
+
+def test_a_build_backs_off_on_throttling_and_a_query_fails_fast(monkeypatch):
+    """SageMaker serverless throttles past its MaxConcurrency: a build retries adaptively (10 attempts, botocore
+    slows its own rate); a shopper's query tries twice."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    from modelserver.client import BUILD_ATTEMPTS, boto_config, make_client
+
+    build, query = boto_config(30, BUILD_ATTEMPTS), boto_config(10, 2)
+    assert build.retries == {"max_attempts": 10, "mode": "adaptive"}
+    assert query.retries == {"max_attempts": 2, "mode": "standard"}
+    client = make_client("sagemaker://ep", attempts=BUILD_ATTEMPTS)
+    assert client.runtime.meta.config.retries["mode"] == "adaptive"
+    assert make_client("sagemaker://ep").runtime.meta.config.retries["mode"] == "standard"

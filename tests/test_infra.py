@@ -583,3 +583,35 @@ def test_the_model_role_pulls_only_its_own_image_and_the_bucket_is_tls_only():
     deny = next(s for s in policy if s["Effect"] == "Deny")
     assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} and deny["Principal"] == "*"
     assert deny["Action"] == "s3:*" and len(deny["Resource"]) == 2  # the bucket and every object
+
+
+def test_the_sam_template_details():
+    """ARN by reference, /tmp sized from the catalog, stage throttling, the token key read at run time with the
+    least grant, old object versions expired, and a real-time variant that autoscales."""
+    template = cfn("template.yaml")
+    resources = template["Resources"]
+    function = resources["GatewayFunction"]["Properties"]
+    statements = function["Policies"][0]["Statement"]
+    invoke = next(s for s in statements if s["Action"] == "sagemaker:InvokeEndpoint")
+    assert invoke["Resource"] == "EmbeddingEndpoint"  # !Ref: the ARN SageMaker writes, lower case
+    secret = next(s for s in statements if s["Action"] == "secretsmanager:GetSecretValue")
+    assert secret["Resource"] == "QueryTokenKey"
+    env = function["Environment"]["Variables"]
+    assert "QUERY_TOKEN_KEY" not in env and env["QUERY_TOKEN_SECRET_ARN"] == "QueryTokenKey"
+    assert "resolve:secretsmanager" not in (INFRA / "aws" / "template.yaml").read_text()
+    storage = function["EphemeralStorage"]["Size"]
+    assert storage == ["EphemeralStorage", "CatalogSize", "MB"]
+    sizes = template["Mappings"]["EphemeralStorage"]
+    assert set(sizes) == set(template["Parameters"]["CatalogSize"]["AllowedValues"])
+    for tier, mb in (("up-to-30k", 2048), ("up-to-100k", 4096), ("up-to-300k", 10240)):
+        products = int(tier.split("-")[-1][:-1]) * 1000
+        two_versions = 2 * products * (1280 * 4 + 2048) / 1e6  # vectors + products, served and incoming
+        assert 512 <= sizes[tier]["MB"] == mb and sizes[tier]["MB"] >= two_versions, tier
+    stage = resources["SearchApi"]["Properties"]["MethodSettings"][0]
+    assert stage["ResourcePath"] == "/*" and stage["ThrottlingRateLimit"] and stage["ThrottlingBurstLimit"]
+    rules = resources["IndexBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert rules[0]["NoncurrentVersionExpiration"]["NoncurrentDays"] > 0
+    scaling = resources["RealtimeScaling"]
+    assert scaling["Condition"] == "Realtime" and resources["RealtimeScalableTarget"]["Condition"] == "Realtime"
+    metric = scaling["Properties"]["TargetTrackingScalingPolicyConfiguration"]["PredefinedMetricSpecification"]
+    assert metric["PredefinedMetricType"] == "SageMakerVariantInvocationsPerInstance"

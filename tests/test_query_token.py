@@ -166,3 +166,46 @@ def test_a_url_is_carried_whole_up_to_its_limit_and_never_cut_short():
     assert tokens.verify(tokens.issue(replace(QUERY, image_url=longest))).image_url == longest
     with pytest.raises(ValueError, match="over 2048"):
         tokens.issue(replace(QUERY, image_url=longest + "b"))
+
+
+def test_the_key_is_read_once_from_its_secret_and_a_missing_secret_stops_the_start(tmp_path, monkeypatch):
+    """QUERY_TOKEN_SECRET_ARN (AWS): the gateway reads the key from Secrets Manager at start (a real S3-style
+    API server, moto, in-process); tokens sealed with that key open; an unreadable secret is an error, never a
+    made-up key that would refuse every other instance's tokens."""
+    import boto3
+    from moto import mock_aws
+
+    from gateway.query_token import KeyUnavailable, key_from_secret
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    with mock_aws():
+        client = boto3.client("secretsmanager")
+        arn = client.create_secret(Name="photo-token-key", SecretString="s3cret-key")["ARN"]
+        assert key_from_secret(arn) == "s3cret-key"
+        sealed = QueryTokens("s3cret-key", 60).issue(QUERY)
+        assert QueryTokens(key_from_secret(arn), 60).verify(sealed).image_url == QUERY.image_url
+        with pytest.raises(KeyUnavailable, match="cannot read the query token key"):
+            key_from_secret(arn.replace("photo-token-key", "missing"))
+        empty = client.create_secret(Name="empty", SecretBinary=b"\x00")["ARN"]
+        with pytest.raises(KeyUnavailable, match="holds no text key"):
+            key_from_secret(empty)
+
+
+def test_the_gateway_takes_its_key_from_the_secret(small_index, stub, tmp_path, monkeypatch):
+    import boto3
+    from moto import mock_aws
+
+    from gateway import create_app
+    from gateway.config import Config
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    with mock_aws():
+        arn = boto3.client("secretsmanager").create_secret(Name="k", SecretString="from-the-secret")["ARN"]
+        app = create_app(Config(index_uri=str(small_index), index_poll_s=0, index_cache_dir=str(tmp_path / "c"),
+                                query_token_secret_arn=arn), client=stub)
+    token = QueryTokens("from-the-secret", 60).issue(QUERY)
+    assert app.extensions["photo"].tokens.verify(token).backbone_id == QUERY.backbone_id
