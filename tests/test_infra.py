@@ -90,7 +90,7 @@ def test_every_multi_instance_deployment_shares_one_query_token_key():
     """Replicas that sign with different keys refuse each other's query tokens: each deployment with more
     than one gateway process tree takes the key from one secret."""
     sam = cfn("template.yaml")["Resources"]
-    assert "QueryTokenKey" in str(sam["GatewayFunction"]["Properties"]["Environment"]["Variables"]["QUERY_TOKEN_KEY"])
+    assert sam["GatewayFunction"]["Properties"]["Environment"]["Variables"]["QUERY_TOKEN_SECRET_ARN"] == "QueryTokenKey"
     assert sam["QueryTokenKey"]["Type"] == "AWS::SecretsManager::Secret"
     ecs = cfn("ecs-fargate.yaml")["Resources"]
     gateway = next(c for c in ecs["TaskDefinition"]["Properties"]["ContainerDefinitions"] if c["Name"] == "gateway")
