@@ -615,3 +615,82 @@ def test_the_sam_template_details():
     assert scaling["Condition"] == "Realtime" and resources["RealtimeScalableTarget"]["Condition"] == "Realtime"
     metric = scaling["Properties"]["TargetTrackingScalingPolicyConfiguration"]["PredefinedMetricSpecification"]
     assert metric["PredefinedMetricType"] == "SageMakerVariantInvocationsPerInstance"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("requirements", ["requirements-torchserve.txt", "requirements-indexer.txt"])
+def test_the_other_images_requirements_are_binary_wheels_for_their_base(tmp_path, requirements):
+    """The TorchServe and indexer images (python:3.11 slim, glibc 2.36): every requirement they name resolves as
+    a binary wheel, no source build (torch itself comes from PyTorch's CPU index, unreachable from here)."""
+    python, abi, platforms = IMAGE_PLATFORMS["python:3.11.11-slim-bookworm"]
+    command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-r", str(INFRA / "docker" / requirements),
+               "--only-binary=:all:", "--python-version", python, "--implementation", "cp", "--abi", abi, "--abi",
+               "abi3", "--abi", "none", "-d", str(tmp_path)]
+    for platform in platforms:
+        command += ["--platform", platform]
+    run = subprocess.run(command, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(list(tmp_path.iterdir())) == len(pins((INFRA / "docker" / requirements).read_text()))
+
+
+def dockerfile_stage(name: str, stage: str) -> str:
+    """One stage of a multi-stage Dockerfile (line continuations joined)."""
+    text = (INFRA / "docker" / name).read_text().replace("\\\n", " ")
+    parts = re.split(r"^FROM ", text, flags=re.M)
+    return next(p for p in parts if re.match(rf"\S+ AS {stage}\b", p))
+
+
+def exec_form(stage_text: str, instruction: str) -> list[str]:
+    lines = [line for line in stage_text.splitlines() if line.startswith(f"{instruction} ")]
+    return json.loads(lines[-1][len(instruction) + 1:])
+
+
+@pytest.mark.integration
+def test_the_gateway_image_command_serves_and_passes_its_health_check(demo_index, tmp_path):
+    """The gateway stage's CMD with its ENV (the bind moved to loopback and a free port), and its HEALTHCHECK
+    command, as Docker would run them."""
+    import os
+    import time
+
+    stage = dockerfile_stage("gateway.Dockerfile", "gateway")
+    env = dict(re.findall(r"(\w+)=(\S+)", next(line for line in stage.splitlines() if line.startswith("ENV "))))
+    port = free_port()
+    env |= {"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "PYTHONPATH": str(REPO),
+            "XDG_CACHE_HOME": str(tmp_path / "cache"), "INDEX_URI": str(demo_index),
+            "TORCHSERVE_URL": f"http://127.0.0.1:{free_port()}"}
+    command = [sys.executable if a == "python" else a for a in exec_form(stage, "CMD")]
+    assert command[1:] == ["-m", "gateway"]
+    log = open(tmp_path / "gateway.out", "wb")  # noqa: SIM115
+    process = subprocess.Popen(command, env={**os.environ, **env}, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        check = next(line for line in stage.splitlines() if line.startswith("HEALTHCHECK") and " CMD [" in line)
+        health = json.loads(check.split(" CMD ", 1)[1])
+        health = [sys.executable if a == "python" else a.replace(":5000/", f":{port}/") for a in health]
+        deadline = time.monotonic() + 60
+        while subprocess.run(health, capture_output=True).returncode != 0:
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "gateway.out").read_text()
+            time.sleep(0.5)
+        assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
+    finally:
+        process.terminate()
+        process.wait(30)
+        log.close()
+
+
+@pytest.mark.integration
+def test_the_indexer_image_entrypoint_builds_the_sample_catalog(torchserve, tmp_path):
+    """The indexer stage's ENTRYPOINT on the sample catalog against a real TorchServe: a published version."""
+    import os
+
+    stage = dockerfile_stage("gateway.Dockerfile", "indexer")
+    entry = [sys.executable if a == "python" else a for a in exec_form(stage, "ENTRYPOINT")]
+    assert entry[1:] == ["scripts/build_index.py"]
+    out = tmp_path / "index"
+    run = subprocess.run([*entry, "--catalog", str(REPO / "data" / "demo" / "products.csv"), "--output", str(out),
+                          "--torchserve-url", torchserve.url, "--no-progress", "--cache-dir", str(tmp_path / "c")],
+                         cwd=REPO, env={**os.environ, "LOG_FORMAT": "json"}, capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (out / "CURRENT").is_file()
+    logged = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    assert logged and all(e["level"] in ("INFO", "WARNING") for e in logged)

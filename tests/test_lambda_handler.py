@@ -81,3 +81,23 @@ def test_the_page_behind_a_rest_stage_links_inside_the_stage(lambda_module):
     assert 'src="/prod/static/page.js"' in html
     css = lambda_module.handler(event("GET", "/static/style.css"), None)
     assert css["statusCode"] == 200 and css["headers"]["Content-Type"].startswith("text/css")
+
+
+def v2_event(method: str, raw_path: str, stage: str = "$default") -> dict:
+    """An HTTP API or Function URL (payload 2.0) event."""
+    return {"version": "2.0", "routeKey": "$default", "rawPath": raw_path, "rawQueryString": "", "headers": {},
+            "requestContext": {"stage": stage, "requestId": "test",
+                               "http": {"method": method, "path": raw_path, "protocol": "HTTP/1.1",
+                                        "sourceIp": "203.0.113.9"}},
+            "isBase64Encoded": False}
+
+
+@pytest.mark.parametrize(("raw", "stage", "prefix"), [("/", "$default", ""), ("/beta/", "beta", "/beta")],
+                         ids=["function-url-or-default-stage", "http-api-named-stage"])
+def test_http_api_and_function_url_events_serve_the_page_with_working_links(lambda_module, raw, stage, prefix):
+    page = lambda_module.handler(v2_event("GET", raw, stage), None)
+    assert page["statusCode"] == 200
+    html = base64.b64decode(page["body"]).decode() if page.get("isBase64Encoded") else page["body"]
+    assert f'href="{prefix}/static/style.css"' in html and f'action="{prefix}/search"' in html
+    health = lambda_module.handler(v2_event("GET", f"{prefix}/healthz", stage), None)
+    assert health["statusCode"] == 200 and json.loads(health["body"]) == {"status": "ok"}
