@@ -7,6 +7,7 @@ Bad rows never abort the build: they are listed at the end and written to the ve
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from modelserver.client import BUILD_ATTEMPTS, ModelServerError, make_client
 from safeio.logs import configure as configure_logs
 from safeio.paths import cache_home, printable
 
+log = logging.getLogger("photo.build")
 
 def make_embedder(args: argparse.Namespace, settings: Config):
     if args.embedder == "local":
@@ -75,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CatalogError, ModelServerError, StoreUnavailable) as exc:
         print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2
-    print(report.summary())
+    summary = report.summary()
+    log.info("%s", " ".join(line.strip() for line in summary.splitlines()))  # the result, as one log record
+    print(summary)
     return 0
 
 

@@ -143,9 +143,9 @@ def test_palette_images_are_sampled_not_averaged_when_shrunk():
         for y in range(8):
             palette.putpixel((x + 1, y), 2)
     small = shrink(palette, 2)
-    assert small.size == (2, 2) and set(small.getdata()) <= {0, 2}
+    assert small.size == (2, 2) and set(small.get_flattened_data()) <= {0, 2}
     out = decode_image(encode(palette, "PNG"), draft=2)
-    assert set(out.getdata()) <= {(255, 0, 0), (0, 0, 255)}
+    assert set(out.get_flattened_data()) <= {(255, 0, 0), (0, 0, 255)}
 
 
 @pytest.mark.parametrize(("fmt", "mode", "size", "draft", "expected"), [

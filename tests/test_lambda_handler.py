@@ -80,7 +80,8 @@ def test_the_page_behind_a_rest_stage_links_inside_the_stage(lambda_module):
     assert 'href="/prod/static/style.css"' in html and 'action="/prod/search"' in html
     assert 'src="/prod/static/page.js"' in html
     css = lambda_module.handler(event("GET", "/static/style.css"), None)
-    assert css["statusCode"] == 200 and css["headers"]["Content-Type"].startswith("text/css")
+    headers = css.get("headers") or {k: v[-1] for k, v in css["multiValueHeaders"].items()}
+    assert css["statusCode"] == 200 and headers["Content-Type"].startswith("text/css")
 
 
 def v2_event(method: str, raw_path: str, stage: str = "$default") -> dict:
