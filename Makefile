@@ -74,10 +74,12 @@ bench-search: venv
 # Every deployment file, validated offline: Dockerfiles (hadolint), CloudFormation/SAM (cfn-lint, which
 # expands SAM), Kubernetes (kustomize build, then the 1.37 schemas, strict), compose (the compose spec),
 # YAML style (yamllint), then the cross-file consistency tests. Any finding fails.
-# The gateway image's hashed lock (infra/docker/requirements-gateway.lock), from requirements-gateway.txt.
+# The gateway and indexer images' hashed locks (infra/docker/requirements-*.lock).
 lock: venv
 	$(BIN)/python -m piptools compile --quiet --allow-unsafe --generate-hashes --no-emit-index-url --no-emit-find-links \
 		--strip-extras --output-file=infra/docker/requirements-gateway.lock infra/docker/requirements-gateway.txt
+	$(BIN)/python -m piptools compile --quiet --allow-unsafe --generate-hashes --no-emit-index-url --no-emit-find-links \
+		--strip-extras --output-file=infra/docker/requirements-indexer.lock infra/docker/requirements-indexer.in
 
 infra-check: venv
 	@mkdir -p build

@@ -385,8 +385,12 @@ def test_the_gateway_image_installs_every_package_by_hash():
     dockerfile = (INFRA / "docker" / "gateway.Dockerfile").read_text()
     installs = re.findall(r"^RUN pip install (.+)$", dockerfile, re.M)
     hashed = [line for line in installs if "requirements-gateway.lock" in line]
-    assert len(hashed) == 2 and all("--require-hashes" in line and "--no-deps" in line for line in hashed)
-    assert not any("requirements-gateway.txt" in line for line in installs)
+    assert len(hashed) == 2 and all("--require-hashes" in line and "--no-deps" in line for line in installs)
+    assert len(installs) == 3 and "requirements-indexer.lock" in installs[1]  # every install of this Dockerfile
+    assert not any(".txt" in line for line in installs)
+    indexer = lock_pins((INFRA / "docker" / "requirements-indexer.lock").read_text())
+    assert locked.items() <= indexer.items()  # the indexer stage adds to the gateway's, never changes a pin
+    assert pins((INFRA / "docker" / "requirements-indexer.txt").read_text()).items() <= indexer.items()
 
 
 #: What each base image runs the lock on: its Python and the manylinux tags its glibc accepts.

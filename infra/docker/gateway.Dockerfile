@@ -31,8 +31,8 @@ CMD ["python", "-m", "gateway"]
 
 FROM gateway AS indexer
 USER 0
-COPY infra/docker/requirements-indexer.txt /tmp/requirements-indexer.txt
-RUN pip install -r /tmp/requirements-indexer.txt
+COPY infra/docker/requirements-indexer.lock /tmp/requirements-indexer.lock
+RUN pip install --require-hashes --no-deps -r /tmp/requirements-indexer.lock
 COPY scripts/__init__.py scripts/build_index.py scripts/manage_index.py scripts/
 USER 1000:1000
 HEALTHCHECK NONE
