@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv mar demo test test-blas lint bench bench-search infra-check lock screenshots mutate clean
+.PHONY: help venv mar demo test test-blas lint bench bench-search infra-check infra-run lock screenshots mutate clean
 
 help:
 	@echo "make demo   - build the model archive, start TorchServe, index the sample catalog, serve http://127.0.0.1:5000"
@@ -15,7 +15,8 @@ help:
 	@echo "make lint   - ruff"
 	@echo "make bench  - speed figures as ratios within one run (build/bench.json), checked against targets"
 	@echo "make bench-search - ANN / exact / Milvus Lite at 1M vectors, gateway memory (build/bench_search.json)"
-	@echo "make infra-check - lint and validate every deployment file in infra/ (offline)"
+	@echo "make infra-check - lint and validate every deployment file in infra/, then make infra-run"
+	@echo "make infra-run   - run each image's start command as its platform does (part of infra-check)"
 	@echo "make lock        - regenerate the gateway image's hashed lock (infra/docker/requirements-gateway.lock)"
 	@echo "make screenshots - the page's main states, from the browser tests, into docs/screenshots/"
 	@echo "make mutate - mutation testing of the modules in [tool.mutmut] (build/mutation.md)"
@@ -90,6 +91,17 @@ infra-check: venv
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec infra/compose.yaml
 	$(BIN)/yamllint --strict -c infra/yamllint.yaml infra
 	$(BIN)/python -m pytest -q tests/test_infra.py -m "not integration"
+	$(MAKE) infra-run
+
+# Each image's real start command, read from its Dockerfile, run the way its platform runs it (no Docker
+# engine here: processes on loopback, with /home/model-server, /opt/ml and the Lambda events in temporary
+# folders): TorchServe as a container and as SageMaker's `serve`, the gateway's CMD and HEALTHCHECK, the
+# indexer's ENTRYPOINT, the Lambda handler under REST, HTTP API and Function URL events; and each image's
+# requirements resolved as binary wheels for its base.
+infra-run: venv
+	$(BIN)/python -m pytest -q tests/test_infra.py tests/test_lambda_handler.py tests/test_lambda_stage.py \
+		tests/test_publish_key.py; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # Mutation testing of the modules listed in [tool.mutmut] (pyproject.toml) against their tests, then the score
 # per module and the survivors (build/mutation.md). A few minutes per module on 2 cores. One OpenMP thread:
