@@ -166,14 +166,25 @@ class SageMakerClient(BatchingClient):
         self.timeout = timeout
         self.concurrency = concurrency
         self.runtime = runtime or boto3.client("sagemaker-runtime", config=boto_config(timeout, attempts))
+        self._gate_lock = threading.Lock()
+        self._gate: tuple[int, threading.BoundedSemaphore] | None = None
+
+    def _in_flight(self) -> threading.BoundedSemaphore:
+        """At most ``concurrency`` requests in flight from this client, whichever threads send them (the build
+        embeds from several threads at once): a serverless endpoint throttles past its MaxConcurrency."""
+        with self._gate_lock:
+            if self._gate is None or self._gate[0] != self.concurrency:
+                self._gate = (self.concurrency, threading.BoundedSemaphore(max(1, self.concurrency)))
+            return self._gate[1]
 
     def embed(self, blob: bytes) -> tuple[np.ndarray, str]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            resp = self.runtime.invoke_endpoint(EndpointName=self.endpoint, Body=blob,
-                                                ContentType="application/octet-stream", Accept=COMPACT)
-            body = json.loads(resp["Body"].read())
+            with self._in_flight():
+                resp = self.runtime.invoke_endpoint(EndpointName=self.endpoint, Body=blob,
+                                                    ContentType="application/octet-stream", Accept=COMPACT)
+                body = json.loads(resp["Body"].read())
         except ClientError as exc:
             raise self._model_error(exc) from None
         except (BotoCoreError, ValueError) as exc:

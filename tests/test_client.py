@@ -5,6 +5,7 @@ The real TorchServe is exercised through this client by the integration tests (t
 from __future__ import annotations
 
 import base64
+import io
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -159,3 +160,38 @@ def test_a_build_backs_off_on_throttling_and_a_query_fails_fast(monkeypatch):
     client = make_client("sagemaker://ep", attempts=BUILD_ATTEMPTS)
     assert client.runtime.meta.config.retries["mode"] == "adaptive"
     assert make_client("sagemaker://ep").runtime.meta.config.retries["mode"] == "standard"
+
+
+def test_a_sagemaker_client_never_has_more_requests_in_flight_than_its_concurrency(monkeypatch):
+    """The build embeds from 3 threads with 8 requests each: 24 in flight would pass a serverless endpoint's
+    MaxConcurrency of 20. The client's own gate holds the total at ``concurrency`` (8), across threads."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from modelserver.client import SageMakerClient
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    state = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    class Runtime:
+        def invoke_endpoint(self, **kwargs):
+            with lock:
+                state["now"] += 1
+                state["most"] = max(state["most"], state["now"])
+            time.sleep(0.02)
+            with lock:
+                state["now"] -= 1
+            body = json.dumps({"model": "m", "dim": 2, "embedding": [1.0, 0.0]}).encode()
+            return {"Body": io.BytesIO(body)}
+
+    client = SageMakerClient("ep", runtime=Runtime())
+    client.concurrency = 8
+    with ThreadPoolExecutor(3) as threads:
+        list(threads.map(lambda _: client.embed_bytes([b"x"] * 24), range(3)))
+    assert state["most"] == 8  # reached, never passed
+    client.concurrency = 2  # the build sets it after construction: the gate follows
+    state["most"] = 0
+    client.embed_bytes([b"x"] * 10)
+    assert state["most"] == 2
