@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from typing import Any
 
@@ -33,9 +34,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at each record, not the stream it was made with: a handler made
+    while stderr was replaced (a test runner's capture, closed later) would otherwise fail at exit."""
+
+    @property
+    def stream(self):  # noqa: ANN201 - logging's own attribute
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure(fmt: str = "json", level: int = logging.INFO, *filters: logging.Filter) -> None:
     """Send INFO and above to stderr, as JSON lines (``fmt="json"``) or plain text (``"text"``)."""
-    handler = logging.StreamHandler()
+    handler = StderrHandler()
     for record_filter in filters:
         handler.addFilter(record_filter)
     if fmt == "text":

@@ -1,4 +1,4 @@
-"""The Lambda entry's stage prefix (gateway/lambda_handler.py ``stage_prefix``/``with_stage_prefix``): links and
+"""The Lambda entry's stage prefix (gateway/stage.py ``stage_prefix``/``with_stage_prefix``): links and
 form targets carry the address the client used, for REST API stages, HTTP API stages and Function URLs."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from apig_wsgi import make_lambda_handler
 from flask import Flask, url_for
 
-from gateway.lambda_handler import stage_prefix, with_stage_prefix
+from gateway.stage import stage_prefix, with_stage_prefix
 
 
 def rest(path: str, seen: str) -> dict:

@@ -90,3 +90,20 @@ def test_the_served_gateway_logs_json_lines_with_request_ids(start_gateway, demo
     mine = [e for e in entries if e.get("request_id") == rid]
     assert mine and mine[-1]["route"] == "/healthz" and mine[-1]["status"] == 200 and "duration_ms" in mine[-1]
     assert any(e["logger"].startswith("gunicorn") for e in entries)  # gunicorn's own lines too
+
+
+def test_the_handler_writes_to_the_stderr_of_the_moment(monkeypatch):
+    """A handler made while stderr was a test runner's capture keeps working once that capture is closed."""
+    import io
+
+    from safeio.logs import StderrHandler
+
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    handler = StderrHandler()
+    handler.setFormatter(JsonFormatter())
+    first.close()
+    later = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", later)
+    handler.emit(record())
+    assert json.loads(later.getvalue())["message"] == "hello world"
