@@ -12,7 +12,9 @@ import time
 from typing import Any
 
 #: Record attributes copied into the JSON object when a log call passes them (``extra={...}``).
-FIELDS = ("request_id", "route", "method", "status", "duration_ms", "path")
+FIELDS = ("request_id", "route", "method", "status", "duration_ms")
+#: ``LOG_FORMAT=text``: one plain line per record.
+TEXT_FORMAT = "%(levelname)s %(name)s %(message)s"
 
 
 class JsonFormatter(logging.Formatter):
@@ -53,7 +55,7 @@ def configure(fmt: str = "json", level: int = logging.INFO, *filters: logging.Fi
     for record_filter in filters:
         handler.addFilter(record_filter)
     if fmt == "text":
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     else:
         handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
@@ -67,15 +69,15 @@ def gunicorn_config(fmt: str = "json", request_filter: str = "") -> dict[str, An
     """gunicorn's ``logconfig_dict``: every record (the app's and gunicorn's own) in one format, INFO kept;
     gunicorn's access log is off (the app logs each request itself, with its id and route). ``request_filter``:
     the dotted name of a ``logging.Filter`` class that puts the request's id on each record."""
-    formatter = {"()": JsonFormatter} if fmt != "text" else {"format": "%(levelname)s %(name)s %(message)s"}
+    formatter = {"()": JsonFormatter} if fmt != "text" else {"format": TEXT_FORMAT}
     filters = {"request": {"()": request_filter}} if request_filter else {}
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"photo": formatter},
         "filters": filters,
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "photo",
-                                "stream": "ext://sys.stderr", "filters": list(filters)}},
+        "handlers": {"stderr": {"class": "safeio.logs.StderrHandler", "formatter": "photo",
+                                "filters": list(filters)}},
         "root": {"level": "INFO", "handlers": ["stderr"]},
         "loggers": {"gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
                     "gunicorn.access": {"level": "WARNING", "handlers": ["stderr"], "propagate": False}},

@@ -404,11 +404,14 @@ IMAGE_PLATFORMS = {
 }
 
 
-def resolve_lock(base: str, folder: Path) -> subprocess.CompletedProcess:
-    """pip itself resolving the lock as binary wheels for ``base``'s Python and glibc, checking every hash."""
+def resolve_lock(base: str, folder: Path,
+                 requirements: str = "requirements-gateway.lock") -> subprocess.CompletedProcess:
+    """pip itself resolving ``requirements`` as binary wheels for ``base``'s Python and glibc (and, for a lock,
+    checking every hash), without dependencies: each file names all it installs."""
     python, abi, platforms = IMAGE_PLATFORMS[base]
-    command = [sys.executable, "-m", "pip", "download", "-q", "--require-hashes", "--no-deps", "-r",
-               str(INFRA / "docker" / "requirements-gateway.lock"), "--only-binary=:all:", "--python-version",
+    hashes = ["--require-hashes"] if requirements.endswith(".lock") else []
+    command = [sys.executable, "-m", "pip", "download", "-q", *hashes, "--no-deps", "-r",
+               str(INFRA / "docker" / requirements), "--only-binary=:all:", "--python-version",
                python, "--implementation", "cp", "--abi", abi, "--abi", "abi3", "--abi", "none", "-d", str(folder)]
     for platform in platforms:
         command += ["--platform", platform]
@@ -468,8 +471,8 @@ def test_kubernetes_survives_large_indexes_drains_and_node_loss():
     assert anti["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
     pdb = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
     assert pdb["spec"]["maxUnavailable"] == 1
-    assert pdb["spec"]["selector"]["matchLabels"] == pod.get("labels", {}) or pdb["spec"]["selector"]["matchLabels"] \
-        == next(d for d in docs if d["kind"] == "Deployment")["spec"]["selector"]["matchLabels"]
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
 
 
 def test_the_ingress_admits_every_upload_the_gateway_accepts():
@@ -626,13 +629,7 @@ def test_the_sam_template_details():
 def test_the_other_images_requirements_are_binary_wheels_for_their_base(tmp_path, requirements):
     """The TorchServe and indexer images (python:3.11 slim, glibc 2.36): every requirement they name resolves as
     a binary wheel, no source build (torch itself comes from PyTorch's CPU index, unreachable from here)."""
-    python, abi, platforms = IMAGE_PLATFORMS["python:3.11.11-slim-bookworm"]
-    command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-r", str(INFRA / "docker" / requirements),
-               "--only-binary=:all:", "--python-version", python, "--implementation", "cp", "--abi", abi, "--abi",
-               "abi3", "--abi", "none", "-d", str(tmp_path)]
-    for platform in platforms:
-        command += ["--platform", platform]
-    run = subprocess.run(command, capture_output=True, text=True)
+    run = resolve_lock("python:3.11.11-slim-bookworm", tmp_path, requirements)
     assert run.returncode == 0, run.stderr[-3000:]
     assert len(list(tmp_path.iterdir())) == len(pins((INFRA / "docker" / requirements).read_text()))
 
