@@ -50,10 +50,12 @@ class Hit:
     product: dict
     score: float  # cosine similarity in the index's search space
     similarity: float  # calibrated percent (see ranking/calibration.py)
+    match: float | None = None  # the ranking score (percent) that orders the list (ranking/rank.py)
 
     @property
     def percent(self) -> float:
-        return round(self.similarity, 1)
+        """The number a shopper sees, rounded: the match that orders the list."""
+        return round(self.similarity if self.match is None else self.match, 1)
 
 
 @dataclass(frozen=True)
@@ -258,7 +260,7 @@ class SearchService:
 
 def _results(index: CatalogIndex, ranked: Ranked) -> Results:
     """Ranked rows of ``index`` as products, with the version that ranked them."""
-    hits = [Hit(index.products[row], score, pct)
-            for row, score, pct in zip(ranked.rows, ranked.scores, ranked.similarities, strict=True)]
+    hits = [Hit(index.products[row], score, pct, match) for row, score, pct, match
+            in zip(ranked.rows, ranked.scores, ranked.similarities, ranked.matches, strict=True)]
     return Results(hits, ranked.guess, ranked.first_group, no_close_match=ranked.no_close_match,
                    index_version=index.version, index_model=index.backbone_id)

@@ -5,6 +5,16 @@ candidates), run by the gateway for every search and by the offline evaluation o
 figures in docs/QUALITY.md measure the code that ships. See ranking/rank.py.
 """
 
-from ranking.rank import THRESHOLD_SLACK, Guess, Ranked, RankingView, RankOptions, rank_product, rank_query
+from ranking.rank import (
+    THRESHOLD_SLACK,
+    Guess,
+    MatchPoints,
+    Ranked,
+    RankingView,
+    RankOptions,
+    rank_product,
+    rank_query,
+)
 
-__all__ = ["THRESHOLD_SLACK", "Guess", "RankOptions", "Ranked", "RankingView", "rank_product", "rank_query"]
+__all__ = ["THRESHOLD_SLACK", "Guess", "MatchPoints", "RankOptions", "Ranked", "RankingView", "rank_product",
+           "rank_query"]

@@ -1,9 +1,18 @@
-"""Category-first ranking with the threshold, the "no close match" rule and the colour re-ranking.
+"""Category-first ranking with the threshold, the "no close match" rule and the colour tie-breaker.
 
-A search asks the backend for candidates (search/), guesses the query's category by a vote of its
-nearest products (ranking/category_first.py), puts that category's products first (re-ordered by
-appearance, ranking/appearance.py, when the version has it), then the rest by similarity, all above the
-threshold. Every step works on what the backend returns, so every backend ranks the same way.
+A search asks the backend for candidates (search/) and guesses the query's category by a vote of its
+nearest products (ranking/category_first.py). Every result then gets one number, its **match** (percent),
+and the list is sorted by it, so the order and the number a shopper sees always agree:
+
+    match = similarity − colour_points · (1 − appearance cosine) / 2   inside the category ranked first
+    match = similarity − category_points                               for products of other categories
+
+The similarity is the CNN's calibrated percent (ranking/calibration.py). The colour (ranking/appearance.py)
+is a bounded tie-breaker: it moves a product by at most ``colour_points``, so it reorders products the CNN
+finds about equally near and never lifts one above a much closer match. A product outside the guessed
+category loses ``category_points``: the guessed category comes first unless another product is far closer
+(the exact product under a category the vote missed). The threshold applies to the match. Every step works
+on what the backend returns, so every backend ranks the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ranking.appearance import RERANK_DEPTH, Appearance, reorder
+from ranking.appearance import RERANK_DEPTH, Appearance
 from ranking.calibration import Calibration
 from ranking.category_first import Grouping
 from search import Candidates, Filter, SearchBackend
@@ -21,6 +30,16 @@ from search import Candidates, Filter, SearchBackend
 #: Vectors are float32, so a cosine exactly at the threshold can come out a few 1e-8 below it: a product the
 #: page shows at 85 % must not be dropped by a threshold of 85 %. Far below any difference a shopper can set.
 THRESHOLD_SLACK = 1e-6
+#: The same slack on the percent scale the threshold is set in (float32 cosines, a linear calibration).
+PERCENT_SLACK = 1e-4
+
+
+@dataclass(frozen=True)
+class MatchPoints:
+    """How far the colour and the category move a product's match (percent points); chosen on the tuning
+    halves of the shopper-photo and held-out protocols (docs/QUALITY.md)."""
+
+    colour: float = 100.0  # the most a colour unlike the query's lowers the match, inside one category
 
 
 @dataclass(frozen=True)
@@ -54,6 +73,7 @@ class Ranked:
     scores: list[float]  # cosine in the index's search space
     similarities: list[float]  # calibrated percent (ranking/calibration.py)
     guess: Guess | None  # None: ranked by similarity alone
+    matches: list[float] = ()  # the ranking score (percent) that orders the list: never increases down it
     first_group: int = 0  # how many leading rows are in the guessed category
     no_close_match: bool = False  # the best match is below the catalog's fitted rule: we don't carry this
 
@@ -69,6 +89,7 @@ class RankingView:
     appearance_rows: np.ndarray | None = None  # ... and each row's appearance vector
     no_match_percent: float | None = None  # the fitted "no close match" rule (ranking/no_match.py); None: never
     prices: np.ndarray | None = None  # price per row, NaN where unknown; None: no prices
+    points: MatchPoints = MatchPoints()  # how colour and category move the match
 
     @cached_property
     def _codes_by_name(self) -> dict[str, frozenset[int]]:
@@ -126,7 +147,7 @@ def _rank(view: RankingView, query: np.ndarray, where: Filter, options: RankOpti
           vote: bool = True, look: np.ndarray | None = None) -> Ranked:
     """Candidates → ranked rows. ``guess_code``: None for a query (no-match rule applies; the category is
     voted for when ``vote``), -1 for no category first, else that code. ``look``: the query's appearance
-    vector, which orders the results inside one category (the first group, or a filter's)."""
+    vector, the colour tie-breaker inside one category (the first group, or a filter's)."""
     min_score = view.calibration.cosine(options.threshold) - THRESHOLD_SLACK
     top_k = options.top_k + options.offset  # rank through the page asked for, answer only that page
     cands = view.backend.search(query, max(top_k, view.grouping.vote.k), where)
@@ -138,13 +159,30 @@ def _rank(view: RankingView, query: np.ndarray, where: Filter, options: RankOpti
     else:
         group = frozenset({guess.code})
         found = _in_category(view, query, cands, where.narrowed(categories=group), top_k, min_score, look)
-        found += _best(view, query, cands, where.narrowed(exclude_categories=group), top_k - len(found), min_score)
+        found = sorted(found, key=lambda f: -f[2])  # stable: equal matches keep the CNN's order
+        others = _best(view, query, cands, where.narrowed(exclude_categories=group), top_k - len(found), min_score)
+        below = found[-1][2] if found else 100.0  # the guessed category ranks first: the rest match no more
+        found += [(row, score, min(match, below)) for row, score, match in _matched(view, others)]
+    # the threshold holds for the number shown; stable sort: equal matches keep the order above
+    found = sorted((f for f in found if f[2] >= options.threshold - PERCENT_SLACK), key=lambda f: -f[2])[:top_k]
     codes = view.grouping.codes
-    first_group = 0 if guess is None else sum(int(codes[row]) == guess.code for row, _ in found)
+    first_group = 0 if guess is None else next(
+        (i for i, (row, _, _) in enumerate(found) if int(codes[row]) != guess.code), len(found))
     found = found[options.offset:]
-    scores = [score for _, score in found]
-    percents = [float(p) for p in view.calibration.percent(np.array(scores, dtype=np.float64))]
-    return Ranked([row for row, _ in found], scores, percents, guess, max(0, first_group - options.offset), lost)
+    return Ranked([row for row, _, _ in found], [score for _, score, _ in found],
+                  _percents(view, [score for _, score, _ in found]), guess, [m for _, _, m in found],
+                  max(0, first_group - options.offset), lost)
+
+
+def _percents(view: RankingView, scores: list[float]) -> list[float]:
+    return [float(p) for p in view.calibration.percent(np.array(scores, dtype=np.float64))]
+
+
+def _matched(view: RankingView, found: list[tuple[int, float]], shift: float | np.ndarray = 0.0
+             ) -> list[tuple[int, float, float]]:
+    """(row, cosine, match): the match is the calibrated similarity plus ``shift`` points (per row or one)."""
+    percents = np.maximum(np.asarray(_percents(view, [score for _, score in found]), dtype=np.float64) + shift, 0.0)
+    return [(row, score, float(match)) for (row, score), match in zip(found, percents, strict=True)]
 
 
 def _guess(grouping: Grouping, cands: Candidates, code: int | None) -> Guess | None:
@@ -162,17 +200,18 @@ def _no_close_match(view: RankingView, cands: Candidates) -> bool:
 
 
 def _in_category(view: RankingView, query: np.ndarray, cands: Candidates, where: Filter, k: int,
-                 min_score: float, look: np.ndarray | None) -> list[tuple[int, float]]:
-    """``_best`` rows of one category; with ``look`` and a version with appearance vectors, its best
-    ``RERANK_DEPTH`` (by the CNN, over the threshold) re-ordered by the fused score (ranking/appearance.py)."""
+                 min_score: float, look: np.ndarray | None) -> list[tuple[int, float, float]]:
+    """``_best`` rows of one category with their match; with ``look`` and a version with appearance vectors,
+    its best ``RERANK_DEPTH`` (by the CNN, over the threshold) get the colour tie-breaker (ranking/appearance.py)."""
     if look is None or view.appearance is None or view.appearance_rows is None:
-        return _best(view, query, cands, where, k, min_score)
+        return _matched(view, _best(view, query, cands, where, k, min_score))
     deep = _best(view, query, cands, where, max(k, RERANK_DEPTH), min_score)
-    if len(deep) < 2:
-        return deep[:k]
+    if not deep:
+        return []
     rows = np.array([row for row, _ in deep])
-    order = reorder(np.array([score for _, score in deep]), view.appearance_rows[rows] @ look, view.appearance)
-    return [deep[i] for i in order[:k]]
+    alike = np.clip(np.asarray(view.appearance_rows[rows] @ look, dtype=np.float64), -1.0, 1.0)
+    alike[0] = 1.0  # deep is best first: the CNN's closest keeps its similarity (the exact product stays on top)
+    return _matched(view, deep, -view.points.colour * (1.0 - alike) / 2.0)
 
 
 def _best(view: RankingView, query: np.ndarray, cands: Candidates, where: Filter, k: int,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from evaluation.metrics import evaluate, labelled_rows
 from gateway.config import Config
 from indexstore.store import IndexNotFound, open_store, read_current
 from modelio.imaging import DEFAULT_MAX_PIXELS, ImageError
+from ranking import MatchPoints
 from ranking.appearance import HIST_SIZE, AppearanceSettings, colour_column, colour_histogram
 from ranking.calibration import UNCALIBRATED, Calibration, fit_calibration
 from ranking.category_first import Grouping
@@ -116,8 +118,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="held-out: order inside the category by the CNN alone (no colour re-ranking)")
     parser.add_argument("--appearance-weight", type=float, help="held-out: try this weight (tuning)")
     parser.add_argument("--ridge", type=float, help="held-out: try this ridge regularisation (tuning)")
+    parser.add_argument("--protocol", choices=("catalog", "shopper-photo"), default="catalog",
+                        help="shopper-photo: scenes of catalog products, searched whole and cropped (exact product)")
+    parser.add_argument("--archive", type=Path, default=Path("model_store/embedding.mar"),
+                        help="shopper-photo: the model archive whose model embeds the scenes in-process")
+    parser.add_argument("--scenes", type=int, default=200, help="shopper-photo: scenes per run")
+    parser.add_argument("--part", choices=("tune", "report"), default="report",
+                        help="shopper-photo: which half of the products the scenes show")
+    parser.add_argument("--colour-points", type=float, help="try this colour tie-breaker, in points (tuning)")
+    parser.add_argument("--save-scenes", type=int, default=0, help="shopper-photo: write this many scenes as JPEGs")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.protocol == "shopper-photo":
+        return shopper_photo_main(args)
     if args.split:
         return held_out_main(args)
     index = load_or_build(args.catalog, args.index or args.out / "index", args.embedder, args.torchserve_url,
@@ -177,11 +190,63 @@ def held_out_main(args: argparse.Namespace) -> int:
               "split": args.split, "seed": args.seed, "per_label": args.split_per_label,
               "labels": args.split_labels, "whitening": settings,
               **evaluate_held_out(np.asarray(index.embeddings), categories, labels, keys, split, settings,
-                                  hists=hists, colours=colours, settings=tuned)}
+                                  hists=hists, colours=colours, settings=tuned, points=match_points(args))}
     (args.out / "held_out.json").write_text(json.dumps(report, indent=2))
     (args.out / "held_out.md").write_text(held_out_markdown(report))
     print(held_out_markdown(report))
     return 0
+
+
+def shopper_photo_main(args: argparse.Namespace) -> int:
+    """``--protocol shopper-photo``: writes ``shopper_photo.json`` and ``shopper_photo.md``."""
+    from evaluation.shopper_photo import EmbedderClient, ProtocolSettings, evaluate_scenes, load_photo, make_scenes
+    from gateway.service import SearchService
+    from handlers.embedder import Embedder
+
+    index_dir = args.index or args.out / "index"
+    load_or_build(args.catalog, index_dir, args.embedder, args.torchserve_url, args.cache_dir)
+    config = Config.from_env({}, index_uri=str(index_dir), index_cache_dir=str(args.out / "index-cache"))
+    service = SearchService(config, EmbedderClient(Embedder.from_archive(args.archive)))
+    service.indexes.load()
+    index = service.require_index()
+    index.view = replace(index.view, points=match_points(args))
+    source = ImageSource(args.catalog.parent, args.cache_dir)
+
+    def photo(row: int):
+        try:
+            return load_photo(source.fetch(str(index.products[row]["image_url"])))
+        except FetchError:
+            return None
+
+    settings = ProtocolSettings(seed=args.seed, scenes=args.scenes, part=args.part)
+    scenes = make_scenes(photo, len(index), settings)
+    for i, scene in enumerate(scenes[: args.save_scenes]):
+        (args.out / f"scene-{i:03d}.jpg").write_bytes(scene.jpeg)
+    report = {"catalog": str(args.catalog), "backbone": index.backbone_id, "index_version": index.version,
+              "seed": args.seed, "part": args.part, **evaluate_scenes(service, scenes)}
+    (args.out / "shopper_photo.json").write_text(json.dumps(report, indent=2))
+    (args.out / "shopper_photo.md").write_text(shopper_photo_markdown(report))
+    print(shopper_photo_markdown(report))
+    return 0
+
+
+def match_points(args: argparse.Namespace) -> MatchPoints:
+    """The shipped ``MatchPoints``, or the colour points ``--colour-points`` tries instead."""
+    return MatchPoints() if args.colour_points is None else MatchPoints(colour=args.colour_points)
+
+
+def shopper_photo_markdown(report: dict) -> str:
+    lines = [f"# Shopper photos: {report['catalog']}", "",
+             f"Backbone `{report['backbone']}`; {report['scenes']} scenes of the `{report['part']}` half "
+             f"(seed {report['seed']}); the index holds the whole catalog.", "",
+             "| query | ranking | exact product first (recall@1) | in the top 10 | box IoU ≥ 0.5 |",
+             "| --- | --- | --- | --- | --- |"]
+    for key, entry in report.items():
+        if isinstance(entry, dict) and "recall@1" in entry:
+            query, ranking = key.split("/")
+            iou = f"{entry['iou_at_least_0.5']:.3f}" if "iou_at_least_0.5" in entry else ""
+            lines.append(f"| {query} | {ranking} | {entry['recall@1']:.3f} | {entry['recall@10']:.3f} | {iou} |")
+    return "\n".join(lines) + "\n"
 
 
 def histograms(products: list[dict], catalog: Path, cache_dir: Path) -> np.ndarray:

@@ -171,18 +171,23 @@ def names(found) -> list[str]:
     return [hit.product["name"] for hit in found.hits]
 
 
-def test_inside_the_category_the_colour_decides(tmp_path):
+def test_inside_the_category_the_colour_breaks_ties_below_the_cnns_closest(tmp_path):
     svc = tops_index(tmp_path)
     red = svc.search_image(shot(RED), SearchOptions(threshold=0, top_k=4))
-    assert red.guess.category == "Tops" and names(red)[:3] == ["red top", "green top", "blue top"]
+    # the CNN's closest keeps the top (an exact product is never pushed down by a colour); below it, colour
+    assert red.guess.category == "Tops" and names(red)[:3] == ["green top", "red top", "blue top"]
     blue = svc.search_image(shot(BLUE), SearchOptions(threshold=0, top_k=4))
-    assert names(blue)[0] == "blue top"
-    # the shown similarity stays the CNN's: the red top keeps its own score
-    assert [round(h.score, 2) for h in red.hits[:3]] == [0.97, 0.99, 0.98]
+    assert names(blue)[:3] == ["green top", "blue top", "red top"]
+    # the cosine and the similarity stay the CNN's; the match orders the list and never increases down it
+    assert [round(h.score, 2) for h in red.hits[:3]] == [0.99, 0.97, 0.98]
+    matches = [h.match for h in red.hits]
+    assert matches == sorted(matches, reverse=True) and matches[0] == red.hits[0].similarity
+    assert red.hits[1].match < red.hits[1].similarity and red.hits[2].match < red.hits[1].match
     alone = svc.search_image(shot(RED), SearchOptions(threshold=0, top_k=4, category_first=False))
     assert names(alone)[:3] == ["green top", "blue top", "red top"]  # similarity alone: the CNN's order
+    assert [h.match for h in alone.hits] == [h.similarity for h in alone.hits]
     filtered = svc.search_image(shot(RED), SearchOptions(threshold=0, top_k=4, category="Tops", category_first=False))
-    assert names(filtered)[0] == "red top"  # one category (a filter): colour orders it too
+    assert names(filtered)[:2] == ["green top", "red top"]  # one category (a filter): colour orders it too
 
 
 @pytest.mark.parametrize(("appearance", "descriptor"), [(False, DESCRIPTOR), (True, "another-descriptor")])
@@ -207,7 +212,7 @@ def test_a_refine_keeps_the_colour_order_without_the_photo(tmp_path):
     first = web.post("/api/search", data={"file": (io.BytesIO(jpeg(photo(RED))), "q.jpg"), "threshold": "0"})
     token = first.get_json()["query_token"]
     again = web.post("/api/search", json={"query_token": token, "threshold": 0, "top_k": 3}).get_json()
-    assert [r["name"] for r in again["results"]] == ["red top", "green top", "blue top"]
+    assert [r["name"] for r in again["results"]] == ["green top", "red top", "blue top"]
     tokens = QueryTokens("k", 60)
     hist = histogram_of(photo(RED))
     assert np.array_equal(tokens.verify(tokens.issue(Query(np.ones(4, np.float32), "m", hist=hist))).hist, hist)

@@ -14,7 +14,7 @@ from PIL import Image
 from gateway import images
 from gateway.config import Config
 from gateway.errors import BadRequest, Busy
-from gateway.images import MIN_CROP_PX, PICTURE_SIDE, Crop, QueryImage
+from gateway.images import CROP_MARGIN, MIN_CROP_PX, PICTURE_SIDE, Crop, QueryImage, on_studio_background
 from modelio.imaging import ImageError
 
 
@@ -53,13 +53,24 @@ def test_the_smallest_crop_on_both_sides():
         one_less.box(width, width)
 
 
-def test_cropped_keeps_only_the_region():
+def test_cropped_keeps_only_the_region_on_the_studio_background():
     region = QueryImage.decode(png(200, 100), 10**7).cropped(Crop(0.5, 0, 1, 1))
-    out = Image.open(io.BytesIO(region.data))  # what the model is sent
-    assert region.image.size == out.size  # and what the colour histogram and the picture read
-    assert out.size == (100, 100)
-    r, g, b = out.convert("RGB").getpixel((50, 50))
+    assert region.image.size == (100, 100)  # what the colour histogram and the picture read: the region
+    out = Image.open(io.BytesIO(region.data)).convert("RGB")  # what the model is sent: it, centred on white
+    assert out.size == (110, 110) and CROP_MARGIN == 0.10
+    r, g, b = out.getpixel((55, 55))
     assert r > 180 and g < 40 and b < 40  # red: the right half
+    assert min(out.getpixel((1, 1))) > 240 and min(out.getpixel((108, 108))) > 240  # the margin: white
+
+
+def test_a_wide_crop_is_centred_on_a_square_a_margin_wider_than_its_longer_side():
+    wide = on_studio_background(Image.new("RGB", (200, 50), (0, 0, 255)))
+    assert wide.size == (220, 220)
+    assert wide.getpixel((110, 110)) == (0, 0, 255) and wide.getpixel((110, 80)) == (255, 255, 255)
+    assert wide.getpixel((10, 110)) == (0, 0, 255) and wide.getpixel((8, 110)) == (255, 255, 255)
+    tall = on_studio_background(Image.new("L", (10, 40), 0))
+    assert tall.size == (44, 44) and tall.mode == "RGB" and tall.getpixel((22, 2)) == (0, 0, 0)
+    assert tall.getpixel((16, 22)) == (255, 255, 255) and tall.getpixel((17, 22)) == (0, 0, 0)
 
 
 def test_the_picture_is_a_small_jpeg_data_url():

@@ -14,7 +14,7 @@ def result_json(hit: Hit) -> dict:
     p = hit.product
     return {"id": str(p["id"]), "name": p.get("name", ""), "category": p.get("category", ""),
             "price": p.get("price"), "image_url": image_link(p), "score": round(hit.score, 6),
-            "similarity": hit.percent}
+            "similarity": round(hit.similarity, 1), "match": hit.percent}
 
 
 def api_answer(found: Results, started: float, token: str | None = None) -> Response:

@@ -1,0 +1,94 @@
+"""The number a shopper sees orders the list (ranking/rank.py's match): it never increases down a page or
+across "Show more", for any query, with or without the colour tie-breaker, category first or not, filtered or
+not; and the CNN's closest product of the category ranked first is never pushed down by colour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ranking import MatchPoints, RankingView, RankOptions, rank_product, rank_query
+from ranking.appearance import Appearance
+from ranking.calibration import UNCALIBRATED, Calibration
+from ranking.category_first import CategoryVote, Grouping
+from search import ExactSearch
+
+SCALE = Calibration(UNCALIBRATED)  # percent = 100 × cosine
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-9)).astype(np.float32)
+
+
+def random_view(seed: int, rows: int, points: float = MatchPoints().colour) -> tuple[RankingView, np.random.Generator]:
+    rng = np.random.default_rng(seed)
+    labels = [str(c) for c in rng.choice(["a", "b", "c", ""], rows)]
+    grouping = Grouping.from_labels(labels, SCALE.percent, CategoryVote(k=4, temperature=2.0))
+    vectors = unit(rng.normal(size=(rows, 6)) + 0.8)  # mostly positive cosines, like a catalog's
+    looks = unit(rng.normal(size=(rows, 3)))
+    view = RankingView(ExactSearch(vectors, grouping.codes), grouping, SCALE, Appearance(weight=0.85), looks,
+                       points=MatchPoints(colour=points))
+    return view, rng
+
+
+@settings(max_examples=120, deadline=None)
+@given(seed=st.integers(0, 10**6), rows=st.integers(1, 40), top_k=st.integers(1, 8),
+       threshold=st.sampled_from([0.0, 20.0, 50.0, 80.0]), category_first=st.booleans(),
+       category=st.sampled_from([None, "a", "b"]), coloured=st.booleans())
+def test_shown_matches_never_increase_down_a_page_or_across_show_more(seed, rows, top_k, threshold, category_first,
+                                                                     category, coloured):
+    view, rng = random_view(seed, rows)
+    query = unit(rng.normal(size=6) + 0.8)
+    look = unit(rng.normal(size=3)) if coloured else None
+    options = RankOptions(threshold=threshold, top_k=top_k, category=category, category_first=category_first)
+    first = rank_query(view, query, options, look)
+    more = rank_query(view, query, RankOptions(threshold=threshold, top_k=top_k, category=category,
+                                                category_first=category_first, offset=top_k), look)
+    whole = rank_query(view, query, RankOptions(threshold=threshold, top_k=2 * top_k, category=category,
+                                                 category_first=category_first), look)
+    shown = first.matches + more.matches
+    assert all(a >= b for a, b in zip(shown, shown[1:], strict=False))
+    assert first.rows + more.rows == whole.rows and shown == whole.matches
+    assert all(m >= threshold - 1e-4 for m in shown)  # the threshold holds for the number shown
+    assert all(m <= s + 1e-9 for m, s in zip(shown, first.similarities + more.similarities, strict=True))
+    assert len(set(whole.rows)) == len(whole.rows)
+    if first.guess is not None and first.rows:  # the CNN's closest of the first category keeps the top
+        codes = view.grouping.codes
+        group = [r for r in whole.rows if int(codes[r]) == first.guess.code]
+        if group:
+            best = max(group, key=lambda r: float(view.backend.vector(r) @ query))
+            assert whole.rows[0] == best and whole.matches[0] == whole.similarities[0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10**6), rows=st.integers(2, 30), top_k=st.integers(1, 6))
+def test_more_like_this_pages_are_ordered_by_the_match_too(seed, rows, top_k):
+    view, _ = random_view(seed, rows)
+    first = rank_product(view, 0, RankOptions(threshold=0, top_k=top_k))
+    more = rank_product(view, 0, RankOptions(threshold=0, top_k=top_k, offset=top_k))
+    shown = first.matches + more.matches
+    assert all(a >= b for a, b in zip(shown, shown[1:], strict=False)) and 0 not in first.rows + more.rows
+
+
+def test_the_colour_moves_a_product_by_at_most_its_points_and_never_above_the_cnns_closest():
+    grouping = Grouping.from_labels(["a"] * 3, SCALE.percent, CategoryVote(k=3, temperature=1e9))
+    vectors = unit(np.array([[1, 0.10], [1, 0.12], [1, 0.5]], np.float32))
+    looks = unit(np.array([[0, 1], [1, 0], [-1, 0]], np.float32))  # row 1 the query's colour, row 2 its opposite
+    view = RankingView(ExactSearch(vectors, grouping.codes), grouping, SCALE, Appearance(weight=0.85), looks)
+    found = rank_query(view, unit(np.array([1, 0.1], np.float32)), RankOptions(threshold=0, top_k=3),
+                       np.array([1, 0], np.float32))
+    assert found.rows == [0, 1, 2]  # row 0 is the CNN's closest: it stays first though its colour differs
+    assert found.matches[0] == found.similarities[0]  # no colour term on it
+    assert found.matches[1] == found.similarities[1]  # the query's own colour: nothing lost
+    assert found.matches[2] == 0.0  # the opposite colour: all 100 points, and a match is never below 0 %
+
+    def ranked(points: float):
+        space = RankingView(view.backend, grouping, SCALE, Appearance(weight=0.85), looks, points=MatchPoints(points))
+        return rank_query(space, unit(np.array([1, 0.1], np.float32)), RankOptions(threshold=0, top_k=3),
+                          np.array([1, 0], np.float32))
+
+    ten = ranked(10.0)
+    assert ten.matches[2] == pytest.approx(ten.similarities[2] - 10.0)  # the opposite colour loses all 10 points
+    assert ranked(0.0).matches == ranked(0.0).similarities  # no colour points: the match is the similarity
