@@ -72,8 +72,9 @@ def search_scene(service: SearchService, scene: Scene, query: str, options: Sear
     found = service.search(SearchQuery(upload=scene.jpeg, crop=crop), options).found
     ids = [str(hit.product["id"]) for hit in found.hits]
     own = str(service.require_index().products[scene.row]["id"])
-    box = getattr(found, "box", None)
-    return Outcome(ids.index(own) if own in ids else -1, tuple(box) if box else None)
+    box = found.box
+    return Outcome(ids.index(own) if own in ids else -1,
+                   None if box is None else (box.left, box.top, box.right, box.bottom))
 
 
 def evaluate_scenes(service: SearchService, scenes: list[Scene], top_k: int = 10) -> dict:
@@ -86,9 +87,9 @@ def evaluate_scenes(service: SearchService, scenes: list[Scene], top_k: int = 10
             ranks = np.array([o.rank for o in outcomes])
             entry = {"recall@1": float((ranks == 0).mean()), "recall@10": float(((ranks >= 0) & (ranks < 10)).mean())}
             boxes = [(o.box, s.box) for o, s in zip(outcomes, scenes, strict=True) if o.box is not None]
-            if query == "whole" and boxes:
+            if query == "whole":
                 ious = np.array([box_iou(found, truth) for found, truth in boxes])
-                entry |= {"boxes": len(boxes), "iou_median": float(np.median(ious)),
+                entry |= {"boxes": len(boxes), "iou_median": float(np.median(ious)) if boxes else 0.0,
                           "iou_at_least_0.5": float((ious >= 0.5).sum() / len(scenes))}
             report[f"{query}/{name}"] = entry
     return report

@@ -76,6 +76,10 @@ class Config:
     default_top_k: int = 12
     #: Rank the query's guessed category first (see ranking/category_first.py); per request: category_first.
     category_first: bool = True
+    #: A whole photo (no box drawn) is also searched in windows, and the window where the catalog sees a
+    #: product best is searched instead when it beats the whole photo (gateway/locate.py); the answer says
+    #: which box it used.
+    locate_item: bool = True
     max_top_k: int = 100
     #: Folder with the catalog's local images, served on /catalog/ (unset: none are; never taken from the index).
     catalog_dir: str = ""

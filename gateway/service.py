@@ -21,6 +21,7 @@ from gateway.config import Config
 from gateway.errors import BadRequest, NotFound, Unavailable
 from gateway.images import Crop, DecodeSlots, FetchSlots, QueryImage, query_image
 from gateway.index import CatalogIndex, IndexManager
+from gateway.locate import LocateSettings, best_window, common_part, windows
 from gateway.query_token import (
     MAX_URL_CHARS,
     ExpiredQuery,
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 #: reason, which names paths, stores or models, goes to the log and to the admin listener's /readyz.
 NOT_READY = "search is not ready right now: please try again in a few minutes"
 
+
+#: The windows a whole photo is searched in (gateway/locate.py), chosen on the shopper-photo protocol's tuning half.
+LOCATE = LocateSettings()
 
 #: What a shopper can set on one search (the ranking's options).
 SearchOptions = RankOptions
@@ -70,6 +74,7 @@ class Results:
     hist: np.ndarray | None = None  # ... and its colour histogram (ranking/appearance.py)
     index_version: str = ""  # the index version that ranked these results ...
     index_model: str = ""  # ... and the backbone it was built with
+    box: Crop | None = None  # the part of a whole photo searched, when the gateway found the item in it
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,7 @@ class SearchService:
             photo = query_image(query.upload, query.image_url, self.config, self.url_fetches, self.decodes)
             if query.crop is not None:
                 photo = photo.cropped(query.crop)
-            found = self.search_image(photo, options)
+            found = self.search_image(photo, options, locate=query.crop is None and self.config.locate_item)
             url = "" if query.upload is not None else query.image_url
             return self._answer(found, url, photo.picture() if query.with_picture else "")
         if not query.token:
@@ -192,17 +197,57 @@ class SearchService:
         never shown)."""
         return shown if shown.startswith(PICTURE_PREFIX) and picture_digest(shown) == query.picture_digest else ""
 
-    def search_image(self, photo: QueryImage, options: SearchOptions) -> Results:
+    def search_image(self, photo: QueryImage, options: SearchOptions, locate: bool = False) -> Results:
         """Products that look like ``photo``; with ``category_first`` its guessed category ranks first.
         The colour histogram (~3 ms of CPU) is made from the decoded photo while the model server works on
-        the vector."""
+        the vector. With ``locate``, the part of the photo where the catalog sees a product best is searched
+        when it beats the whole (gateway/locate.py); ``Results.box`` says which."""
         hist = self.side_work.submit(histogram_of, photo.image)
         try:
             vector, backbone_id = self.embed_image(photo.data)
+            located = self.locate(photo, vector, backbone_id) if locate else None
         except BaseException:
             hist.cancel()  # not started yet: a failed query leaves no work (and no image) queued behind it
             raise
-        return self.search_vector(vector, backbone_id, options, hist.result())
+        if located is None:
+            return self.search_vector(vector, backbone_id, options, hist.result())
+        box, part, vector = located
+        found = self.search_vector(vector, backbone_id, options, histogram_of(part.image))
+        return replace(found, box=box)
+
+    def locate(self, photo: QueryImage, vector: np.ndarray, backbone_id: str
+               ) -> tuple[Crop, QueryImage, np.ndarray] | None:
+        """The window of ``photo`` to search instead of the whole (its box, image and vector), or None. The
+        windows are embedded at once on the side pool; a window the model refuses is left out."""
+        index = self.indexes.current
+        if index is None or backbone_id != index.backbone_id or np.shape(vector) != (index.model_dim,):
+            return None  # search_vector says why
+        whole = _closest(index, vector)
+        crops = windows(*photo.image.size, LOCATE)
+        if whole >= LOCATE.good_enough or not crops:
+            return None
+        parts = [photo.cropped(crop) for crop in crops]
+        pending = [self.side_work.submit(self._window_vector, part.data, index.backbone_id) for part in parts]
+        vectors = [job.result() for job in pending]
+        scores = [None if v is None else _closest(index, v) for v in vectors]
+        best = best_window(whole, scores)
+        if best is None:
+            return None
+        inner = common_part(crops, scores, LOCATE.agree, *photo.image.size)
+        if inner is not None:
+            part = photo.cropped(inner)
+            inner_vector = self._window_vector(part.data, index.backbone_id)
+            if inner_vector is not None and _closest(index, inner_vector) >= scores[best] - LOCATE.slack:
+                return inner, part, inner_vector
+        return crops[best], parts[best], vectors[best]
+
+    def _window_vector(self, data: bytes, backbone_id: str) -> np.ndarray | None:
+        """A window's vector; None when the model refuses it or answers with another model."""
+        try:
+            vector, model = self.embed_image(data)
+        except ImageError:
+            return None
+        return vector if model == backbone_id else None
 
     def search_vector(self, vector: np.ndarray, backbone_id: str, options: SearchOptions,
                       hist: np.ndarray | None = None) -> Results:
@@ -256,6 +301,12 @@ class SearchService:
         if self.indexes.from_cache:
             return True, f"ready, serving the cached copy of version {index.version} ({self.indexes.error})"
         return True, "ready"
+
+
+def _closest(index: CatalogIndex, vector: np.ndarray) -> float:
+    """The calibrated similarity of a model vector's closest product (similarity alone); -inf for none."""
+    ranked = rank_query(index.view, index.prepare(vector), RankOptions(threshold=0.0, top_k=1, category_first=False))
+    return ranked.similarities[0] if ranked.similarities else float("-inf")
 
 
 def _results(index: CatalogIndex, ranked: Ranked) -> Results:

@@ -22,7 +22,9 @@ def api_answer(found: Results, started: float, token: str | None = None) -> Resp
     guess = found.guess and {"category": found.guess.category, "confidence": found.guess.confidence,
                              "source": found.guess.source, "results": found.first_group}
     extra = {} if token is None else {"query_token": token}
-    return jsonify(results=[result_json(h) for h in found.hits], category_first=guess,
+    box = None if found.box is None else [round(v, 4) for v in (found.box.left, found.box.top, found.box.right,
+                                                                 found.box.bottom)]
+    return jsonify(results=[result_json(h) for h in found.hits], category_first=guess, box=box,
                    no_close_match=found.no_close_match, model=found.index_model,
                    index_version=found.index_version, took_ms=round((time.perf_counter() - started) * 1000, 1), **extra)
 

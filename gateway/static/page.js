@@ -59,6 +59,10 @@
     return [l, t, l + w, t + h];
   };
   function unbox() { crop.value = ''; box.hidden = true; whole.hidden = true; start = null; }
+  if (box.dataset.found && !preview.hidden) {  // the part of a whole photo the search used (gateway/locate.py)
+    const [l, t, r, b] = box.dataset.found.split(',').map(Number);
+    draw({x: l, y: t}, {x: r, y: b});
+  }
   stage.addEventListener('pointerdown', (ev) => {
     if (preview.hidden) return;
     ev.preventDefault(); start = at(ev); stage.setPointerCapture(ev.pointerId);
