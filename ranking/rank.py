@@ -1,18 +1,19 @@
 """Category-first ranking with the threshold, the "no close match" rule and the colour tie-breaker.
 
-A search asks the backend for candidates (search/) and guesses the query's category by a vote of its
-nearest products (ranking/category_first.py). Every result then gets one number, its **match** (percent),
-and the list is sorted by it, so the order and the number a shopper sees always agree:
+A search asks the backend for candidates (search/) above the threshold (a calibrated similarity, percent:
+is it the same kind of thing at all) and guesses the query's category by a vote of its nearest products
+(ranking/category_first.py). Every result then gets one number, its **match** (percent), and the list is
+sorted by it, so the order and the number a shopper sees always agree, down a page and across pages:
 
-    match = similarity − colour_points · (1 − appearance cosine) / 2   inside the category ranked first
-    match = similarity − category_points                               for products of other categories
+    match = similarity − colour · (1 − appearance cosine) / 2    inside the category ranked first (never < 0)
+    match = similarity                                           for the category's CNN-closest product
+    match = min(similarity, the category's last match)           for products of other categories, after it
 
-The similarity is the CNN's calibrated percent (ranking/calibration.py). The colour (ranking/appearance.py)
-is a bounded tie-breaker: it moves a product by at most ``colour_points``, so it reorders products the CNN
-finds about equally near and never lifts one above a much closer match. A product outside the guessed
-category loses ``category_points``: the guessed category comes first unless another product is far closer
-(the exact product under a category the vote missed). The threshold applies to the match. Every step works
-on what the backend returns, so every backend ranks the same way.
+The similarity is the CNN's (ranking/calibration.py). The colour (ranking/appearance.py) is a bounded
+tie-breaker: it reorders products the CNN finds about equally near, and it never moves the CNN's closest,
+so the exact product of a shopper's photo is never pushed below a lookalike colour. Without a category
+ranked first (similarity alone) the match is the similarity. Every step works on what the backend
+returns, so every backend ranks the same way.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ from search import Candidates, Filter, SearchBackend
 #: Vectors are float32, so a cosine exactly at the threshold can come out a few 1e-8 below it: a product the
 #: page shows at 85 % must not be dropped by a threshold of 85 %. Far below any difference a shopper can set.
 THRESHOLD_SLACK = 1e-6
-#: The same slack on the percent scale the threshold is set in (float32 cosines, a linear calibration).
-PERCENT_SLACK = 1e-4
 
 
 @dataclass(frozen=True)
@@ -163,8 +162,7 @@ def _rank(view: RankingView, query: np.ndarray, where: Filter, options: RankOpti
         others = _best(view, query, cands, where.narrowed(exclude_categories=group), top_k - len(found), min_score)
         below = found[-1][2] if found else 100.0  # the guessed category ranks first: the rest match no more
         found += [(row, score, min(match, below)) for row, score, match in _matched(view, others)]
-    # the threshold holds for the number shown; stable sort: equal matches keep the order above
-    found = sorted((f for f in found if f[2] >= options.threshold - PERCENT_SLACK), key=lambda f: -f[2])[:top_k]
+    found = sorted(found, key=lambda f: -f[2])[:top_k]  # stable: equal matches keep the order above
     codes = view.grouping.codes
     first_group = 0 if guess is None else next(
         (i for i, (row, _, _) in enumerate(found) if int(codes[row]) != guess.code), len(found))
