@@ -54,12 +54,12 @@ class Hit:
     product: dict
     score: float  # cosine similarity in the index's search space
     similarity: float  # calibrated percent (see ranking/calibration.py)
-    match: float | None = None  # the ranking score (percent) that orders the list (ranking/rank.py)
+    match: float  # the ranking score (percent) that orders the list (ranking/rank.py)
 
     @property
     def percent(self) -> float:
         """The number a shopper sees, rounded: the match that orders the list."""
-        return round(self.similarity if self.match is None else self.match, 1)
+        return round(self.match, 1)
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ class Ranked:
     scores: list[float]  # cosine in the index's search space
     similarities: list[float]  # calibrated percent (ranking/calibration.py)
     guess: Guess | None  # None: ranked by similarity alone
-    matches: list[float] = ()  # the ranking score (percent) that orders the list: never increases down it
+    matches: list[float]  # the ranking score (percent) that orders the list: never increases down it
     first_group: int = 0  # how many leading rows are in the guessed category
     no_close_match: bool = False  # the best match is below the catalog's fitted rule: we don't carry this
 

@@ -414,3 +414,34 @@ def test_one_h1_and_labelled_controls(page):
     assert page.get_by_label("Minimum similarity").count() == 1
     assert page.get_by_role("combobox", name=re.compile("^Category")).count() == 1
     assert page.get_by_role("button", name="Choose a photo").is_visible()
+
+
+def test_arrow_keys_walk_a_setting_without_searching_until_it_is_committed(page):
+    """WCAG 3.2.2: ArrowDown on Category and ArrowLeft on the slider search nothing; Enter, or leaving the
+    control, runs the refined search (from the query token: no upload)."""
+    page.set_input_files("#file", str(IMAGES / "10109.jpg"))
+    page.click("#go")
+    page.wait_for_selector(".results")
+    searches: list[str] = []
+    page.on("request", lambda req: searches.append(req.method) if req.url.endswith("/search") else None)
+    page.click("#refine summary")
+    page.focus("#category")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowDown")
+    page.wait_for_timeout(700)
+    assert searches == [] and page.input_value("#category") != ""  # walked, not searched
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    page.wait_for_selector(".summary")
+    chosen = page.input_value("#category")
+    assert chosen and f"in {chosen}" in page.inner_text(".summary") and searches == ["POST"]
+    if not page.is_visible("#thr"):  # a changed setting keeps Refine open
+        page.click("#refine summary")
+    page.focus("#thr")
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_timeout(700)
+    assert searches == ["POST"] and page.input_value("#thr") == "69"
+    with page.expect_navigation():
+        page.keyboard.press("Tab")  # leaving the slider commits it
+    page.wait_for_selector(".summary")
+    assert "at ≥ 69% similarity" in page.inner_text(".summary") and searches == ["POST", "POST"]

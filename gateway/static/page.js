@@ -91,11 +91,28 @@
     go.disabled = false; go.textContent = 'Search'; busy.textContent = ''; form.removeAttribute('aria-busy');
   });
 
-  // ---- refine: a changed setting re-runs the same query (its token: no upload, no model call)
-  const refine = () => {
-    if (token.value && !file.files.length && !crop.value && url.value === url.defaultValue) form.requestSubmit();
+  // ---- refine: a changed setting re-runs the same query (its token: no upload, no model call) once the shopper
+  // commits it (WCAG 3.2.2 On Input): a pick with the mouse or a finger, Enter, or leaving the control. Walking a
+  // select or the slider with the arrow keys searches nothing until then.
+  const canRefine = () => token.value && !file.files.length && !crop.value && url.value === url.defaultValue;
+  const valueOf = (el) => (el.type === 'checkbox' ? String(el.checked) : el.value);
+  const settings = [thr, $('category'), $('first'), $('min-price'), $('max-price')].filter(Boolean);
+  const asked = new Map(settings.map(el => [el, valueOf(el)]));
+  const commit = (el) => {
+    if (valueOf(el) === asked.get(el) || !canRefine()) return;
+    asked.set(el, valueOf(el));
+    form.requestSubmit();
   };
-  [thr, $('category'), $('first'), $('min-price'), $('max-price')].forEach(el => el && el.addEventListener('change', refine));
+  let keyed = false;  // the last change came from a key (an arrow), not a pick
+  settings.forEach(el => {
+    el.addEventListener('pointerdown', () => { keyed = false; });
+    el.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Enter' && canRefine()) { ev.preventDefault(); keyed = false; commit(el); return; }
+      keyed = ev.key !== 'Tab';
+    });
+    el.addEventListener('change', () => { if (!keyed || el.type === 'checkbox') commit(el); });
+    el.addEventListener('blur', () => { keyed = false; commit(el); });
+  });
 
   // ---- results first: focus and scroll to them (after "Show more", to the first new one)
   const results = $('results');
