@@ -75,6 +75,7 @@ class Results:
     index_version: str = ""  # the index version that ranked these results ...
     index_model: str = ""  # ... and the backbone it was built with
     box: Crop | None = None  # the part of a whole photo searched, when the gateway found the item in it
+    closer_outside_filter: bool = False  # nothing in the shopper's filter is close, but the catalog has it
 
 
 @dataclass(frozen=True)
@@ -314,4 +315,5 @@ def _results(index: CatalogIndex, ranked: Ranked) -> Results:
     hits = [Hit(index.products[row], score, pct, match) for row, score, pct, match
             in zip(ranked.rows, ranked.scores, ranked.similarities, ranked.matches, strict=True)]
     return Results(hits, ranked.guess, ranked.first_group, no_close_match=ranked.no_close_match,
-                   index_version=index.version, index_model=index.backbone_id)
+                   index_version=index.version, index_model=index.backbone_id,
+                   closer_outside_filter=ranked.closer_outside_filter)

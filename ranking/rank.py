@@ -75,6 +75,7 @@ class Ranked:
     matches: list[float]  # the ranking score (percent) that orders the list: never increases down it
     first_group: int = 0  # how many leading rows are in the guessed category
     no_close_match: bool = False  # the best match is below the catalog's fitted rule: we don't carry this
+    closer_outside_filter: bool = False  # nothing in the filter (category, price) is close, but the catalog has it
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,9 @@ def _rank(view: RankingView, query: np.ndarray, where: Filter, options: RankOpti
     top_k = options.top_k + options.offset  # rank through the page asked for, answer only that page
     cands = view.backend.search(query, max(top_k, view.grouping.vote.k), where)
     lost = guess_code is None and _no_close_match(view, cands)
+    # a filter that hides every close product is not "we don't carry this": the catalog's own best decides
+    elsewhere = lost and _filtered(options) and not _no_close_match(
+        view, view.backend.search(query, 1, Filter(exclude_rows=where.exclude_rows)))
     # no category claim when nothing is close, or when the shopper did not ask for one
     guess = None if lost or (guess_code is None and not vote) else _guess(view.grouping, cands, guess_code)
     if guess is None:
@@ -169,7 +173,12 @@ def _rank(view: RankingView, query: np.ndarray, where: Filter, options: RankOpti
     found = found[options.offset:]
     return Ranked([row for row, _, _ in found], [score for _, score, _ in found],
                   _percents(view, [score for _, score, _ in found]), guess, [m for _, _, m in found],
-                  max(0, first_group - options.offset), lost)
+                  max(0, first_group - options.offset), lost and not elsewhere, elsewhere)
+
+
+def _filtered(options: RankOptions) -> bool:
+    """Whether the shopper narrowed the search (a category, a price range)."""
+    return bool(options.category) or options.min_price is not None or options.max_price is not None
 
 
 def _percents(view: RankingView, scores: list[float]) -> list[float]:

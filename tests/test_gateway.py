@@ -485,3 +485,13 @@ def test_text_that_is_not_utf8_is_a_400_in_plain_words(client, how):
         resp = client.post("/api/search", data=body, content_type="multipart/form-data; boundary=B")
     assert resp.status_code == 400
     assert resp.get_json()["error"] == "the request has text that is not valid UTF-8: send it again as plain text"
+
+
+def test_the_results_heading_says_what_it_counts(client):
+    html = upload(client, "/search", demo_image(10109), threshold="0", top_k="5").get_data(as_text=True)
+    heading = html.split('<h2 id="results-title" class="summary">', 1)[1].split("</h2>", 1)[0]
+    assert heading == "The 5 closest products at ≥ 0% similarity"  # the page's 5, not "5 results"; no ms
+    one = upload(client, "/search", demo_image(10109), threshold="0", top_k="1").get_data(as_text=True)
+    assert "The 1 closest product at ≥ 0% similarity</h2>" in one
+    none = upload(client, "/search", demo_image(10109), threshold="100", category="zz").get_data(as_text=True)
+    assert "No products at ≥ 100% similarity in zz</h2>" in none

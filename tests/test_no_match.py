@@ -226,3 +226,19 @@ def test_prices_show_only_where_the_catalog_has_them(tmp_path):
     html = create_app(config, client=FixedClient()).test_client().get(
         "/products/2/similar?threshold=0&category_first=0").get_data(as_text=True)
     assert html.count('class="price"') == 1 and "1,299.50" in html and "free" not in html
+
+
+@pytest.mark.parametrize(("field", "value", "words"), [("category", "Shoes", "Nothing in Shoes comes close"),
+                                                        ("min_price", "1", "Nothing in this price range comes close")])
+def test_a_filter_that_hides_the_close_products_is_said_so_not_we_dont_carry_this(app_and_service, field, value,
+                                                                                   words):
+    app, _ = app_and_service
+    app.extensions["photo"].client.vector = query(0.9)  # a bag at 90 %: carried; every shoe at 0 %
+    web = app.test_client()
+    fields = {"threshold": "0", field: value}
+    answer = web.post("/api/search", data={"file": (io.BytesIO(jpeg_bytes()), "q.jpg"), **fields}).get_json()
+    assert answer["no_close_match"] is False and answer["closer_outside_filter"] is True
+    html = web.post("/search", data={"file": (io.BytesIO(jpeg_bytes()), "q.jpg"), **fields}).get_data(as_text=True)
+    assert words in html and "We don't seem to carry this" not in html
+    plain = web.post("/api/search", data={"file": (io.BytesIO(jpeg_bytes()), "q.jpg"), "threshold": "0"}).get_json()
+    assert plain["closer_outside_filter"] is False and plain["results"][0]["id"] == "0"

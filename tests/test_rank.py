@@ -126,7 +126,10 @@ def test_no_close_match_drops_the_category_claim_and_only_queries_get_it():
     assert not rank_product(v, 0, RankOptions(threshold=0, top_k=1)).no_close_match  # a product is carried
     empty = view(["a"], [0], no_match=70.0)
     nothing = rank_query(empty, angles(0)[0], RankOptions(threshold=0, top_k=2, category="zz"))
-    assert nothing.rows == [] and nothing.no_close_match  # nothing at all to show: not carried
+    # nothing in the filter, but the catalog has the very picture: carried, the filter hid it
+    assert nothing.rows == [] and not nothing.no_close_match and nothing.closer_outside_filter
+    none_anywhere = rank_query(v, angles(0)[0], RankOptions(threshold=0, top_k=2, category="zz"))
+    assert none_anywhere.rows == [] and none_anywhere.no_close_match  # nothing close anywhere: not carried
 
 
 def test_the_vote_names_its_winner_and_share():
@@ -134,3 +137,21 @@ def test_the_vote_names_its_winner_and_share():
     found = rank_query(v, angles(0)[0], RankOptions(threshold=0, top_k=3))
     assert found.guess.category == "b" and found.guess.source == "vote" and found.guess.code == 1
     assert found.guess.confidence == pytest.approx(0.667, abs=1e-3) and found.rows == [1, 2, 0]
+
+
+def test_a_filter_that_hides_every_close_product_is_not_we_dont_carry_this():
+    """With a category or a price range, "no close match" is the catalog's verdict, not the filter's: a close
+    product outside the filter makes it "nothing in the filter comes close" instead."""
+    v = view(["a", "b"], [10, 60], prices=[100.0, 5.0], no_match=70.0)  # a: 98.5 %, b: 50 %
+    in_b = rank_query(v, angles(0)[0], RankOptions(threshold=0, top_k=2, category="b"))
+    assert in_b.rows == [1] and not in_b.no_close_match and in_b.closer_outside_filter and in_b.guess is None
+    cheap = rank_query(v, angles(0)[0], RankOptions(threshold=0, top_k=2, max_price=10.0))
+    assert cheap.rows == [1] and not cheap.no_close_match and cheap.closer_outside_filter
+    costly = rank_query(v, angles(0)[0], RankOptions(threshold=0, top_k=2, min_price=10.0))  # the close one
+    assert costly.rows == [0] and not costly.no_close_match and not costly.closer_outside_filter
+    far = view(["a", "b"], [50, 60], prices=[100.0, 5.0], no_match=70.0)  # nothing close anywhere
+    both = rank_query(far, angles(0)[0], RankOptions(threshold=0, top_k=2, category="b"))
+    assert both.no_close_match and not both.closer_outside_filter
+    plain = rank_query(far, angles(0)[0], RankOptions(threshold=0, top_k=2))
+    assert plain.no_close_match and not plain.closer_outside_filter
+    assert not rank_query(v, angles(0)[0], RankOptions(threshold=0, top_k=2)).closer_outside_filter

@@ -25,7 +25,8 @@ def api_answer(found: Results, started: float, token: str | None = None) -> Resp
     box = None if found.box is None else [round(v, 4) for v in (found.box.left, found.box.top, found.box.right,
                                                                  found.box.bottom)]
     return jsonify(results=[result_json(h) for h in found.hits], category_first=guess, box=box,
-                   no_close_match=found.no_close_match, model=found.index_model,
+                   no_close_match=found.no_close_match, closer_outside_filter=found.closer_outside_filter,
+                   model=found.index_model,
                    index_version=found.index_version, took_ms=round((time.perf_counter() - started) * 1000, 1), **extra)
 
 
