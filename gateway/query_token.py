@@ -57,6 +57,7 @@ class Query:
     image_url: str = ""  # the URL the image came from; "" for an upload
     picture_digest: str = ""  # ``picture_digest()`` of the picture shown for the query; "" for none
     hist: np.ndarray | None = None  # its colour histogram (ranking/appearance.py), when there is one
+    box: tuple[float, float, float, float] | None = None  # the part of the photo searched (gateway/locate.py)
 
 
 def picture_digest(picture: str) -> str:
@@ -129,9 +130,11 @@ class QueryTokens:
         now = time.time() if now is None else now
         if len(query.image_url) > MAX_URL_CHARS:  # never cut short: a cut URL would name another image
             raise ValueError(f"an image URL of {len(query.image_url)} characters is over {MAX_URL_CHARS}")
-        head = json.dumps({"b": query.backbone_id, "u": query.image_url, "d": query.picture_digest,
-                           "e": int(now + self.ttl_s), "n": int(np.size(query.vector))},
-                          separators=(",", ":")).encode()
+        fields = {"b": query.backbone_id, "u": query.image_url, "d": query.picture_digest,
+                  "e": int(now + self.ttl_s), "n": int(np.size(query.vector))}
+        if query.box is not None:
+            fields["x"] = [float(v) for v in query.box]
+        head = json.dumps(fields, separators=(",", ":")).encode()
         parts = [query.vector] if query.hist is None else [query.vector, query.hist]
         vector = np.concatenate([np.asarray(p, dtype="<f4").ravel() for p in parts]).tobytes()
         return self._seal(struct.pack("<H", len(head)) + head + vector)
@@ -165,7 +168,7 @@ class QueryTokens:
             if not 0 < n <= len(numbers):
                 raise ValueError("vector length")
             vector, hist = numbers[:n], (numbers[n:] if len(numbers) > n else None)
-            query = Query(vector, str(head["b"]), str(head["u"]), str(head["d"]), hist)
+            query = Query(vector, str(head["b"]), str(head["u"]), str(head["d"]), hist, _box(head.get("x")))
             expires = int(head["e"])
         except (ValueError, KeyError, TypeError, struct.error):
             raise ExpiredQuery(_AGAIN) from None
@@ -177,3 +180,16 @@ class QueryTokens:
 
 
 _AGAIN = "we could not re-run that search: choose the photo again, or paste its link"
+
+
+def _box(raw: object) -> tuple[float, float, float, float] | None:
+    """A token's box: None, or four fractions with left < right and top < bottom (``ValueError`` otherwise)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or len(raw) != 4 or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                                                             for v in raw):
+        raise ValueError("box")
+    left, top, right, bottom = (float(v) for v in raw)
+    if not (0 <= left < right <= 1 and 0 <= top < bottom <= 1):  # NaN fails every comparison
+        raise ValueError("box")
+    return left, top, right, bottom

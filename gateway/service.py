@@ -176,6 +176,8 @@ class SearchService:
         if known.backbone_id != self.require_index().backbone_id:
             raise ExpiredQuery("the search engine has been updated since this search: choose the photo again")
         found = self.search_vector(known.vector, known.backbone_id, options, known.hist)
+        if known.box is not None:
+            found = replace(found, box=Crop(*known.box))  # the part of the photo the vector is of
         return self._answer(found, known.image_url, self.token_picture(query.picture, known)
                             if query.with_picture else "")
 
@@ -188,8 +190,9 @@ class SearchService:
             return None, exc
 
     def _answer(self, found: Results, image_url: str, shown: str) -> Answer:
+        box = None if found.box is None else (found.box.left, found.box.top, found.box.right, found.box.bottom)
         token = self.tokens.issue(Query(found.vector, found.model, image_url,
-                                        picture_digest(shown) if shown else "", found.hist))
+                                        picture_digest(shown) if shown else "", found.hist, box))
         return Answer(found, token, image_url, shown)
 
     @staticmethod

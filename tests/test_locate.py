@@ -81,6 +81,9 @@ def test_a_whole_photo_is_searched_where_the_catalog_sees_the_item(client, stub)
     assert box is not None and box_iou(tuple(box), truth) >= 0.3
     assert box[0] <= (truth[0] + truth[2]) / 2 <= box[2] and box[1] <= (truth[1] + truth[3]) / 2 <= box[3]
     assert stub.calls == 1 + len(windows(640, 480)) + 1
+    stub.calls = 0  # a refine from the token: no model call, the same box (the page keeps its outline)
+    again = client.post("/api/search", json={"query_token": body["query_token"], "threshold": 0, "top_k": 3})
+    assert again.get_json()["box"] == box and stub.calls == 0
 
 
 def test_a_catalog_like_photo_and_a_drawn_box_make_no_extra_model_call(client, stub):

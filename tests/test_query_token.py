@@ -209,3 +209,28 @@ def test_the_gateway_takes_its_key_from_the_secret(small_index, stub, tmp_path, 
                                 query_token_secret_arn=arn), client=stub)
     token = QueryTokens("from-the-secret", 60).issue(QUERY)
     assert app.extensions["photo"].tokens.verify(token).backbone_id == QUERY.backbone_id
+
+
+def test_a_token_carries_the_box_searched_and_refuses_a_malformed_one():
+    """The part of the photo a whole-photo search used (gateway/locate.py) comes back with the token, so a refine
+    still shows it; a sealed box that is not four ordered fractions is refused like any malformed token."""
+    import json
+    import struct
+
+    tokens = QueryTokens("k", ttl_s=60)
+    boxed = Query(VECTOR, "model-a", box=(0.1, 0.2, 0.6, 0.9))
+    assert tokens.verify(tokens.issue(boxed)).box == (0.1, 0.2, 0.6, 0.9)
+    assert tokens.verify(tokens.issue(QUERY)).box is None
+    edges = Query(VECTOR, "model-a", box=(0.0, 0.0, 1.0, 1.0))  # the whole photo: both ends allowed
+    assert tokens.verify(tokens.issue(edges)).box == (0.0, 0.0, 1.0, 1.0)
+
+    def sealed(box: object) -> str:
+        head = json.dumps({"b": "m", "u": "", "d": "", "e": 2**40, "n": 1, "x": box}).encode()
+        return tokens._seal(struct.pack("<H", len(head)) + head + np.float32(1).tobytes())
+
+    assert tokens.verify(sealed([0, 0, 1, 1])).box == (0.0, 0.0, 1.0, 1.0)  # whole numbers read as floats
+    assert tokens.verify(sealed(None)).box is None
+    for bad in ([0.5, 0, 0.5, 1], [0, 0.5, 1, 0.5], [-0.01, 0, 1, 1], [0, 0, 1.01, 1], [0, 0, 1], [0, 0, 1, 1, 1],
+                [True, 0, 1, 1], ["0", 0, 1, 1], {"l": 0}, "0,0,1,1", [0, 0, float("nan"), 1]):
+        with pytest.raises(ExpiredQuery):
+            tokens.verify(sealed(bad))
