@@ -14,6 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+#: The catalog's optional column naming a product's page in the shop (checked by catalog/reader.py at build and
+#: again by the gateway before a card links to it: safeio/paths.py ``product_link``).
+PRODUCT_URL = "product_url"
+
 
 def _id_hash(product_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(product_id.encode(), digest_size=8).digest(), "little")

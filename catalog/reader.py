@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from catalog.products import PRODUCT_URL
+from safeio.paths import MAX_PRODUCT_URL, product_link
+
 REQUIRED_COLUMNS: tuple[str, ...] = ("id", "name", "category", "price", "image_url")
 #: Cells a spreadsheet would run as a formula (CSV injection); "-20% off" and "+91..." are not flagged.
 FORMULA = re.compile(r"^(=|@|[+-][^\d\s.,%]|\t|\r)")
@@ -125,6 +128,11 @@ def read_catalog(path: Path) -> tuple[list[dict], list[RowError]]:
             seen[pid] = line
             row["line"] = line
             rows.append(row)
+            if row.get(PRODUCT_URL) and product_link(row[PRODUCT_URL]) is None:  # the product stays, unlinked
+                errors.append(RowError(line, pid, url, "warning", f"{PRODUCT_URL} is not an http(s) link a card "
+                                       f"may follow (absolute, a host, no credentials or spaces, at most "
+                                       f"{MAX_PRODUCT_URL} characters): left out"))
+                row[PRODUCT_URL] = ""
             formulas = [k for k, v in row.items() if isinstance(v, str) and FORMULA.match(v)]
             if formulas:  # kept (it is just text to us), but flagged: it would run in a spreadsheet
                 errors.append(RowError(line, pid, url, "warning", f"formula-looking cell in {', '.join(formulas)}: "

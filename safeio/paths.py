@@ -17,6 +17,27 @@ def is_remote(image_url: str) -> bool:
     return urlsplit(image_url).scheme.lower() in ("http", "https")
 
 
+#: Longest product link kept (browsers and proxies handle this much everywhere).
+MAX_PRODUCT_URL = 2_048
+
+
+def product_link(text: object) -> str | None:
+    """``text`` when it is a link a card may follow: an absolute http(s) URL with a host, no user name or
+    password, no spaces or control characters, at most ``MAX_PRODUCT_URL`` characters; else None."""
+    if not isinstance(text, str) or not text or len(text) > MAX_PRODUCT_URL:
+        return None
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in text):
+        return None
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not host or "@" in parts.netloc:
+        return None
+    return text
+
+
 def resolve_local(image_url: str, root: Path) -> Path:
     """A catalog-relative path, refused if it escapes ``root`` (``..``, absolute, symlinks)."""
     if urlsplit(image_url).scheme:

@@ -28,8 +28,8 @@ def test_api_search_finds_the_product_itself_first(client):
     body = resp.get_json()
     assert body["results"][0]["id"] == "10109" and body["results"][0]["score"] >= 0.99
     assert len(body["results"]) == 5 and body["model"].startswith("efficientnet_lite0-")
-    assert set(body["results"][0]) == {"id", "name", "category", "price", "image_url", "score", "similarity",
-                                             "match"}
+    assert set(body["results"][0]) == {"id", "name", "category", "price", "image_url", "product_url",
+                                             "score", "similarity", "match"}
     assert body["results"][0]["image_url"] == "/catalog/images/10109.jpg"
     assert client.get(body["results"][0]["image_url"]).status_code == 200
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from safeio.paths import UnsafePath, is_remote, printable, redact_url, resolve_local
+from safeio.paths import MAX_PRODUCT_URL, UnsafePath, is_remote, printable, product_link, redact_url, resolve_local
 
 
 @pytest.mark.parametrize(("url", "remote"), [("http://a/b.jpg", True), ("HTTPS://a/b.jpg", True),
@@ -54,3 +54,20 @@ def test_printable_escapes_control_characters_and_cuts_at_its_limit():
     assert printable("x" * 200) == "x" * 200
     assert printable("x" * 201) == "x" * 200 + "…"
     assert printable("\n" * 3, limit=4) == "\\n\\n…"  # the limit counts the escaped text
+
+
+@pytest.mark.parametrize(("text", "kept"), [
+    ("https://shop.example/p/1", True), ("http://shop.example:8080/p?id=1#top", True), ("HTTPS://SHOP.EXAMPLE/", True),
+    ("javascript:alert(1)", False), ("ftp://shop.example/p", False), ("/p/1", False), ("shop.example/p", False),
+    ("https://", False), ("https:///p", False), ("https://user:pw@shop.example/p", False),
+    ("https://user@shop.example/p", False), ("https://shop.example/a b", False), ("https://shop.example/\x00", False),
+    ("https://shop.example/\x7f", False), ("https://[::1/p", False), ("", False), (None, False), (3, False),
+])
+def test_a_product_link_is_an_absolute_http_url_with_a_host_and_nothing_else(text, kept):
+    assert product_link(text) == (text if kept else None)
+
+
+def test_a_product_link_at_its_length_limit_is_kept_and_one_more_is_not():
+    base = "https://shop.example/"
+    assert product_link(base + "a" * (MAX_PRODUCT_URL - len(base))) is not None
+    assert product_link(base + "a" * (MAX_PRODUCT_URL - len(base) + 1)) is None

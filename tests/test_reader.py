@@ -157,3 +157,16 @@ def test_words_a_spreadsheet_reads_as_missing_are_kept_as_text(tmp_path):
     rows, errors = read_catalog(catalog(tmp_path, b"1,NA,null,,n/a.jpg\n2,None,NaN,,x.jpg\n"))
     assert errors == [] and [(r["name"], r["category"], r["image_url"]) for r in rows] == [
         ("NA", "null", "n/a.jpg"), ("None", "NaN", "x.jpg")]
+
+
+def test_a_product_link_is_kept_when_safe_and_left_out_with_a_warning_when_not(tmp_path):
+    body = (b"1,a,c,,a.jpg,https://shop.example/p/1\n2,b,c,,b.jpg,javascript:alert(1)\n3,c,c,,c.jpg,\n"
+            b"4,d,c,,d.jpg,https://user:pw@shop.example/p\n")
+    rows, errors = read_catalog(catalog(tmp_path, body, header=b"id,name,category,price,image_url,product_url\n"))
+    assert [(r["id"], r["product_url"]) for r in rows] == [("1", "https://shop.example/p/1"), ("2", ""), ("3", ""),
+                                                           ("4", "")]  # every product stays
+    warned = [(e.line, e.id, e.stage) for e in errors]
+    assert warned == [(3, "2", "warning"), (5, "4", "warning")]
+    assert errors[0].error.startswith("product_url is not an http(s) link a card may follow")
+    plain, none = read_catalog(catalog(tmp_path, b"1,a,c,,a.jpg\n"))  # the column is optional
+    assert "product_url" not in plain[0] and none == []

@@ -6,14 +6,23 @@ import time
 
 from flask import Response, current_app, jsonify
 
-from gateway.routes.common import bp, image_link, request_params, search_options, search_query, service
+from gateway.routes.common import (
+    bp,
+    image_link,
+    product_page,
+    request_params,
+    search_options,
+    search_query,
+    service,
+)
 from gateway.service import Hit, Results
 
 
 def result_json(hit: Hit) -> dict:
     p = hit.product
     return {"id": str(p["id"]), "name": p.get("name", ""), "category": p.get("category", ""),
-            "price": p.get("price"), "image_url": image_link(p), "score": round(hit.score, 6),
+            "price": p.get("price"), "image_url": image_link(p), "product_url": product_page(p),
+            "score": round(hit.score, 6),
             "similarity": round(hit.similarity, 1), "match": hit.percent}
 
 

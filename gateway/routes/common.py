@@ -9,11 +9,12 @@ from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, Response, current_app, request, url_for
 
+from catalog.products import PRODUCT_URL
 from gateway.config import FALSE_WORDS, TRUE_WORDS
 from gateway.errors import BadRequest, TooLarge
 from gateway.images import Crop
 from gateway.service import SearchOptions, SearchQuery, SearchService
-from safeio.paths import is_remote
+from safeio.paths import is_remote, product_link
 
 bp = Blueprint("photo", __name__)
 
@@ -144,6 +145,11 @@ def show_more(params: dict) -> int | None:
         return int(str(shown_before))
     except ValueError:
         return None
+
+
+def product_page(product: dict) -> str | None:
+    """The product's page in the shop, checked again here (the index store is untrusted): None when unsafe."""
+    return product_link(product.get(PRODUCT_URL))
 
 
 def image_link(product: dict) -> str:

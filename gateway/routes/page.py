@@ -9,7 +9,16 @@ from urllib.parse import urlsplit
 from flask import redirect, render_template, request, send_file, url_for
 
 from gateway.errors import NotFound
-from gateway.routes.common import bp, image_link, request_params, search_options, search_query, service, show_more
+from gateway.routes.common import (
+    bp,
+    image_link,
+    product_page,
+    request_params,
+    search_options,
+    search_query,
+    service,
+    show_more,
+)
 from gateway.service import SearchOptions
 from safeio.paths import UnsafePath, resolve_local
 
@@ -33,6 +42,7 @@ def render_page(status: int = 200, **context) -> tuple[str, int]:
         max_price=context.pop("max_price", None),
         more=min(top_k + cfg.default_top_k, cfg.max_top_k) if top_k < cfg.max_top_k else None,
         image_link=image_link,
+        product_page=product_page,
         **context,
     ), status
 
