@@ -495,3 +495,20 @@ def test_the_results_heading_says_what_it_counts(client):
     assert "The 1 closest product at ≥ 0% similarity</h2>" in one
     none = upload(client, "/search", demo_image(10109), threshold="100", category="zz").get_data(as_text=True)
     assert "No products at ≥ 100% similarity in zz</h2>" in none
+
+
+def test_an_unexpected_failure_is_one_sentence_in_the_shoppers_words_and_the_details_go_to_the_log(
+        small_index, tmp_path, caplog):
+    class Broken:
+        def embed(self, blob: bytes):
+            raise KeyError("/srv/secret/path in the model server")
+
+        def probe(self) -> str:
+            return "x"
+
+    config = Config(index_uri=str(small_index), index_poll_s=0, index_cache_dir=str(tmp_path / "copy"))
+    web = create_app(config, client=Broken()).test_client()
+    resp = upload(web, "/api/search", demo_image(10109))
+    assert resp.status_code == 500
+    assert resp.get_json()["error"] == "something went wrong on our side: please try again in a moment"
+    assert "secret" not in resp.get_data(as_text=True) and "/srv/secret/path" in caplog.text

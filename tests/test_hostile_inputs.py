@@ -99,7 +99,7 @@ HOSTILE = [
     ("top_k float", upload(jpeg_bytes(), top_k="2.5"), 400, "top_k must be a whole number"),
     ("json not object", {"json": ["http://x"]}, 400, "JSON body must be an object"),
     ("json broken", {"data": b"{not json", "content_type": "application/json"}, 400, "JSON body must be an object"),
-    ("oversized upload", upload(b"\xff" * (2 * 1024 * 1024)), 413, "upload too large"),
+    ("oversized upload", upload(b"\xff" * (2 * 1024 * 1024)), 413, "that photo is too large to send (over 1 MB)"),
     ("json nested 200,000 deep", {"data": b"[" * 200_000, "content_type": "application/json"}, 413, "at most 16 KB"),
     ("json nested 10,000 deep", {"data": b"[" * 10_000, "content_type": "application/json"}, 400,
      "JSON body must be an object"),

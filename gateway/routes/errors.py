@@ -129,7 +129,8 @@ def on_search_down(exc: ModelServerError | SearchUnavailable):
 @bp.app_errorhandler(RequestEntityTooLarge)
 def on_too_large(exc: RequestEntityTooLarge):
     limit = service().config.max_upload_mb
-    return error_answer(413, f"upload too large: the limit is {limit:g} MB")
+    return error_answer(413, f"that photo is too large to send (over {limit:g} MB): choose a smaller one, or "
+                             "take it at a lower resolution")
 
 
 @bp.app_errorhandler(HTTPException)
@@ -140,4 +141,4 @@ def on_httperror_answer(exc: HTTPException):
 @bp.app_errorhandler(Exception)
 def on_unexpected(exc: Exception):
     log.exception("unhandled error on %s %s [request %s]", request.method, request.path, request_id.current())
-    return error_answer(500, "internal error: the request could not be completed; it has been logged")
+    return error_answer(500, "something went wrong on our side: please try again in a moment")
