@@ -47,7 +47,7 @@ def _starts(length: int, side: float, step: float) -> list[float]:
     """Where windows of ``side`` start along ``length``: evenly, at most ``step`` × side apart, first at 0 and
     last at the far edge."""
     room = max(0.0, length - side)
-    count = int(np.ceil(room / (step * side))) + 1 if room > 0 else 1
+    count = int(np.ceil(room / (step * side))) + 1
     return [float(v) for v in np.linspace(0.0, room, count)]
 
 

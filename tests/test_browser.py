@@ -445,3 +445,25 @@ def test_arrow_keys_walk_a_setting_without_searching_until_it_is_committed(page)
         page.keyboard.press("Tab")  # leaving the slider commits it
     page.wait_for_selector(".summary")
     assert "at ≥ 69% similarity" in page.inner_text(".summary") and searches == ["POST", "POST"]
+
+
+def test_a_13_mb_phone_photo_is_shrunk_in_the_browser_and_accepted(page):
+    """Over the 10 MB upload limit as taken; the page sends it at 1,024 px as a JPEG of a few hundred KB."""
+    import io as _io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (2000, 2700, 3), dtype=np.uint8)
+    noise[600:1300, 900:1700] = (30, 30, 30)  # something to find (and 13 MB of noise around it)
+    buf = _io.BytesIO()
+    Image.fromarray(noise).save(buf, "PNG", compress_level=1)
+    assert len(buf.getvalue()) > 13 * 1024 * 1024
+    sent: list[int] = []
+    page.on("request", lambda req: sent.append(len(req.post_data_buffer or b"")) if req.url.endswith("/search")
+            else None)
+    page.set_input_files("#file", files=[{"name": "phone.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
+    page.click("#go")  # waits while the photo is prepared (Search is disabled until then)
+    page.wait_for_selector(".summary")
+    assert page.locator(".error:visible").count() == 0 and sent and sent[0] < 2 * 1024 * 1024

@@ -57,6 +57,9 @@ def test_the_common_part_of_the_best_windows():
     assert common_part(crops, [90.0, None, None, 89.0], 2, side * 10, side * 10) is not None
     assert common_part(crops, [90.0, None, None, 89.0], 2, side * 10 - 1, side * 10) is None
     assert common_part([Crop(0, 0, 0.4, 0.4), Crop(0.5, 0.5, 1, 1)], [9.0, 8.0], 2, 1000, 1000) is None
+    wide = [Crop(0, 0, 1, 0.6), Crop(0, 0.5, 1, 1)]  # an overlap as wide as the photo, a tenth of it high
+    assert common_part(wide, [9.0, 8.0], 2, 1000, 640) == Crop(0, 0.5, 1, 0.6)  # 64 px high: enough
+    assert common_part(wide, [9.0, 8.0], 2, 1000, 639) is None  # 383 - 320 = 63 px
 
 
 def busy_scene(pid: str, seed: int = 11) -> tuple[bytes, tuple[float, float, float, float]]:

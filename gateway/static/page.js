@@ -30,11 +30,39 @@
       fileError.hidden = false; file.value = ''; return;
     }
     forgetQuery(); unbox();
+    shrinkChosen();
     preview.src = URL.createObjectURL(file.files[0]); preview.hidden = false;
     text.textContent = file.files[0].name; choose.textContent = 'Choose another photo';
     clear.hidden = false; hint.hidden = false;
   };
   clear.addEventListener('click', () => { reset(); fileError.hidden = true; choose.focus(); });
+
+  // ---- a big phone photo is shrunk here before it is sent (long side LONG_SIDE, JPEG): any photo is accepted,
+  // and a slow link sends a few hundred KB instead of megabytes. Search waits for it; a photo the browser
+  // cannot decode is sent as it is (the server then says what is wrong with it).
+  const LONG_SIDE = 1024;
+  const shrink = async (original) => {
+    const bitmap = await createImageBitmap(original, {imageOrientation: 'from-image'});
+    const scale = Math.min(1, LONG_SIDE / Math.max(bitmap.width, bitmap.height));
+    if (scale === 1 && original.size <= 1024 * 1024) return original;
+    const canvas = document.createElement('canvas');
+    canvas.width = Math.max(1, Math.round(bitmap.width * scale));
+    canvas.height = Math.max(1, Math.round(bitmap.height * scale));
+    const ctx = canvas.getContext('2d');
+    ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, canvas.width, canvas.height);  // a transparent PNG on white
+    ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    const blob = await new Promise((done) => canvas.toBlob(done, 'image/jpeg', 0.9));
+    return blob ? new File([blob], original.name.replace(/\.[^.]*$/, '') + '.jpg', {type: 'image/jpeg'}) : original;
+  };
+  function shrinkChosen() {
+    const original = file.files[0];
+    go.disabled = true; busy.textContent = 'Preparing your photo…';
+    shrink(original).catch(() => original).then((small) => {
+      if (small !== original && file.files[0] === original) {
+        const dt = new DataTransfer(); dt.items.add(small); file.files = dt.files;
+      }
+    }).finally(() => { go.disabled = false; busy.textContent = ''; });
+  }
   const take = (files) => {
     if (!files || !files.length) return;
     const dt = new DataTransfer(); dt.items.add(files[0]); file.files = dt.files; show();
