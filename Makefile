@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv mar demo test test-blas lint bench bench-search infra-check infra-run lock screenshots mutate clean
+.PHONY: help venv mar demo axe test test-blas lint bench bench-search infra-check infra-run lock screenshots mutate clean
 
 help:
 	@echo "make demo   - build the model archive, start TorchServe, index the sample catalog, serve http://127.0.0.1:5000"
@@ -38,8 +38,16 @@ mar: venv
 demo: venv
 	$(BIN)/python scripts/demo.py
 
+# axe-core (npm), which the browser tests inject to check the page's accessibility; pinned by its lock file.
+AXE := devtools/axe/node_modules/axe-core/axe.min.js
+$(AXE): devtools/axe/package-lock.json
+	@command -v npm >/dev/null || { echo "note: npm not found: the accessibility checks will be skipped (CI fails)"; exit 0; }
+	npm ci --prefix devtools/axe --no-audit --no-fund --silent
+
+axe: $(AXE)
+
 # pytest exit code 5 means "no tests collected": that is a failure here, never a silent pass.
-test: venv
+test: venv axe
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

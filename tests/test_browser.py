@@ -467,3 +467,57 @@ def test_a_13_mb_phone_photo_is_shrunk_in_the_browser_and_accepted(page):
     page.click("#go")  # waits while the photo is prepared (Search is disabled until then)
     page.wait_for_selector(".summary")
     assert page.locator(".error:visible").count() == 0 and sent and sent[0] < 2 * 1024 * 1024
+
+
+AXE = REPO / "devtools" / "axe" / "node_modules" / "axe-core" / "axe.min.js"
+#: The violations a shopper with a screen reader or a keyboard would be blocked or badly slowed by.
+BLOCKING = "serious", "critical"
+
+
+def axe_violations(page) -> list[str]:
+    """axe-core's serious and critical violations on the page as it is now, one line each (rule: elements)."""
+    if not AXE.is_file():
+        message = "axe-core not installed: run `make axe` (npm ci --prefix devtools/axe)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI installs it: missing there is a defect, not a skip
+        pytest.skip(message)
+    page.add_script_tag(path=str(AXE))  # the context bypasses the page's CSP for this one injected script
+    return page.evaluate("""async (levels) => (await axe.run(document, {resultTypes: ['violations']})).violations
+        .filter((v) => levels.includes(v.impact))
+        .map((v) => `${v.id}: ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`)""", list(BLOCKING))
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 800), (390, 844)], ids=["desktop", "phone"])
+def test_no_serious_or_critical_accessibility_violation_on_any_page(browser, gateway, width, height):
+    """axe-core on the start, results, no-match, error and "More like this" pages, desktop and phone."""
+    context = browser.new_context(viewport={"width": width, "height": height}, bypass_csp=True)
+    page = context.new_page()
+    found: dict[str, list[str]] = {}
+    try:
+        page.goto(gateway.url + "/")
+        found["start"] = axe_violations(page)
+        page.set_input_files("#file", str(IMAGES / "10109.jpg"))
+        page.click("#go")
+        page.wait_for_selector(".results")
+        found["results"] = axe_violations(page)
+        assert page.evaluate("document.getElementById('file').tabIndex") == -1  # no invisible tab stop
+        more = page.locator(".card a", has_text="More like this").all_inner_texts()
+        assert len(more) > 1 and len(set(more)) == len(more)  # each names its product
+        page.goto(gateway.url + "/products/10109/similar")
+        page.wait_for_selector(".results")
+        found["more like this"] = axe_violations(page)
+        page.goto(gateway.url + "/")
+        page.set_input_files("#file", files=[{"name": "green.jpg", "mimeType": "image/jpeg",
+                                              "buffer": jpeg_bytes((40, 160, 60), (300, 300))}])
+        page.click("#go")
+        page.wait_for_selector(".no-match")
+        found["no match"] = axe_violations(page)
+        page.goto(gateway.url + "/")
+        page.set_input_files("#file", files=[{"name": "cut.jpg", "mimeType": "image/jpeg",
+                                              "buffer": demo_image(10109)[:400]}])
+        page.click("#go")
+        page.wait_for_selector("p.error[role=alert]:not(#file-error)")
+        found["error"] = axe_violations(page)
+    finally:
+        context.close()
+    assert {name: lines for name, lines in found.items() if lines} == {}

@@ -10,6 +10,7 @@
   const TYPES = ['image/jpeg', 'image/png', 'image/webp', 'image/gif'];
   const PROMPT = 'Drop a photo here, or paste one';
 
+  file.tabIndex = -1;  // the "Choose a photo" button opens it: no second, invisible tab stop
   thr.addEventListener('input', () => { out.textContent = thr.value + '%'; });
   choose.addEventListener('click', () => file.click());
   drop.addEventListener('click', (ev) => {  // the empty drop box opens the chooser too
