@@ -521,3 +521,28 @@ def test_no_serious_or_critical_accessibility_violation_on_any_page(browser, gat
     finally:
         context.close()
     assert {name: lines for name, lines in found.items() if lines} == {}
+
+
+def test_on_a_phone_a_photo_is_taken_with_the_camera_and_every_control_is_a_finger_wide(browser, gateway):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    page = context.new_page()
+    try:
+        page.goto(gateway.url + "/")
+        assert page.is_visible("#camera-button") and page.inner_text("#drop-text") == "Take a photo, or choose one"
+        assert page.get_attribute("#camera", "capture") == "environment"
+        page.set_input_files("#camera", str(IMAGES / "10109.jpg"))  # what the camera hands back
+        expect(page.locator("#preview")).to_be_visible()
+        page.tap("#go")
+        page.wait_for_selector(".results")
+        page.click("#refine summary")
+        small = page.evaluate("""() => [...document.querySelectorAll(
+            'button, select, input[type=url], input[type=number], input[type=range], .refine summary, .meta a')]
+            .filter((el) => el.offsetParent !== null && el.getBoundingClientRect().height < 44)
+            .map((el) => `${el.tagName.toLowerCase()}#${el.id} ${Math.round(el.getBoundingClientRect().height)}px`)""")
+        assert small == []
+    finally:
+        context.close()
+
+
+def test_on_a_desktop_there_is_no_camera_button(page):
+    assert not page.is_visible("#camera-button") and page.inner_text("#drop-text") == "Drop a photo here, or paste one"

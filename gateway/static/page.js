@@ -8,9 +8,19 @@
   const box = $('box'), crop = $('crop'), token = $('query-token'), picture = $('query-picture');
   const url = $('url'), thr = $('thr'), out = $('thr-out'), go = $('go'), busy = $('busy'), fileError = $('file-error');
   const TYPES = ['image/jpeg', 'image/png', 'image/webp', 'image/gif'];
-  const PROMPT = 'Drop a photo here, or paste one';
+  const PROMPT = window.matchMedia('(pointer: coarse)').matches ? 'Take a photo, or choose one'
+    : 'Drop a photo here, or paste one';
 
   file.tabIndex = -1;  // the "Choose a photo" button opens it: no second, invisible tab stop
+  // ---- phones: a "Take a photo" button opens the camera, and the wording fits a finger (no drop, no paste)
+  const camera = $('camera'), cameraButton = $('camera-button');
+  const touch = window.matchMedia('(pointer: coarse)').matches;
+  if (touch) {
+    cameraButton.hidden = false;
+    if (preview.hidden) text.textContent = PROMPT;
+    cameraButton.addEventListener('click', () => camera.click());
+    camera.addEventListener('change', () => { take(camera.files); camera.value = ''; });
+  }
   thr.addEventListener('input', () => { out.textContent = thr.value + '%'; });
   choose.addEventListener('click', () => file.click());
   drop.addEventListener('click', (ev) => {  // the empty drop box opens the chooser too
