@@ -546,3 +546,33 @@ def test_on_a_phone_a_photo_is_taken_with_the_camera_and_every_control_is_a_fing
 
 def test_on_a_desktop_there_is_no_camera_button(page):
     assert not page.is_visible("#camera-button") and page.inner_text("#drop-text") == "Drop a photo here, or paste one"
+
+
+def test_more_like_this_shows_the_product_as_the_query_and_can_be_refined(page):
+    """The product is the query (picture and name); category, similarity and Show more work on it without a
+    photo; choosing a photo there makes it a photo search again."""
+    page.goto(page.url.rstrip("/") + "/products/10109/similar")
+    page.wait_for_selector(".results")
+    assert page.get_attribute("#anchor-picture", "alt") == WATCH and WATCH in page.inner_text("#drop-text")
+    page.click("#refine summary")
+    with page.expect_navigation():
+        page.locator("#category").select_option("Watches")  # a pick: searches at once
+    page.wait_for_selector(".results")
+    assert "in Watches" in page.inner_text(".summary") and "/products/10109/similar" in page.url
+    assert set(page.locator(".card .cat").all_inner_texts()) == {"Watches"}
+    assert page.locator(".error:visible").count() == 0
+    if not page.is_visible("#thr"):
+        page.click("#refine summary")
+    page.locator("#thr").fill("0")
+    with page.expect_navigation():
+        page.locator("#thr").dispatch_event("change")
+    page.wait_for_selector(".results")
+    assert "at ≥ 0% similarity in Watches" in page.inner_text(".summary")
+    page.click("#more")
+    page.wait_for_selector(".results")
+    assert page.locator(".card").count() > 12 and "/products/10109/similar" in page.url
+    page.set_input_files("#file", str(IMAGES / "10175.jpg"))  # a photo: a photo search again
+    page.click("#go")
+    page.wait_for_url("**/search")
+    page.wait_for_selector(".results")
+    assert page.locator(".anchor").count() == 0

@@ -40,13 +40,18 @@
       fileError.textContent = `“${file.files[0].name}” is not a photo we can read: choose a JPEG, PNG, WebP or GIF picture.`;
       fileError.hidden = false; file.value = ''; return;
     }
-    forgetQuery(); unbox();
+    forgetQuery(); unbox(); asPhotoSearch();
     shrinkChosen();
     preview.src = URL.createObjectURL(file.files[0]); preview.hidden = false;
     text.textContent = file.files[0].name; choose.textContent = 'Choose another photo';
     clear.hidden = false; hint.hidden = false;
   };
   clear.addEventListener('click', () => { reset(); fileError.hidden = true; choose.focus(); });
+  function asPhotoSearch() {  // a "More like this" page's form refines the product until a photo is chosen
+    if (!form.dataset.anchor) return;
+    delete form.dataset.anchor; form.method = 'post'; form.action = form.dataset.searchAction;
+    const anchorPicture = $('anchor-picture'); if (anchorPicture) anchorPicture.remove();
+  }
 
   // ---- a big phone photo is shrunk here before it is sent (long side LONG_SIDE, JPEG): any photo is accepted,
   // and a slow link sends a few hundred KB instead of megabytes. Search waits for it; a photo the browser
@@ -118,6 +123,7 @@
 
   // ---- searching: a busy state; a crop of the last query's picture sends that picture (the original is not kept)
   form.addEventListener('submit', () => {
+    if (file.files.length || url.value !== url.defaultValue) asPhotoSearch();  // a new query, not a refine
     if (crop.value && !file.files.length && picture.value) {
       const bytes = Uint8Array.from(atob(picture.value.split(',')[1]), c => c.charCodeAt(0));
       const dt = new DataTransfer(); dt.items.add(new File([bytes], 'photo.jpg', {type: 'image/jpeg'}));
@@ -133,7 +139,9 @@
   // ---- refine: a changed setting re-runs the same query (its token: no upload, no model call) once the shopper
   // commits it (WCAG 3.2.2 On Input): a pick with the mouse or a finger, Enter, or leaving the control. Walking a
   // select or the slider with the arrow keys searches nothing until then.
-  const canRefine = () => token.value && !file.files.length && !crop.value && url.value === url.defaultValue;
+  const anchored = () => Boolean(form.dataset.anchor) && !file.files.length && url.value === url.defaultValue;
+  const canRefine = () => anchored()
+    || (token.value && !file.files.length && !crop.value && url.value === url.defaultValue);
   const valueOf = (el) => (el.type === 'checkbox' ? String(el.checked) : el.value);
   const settings = [thr, $('category'), $('first'), $('min-price'), $('max-price')].filter(Boolean);
   const asked = new Map(settings.map(el => [el, valueOf(el)]));
