@@ -576,3 +576,27 @@ def test_more_like_this_shows_the_product_as_the_query_and_can_be_refined(page):
     page.wait_for_url("**/search")
     page.wait_for_selector(".results")
     assert page.locator(".anchor").count() == 0
+
+
+def test_cropping_from_the_keyboard(page):
+    """Focus the photo: an arrow draws a box in the middle, arrows move it, Shift + arrows resize it, Enter
+    searches only that box, Escape removes it."""
+    page.set_input_files("#file", str(IMAGES / "10109.jpg"))
+    expect(page.locator("#preview")).to_be_visible()
+    page.focus("#stage")
+    page.keyboard.press("ArrowRight")
+    assert page.is_visible("#box") and page.input_value("#crop") == "0.2500,0.2500,0.7500,0.7500"
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Shift+ArrowUp")
+    assert page.input_value("#crop") == "0.3000,0.2500,0.8000,0.7000"
+    page.keyboard.press("Escape")
+    assert not page.is_visible("#box") and page.input_value("#crop") == ""
+    page.keyboard.press("ArrowDown")
+    for _ in range(12):  # bounded: the box stops at the edge
+        page.keyboard.press("ArrowDown")
+    assert page.input_value("#crop") == "0.2500,0.5000,0.7500,1.0000"
+    page.evaluate("""() => document.getElementById('search').addEventListener('submit', () =>
+        sessionStorage.setItem('sent-crop', document.getElementById('crop').value))""")  # kept across the load
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".results")
+    assert page.evaluate("sessionStorage.getItem('sent-crop')") == "0.2500,0.5000,0.7500,1.0000"

@@ -31,6 +31,7 @@
   const forgetQuery = () => { token.value = ''; picture.value = ''; };
   const reset = () => {
     file.value = ''; preview.hidden = true; preview.removeAttribute('src'); forgetQuery(); unbox();
+    stage.tabIndex = -1;
     text.textContent = PROMPT; choose.textContent = 'Choose a photo'; clear.hidden = true; hint.hidden = true;
   };
   const show = () => {
@@ -120,6 +121,36 @@
     whole.hidden = false;
   });
   whole.addEventListener('click', unbox);
+
+  // ---- crop from the keyboard: with the photo focused, an arrow draws a box in the middle, arrows move it,
+  // Shift + arrows resize it, Enter searches the box, Escape removes it
+  const STEP = 0.05, MIN = 0.1;
+  const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
+  const keyBox = (l, t, r, b) => {
+    draw({x: l, y: t}, {x: r, y: b});
+    crop.value = [l, t, r, b].map(v => v.toFixed(4)).join(','); whole.hidden = false;
+  };
+  const MOVES = {ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1]};
+  stage.addEventListener('keydown', (ev) => {
+    if (preview.hidden) return;
+    if (ev.key === 'Escape' && crop.value) { ev.preventDefault(); unbox(); return; }
+    if (ev.key === 'Enter' && crop.value) { ev.preventDefault(); form.requestSubmit(); return; }
+    const move = MOVES[ev.key];
+    if (!move) return;
+    ev.preventDefault();
+    if (!crop.value) { keyBox(0.25, 0.25, 0.75, 0.75); return; }
+    let [l, t, r, b] = crop.value.split(',').map(Number);  // drawn with the pointer or the keys
+    const [dx, dy] = move.map(v => v * STEP);
+    if (ev.shiftKey) {  // resize: the right and bottom edges
+      r = clamp(r + dx, l + MIN, 1); b = clamp(b + dy, t + MIN, 1);
+    } else {  // move, the size kept
+      const w = r - l, h = b - t;
+      l = clamp(l + dx, 0, 1 - w); t = clamp(t + dy, 0, 1 - h); r = l + w; b = t + h;
+    }
+    keyBox(l, t, r, b);
+  });
+  const stageFocus = () => { stage.tabIndex = preview.hidden ? -1 : 0; };
+  preview.addEventListener('load', stageFocus); stageFocus();
 
   // ---- searching: a busy state; a crop of the last query's picture sends that picture (the original is not kept)
   form.addEventListener('submit', () => {
