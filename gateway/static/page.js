@@ -11,9 +11,11 @@
   const PROMPT = window.matchMedia('(pointer: coarse)').matches ? 'Take a photo, or choose one'
     : 'Drop a photo here, or paste one';
 
-  file.tabIndex = -1;  // the "Choose a photo" button opens it: no second, invisible tab stop
+  file.tabIndex = -1;  // the "Choose a photo" button opens it: no second, invisible tab stop or name
+  file.setAttribute('aria-hidden', 'true');
   // ---- phones: a "Take a photo" button opens the camera, and the wording fits a finger (no drop, no paste)
   const camera = $('camera'), cameraButton = $('camera-button');
+  camera.setAttribute('aria-hidden', 'true');  // "Take a photo" opens it
   const touch = window.matchMedia('(pointer: coarse)').matches;
   if (touch) {
     cameraButton.hidden = false;
