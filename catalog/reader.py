@@ -73,6 +73,16 @@ def _record_lines(path: Path, n_columns: int) -> tuple[list[int], list[RowError]
     return starts, malformed
 
 
+def _unlinked(row: dict) -> list[RowError]:
+    """Leaves out a ``product_url`` a card may not follow (the product stays, unlinked): the warning, if any."""
+    if not row.get(PRODUCT_URL) or product_link(row[PRODUCT_URL]) is not None:
+        return []
+    row[PRODUCT_URL] = ""
+    return [RowError(row["line"], row["id"], row["image_url"], "warning", f"{PRODUCT_URL} is not an http(s) link "
+                     f"a card may follow (absolute, a host, no credentials or spaces, at most {MAX_PRODUCT_URL} "
+                     "characters): left out")]
+
+
 def read_catalog(path: Path) -> tuple[list[dict], list[RowError]]:
     """Rows as dicts (all columns kept as text, ``price`` parsed, ``line`` added) plus row errors.
 
@@ -128,11 +138,7 @@ def read_catalog(path: Path) -> tuple[list[dict], list[RowError]]:
             seen[pid] = line
             row["line"] = line
             rows.append(row)
-            if row.get(PRODUCT_URL) and product_link(row[PRODUCT_URL]) is None:  # the product stays, unlinked
-                errors.append(RowError(line, pid, url, "warning", f"{PRODUCT_URL} is not an http(s) link a card "
-                                       f"may follow (absolute, a host, no credentials or spaces, at most "
-                                       f"{MAX_PRODUCT_URL} characters): left out"))
-                row[PRODUCT_URL] = ""
+            errors.extend(_unlinked(row))
             formulas = [k for k, v in row.items() if isinstance(v, str) and FORMULA.match(v)]
             if formulas:  # kept (it is just text to us), but flagged: it would run in a spreadsheet
                 errors.append(RowError(line, pid, url, "warning", f"formula-looking cell in {', '.join(formulas)}: "

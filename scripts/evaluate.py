@@ -95,7 +95,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--catalog", type=Path, required=True)
     parser.add_argument("--label-column", default="category")
@@ -127,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="shopper-photo: which half of the products the scenes show")
     parser.add_argument("--colour-points", type=float, help="try this colour tie-breaker, in points (tuning)")
     parser.add_argument("--save-scenes", type=int, default=0, help="shopper-photo: write this many scenes as JPEGs")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.protocol == "shopper-photo":
         return shopper_photo_main(args)
