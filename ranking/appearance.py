@@ -2,9 +2,10 @@
 
 The CNN vector says *what* a photo shows (a dress, a watch) far better than its colour: its last layer
 pools colour away. So inside one category (the guessed one, the anchor's, or a category filter) the
-gateway re-orders the best candidates by a fused score, ``(1 - weight) · cosine + weight · appearance
-cosine``, while the category vote, the threshold, the "no close match" rule and the shown similarity stay
-the CNN's. The appearance vector of a photo is a colour histogram of its foreground (hue × saturation
+appearance cosine lowers each candidate's match by up to ``MatchPoints.colour`` points, the CNN's closest
+excepted (ranking/rank.py), while the category vote, the threshold and the "no close match" rule stay the
+CNN's. (The stored ``weight`` is kept in the file for older readers; the ranking no longer uses it.)
+The appearance vector of a photo is a colour histogram of its foreground (hue × saturation
 × value, plus greys; the background is the colour of the border); when the catalog has a colour column
 (e.g. ``base_colour``) the build fits a small ridge projection from [histogram, CNN vector] to those
 colours, on catalog rows only, like the whitening. docs/QUALITY.md has every variant tried and its numbers.
@@ -119,10 +120,6 @@ class Appearance:
             return _unit(np.sqrt(np.maximum(np.atleast_2d(hists), 0)))
         return _unit((_features(hists, search_vectors) - self.mean) @ self.projection)
 
-    def fused(self, scores: np.ndarray, appearance_scores: np.ndarray) -> np.ndarray:
-        """The order inside a category: CNN cosine and appearance cosine, weighted."""
-        return (1 - self.weight) * np.asarray(scores) + self.weight * np.asarray(appearance_scores)
-
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
         arrays = {"weight": np.float32(self.weight)}
@@ -172,7 +169,3 @@ def fit_appearance(hists: np.ndarray, search_vectors: np.ndarray, colours: list[
              "source": "ridge projection onto the catalog's colours"}
     return Appearance(settings.weight, mean.astype(np.float32), projection.astype(np.float32)), info
 
-
-def reorder(scores: np.ndarray, appearance_scores: np.ndarray, appearance: Appearance) -> np.ndarray:
-    """Positions of candidates (one category, best CNN first) in their fused order (stable on ties)."""
-    return np.argsort(-appearance.fused(scores, appearance_scores), kind="stable")

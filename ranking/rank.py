@@ -35,8 +35,8 @@ THRESHOLD_SLACK = 1e-6
 
 @dataclass(frozen=True)
 class MatchPoints:
-    """How far the colour and the category move a product's match (percent points); chosen on the tuning
-    halves of the shopper-photo and held-out protocols (docs/QUALITY.md)."""
+    """How far the colour moves a product's match (percent points); chosen on the tuning halves of the
+    shopper-photo and held-out protocols (docs/QUALITY.md)."""
 
     colour: float = 100.0  # the most a colour unlike the query's lowers the match, inside one category
 
@@ -89,7 +89,7 @@ class RankingView:
     appearance_rows: np.ndarray | None = None  # ... and each row's appearance vector
     no_match_percent: float | None = None  # the fitted "no close match" rule (ranking/no_match.py); None: never
     prices: np.ndarray | None = None  # price per row, NaN where unknown; None: no prices
-    points: MatchPoints = MatchPoints()  # how colour and category move the match
+    points: MatchPoints = MatchPoints()  # how far the colour moves the match
 
     @cached_property
     def _codes_by_name(self) -> dict[str, frozenset[int]]:

@@ -31,7 +31,6 @@ from ranking.appearance import (
     colour_histogram_or_none,
     fit_appearance,
     histogram_of,
-    reorder,
 )
 
 RED, BLUE, GREEN = (200, 20, 20), (20, 40, 200), (30, 170, 40)
@@ -99,14 +98,6 @@ def test_the_projection_puts_a_colour_next_to_its_own():
     red = space.vectors(histogram_of(photo((210, 30, 25))), search[0])[0]
     best = np.argsort(-(vectors @ red))[:10]
     assert [names[i] for i in best] == ["red"] * 10
-
-
-def test_fused_order_by_hand():
-    space = Appearance(weight=0.5)
-    scores, looks = np.array([0.9, 0.8, 0.7]), np.array([0.1, 0.9, 0.2])
-    # fused: 0.5, 0.85, 0.45 → rows 1, 0, 2
-    assert reorder(scores, looks, space).tolist() == [1, 0, 2]
-    assert reorder(scores, looks, Appearance(weight=0.0)).tolist() == [0, 1, 2]
 
 
 def test_the_space_round_trips_and_a_malformed_file_is_refused():
