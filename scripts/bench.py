@@ -71,7 +71,7 @@ def free_port() -> int:
 
 @contextmanager
 def serving(store: Path, workdir: Path, settings: Settings) -> Iterator[TorchServe]:
-    ts = TorchServe(store, workdir, free_port(), free_port(), free_port(), grpc_ports=(free_port(), free_port()),
+    ts = TorchServe(store, workdir,
                     overrides={"models": models_setting("embedding.mar", settings.batch, settings.delay_ms,
                                                         settings.workers)},
                     env={"PHOTO_THREADS": str(settings.threads), "OMP_NUM_THREADS": str(settings.threads)})

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     archive = build_archive(args.backbone, output=REPO / "model_store")
     print(f"[demo] archive {archive.path} serves {archive.backbone_id} with runtime {archive.runtime}", flush=True)
-    ts = TorchServe(REPO / "model_store", REPO / "logs" / "torchserve",
+    ts = TorchServe(REPO / "model_store", REPO / "logs" / "torchserve", 8080, 8081, 8082, grpc_ports=(7070, 7071),
                     overrides={"models": models_setting(archive.path.name, 4, 2, workers=2)},
                     env={"PHOTO_THREADS": "1"})  # the tuned settings: docs/PERFORMANCE.md
     gateway: subprocess.Popen | None = None

@@ -119,8 +119,7 @@ def model_store(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def torchserve(model_store, tmp_path_factory) -> Iterator[TorchServe]:
     """A real TorchServe process serving the built archive with batching on (batch 4, 200 ms)."""
-    ts = TorchServe(model_store, tmp_path_factory.mktemp("torchserve"), free_port(), free_port(), free_port(),
-                    grpc_ports=(free_port(), free_port()),
+    ts = TorchServe(model_store, tmp_path_factory.mktemp("torchserve"),
                     overrides={"models": models_setting("embedding.mar", batch_size=4, max_batch_delay_ms=200)})
     ts.start()
     try:

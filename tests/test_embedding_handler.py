@@ -85,13 +85,11 @@ def runtime_server(request, tmp_path_factory):
     """A real TorchServe serving an archive built with one explicit runtime (batching on)."""
     from devtools.process import TorchServe, models_setting
     from modelarchive.archive import build_archive
-    from tests.conftest import free_port
 
     store = tmp_path_factory.mktemp(f"store-{request.param}")
     archive = build_archive("efficientnet_lite0", output=store, runtime=request.param)
     assert archive.runtime == request.param
-    ts = TorchServe(store, tmp_path_factory.mktemp(f"ts-{request.param}"), free_port(), free_port(), free_port(),
-                    grpc_ports=(free_port(), free_port()),
+    ts = TorchServe(store, tmp_path_factory.mktemp(f"ts-{request.param}"),
                     overrides={"models": models_setting("embedding.mar", batch_size=4, max_batch_delay_ms=100)})
     ts.start()
     try:

@@ -21,7 +21,7 @@ from gateway.config import Config
 from gateway.routes import SEARCH_DOWN
 from modelserver.client import TorchServeClient
 from scripts.loadtest import run_load
-from tests.conftest import DEMO_DIR, demo_image, free_port
+from tests.conftest import DEMO_DIR, demo_image
 
 pytestmark = pytest.mark.integration
 UPLOADS = [demo_image(p.stem) for p in sorted((DEMO_DIR / "images").glob("*.jpg"))[:20]]
@@ -38,8 +38,7 @@ def served_demo(torchserve, tmp_path_factory, local_embedder):
 
 
 def test_torchserve_killed_mid_load_then_recovers_by_itself(model_store, tmp_path, served_demo, start_gateway):
-    ts = TorchServe(model_store, tmp_path / "ts", free_port(), free_port(), free_port(),
-                    grpc_ports=(free_port(), free_port()),
+    ts = TorchServe(model_store, tmp_path / "ts",
                     overrides={"models": models_setting("embedding.mar", 4, 50)})
     ts.start().wait_ready(timeout=240)
     try:

@@ -179,8 +179,7 @@ def test_image_pins_equal_the_tested_ones():
 
 def serve_with(model_store: Path, tmp_path: Path, config: str) -> TorchServe:
     """A TorchServe with one of infra/torchserve's configs, on free loopback ports and the test's store."""
-    return TorchServe(model_store, tmp_path / "ts", free_port(), free_port(), free_port(),
-                      grpc_ports=(free_port(), free_port()), template=INFRA / "torchserve" / config,
+    return TorchServe(model_store, tmp_path / "ts", template=INFRA / "torchserve" / config,
                       overrides={"model_store": str(model_store), "allowed_urls": f"file://{model_store}/.*"})
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import requests
+
 from devtools.process import CONFIG_TEMPLATE, models_setting, render_config
 
 
@@ -36,3 +39,65 @@ def test_wait_for_http_answers_true_when_up_and_false_at_the_deadline(http_serve
     started = time.monotonic()
     assert not wait_for_http(f"http://127.0.0.1:{free_port()}/readyz", timeout=0.6, interval=0.1)
     assert 0.5 <= time.monotonic() - started < 5
+
+
+def test_free_ports_are_distinct_and_bindable():
+    import socket
+
+    from devtools.process import free_ports
+
+    ports = free_ports(5)
+    assert len(set(ports)) == 5
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+
+
+def occupied_port():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s
+
+
+@pytest.mark.integration
+def test_a_port_taken_before_torchserve_binds_it_is_chosen_again(model_store, tmp_path, monkeypatch):
+    """The frontend exits (with 0) when a port is taken between choosing and binding: the manager chooses again."""
+    from devtools import process
+
+    busy = occupied_port()
+    real, calls = process.free_ports, []
+
+    def first_one_taken(count):
+        calls.append(count)
+        ports = real(count)
+        return [busy.getsockname()[1], *ports[1:]] if len(calls) == 1 else ports
+
+    monkeypatch.setattr(process, "free_ports", first_one_taken)
+    ts = process.TorchServe(model_store, tmp_path / "ts", overrides={"models": models_setting("embedding.mar", 1, 5)})
+    try:
+        ts.start().wait_ready(timeout=240)
+        assert len(calls) == 2 and ts.ports[0] != busy.getsockname()[1]
+        assert "Failed to bind" in (tmp_path / "ts" / "torchserve.out").read_text()  # the first start did fail
+        assert requests.get(f"{ts.url}/ping", timeout=5).ok
+    finally:
+        ts.stop()
+        busy.close()
+
+
+@pytest.mark.integration
+def test_a_given_port_taken_fails_with_torchserve_s_own_words(model_store, tmp_path):
+    from devtools.process import PortTaken, TorchServe, free_ports
+
+    busy = occupied_port()
+    others = free_ports(4)
+    ts = TorchServe(model_store, tmp_path / "ts", busy.getsockname()[1], others[0], others[1],
+                    grpc_ports=(others[2], others[3]), overrides={"models": models_setting("embedding.mar", 1, 5)})
+    try:
+        with pytest.raises(PortTaken, match="Failed to bind"):
+            ts.start().wait_ready(timeout=120)
+    finally:
+        ts.stop()
+        busy.close()
