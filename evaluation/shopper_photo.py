@@ -64,17 +64,28 @@ class Outcome:
 
     rank: int
     box: tuple[float, float, float, float] | None = None  # the box the gateway searched, when it chose one
+    items: int = 1  # the items the gateway found in the photo
+    on_an_item: int = -1  # the best place its product came on any item's search (the shopper picks that dot)
 
 
 def search_scene(service: SearchService, scene: Scene, query: str, options: SearchOptions) -> Outcome:
-    """Search one scene as an upload, whole or cropped to its item; where its own product came."""
+    """Search one scene as an upload, whole or cropped to its item; where its own product came, searched first
+    and on the best of the photo's items (each other item searched from the token, as the page's dots do)."""
     crop = Crop(*scene.box) if query == "cropped" else None
-    found = service.search(SearchQuery(upload=scene.jpeg, crop=crop), options).found
-    ids = [str(hit.product["id"]) for hit in found.hits]
+    answer = service.search(SearchQuery(upload=scene.jpeg, crop=crop), options)
     own = str(service.require_index().products[scene.row]["id"])
-    box = found.box
-    return Outcome(ids.index(own) if own in ids else -1,
-                   None if box is None else (box.left, box.top, box.right, box.bottom))
+    rank = _place(answer.found, own)
+    places = [rank] + [_place(service.search(SearchQuery(token=answer.token, item=k), options).found, own)
+                       for k in range(1, len(answer.found.items))]
+    found = [p for p in places if p >= 0]
+    box = answer.found.box
+    return Outcome(rank, None if box is None else box.fractions(), len(answer.found.items),
+                   min(found) if found else -1)
+
+
+def _place(found, product_id: str) -> int:
+    ids = [str(hit.product["id"]) for hit in found.hits]
+    return ids.index(product_id) if product_id in ids else -1
 
 
 def evaluate_scenes(service: SearchService, scenes: list[Scene], top_k: int = 10) -> dict:
@@ -89,8 +100,11 @@ def evaluate_scenes(service: SearchService, scenes: list[Scene], top_k: int = 10
             boxes = [(o.box, s.box) for o, s in zip(outcomes, scenes, strict=True) if o.box is not None]
             if query == "whole":
                 ious = np.array([box_iou(found, truth) for found, truth in boxes])
+                picked = np.array([o.on_an_item for o in outcomes])
                 entry |= {"boxes": len(boxes), "iou_median": float(np.median(ious)) if boxes else 0.0,
-                          "iou_at_least_0.5": float((ious >= 0.5).sum() / len(scenes))}
+                          "iou_at_least_0.5": float((ious >= 0.5).sum() / len(scenes)),
+                          "items_mean": float(np.mean([o.items for o in outcomes])),
+                          "first_on_an_item": float((picked == 0).mean())}
             report[f"{query}/{name}"] = entry
     return report
 

@@ -143,6 +143,10 @@ class Crop:
     right: float
     bottom: float
 
+    def fractions(self) -> tuple[float, float, float, float]:
+        """(left, top, right, bottom)."""
+        return self.left, self.top, self.right, self.bottom
+
     @classmethod
     def parse(cls, text: object) -> Crop | None:
         """``"left,top,right,bottom"`` (fractions, 0 to 1); None for no crop; ``BadRequest`` when malformed."""

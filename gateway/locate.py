@@ -6,6 +6,10 @@ as a crop is (on the studio background, gateway/images.py), and keeps the one wh
 product is closest of all, when it beats the whole photo's. The model itself is the detector, so it is
 class-agnostic and needs no other weights; a photo that already matches a product almost exactly (a
 catalog-like shot) is searched whole, with no extra model call. docs/QUALITY.md has what was measured.
+
+The same windows show the photo's other items: windows that do not overlap the searched part and whose closest
+product is close and another one (``other_items``). The page puts a dot on each; picking one searches its
+window's vector, carried in the query token, with no upload and no model call.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ class LocateSettings:
     good_enough: float = 95.0
     agree: int = 3  # the best windows whose common part is tried (they all hold the item: it is in all)
     slack: float = 0.0  # the common part is searched when it scores at least the best window's minus this
+    items: int = 4  # at most this many items in one photo (the searched one and others the shopper can pick)
+    overlap: float = 0.5  # a window overlapping an item by this much (IoU) shows that item, not another ...
+    inside: float = 0.7  # ... and so does one this much inside it, or around it (share of the smaller's area)
+    item_least: float = 60.0  # a window is another item when its closest product is at least this close (%)
 
 
 def windows(width: int, height: int, settings: LocateSettings = LocateSettings()) -> list[Crop]:  # noqa: B008
@@ -74,3 +82,45 @@ def common_part(crops: list[Crop], scores: list[float | None], agree: int, width
     big = (round(right * width) - round(left * width) >= 4 * MIN_CROP_PX
            and round(bottom * height) - round(top * height) >= 4 * MIN_CROP_PX)
     return Crop(left, top, right, bottom) if big else None
+
+
+def _area(box: Crop) -> float:
+    return (box.right - box.left) * (box.bottom - box.top)
+
+
+def _inter(a: Crop, b: Crop) -> float:
+    width = min(a.right, b.right) - max(a.left, b.left)
+    height = min(a.bottom, b.bottom) - max(a.top, b.top)
+    return width * height if width > 0 and height > 0 else 0.0
+
+
+def iou(a: Crop, b: Crop) -> float:
+    """Intersection over union of two boxes (fractions of one photo)."""
+    inter = _inter(a, b)
+    return inter / (_area(a) + _area(b) - inter) if inter else 0.0
+
+
+def same_item(a: Crop, b: Crop, settings: LocateSettings = LocateSettings()) -> bool:  # noqa: B008
+    """Whether two windows show one item: they overlap by ``settings.overlap`` (IoU), or the smaller lies
+    ``settings.inside`` within the larger (a big window around a small item)."""
+    inter = _inter(a, b)
+    return iou(a, b) >= settings.overlap or inter >= settings.inside * min(_area(a), _area(b))
+
+
+def other_items(crops: list[Crop], scores: list[float | None], products: list[int | None], searched: Crop,
+                searched_product: int | None, least: float, settings: LocateSettings = LocateSettings()  # noqa: B008
+                ) -> list[int]:
+    """The windows that show other items than the searched one, best first: each scores at least ``least``
+    (its closest product is that close), its closest product is no other item's, and it is not where another item
+    is (``same_item``); at most ``settings.items - 1``. ``products``: each window's closest product."""
+    chosen: list[int] = []
+    boxes, taken = [searched], {searched_product}
+    for i in sorted((i for i, score in enumerate(scores) if score is not None), key=lambda i: -scores[i]):
+        if len(chosen) >= settings.items - 1 or scores[i] < least:
+            break
+        if products[i] in taken or any(same_item(crops[i], box, settings) for box in boxes):
+            continue
+        chosen.append(i)
+        boxes.append(crops[i])
+        taken.add(products[i])
+    return chosen

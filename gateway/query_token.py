@@ -3,7 +3,9 @@ the photo again, and without the model embedding it again.
 
 A token carries the query's model vector (never the photo), its colour descriptor, the backbone that made
 it, the image URL it came from (empty for an upload), a digest of the picture the page shows for it, and
-when it expires. All of that is **encrypted and authenticated** with AES-256-GCM (``cryptography``) under a
+when it expires; and the photo's other items (gateway/locate.py), each a box, a category and its vector and
+colour at half precision, so that picking one needs neither the photo nor the model. All of that is
+**encrypted and authenticated** with AES-256-GCM (``cryptography``) under a
 key derived from ``QUERY_TOKEN_KEY``: whoever sees a token (a browser history, a proxy log, a shared link)
 learns nothing of the photo's vector or URL, and a changed byte is refused.
 
@@ -38,8 +40,11 @@ from gateway.errors import BadRequest
 PREFIX = "q2"
 #: AES-GCM nonce bytes, random per token (NIST SP 800-38D: up to 2^32 tokens per key; rotate long before).
 NONCE_BYTES = 12
-#: Far above any real token (a 2048-d float32 vector is 11 KB as base64): longer ones are not parsed.
-MAX_TOKEN_CHARS = 16_384
+#: Far above any real token (a 2048-d float32 vector and three other items at half precision: 29 KB as base64):
+#: longer ones are not parsed.
+MAX_TOKEN_CHARS = 40_960
+#: The most other items a token carries (the searched one is its query).
+MAX_ITEMS = 3
 #: Longest image URL a query may name (the service refuses longer ones; a token never cuts one short).
 MAX_URL_CHARS = 2048
 
@@ -58,6 +63,17 @@ class Query:
     picture_digest: str = ""  # ``picture_digest()`` of the picture shown for the query; "" for none
     hist: np.ndarray | None = None  # its colour histogram (ranking/appearance.py), when there is one
     box: tuple[float, float, float, float] | None = None  # the part of the photo searched (gateway/locate.py)
+    items: tuple[QueryItem, ...] = ()  # the photo's other items, when it has them
+
+
+@dataclass(frozen=True)
+class QueryItem:
+    """Another item of the query's photo: where it is, what it looks like, and its vector and colour."""
+
+    box: tuple[float, float, float, float]
+    category: str  # its closest product's category ("" for none)
+    vector: np.ndarray
+    hist: np.ndarray | None = None
 
 
 def picture_digest(picture: str) -> str:
@@ -134,10 +150,19 @@ class QueryTokens:
                   "e": int(now + self.ttl_s), "n": int(np.size(query.vector))}
         if query.box is not None:
             fields["x"] = [float(v) for v in query.box]
+        if len(query.items) > MAX_ITEMS:
+            raise ValueError(f"{len(query.items)} other items are over {MAX_ITEMS}")
+        tail = b""
+        if query.items:  # lengths said outright: the query's colour, then each item's vector and colour
+            fields["h"] = 0 if query.hist is None else int(np.size(query.hist))
+            fields["i"] = [{"x": [float(v) for v in item.box], "c": item.category, "n": int(np.size(item.vector)),
+                            "h": 0 if item.hist is None else int(np.size(item.hist))} for item in query.items]
+            tail = b"".join(np.concatenate([np.asarray(p, dtype="<f2").ravel() for p in (item.vector, item.hist)
+                                            if p is not None]).tobytes() for item in query.items)
         head = json.dumps(fields, separators=(",", ":")).encode()
         parts = [query.vector] if query.hist is None else [query.vector, query.hist]
         vector = np.concatenate([np.asarray(p, dtype="<f4").ravel() for p in parts]).tobytes()
-        return self._seal(struct.pack("<H", len(head)) + head + vector)
+        return self._seal(struct.pack("<H", len(head)) + head + vector + tail)
 
     def _open(self, token: object) -> bytes:
         """The plaintext of a token sealed under one of our keys; ``ExpiredQuery`` for anything else."""
@@ -160,23 +185,54 @@ class QueryTokens:
         try:  # authenticated, so made by us; parsed defensively anyway (a key can leak)
             (size,) = struct.unpack_from("<H", plain)
             head = json.loads(plain[2:2 + size])
-            tail = plain[2 + size:]
-            if len(tail) % 4:
-                raise ValueError("vector bytes")
-            numbers = np.frombuffer(tail, dtype="<f4").astype(np.float32)
-            n = int(head["n"])
-            if not 0 < n <= len(numbers):
-                raise ValueError("vector length")
-            vector, hist = numbers[:n], (numbers[n:] if len(numbers) > n else None)
-            query = Query(vector, str(head["b"]), str(head["u"]), str(head["d"]), hist, _box(head.get("x")))
+            query = _parsed(head, plain[2 + size:])
             expires = int(head["e"])
         except (ValueError, KeyError, TypeError, struct.error):
             raise ExpiredQuery(_AGAIN) from None
         if expires < now:
             raise ExpiredQuery("this search has expired: choose the photo again, or paste its link")
-        if not np.all(np.isfinite(numbers)):
+        numbers = [query.vector, query.hist] + [a for item in query.items for a in (item.vector, item.hist)]
+        if not all(np.all(np.isfinite(a)) for a in numbers if a is not None):
             raise ExpiredQuery(_AGAIN)
         return query
+
+
+def _parsed(head: dict, tail: bytes) -> Query:
+    """The query of a token's head and numbers (``ValueError``, ``KeyError`` or ``TypeError`` when they do not
+    fit together): the query's vector and colour at full precision, then each other item's at half."""
+    n = int(head["n"])
+    items = head.get("i", [])
+    if not isinstance(items, list) or len(items) > MAX_ITEMS:
+        raise ValueError("items")
+    if items:
+        h = int(head["h"])
+        if n <= 0 or h < 0:
+            raise ValueError("lengths")
+        main, tail = np.frombuffer(tail[:4 * (n + h)], dtype="<f4").astype(np.float32), tail[4 * (n + h):]
+        if len(main) != n + h:
+            raise ValueError("vector bytes")
+        vector, hist = main[:n], (main[n:] if h else None)
+    else:
+        if len(tail) % 4:
+            raise ValueError("vector bytes")
+        numbers = np.frombuffer(tail, dtype="<f4").astype(np.float32)
+        if not 0 < n <= len(numbers):
+            raise ValueError("vector length")
+        vector, hist, tail = numbers[:n], (numbers[n:] if len(numbers) > n else None), b""
+    others = []
+    for item in items:
+        size, colours = int(item["n"]), int(item["h"])
+        numbers = np.frombuffer(tail[:2 * (size + colours)], dtype="<f2").astype(np.float32)
+        if size <= 0 or colours < 0 or len(numbers) != size + colours:
+            raise ValueError("item bytes")
+        tail = tail[2 * (size + colours):]
+        box = _box(item["x"])
+        if box is None or not isinstance(item["c"], str):
+            raise ValueError("item")
+        others.append(QueryItem(box, item["c"], numbers[:size], numbers[size:] if colours else None))
+    if tail:
+        raise ValueError("trailing bytes")
+    return Query(vector, str(head["b"]), str(head["u"]), str(head["d"]), hist, _box(head.get("x")), tuple(others))
 
 
 _AGAIN = "we could not re-run that search: choose the photo again, or paste its link"

@@ -21,11 +21,13 @@ from gateway.config import Config
 from gateway.errors import BadRequest, NotFound, Unavailable
 from gateway.images import Crop, DecodeSlots, FetchSlots, QueryImage, query_image
 from gateway.index import CatalogIndex, IndexManager
-from gateway.locate import LocateSettings, best_window, common_part, windows
+from gateway.locate import LocateSettings, best_window, common_part, other_items, windows
 from gateway.query_token import (
+    MAX_ITEMS,
     MAX_URL_CHARS,
     ExpiredQuery,
     Query,
+    QueryItem,
     QueryTokens,
     key_from_secret,
     new_key,
@@ -62,6 +64,21 @@ class Hit:
         return round(self.match, 1)
 
 
+#: The whole photo as a box.
+WHOLE = Crop(0.0, 0.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One item of the query's photo: where it is, and the category of the catalog's closest product to it
+    (None: nothing close); with the vector and colour that search it (the others carry them to the token)."""
+
+    box: Crop
+    category: str | None
+    vector: np.ndarray | None = None
+    hist: np.ndarray | None = None
+
+
 @dataclass(frozen=True)
 class Results:
     hits: list[Hit]
@@ -76,6 +93,7 @@ class Results:
     index_model: str = ""  # ... and the backbone it was built with
     box: Crop | None = None  # the part of a whole photo searched, when the gateway found the item in it
     closer_outside_filter: bool = False  # nothing in the shopper's filter is close, but the catalog has it
+    items: tuple[Item, ...] = ()  # a photo's items, the searched one first (gateway/locate.py)
 
 
 @dataclass(frozen=True)
@@ -88,6 +106,7 @@ class SearchQuery:
     crop: Crop | None = None
     with_picture: bool = False  # the page shows the query's picture
     picture: str = ""  # the picture a page sent back with ``token`` (shown only if it is the token's)
+    item: int = 0  # with ``token``: which of its photo's items to search (0: the one it searched)
 
 
 @dataclass(frozen=True)
@@ -155,7 +174,8 @@ class SearchService:
 
     def search(self, query: SearchQuery, options: SearchOptions) -> Answer:
         """One search request: a new photo or image URL (cropped when asked), else the vector of its query
-        token (no upload, no model call). Decides which, searches, and issues the token of the answer."""
+        token or of one of the other items it carries (no upload, no model call). Decides which, searches, and
+        issues the token of the answer. The page is shown the whole photo, whatever part of it was searched."""
         if len(query.image_url) > MAX_URL_CHARS:
             raise BadRequest(f"that image link is too long (over {MAX_URL_CHARS:,} characters): save the picture "
                              "and upload it instead")
@@ -163,8 +183,9 @@ class SearchService:
         if query.upload is not None or (query.image_url and (known is None or known.image_url != query.image_url)):
             photo = query_image(query.upload, query.image_url, self.config, self.url_fetches, self.decodes)
             if query.crop is not None:
-                photo = photo.cropped(query.crop)
-            found = self.search_image(photo, options, locate=query.crop is None and self.config.locate_item)
+                found = within(self.search_image(photo.cropped(query.crop), options), query.crop)
+            else:
+                found = self.search_image(photo, options, locate=self.config.locate_item)
             url = "" if query.upload is not None else query.image_url
             return self._answer(found, url, photo.picture() if query.with_picture else "")
         if not query.token:
@@ -175,11 +196,25 @@ class SearchService:
             raise refused
         if known.backbone_id != self.require_index().backbone_id:
             raise ExpiredQuery("the search engine has been updated since this search: choose the photo again")
-        found = self.search_vector(known.vector, known.backbone_id, options, known.hist)
-        if known.box is not None:
-            found = replace(found, box=Crop(*known.box))  # the part of the photo the vector is of
+        found = self.search_item(known, query.item, options)
         return self._answer(found, known.image_url, self.token_picture(query.picture, known)
                             if query.with_picture else "")
+
+    def search_item(self, known: Query, item: int, options: SearchOptions) -> Results:
+        """The search of a token's query (``item`` 0) or of its photo's other item ``item`` (1 and up), with
+        no model call: that item comes first in the answer's items, the others keep their order."""
+        if not 0 <= item <= len(known.items):
+            raise BadRequest("that item is not in this search any more: choose it on the photo again")
+        index = self.require_index()
+        box = WHOLE if known.box is None else Crop(*known.box)
+        items = [Item(box, None, known.vector, known.hist),
+                 *(Item(Crop(*o.box), o.category or None, o.vector, o.hist) for o in known.items)]
+        chosen = items.pop(item)
+        found = self.search_vector(chosen.vector, known.backbone_id, options, chosen.hist)
+        if item:  # the item searched before is now one of the others: named like them, by its closest product
+            items[0] = replace(items[0], category=_category(index, _closest(index, known.vector)))
+        return replace(found, box=None if chosen.box == WHOLE else chosen.box,
+                       items=(replace(chosen, category=_main_category(index, found)), *items))
 
     def _verified(self, token: str) -> tuple[Query | None, ExpiredQuery | None]:
         """The query of ``token`` (verified once), or why it cannot be used: that only matters when it is the
@@ -190,9 +225,11 @@ class SearchService:
             return None, exc
 
     def _answer(self, found: Results, image_url: str, shown: str) -> Answer:
-        box = None if found.box is None else (found.box.left, found.box.top, found.box.right, found.box.bottom)
+        box = None if found.box is None else found.box.fractions()
+        others = tuple(QueryItem(item.box.fractions(), item.category or "", item.vector, item.hist)
+                       for item in found.items[1:MAX_ITEMS + 1] if item.vector is not None)
         token = self.tokens.issue(Query(found.vector, found.model, image_url,
-                                        picture_digest(shown) if shown else "", found.hist, box))
+                                        picture_digest(shown) if shown else "", found.hist, box, others))
         return Answer(found, token, image_url, shown)
 
     @staticmethod
@@ -205,7 +242,8 @@ class SearchService:
         """Products that look like ``photo``; with ``category_first`` its guessed category ranks first.
         The colour histogram (~3 ms of CPU) is made from the decoded photo while the model server works on
         the vector. With ``locate``, the part of the photo where the catalog sees a product best is searched
-        when it beats the whole (gateway/locate.py); ``Results.box`` says which."""
+        when it beats the whole (gateway/locate.py; ``Results.box`` says which), and the photo's other items
+        follow the searched one in ``Results.items``."""
         hist = self.side_work.submit(histogram_of, photo.image)
         try:
             vector, backbone_id = self.embed_image(photo.data)
@@ -213,27 +251,44 @@ class SearchService:
         except BaseException:
             hist.cancel()  # not started yet: a failed query leaves no work (and no image) queued behind it
             raise
-        if located is None:
-            return self.search_vector(vector, backbone_id, options, hist.result())
-        box, part, vector = located
-        found = self.search_vector(vector, backbone_id, options, histogram_of(part.image))
-        return replace(found, box=box)
+        if located is None or located.box is None:
+            found = self.search_vector(vector, backbone_id, options, hist.result())
+        else:
+            hist.cancel()
+            found = replace(self.search_vector(located.vector, backbone_id, options,
+                                               histogram_of(located.part.image)), box=located.box)
+        main = Item(found.box or WHOLE, _main_category(self.require_index(), found))
+        return replace(found, items=(main, *(located.others if located else ())))
 
-    def locate(self, photo: QueryImage, vector: np.ndarray, backbone_id: str
-               ) -> tuple[Crop, QueryImage, np.ndarray] | None:
-        """The window of ``photo`` to search instead of the whole (its box, image and vector), or None. The
-        windows are embedded at once on the side pool; a window the model refuses is left out."""
+    def locate(self, photo: QueryImage, vector: np.ndarray, backbone_id: str) -> Location | None:
+        """Where in ``photo`` to search and which other items it shows; None when the whole photo is searched
+        without looking (no windows: a small photo, or one that matches a product almost exactly). The windows
+        are embedded at once on the side pool; a window the model refuses is left out."""
         index = self.indexes.current
         if index is None or backbone_id != index.backbone_id or np.shape(vector) != (index.model_dim,):
             return None  # search_vector says why
         whole = _closest(index, vector)
         crops = windows(*photo.image.size, LOCATE)
-        if whole >= LOCATE.good_enough or not crops:
+        if whole[0] >= LOCATE.good_enough or not crops:
             return None
         parts = [photo.cropped(crop) for crop in crops]
         pending = [self.side_work.submit(self._window_vector, part.data, index.backbone_id) for part in parts]
         vectors = [job.result() for job in pending]
-        scores = [None if v is None else _closest(index, v) for v in vectors]
+        closest = [(None, None) if v is None else _closest(index, v) for v in vectors]
+        scores, rows = [c[0] for c in closest], [c[1] for c in closest]
+        searched = self._searched(index, photo, (crops, parts, vectors, closest), whole[0])
+        box, part, found, row = searched or (WHOLE, None, None, whole[1])
+        least = max(LOCATE.item_least, index.view.no_match_percent or 0.0)
+        others = tuple(Item(crops[i], _category(index, closest[i]), vectors[i], histogram_of(parts[i].image))
+                       for i in other_items(crops, scores, rows, box, row, least, LOCATE))
+        return Location(None if searched is None else box, part, found, others)
+
+    def _searched(self, index: CatalogIndex, photo: QueryImage, tried: tuple[list, list, list, list], whole: float
+                  ) -> tuple[Crop, QueryImage, np.ndarray, int | None] | None:
+        """The part of ``photo`` to search instead of the whole (its box, image, vector and closest product), or
+        None. ``tried``: the windows, their images, vectors and (score, closest product)."""
+        crops, parts, vectors, closest = tried
+        scores = [score for score, _ in closest]
         best = best_window(whole, scores)
         if best is None:
             return None
@@ -241,9 +296,11 @@ class SearchService:
         if inner is not None:
             part = photo.cropped(inner)
             inner_vector = self._window_vector(part.data, index.backbone_id)
-            if inner_vector is not None and _closest(index, inner_vector) >= scores[best] - LOCATE.slack:
-                return inner, part, inner_vector
-        return crops[best], parts[best], vectors[best]
+            if inner_vector is not None:
+                score, row = _closest(index, inner_vector)
+                if score >= scores[best] - LOCATE.slack:
+                    return inner, part, inner_vector, row
+        return crops[best], parts[best], vectors[best], closest[best][1]
 
     def _window_vector(self, data: bytes, backbone_id: str) -> np.ndarray | None:
         """A window's vector; None when the model refuses it or answers with another model."""
@@ -307,10 +364,44 @@ class SearchService:
         return True, "ready"
 
 
-def _closest(index: CatalogIndex, vector: np.ndarray) -> float:
-    """The calibrated similarity of a model vector's closest product (similarity alone); -inf for none."""
+@dataclass(frozen=True)
+class Location:
+    """Where in a photo to search: the box (None: the whole photo), its image and vector; and the photo's other
+    items, best first."""
+
+    box: Crop | None
+    part: QueryImage | None
+    vector: np.ndarray | None
+    others: tuple[Item, ...]
+
+
+def within(found: Results, crop: Crop) -> Results:
+    """Results of a search of the ``crop`` part of a photo, said of the whole photo: its box, its one item."""
+    return replace(found, box=crop, items=tuple(replace(item, box=crop) for item in found.items[:1]))
+
+
+def _closest(index: CatalogIndex, vector: np.ndarray) -> tuple[float, int | None]:
+    """The calibrated similarity of a model vector's closest product (similarity alone, no filter) and its row;
+    (-inf, None) for none."""
     ranked = rank_query(index.view, index.prepare(vector), RankOptions(threshold=0.0, top_k=1, category_first=False))
-    return ranked.similarities[0] if ranked.similarities else float("-inf")
+    return (ranked.similarities[0], ranked.rows[0]) if ranked.similarities else (float("-inf"), None)
+
+
+def _category(index: CatalogIndex, closest: tuple[float | None, int | None]) -> str | None:
+    """The category of the closest product, when it is close (the catalog's "no close match" rule); else None."""
+    score, row = closest
+    if row is None or score is None or score < (index.view.no_match_percent or 0.0):
+        return None
+    return str(index.products[row].get("category") or "") or None
+
+
+def _main_category(index: CatalogIndex, found: Results) -> str | None:
+    """The searched item's category: the ranking's guess, else its closest product's (None: not close)."""
+    if found.guess is not None:
+        return found.guess.category
+    if found.no_close_match or found.vector is None:
+        return None
+    return _category(index, _closest(index, found.vector))
 
 
 def _results(index: CatalogIndex, ranked: Ranked) -> Results:

@@ -385,11 +385,11 @@ def test_a_json_body_of_exactly_16_kb_is_read_and_one_byte_more_is_refused(clien
         text = json.dumps({"image_url": "", "pad": ""})
         return json.dumps({"image_url": "", "pad": "x" * (size - len(text))}).encode()
 
-    assert len(body(16 * 1024)) == 16 * 1024
-    at_limit = client.post("/api/search", data=body(16 * 1024), content_type="application/json")
+    assert len(body(48 * 1024)) == 48 * 1024
+    at_limit = client.post("/api/search", data=body(48 * 1024), content_type="application/json")
     assert at_limit.status_code == 400 and "KB" not in at_limit.get_json()["error"]  # read: no image given
-    over = client.post("/api/search", data=body(16 * 1024 + 1), content_type="application/json")
-    assert over.status_code == 413 and over.get_json()["error"] == "a JSON request may be at most 16 KB"
+    over = client.post("/api/search", data=body(48 * 1024 + 1), content_type="application/json")
+    assert over.status_code == 413 and over.get_json()["error"] == "a JSON request may be at most 48 KB"
 
 
 @pytest.fixture

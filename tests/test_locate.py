@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from gateway.images import MIN_CROP_PX, Crop
-from gateway.locate import LocateSettings, _starts, best_window, common_part, windows
+from gateway.locate import LocateSettings, _starts, best_window, common_part, iou, other_items, same_item, windows
 from gateway.service import SearchOptions, SearchQuery
 from tests.conftest import demo_image
 
@@ -97,7 +97,8 @@ def test_a_catalog_like_photo_and_a_drawn_box_make_no_extra_model_call(client, s
     stub.calls = 0
     crop = ",".join(f"{v:.4f}" for v in truth)
     drawn = client.post("/api/search", data={"file": (io.BytesIO(photo), "q.jpg"), "crop": crop}).get_json()
-    assert drawn["box"] is None and stub.calls == 1
+    assert drawn["box"] == [round(v, 4) for v in truth] and stub.calls == 1  # the drawn box, said of the photo
+    assert [item["box"] for item in drawn["items"]] == [drawn["box"]]  # one item: the box
 
 
 def test_locating_can_be_switched_off(small_index, stub, tmp_path):
@@ -139,3 +140,87 @@ def test_a_window_the_model_refuses_is_left_out(small_index, stub, tmp_path):
     photo, _ = busy_scene("10109")
     found = svc.search(SearchQuery(upload=photo), SearchOptions(threshold=0, top_k=3)).found
     assert found.box is None and found.hits  # the whole photo is searched
+
+
+# --------------------------------------------------------------------------- the photo's other items
+
+
+def test_iou_and_same_item_on_both_sides_of_their_limits():
+    a = Crop(0, 0, 0.4, 0.4)
+    assert iou(a, a) == 1.0 and iou(a, Crop(0.4, 0, 0.8, 0.4)) == 0.0  # edge to edge: nothing shared
+    assert iou(a, Crop(0.2, 0, 0.6, 0.4)) == pytest.approx(1 / 3)
+    settings = LocateSettings(overlap=0.5, inside=0.7)
+    assert same_item(a, Crop(0.1, 0, 0.5, 0.4), settings)  # IoU 0.6
+    assert not same_item(a, Crop(0.2, 0, 0.6, 0.4), settings)  # IoU 1/3, half of each inside the other
+    assert same_item(Crop(0, 0, 1, 1), Crop(0.3, 0.3, 0.5, 0.5), settings)  # a small one inside a big one
+    exact = Crop(0.0, 0.0, 0.5, 0.5)  # inside by exactly 0.7 of its area, and by just under
+    assert same_item(Crop(0.15, 0, 1, 1), exact, settings) and not same_item(Crop(0.1501, 0, 1, 1), exact, settings)
+
+
+def test_other_items_are_close_elsewhere_and_of_other_products_best_first():
+    crops = [Crop(0, 0, 0.4, 0.4), Crop(0.6, 0, 1, 0.4), Crop(0, 0.6, 0.4, 1), Crop(0.6, 0.6, 1, 1),
+             Crop(0.05, 0.05, 0.45, 0.45), Crop(0.3, 0.3, 0.7, 0.7)]
+    searched, settings = crops[0], LocateSettings(items=4)
+    scores = [90.0, 70.0, 80.0, 60.0, 95.0, None]
+    products = [1, 2, 3, 4, 5, 6]
+    # 4 overlaps the searched one; 5 is not scored; the rest best first, down to exactly ``least``
+    assert other_items(crops, scores, products, searched, 1, 60.0, settings) == [2, 1, 3]
+    assert other_items(crops, scores, products, searched, 1, 60.01, settings) == [2, 1]  # 60 is under
+    assert other_items(crops, scores, products, searched, 1, 60.0, LocateSettings(items=3)) == [2, 1]  # the cap
+    assert other_items(crops, scores, products, searched, 1, 60.0, LocateSettings(items=1)) == []
+    # a window whose closest product is the searched one's, or an item's already, is that item seen again
+    assert other_items(crops, scores, [1, 2, 1, 2, 5, 6], searched, 1, 60.0, settings) == [1]
+    assert other_items(crops, [None] * 6, products, searched, 1, 0.0, settings) == []
+
+
+def two_item_scene() -> bytes:
+    """A watch (10109) on the left and a handbag (10229) on the right of a made-up room."""
+    from evaluation.scenes import background, cut_out
+
+    canvas = background(np.random.default_rng(3), (640, 480)).convert("RGB")
+    for pid, left in (("10109", 40), ("10229", 370)):
+        item = cut_out(Image.open(io.BytesIO(demo_image(pid))).convert("RGB")).resize((230, 230))
+        canvas.paste(item, (left, 120), item if item.mode == "RGBA" else None)
+    out = io.BytesIO()
+    canvas.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def test_every_item_of_a_photo_and_picking_one_from_the_token_with_no_model_call(client, stub):
+    stub.calls = 0
+    body = client.post("/api/search", data={"file": (io.BytesIO(two_item_scene()), "q.jpg"), "top_k": "3",
+                                            "threshold": "0"}).get_json()
+    assert body["results"][0]["id"] == "10109"
+    assert 1 + len(windows(640, 480)) <= stub.calls <= 1 + len(windows(640, 480)) + 1  # (+ a common part)
+    items = body["items"]
+    assert [item["category"] for item in items] == ["Watches", "Handbags"] and items[0]["box"] == body["box"]
+    assert items[0]["box"][2] <= 0.5 <= items[1]["box"][0]  # the watch on the left, the bag on the right
+    stub.calls = 0
+    bag = client.post("/api/search", json={"query_token": body["query_token"], "item": 1, "top_k": 3,
+                                           "threshold": 0}).get_json()
+    assert stub.calls == 0 and bag["results"][0]["id"] == "10229" and bag["box"] == items[1]["box"]
+    assert bag["items"] == [items[1], items[0]]  # the picked one first; the watch is now the other item
+    back = client.post("/api/search", json={"query_token": bag["query_token"], "item": 1, "top_k": 3,
+                                            "threshold": 0}).get_json()
+    assert stub.calls == 0 and back["results"][0]["id"] == "10109" and back["items"] == items
+    same = client.post("/api/search", json={"query_token": body["query_token"], "item": 0, "top_k": 3,
+                                            "threshold": 0}).get_json()
+    assert same["results"] == body["results"] and same["items"] == items  # item 0: the searched one again
+
+
+@pytest.mark.parametrize(("item", "status", "error"), [
+    (2, 400, "that item is not in this search any more: choose it on the photo again"),  # two items: 0 and 1
+    (4, 400, "item must be between 0 and 3, got 4"),
+    (-1, 400, "item must be between 0 and 3, got -1"),
+    ("x", 400, "item must be a whole number between 0 and 3, got 'x'"),
+])
+def test_an_item_the_token_does_not_have_is_refused_in_words(client, item, status, error):
+    body = client.post("/api/search", data={"file": (io.BytesIO(two_item_scene()), "q.jpg")}).get_json()
+    assert len(body["items"]) == 2
+    out = client.post("/api/search", json={"query_token": body["query_token"], "item": item})
+    assert out.status_code == status and out.get_json()["error"] == error
+
+
+def test_a_photo_searched_whole_is_one_item_the_whole_photo(client):
+    body = client.post("/api/search", data={"file": (io.BytesIO(demo_image(10109)), "q.jpg")}).get_json()
+    assert body["items"] == [{"box": [0.0, 0.0, 1.0, 1.0], "category": "Watches"}] and body["box"] is None

@@ -58,9 +58,9 @@ def test_a_signed_token_is_still_checked_for_a_usable_vector():
 
 def test_token_size_limit_on_both_sides():
     tokens = QueryTokens("k", ttl_s=60)
-    fits = tokens.issue(Query(np.ones(2900, np.float32), "m"))  # 2900 floats: just under the cap
-    assert len(fits) <= MAX_TOKEN_CHARS and len(tokens.verify(fits).vector) == 2900
-    over = tokens.issue(Query(np.ones(3100, np.float32), "m"))
+    fits = tokens.issue(Query(np.ones(7600, np.float32), "m"))  # 7600 floats: just under the cap
+    assert len(fits) <= MAX_TOKEN_CHARS and len(tokens.verify(fits).vector) == 7600
+    over = tokens.issue(Query(np.ones(7700, np.float32), "m"))
     assert len(over) > MAX_TOKEN_CHARS
     with pytest.raises(ExpiredQuery):
         tokens.verify(over)
@@ -138,7 +138,7 @@ def test_the_longest_token_passes_and_one_character_more_fails():
     """Genuine tokens of exactly MAX_TOKEN_CHARS and of the next length: only the length tells them apart."""
     tokens = QueryTokens("k", ttl_s=60)
     by_length = {}
-    for dim in range(3000, 3080):
+    for dim in range(7620, 7700):
         for url in range(0, 8):
             token = tokens.issue(Query(np.ones(dim, np.float32), "m", "u" * url))
             by_length.setdefault(len(token), token)
@@ -234,3 +234,72 @@ def test_a_token_carries_the_box_searched_and_refuses_a_malformed_one():
                 [True, 0, 1, 1], ["0", 0, 1, 1], {"l": 0}, "0,0,1,1", [0, 0, float("nan"), 1]):
         with pytest.raises(ExpiredQuery):
             tokens.verify(sealed(bad))
+
+
+# --------------------------------------------------------------------------- the photo's other items
+
+
+def _items(count: int, dim: int = 1280, hist: bool = True):
+    from gateway.query_token import QueryItem
+
+    rng = np.random.default_rng(count)
+    return tuple(QueryItem((0.1 * i, 0.2, 0.1 * i + 0.3, 0.9), f"cat{i}" if i % 2 else "",
+                           rng.standard_normal(dim).astype(np.float32),
+                           rng.random(112).astype(np.float32) if hist else None) for i in range(count))
+
+
+def test_other_items_round_trip_at_half_precision_and_the_query_stays_exact():
+    tokens = QueryTokens("k", ttl_s=60)
+    vector, hist = np.random.default_rng(0).standard_normal(1280).astype(np.float32), np.full(112, 0.25, np.float32)
+    items = _items(3)
+    back = tokens.verify(tokens.issue(Query(vector, "m", "", "", hist, (0.1, 0.1, 0.5, 0.5), items)))
+    assert np.array_equal(back.vector, vector) and np.array_equal(back.hist, hist) and back.box == (0.1, 0.1, 0.5, 0.5)
+    assert [(i.box, i.category) for i in back.items] == [(i.box, i.category) for i in items]
+    for got, sent in zip(back.items, items, strict=True):
+        assert got.vector.dtype == np.float32 and np.allclose(got.vector, sent.vector, rtol=1e-3, atol=1e-3)
+        assert np.allclose(got.hist, sent.hist, atol=1e-3)
+    without = tokens.verify(tokens.issue(Query(vector, "m", items=_items(2, hist=False))))
+    assert without.hist is None and all(item.hist is None for item in without.items)
+    assert tokens.verify(tokens.issue(Query(vector, "m", hist=hist))).items == ()
+
+
+def test_a_2048_d_query_with_three_items_fits_and_a_fourth_item_is_refused():
+    from gateway.query_token import MAX_ITEMS
+
+    tokens = QueryTokens("k", ttl_s=60)
+    big = Query(np.ones(2048, np.float32), "m", "u" * 2048, "d" * 32, np.ones(112, np.float32), (0, 0, 1, 1),
+                _items(MAX_ITEMS, 2048))
+    assert len(tokens.issue(big)) <= MAX_TOKEN_CHARS and len(tokens.verify(tokens.issue(big)).items) == 3
+    with pytest.raises(ValueError, match="4 other items are over 3"):
+        tokens.issue(Query(np.ones(8, np.float32), "m", items=_items(MAX_ITEMS + 1, 8)))
+
+
+def _sealed(tokens: QueryTokens, head: dict, numbers: bytes) -> str:
+    import json
+    import struct
+
+    raw = json.dumps(head).encode()
+    return tokens._seal(struct.pack("<H", len(raw)) + raw + numbers)
+
+
+@pytest.mark.parametrize("change", ["short", "long", "nan", "box", "category", "too many", "lengths"])
+def test_a_sealed_token_with_items_that_do_not_add_up_is_refused(change):
+    """Authenticated, so made by us; parsed defensively anyway (a key can leak)."""
+    tokens = QueryTokens("k", ttl_s=60)
+    item = {"x": [0, 0, 0.5, 0.5], "c": "Bags", "n": 4, "h": 0}
+    head = {"b": "m", "u": "", "d": "", "e": 2 ** 40, "n": 4, "h": 0, "i": [item]}
+    main, other = np.ones(4, "<f4").tobytes(), np.ones(4, "<f2").tobytes()
+    assert len(tokens.verify(_sealed(tokens, head, main + other)).items) == 1  # the unchanged one is fine
+    numbers = {"short": main + other[:-2], "long": main + other + b"\0\0",
+               "nan": main + np.array([1, 1, 1, np.nan], "<f2").tobytes()}.get(change, main + other)
+    if change == "box":
+        head["i"] = [{**item, "x": [0.5, 0, 0.4, 1]}]
+    elif change == "category":
+        head["i"] = [{**item, "c": 7}]
+    elif change == "too many":
+        head["i"] = [item] * 4
+        numbers = main + other * 4
+    elif change == "lengths":
+        head["i"] = [{**item, "n": 0}]
+    with pytest.raises(ExpiredQuery):
+        tokens.verify(_sealed(tokens, head, numbers))

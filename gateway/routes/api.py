@@ -31,9 +31,9 @@ def api_answer(found: Results, started: float, token: str | None = None) -> Resp
     guess = found.guess and {"category": found.guess.category, "confidence": found.guess.confidence,
                              "source": found.guess.source, "results": found.first_group}
     extra = {} if token is None else {"query_token": token}
-    box = None if found.box is None else [round(v, 4) for v in (found.box.left, found.box.top, found.box.right,
-                                                                 found.box.bottom)]
-    return jsonify(results=[result_json(h) for h in found.hits], category_first=guess, box=box,
+    box = None if found.box is None else [round(v, 4) for v in found.box.fractions()]
+    items = [{"box": [round(v, 4) for v in item.box.fractions()], "category": item.category} for item in found.items]
+    return jsonify(results=[result_json(h) for h in found.hits], category_first=guess, box=box, items=items,
                    no_close_match=found.no_close_match, closer_outside_filter=found.closer_outside_filter,
                    model=found.index_model,
                    index_version=found.index_version, took_ms=round((time.perf_counter() - started) * 1000, 1), **extra)

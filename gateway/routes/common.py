@@ -13,6 +13,7 @@ from catalog.products import PRODUCT_URL
 from gateway.config import FALSE_WORDS, TRUE_WORDS
 from gateway.errors import BadRequest, TooLarge
 from gateway.images import Crop
+from gateway.query_token import MAX_ITEMS
 from gateway.service import SearchOptions, SearchQuery, SearchService
 from safeio.paths import is_remote, product_link
 
@@ -61,8 +62,8 @@ def _query_is_utf8() -> bool:
     return True
 
 
-#: A JSON body carries a URL and a few settings: far less than this.
-MAX_JSON_BYTES = 16 * 1024
+#: A JSON body carries a URL or a query token (at most MAX_TOKEN_CHARS) and a few settings: less than this.
+MAX_JSON_BYTES = 48 * 1024
 
 
 def _json_body() -> object:
@@ -186,4 +187,5 @@ def search_query(params: dict, with_picture: bool) -> SearchQuery:
     return SearchQuery(upload=upload.read() if upload is not None and upload.filename else None,
                        image_url=str(params.get("image_url") or "").strip(),
                        token=str(params.get("query_token") or ""), crop=Crop.parse(params.get("crop")),
-                       with_picture=with_picture, picture=str(params.get("query_picture") or ""))
+                       with_picture=with_picture, picture=str(params.get("query_picture") or ""),
+                       item=_number(params, "item", 0, 0, MAX_ITEMS, kind=int))
