@@ -289,6 +289,7 @@ def _two_products() -> bytes:
 
 def _drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:
     """Draw a box on the preview from ``start`` to ``end`` (fractions of its width and height)."""
+    page.locator("#preview").scroll_into_view_if_needed()  # a results page has scrolled to the results
     box = page.locator("#preview").bounding_box()
     page.mouse.move(box["x"] + start[0] * box["width"], box["y"] + start[1] * box["height"])
     page.mouse.down()
@@ -469,6 +470,34 @@ def test_a_13_mb_phone_photo_is_shrunk_in_the_browser_and_accepted(page):
     assert page.locator(".error:visible").count() == 0 and sent and sent[0] < 2 * 1024 * 1024
 
 
+def test_a_photo_over_the_limit_the_browser_cannot_shrink_is_stopped_with_every_input_kept(browser, start_gateway,
+                                                                                           demo_index, torchserve):
+    """A 300 KB file the browser cannot decode (so cannot shrink) against a 0.25 MB limit: the page says so
+    before sending anything, and the photo, the link and every setting stay as they were."""
+    gw = start_gateway(INDEX_URI=str(demo_index), TORCHSERVE_URL=torchserve.url, MAX_UPLOAD_MB="0.25",
+                       CATALOG_DIR=str(DEMO_CSV.parent))
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    sent: list[str] = []
+    page.on("request", lambda req: sent.append(req.url) if req.method == "POST" else None)
+    page.goto(gw.url + "/")
+    page.select_option("#category", "Watches")
+    page.click("#refine summary")
+    page.locator("#thr").fill("40")
+    big = b"\xff\xd8\xff\xe0" + bytes(300 * 1024)  # a JPEG's first bytes, then nothing a decoder can use
+    page.set_input_files("#file", files=[{"name": "big.jpg", "mimeType": "image/jpeg", "buffer": big}])
+    expect(page.locator("#go")).to_be_enabled()
+    page.click("#go")
+    error = page.locator("#file-error")
+    expect(error).to_be_visible()
+    assert error.inner_text().startswith("That photo is too large to send (over 0.25 MB)") and sent == []
+    assert page.input_value("#category") == "Watches" and page.input_value("#thr") == "40"
+    assert page.evaluate("document.getElementById('file').files.length") == 1
+    small = page.evaluate("document.getElementById('search').dataset.maxBytes")
+    assert int(small) == int(0.25 * 1024 * 1024)
+    context.close()
+
+
 AXE = REPO / "devtools" / "axe" / "node_modules" / "axe-core" / "axe.min.js"
 #: The violations a shopper with a screen reader or a keyboard would be blocked or badly slowed by.
 BLOCKING = "serious", "critical"
@@ -600,3 +629,54 @@ def test_cropping_from_the_keyboard(page):
     page.keyboard.press("Enter")
     page.wait_for_selector(".results")
     assert page.evaluate("sessionStorage.getItem('sent-crop')") == "0.2500,0.5000,0.7500,1.0000"
+
+
+# --------------------------------------------------------------------------- every item; the box the results follow
+
+
+def test_each_other_item_has_a_dot_and_picking_it_searches_it_without_an_upload(page, gateway):
+    from tests.test_locate import two_item_scene
+
+    page.set_input_files("#file", files=[{"name": "room.jpg", "mimeType": "image/jpeg", "buffer": two_item_scene()}])
+    page.click("#go")
+    page.wait_for_selector(".results")
+    assert page.locator(".card h3").first.inner_text() == WATCH
+    dot, photo = page.locator(".dot"), page.locator("#preview")
+    assert dot.count() == 1 and "Handbags" in dot.get_attribute("aria-label")
+    at, frame = dot.bounding_box(), photo.bounding_box()
+    assert (at["x"] + at["width"] / 2 - frame["x"]) / frame["width"] > 0.6  # on the bag, right of the photo
+    assert at["width"] >= 44 and at["height"] >= 44
+    assert "more item" in page.inner_text("#crop-hint")
+    snap(page, "items")
+    before, bodies = embeddings(gateway), []
+    page.on("request", lambda r: bodies.append(r.post_data_buffer or b"") if r.method == "POST" else None)
+    with page.expect_navigation():
+        dot.click()
+    page.wait_for_selector(".results")
+    assert page.locator(".card h3").first.inner_text() == "Murcia Women Hths Black Handbags"
+    assert embeddings(gateway) == before and len(bodies) == 1 and b"\xff\xd8\xff" not in bodies[0]
+    assert photo.evaluate("img => img.naturalWidth / img.naturalHeight") == pytest.approx(640 / 480, abs=0.01)
+    assert page.locator(".dot").count() == 1 and "Watches" in page.locator(".dot").get_attribute("aria-label")
+    with page.expect_navigation():  # and back to the watch, from the keyboard
+        page.locator(".dot").focus()
+        page.keyboard.press("Enter")
+    assert page.locator(".card h3").first.inner_text() == WATCH and embeddings(gateway) == before
+
+
+def test_moving_the_box_searches_again_and_the_whole_photo_stays(page, gateway):
+    page.set_input_files("#file", files=[{"name": "two.jpg", "mimeType": "image/jpeg", "buffer": _two_products()}])
+    expect(page.locator("#preview")).to_be_visible()
+    _drag(page, (0.02, 0.02), (0.48, 0.98))
+    page.click("#go")
+    page.wait_for_selector(".results")
+    assert page.locator(".card h3").first.inner_text() == WATCH
+    photo = page.locator("#preview")
+    assert photo.evaluate("img => img.naturalWidth / img.naturalHeight") == pytest.approx(2, abs=0.01)  # whole
+    assert page.is_visible("#box")  # the searched part, outlined on the whole photo
+    with page.expect_navigation(timeout=15_000):  # dragged to the right: searches once the pointer rests
+        _drag(page, (0.25, 0.5), (0.75, 0.5))
+    page.wait_for_selector(".results")
+    assert page.locator(".card h3").first.inner_text() == "Mayhem Women Gradient Sunglasses MAYS-9004-103"
+    left, _, right, _ = map(float, page.get_attribute("#box", "data-found").split(","))
+    assert left > 0.45 and right > 0.95
+    assert photo.evaluate("img => img.naturalWidth / img.naturalHeight") == pytest.approx(2, abs=0.01)

@@ -43,6 +43,7 @@ def render_page(status: int = 200, **context) -> tuple[str, int]:
         more=min(top_k + cfg.default_top_k, cfg.max_top_k) if top_k < cfg.max_top_k else None,
         image_link=image_link,
         product_page=product_page,
+        max_upload_bytes=int(cfg.max_upload_mb * 1024 * 1024),
         **context,
     ), status
 

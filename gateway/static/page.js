@@ -92,8 +92,12 @@
   drop.addEventListener('drop', ev => { ev.preventDefault(); take(ev.dataTransfer.files); });
   document.addEventListener('paste', ev => take(ev.clipboardData && ev.clipboardData.files));
 
-  // ---- crop: drag a box on the photo; only that region is searched (crop = left,top,right,bottom as fractions)
-  let start = null;
+  // ---- crop: drag a box on the photo; only that region is searched (crop = left,top,right,bottom as fractions).
+  // Dragging inside a box moves it, from its bottom-right corner resizes it. Once the photo has results, a box
+  // drawn, moved or resized searches by itself when the pointer lets go and rests (FOLLOW_MS).
+  const FOLLOW_MS = 700, CORNER = 0.08;
+  const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
+  let drag = null, follow = 0;
   const at = (ev) => {
     const r = preview.getBoundingClientRect();
     const f = (v) => Math.min(1, Math.max(0, v));
@@ -105,29 +109,54 @@
     box.hidden = false;
     return [l, t, l + w, t + h];
   };
-  function unbox() { crop.value = ''; box.hidden = true; whole.hidden = true; start = null; }
+  function unbox() { crop.value = ''; box.hidden = true; whole.hidden = true; drag = null; clearTimeout(follow); }
+  const shown = () => {  // the box on the photo: drawn by the shopper, or the part the search used
+    if (crop.value) return crop.value.split(',').map(Number);
+    return !box.hidden && box.dataset.found ? box.dataset.found.split(',').map(Number) : null;
+  };
   if (box.dataset.found && !preview.hidden) {  // the part of a whole photo the search used (gateway/locate.py)
     const [l, t, r, b] = box.dataset.found.split(',').map(Number);
     draw({x: l, y: t}, {x: r, y: b});
   }
-  stage.addEventListener('pointerdown', (ev) => {
-    if (preview.hidden) return;
-    ev.preventDefault(); start = at(ev); stage.setPointerCapture(ev.pointerId);
+  document.querySelectorAll('.dot').forEach((dot) => {  // each other item, at its middle
+    const [l, t, r, b] = dot.dataset.box.split(',').map(Number);
+    Object.assign(dot.style, {left: `${(l + r) * 50}%`, top: `${(t + b) * 50}%`});
   });
-  stage.addEventListener('pointermove', (ev) => { if (start) draw(start, at(ev)); });
+  const following = () => Boolean(token.value && picture.value) && !file.files.length
+    && url.value === url.defaultValue;
+  const dragged = (p) => {  // the box a drag makes so far
+    const {mode, from, was} = drag;
+    if (mode === 'new') return draw(from, p);
+    const [l, t, r, b] = was, dx = p.x - from.x, dy = p.y - from.y;
+    if (mode === 'resize') return draw({x: l, y: t}, {x: clamp(r + dx, l + 0.04, 1), y: clamp(b + dy, t + 0.04, 1)});
+    const x = clamp(l + dx, 0, 1 - (r - l)), y = clamp(t + dy, 0, 1 - (b - t));
+    return draw({x, y}, {x: x + r - l, y: y + b - t});
+  };
+  stage.addEventListener('pointerdown', (ev) => {
+    if (preview.hidden || ev.target.closest('.dot')) return;
+    ev.preventDefault(); clearTimeout(follow);
+    const p = at(ev), was = shown();
+    const inside = was && p.x >= was[0] && p.x <= was[2] && p.y >= was[1] && p.y <= was[3];
+    const corner = inside && was[2] - p.x < CORNER && was[3] - p.y < CORNER;
+    drag = {mode: corner ? 'resize' : inside ? 'move' : 'new', from: p, was};
+    stage.setPointerCapture(ev.pointerId);
+  });
+  stage.addEventListener('pointermove', (ev) => { if (drag) dragged(at(ev)); });
   stage.addEventListener('pointerup', (ev) => {
-    if (!start) return;
-    const [l, t, r, b] = draw(start, at(ev)); start = null;
-    if (r - l < 0.04 || b - t < 0.04) { unbox(); return; }  // a click, not a box
+    if (!drag) return;
+    const moved = Math.abs(at(ev).x - drag.from.x) + Math.abs(at(ev).y - drag.from.y) > 0.01;
+    const [l, t, r, b] = dragged(at(ev)), mode = drag.mode; drag = null;
+    if (mode === 'new' && (r - l < 0.04 || b - t < 0.04)) { unbox(); return; }  // a click, not a box
+    if (mode !== 'new' && !moved) return;  // a click on the box changes nothing
     crop.value = [l, t, r, b].map(v => v.toFixed(4)).join(',');
     whole.hidden = false;
+    if (following()) follow = setTimeout(() => form.requestSubmit(), FOLLOW_MS);
   });
   whole.addEventListener('click', unbox);
 
   // ---- crop from the keyboard: with the photo focused, an arrow draws a box in the middle, arrows move it,
   // Shift + arrows resize it, Enter searches the box, Escape removes it
   const STEP = 0.05, MIN = 0.1;
-  const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
   const keyBox = (l, t, r, b) => {
     draw({x: l, y: t}, {x: r, y: b});
     crop.value = [l, t, r, b].map(v => v.toFixed(4)).join(','); whole.hidden = false;
@@ -140,8 +169,8 @@
     const move = MOVES[ev.key];
     if (!move) return;
     ev.preventDefault();
-    if (!crop.value) { keyBox(0.25, 0.25, 0.75, 0.75); return; }
-    let [l, t, r, b] = crop.value.split(',').map(Number);  // drawn with the pointer or the keys
+    if (!shown()) { keyBox(0.25, 0.25, 0.75, 0.75); return; }
+    let [l, t, r, b] = shown();  // drawn with the pointer or the keys, or the part the search used
     const [dx, dy] = move.map(v => v * STEP);
     if (ev.shiftKey) {  // resize: the right and bottom edges
       r = clamp(r + dx, l + MIN, 1); b = clamp(b + dy, t + MIN, 1);
@@ -155,7 +184,17 @@
   preview.addEventListener('load', stageFocus); stageFocus();
 
   // ---- searching: a busy state; a crop of the last query's picture sends that picture (the original is not kept)
-  form.addEventListener('submit', () => {
+  // A photo over the gateway's limit (one the browser could not shrink) is stopped here, so every input stays.
+  const maxBytes = Number(form.dataset.maxBytes) || Infinity;
+  form.addEventListener('submit', (ev) => {
+    clearTimeout(follow);
+    if (file.files.length && file.files[0].size > maxBytes) {
+      ev.preventDefault();
+      const mb = Math.round(maxBytes / 1024 / 1024 * 100) / 100;
+      fileError.textContent = `That photo is too large to send (over ${mb} MB): choose a smaller one, or take it at a lower resolution.`;
+      fileError.hidden = false; return;
+    }
+    if (ev.submitter && ev.submitter.classList.contains('dot')) crop.value = '';  // an item: from the token
     if (file.files.length || url.value !== url.defaultValue) asPhotoSearch();  // a new query, not a refine
     if (crop.value && !file.files.length && picture.value) {
       const bytes = Uint8Array.from(atob(picture.value.split(',')[1]), c => c.charCodeAt(0));
