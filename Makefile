@@ -123,7 +123,7 @@ mutate: venv
 screenshots: venv
 	@mkdir -p docs/screenshots
 	SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -q tests/test_browser.py \
-		-k "refine_reruns or show_more or crop_searches or no_close_match or phone_width or error_keeps"
+		-k "refine_reruns or show_more or crop_searches or no_close_match or phone_width or error_keeps or other_item_has_a_dot"
 
 clean:
 	rm -rf $(VENV) index logs model_store/*.mar .pytest_cache
