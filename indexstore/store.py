@@ -97,6 +97,26 @@ class LocalStore:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
 
+    def put_file(self, key: str, source: Path) -> None:
+        """Copy the file ``source`` to ``key``, streamed and atomically (temp file + rename)."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+        try:
+            with os.fdopen(fd, "wb") as fh, open(source, "rb") as src:
+                shutil.copyfileobj(src, fh, CHUNK)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def get_file(self, key: str, target: Path) -> None:
+        """Copy ``key`` to the file ``target``, streamed."""
+        with self.open(key) as src, open(target, "wb") as out:
+            shutil.copyfileobj(src, out, CHUNK)
+
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
@@ -127,13 +147,22 @@ class StoreUnavailable(ConnectionError):
     """The index store cannot be reached (network, credentials, throttling)."""
 
 
-class S3Store:
-    """Keys under ``s3://bucket/prefix``. A single PUT is atomic in S3, so the pointer swap is too."""
+#: Files at least this big travel in parts of this size (boto3's transfer manager, several at once): S3 takes
+#: at most 5 GiB in one PUT and 10,000 parts in one upload, so 64 MiB parts carry files up to 625 GiB.
+PART_BYTES = 64 << 20
 
-    def __init__(self, bucket: str, prefix: str, client=None) -> None:
+
+class S3Store:
+    """Keys under ``s3://bucket/prefix``. A single PUT is atomic in S3, so the pointer swap is too; a file sent
+    in parts appears only once the upload completes, so one that dies midway never becomes visible."""
+
+    def __init__(self, bucket: str, prefix: str, client=None, part_bytes: int = PART_BYTES) -> None:
         import boto3
+        from boto3.s3.transfer import TransferConfig
         from botocore.config import Config as BotoConfig
 
+        self.transfer = TransferConfig(multipart_threshold=part_bytes, multipart_chunksize=part_bytes,
+                                       max_concurrency=8)
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
@@ -159,6 +188,22 @@ class S3Store:
 
     def put(self, key: str, data: bytes) -> None:
         self._call(self.client.put_object, Key=self._key(key), Body=data)
+
+    def put_file(self, key: str, source: Path) -> None:
+        """Upload the file ``source``, in parts when big (streamed from disk, never whole in memory). A failed
+        upload's parts are aborted: the object never exists half-written."""
+        from boto3.exceptions import S3UploadFailedError
+
+        try:
+            self._call(lambda Bucket, **kw: self.client.upload_file(str(source), Bucket, kw["Key"],
+                                                                     Config=self.transfer), Key=self._key(key))
+        except S3UploadFailedError as exc:
+            raise StoreUnavailable(f"S3 upload of {key} failed at {self.uri}: {exc}") from None
+
+    def get_file(self, key: str, target: Path) -> None:
+        """Download ``key`` to the file ``target``, in parts when big (ranged GETs, several at once)."""
+        self._call(lambda Bucket, **kw: self.client.download_file(Bucket, kw["Key"], str(target),
+                                                                   Config=self.transfer), Key=self._key(key))
 
     def get(self, key: str) -> bytes:
         from botocore.exceptions import BotoCoreError
@@ -284,31 +329,45 @@ def new_version_name() -> str:
 def write_version(store: Store, index: IndexData, extra_files: dict[str, bytes] | None = None) -> str:
     """Write all files of a new version (not yet visible to readers); return its name.
 
-    ``extra_files`` (e.g. ``errors.csv``, ``whitening.npz``) are stored and checksummed alongside."""
+    Each file is written to a temporary folder first and streamed to the store from there (in parts on S3), so
+    the matrix is never held a second time as bytes. ``extra_files`` (e.g. ``errors.csv``, ``whitening.npz``)
+    are stored and checksummed alongside."""
     version = new_version_name()
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(index.embeddings, dtype=np.float32), allow_pickle=False)
-    files = {
-        EMBEDDINGS: buf.getvalue(),
-        PRODUCTS: "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in index.products).encode(),
-        **(extra_files or {}),
-    }
-    for name, data in files.items():
-        store.put(f"versions/{version}/{name}", data)
-    n, dim = index.embeddings.shape
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "version": version,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        **index.manifest,
-        "dim": int(dim),
-        "count": int(n),
-        "files": {name: {"sha256": _sha(data), "bytes": len(data)} for name, data in files.items()},
-    }
+    with tempfile.TemporaryDirectory(prefix="photo-version-") as tmp:
+        paths = _version_files(Path(tmp), index, extra_files or {})
+        for name, path in paths.items():
+            store.put_file(f"versions/{version}/{name}", path)
+        n, dim = index.embeddings.shape
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "version": version,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            **index.manifest,
+            "dim": int(dim),
+            "count": int(n),
+            "files": {name: {"sha256": _file_sha(path), "bytes": path.stat().st_size} for name, path in paths.items()},
+        }
     store.put(f"versions/{version}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
     index.manifest = manifest
-    index.files = files
+    index.files = dict(extra_files or {})  # the small files, as given; the matrix and products are in the store
     return version
+
+
+def _version_files(folder: Path, index: IndexData, extra_files: dict[str, bytes]) -> dict[str, Path]:
+    """A version's files written under ``folder``: the matrix (streamed from an array or a memory map), the
+    products one line at a time, and the extra files."""
+    paths = {EMBEDDINGS: folder / EMBEDDINGS, PRODUCTS: folder / PRODUCTS}
+    matrix = index.embeddings
+    if matrix.dtype != np.float32 or not matrix.flags.c_contiguous:
+        matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    np.save(paths[EMBEDDINGS], matrix, allow_pickle=False)
+    with open(paths[PRODUCTS], "w", encoding="utf-8") as out:
+        for product in index.products:
+            out.write(json.dumps(product, ensure_ascii=False) + "\n")
+    for name, data in extra_files.items():
+        paths[name] = folder / name
+        paths[name].write_bytes(data)
+    return paths
 
 
 def publish(store: Store, version: str) -> None:
@@ -384,18 +443,16 @@ def read_version(store: Store, version: str) -> IndexData:
     return IndexData(embeddings=embeddings, products=products, manifest=manifest, files=blobs)
 
 
-def _copy_checked(source: BinaryIO, target: Path, sha256: str, what: str) -> None:
-    """Stream ``source`` to ``target`` (atomically: temp file + rename) if its checksum is ``sha256``."""
-    digest = hashlib.sha256()
+def _download_checked(store: Store, key: str, target: Path, sha256: str, what: str) -> None:
+    """Download ``key`` to ``target`` (in parts on S3; atomically: temp file + rename) if its checksum is
+    ``sha256``; a failed or mismatched download leaves nothing at ``target``."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as out, source:
-            while chunk := source.read(CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
-            out.flush()
+        store.get_file(key, Path(tmp))
+        with open(tmp, "rb+") as out:
             os.fsync(out.fileno())
-        if digest.hexdigest() != sha256:
+        if _file_sha(Path(tmp)) != sha256:
             raise CorruptIndex(f"{what} checksum mismatch")
         os.replace(tmp, target)
     finally:
@@ -426,8 +483,8 @@ def sync_version(store: Store, version: str, dest: LocalStore) -> dict:
             target = dest.file(f"versions/{version}/{name}")
             if target.exists() and _file_sha(target) == meta["sha256"]:
                 continue
-            source = store.open(f"versions/{version}/{name}")
-            _copy_checked(source, target, meta["sha256"], f"version {version}: {name}")
+            _download_checked(store, f"versions/{version}/{name}", target, meta["sha256"],
+                              f"version {version}: {name}")
         dest.put(f"versions/{version}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
         publish(dest, version)
     return manifest
@@ -454,15 +511,6 @@ def open_local(store: LocalStore, version: str, verify: bool = True) -> IndexDat
     _check_shape(version, manifest, embeddings, len(products))
     folder = store.file(f"versions/{version}/{MANIFEST}").parent
     return IndexData(embeddings=embeddings, products=products, manifest=manifest, folder=folder)
-
-
-def save_copy(index: IndexData, dest: Store) -> None:
-    """Write a loaded version, byte for byte, to another store and publish it there."""
-    version = index.version
-    for name, data in index.files.items():
-        dest.put(f"versions/{version}/{name}", data)
-    dest.put(f"versions/{version}/{MANIFEST}", json.dumps(index.manifest, indent=2).encode())
-    publish(dest, version)
 
 
 def read_current(store: Store) -> IndexData:

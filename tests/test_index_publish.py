@@ -17,7 +17,16 @@ import pytest
 import requests
 
 from catalog.build import build_index
-from indexstore.store import CorruptIndex, IndexData, current_version, open_store, publish, read_current, write_version
+from indexstore.store import (
+    CorruptIndex,
+    IndexData,
+    IndexNotFound,
+    current_version,
+    open_store,
+    publish,
+    read_current,
+    write_version,
+)
 from scripts.manage_index import main as manage_cli
 from tests.conftest import DEMO_CSV, REPO, demo_image, free_port
 
@@ -168,11 +177,18 @@ class FailingStore:
         self.store, self.n = store, n
         self.uri = store.uri
 
-    def put(self, key, data):
+    def _die_at_zero(self):
         if self.n == 0:
             raise KeyboardInterrupt("killed mid-upload")
         self.n -= 1
+
+    def put(self, key, data):
+        self._die_at_zero()
         self.store.put(key, data)
+
+    def put_file(self, key, path):
+        self._die_at_zero()
+        self.store.put_file(key, path)
 
     def __getattr__(self, name):
         return getattr(self.store, name)
@@ -301,3 +317,58 @@ def test_s3_delete_removes_every_page_of_a_version(s3, objects):
     left = boto3.client("s3").list_objects_v2(Bucket="shop", Prefix="indexes/big/")
     assert [o["Key"] for o in left.get("Contents", [])] == [
         "indexes/big/versions/20260102T000000000000Z-abcdef/manifest.json"]
+
+
+PART = 5 * 1024 * 1024  # S3's smallest part (moto enforces it too)
+
+
+def _etag(key: str) -> str:
+    return boto3.client("s3").head_object(Bucket="shop", Key=key)["ETag"].strip('"')
+
+
+def test_a_file_goes_in_parts_from_the_part_size_and_round_trips(s3, tmp_path):
+    """boto3's transfer manager: a file of one byte under the part size is one PUT, one of exactly the part size
+    is a multipart upload (its ETag ends in -<parts>), and 2.4 parts are 3 parts; each comes back whole."""
+    from indexstore.store import S3Store
+
+    store = S3Store("shop", "indexes/parts", part_bytes=PART)
+    for size, parts in ((PART - 1, None), (PART, 1), (int(PART * 2.4), 3)):
+        data = os.urandom(size)
+        (tmp_path / "up").write_bytes(data)
+        store.put_file("versions/v/embeddings.npy", tmp_path / "up")
+        etag = _etag("indexes/parts/versions/v/embeddings.npy")
+        assert (etag.endswith(f"-{parts}") if parts else "-" not in etag), (size, etag)
+        store.get_file("versions/v/embeddings.npy", tmp_path / "down")
+        assert (tmp_path / "down").read_bytes() == data
+
+
+def test_an_upload_that_dies_after_a_part_never_becomes_visible(s3, tmp_path):
+    from botocore.exceptions import EndpointConnectionError
+
+    from indexstore.store import S3Store, StoreUnavailable
+
+    store = S3Store("shop", "indexes/parts", part_bytes=PART)
+    sent = []
+
+    def second_part_fails(**kwargs):
+        sent.append(kwargs.get("params", {}).get("PartNumber"))
+        if len(sent) == 2:  # the network goes away mid-upload
+            raise EndpointConnectionError(endpoint_url=s3.url)
+
+    store.client.meta.events.register("before-call.s3.UploadPart", second_part_fails)
+    (tmp_path / "up").write_bytes(os.urandom(3 * PART))
+    with pytest.raises(StoreUnavailable, match="S3 unreachable"):
+        store.put_file("versions/v/embeddings.npy", tmp_path / "up")
+    client = boto3.client("s3")
+    assert "Contents" not in client.list_objects_v2(Bucket="shop", Prefix="indexes/parts/")  # nothing visible
+    assert not client.list_multipart_uploads(Bucket="shop").get("Uploads")  # and its parts were aborted
+    with pytest.raises(IndexNotFound):
+        store.get_file("versions/v/embeddings.npy", tmp_path / "down")
+
+
+def test_an_upload_the_store_refuses_is_a_store_error_in_its_words(s3, tmp_path):
+    from indexstore.store import S3Store, StoreUnavailable
+
+    (tmp_path / "up").write_bytes(b"x" * 10)
+    with pytest.raises(StoreUnavailable, match="S3 upload of versions/v/errors.csv failed at s3://missing/i"):
+        S3Store("missing", "i", part_bytes=PART).put_file("versions/v/errors.csv", tmp_path / "up")
