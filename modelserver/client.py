@@ -9,6 +9,7 @@ TorchServe fuse requests into batches (``batchSize`` in ``infra/torchserve/confi
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ import numpy as np
 import requests
 
 from modelio.imaging import ImageError
-from modelio.protocol import COMPACT, EmbedResult, decode_vector
+from modelio.protocol import COMPACT, MAX_IMAGES, EmbedResult, decode_answers, decode_vector
 
 SAGEMAKER_SCHEME = "sagemaker://"
 
@@ -116,34 +117,91 @@ class TorchServeClient(BatchingClient):
             self._local.session.trust_env = False  # never send the image through an environment proxy
         return self._local.session
 
-    def _post(self, blob: bytes) -> requests.Response:
-        headers = {"Content-Type": "application/octet-stream", "Accept": COMPACT}
+    def _post(self, body: bytes, content_type: str = "application/octet-stream") -> requests.Response:
+        headers = {"Content-Type": content_type, "Accept": COMPACT}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         try:
-            return self._session().post(f"{self.url}/predictions/{self.model}", data=blob, headers=headers,
+            return self._session().post(f"{self.url}/predictions/{self.model}", data=body, headers=headers,
                                         timeout=(3.0, self.timeout))
         except requests.Timeout:
             raise ModelServerError(f"embedding service timed out after {self.timeout:g}s") from None
         except requests.RequestException as exc:
             raise ModelServerError(f"embedding service unreachable at {self.url}: {type(exc).__name__}") from None
 
-    def embed(self, blob: bytes) -> tuple[np.ndarray, str]:
-        """Vector and backbone id for one image. ``ImageError`` if TorchServe refused the image."""
-        resp = self._post(blob)
+    def _answer(self, body: bytes, content_type: str = "application/octet-stream") -> tuple[int, object, str]:
+        """POST ``body`` (with the token, read again once if refused): the status, the JSON body and reason."""
+        resp = self._post(body, content_type)
         if _token_refused(resp) and self.key_file is not None:  # rotated or not read yet: read it again
             self._token = self._read_key_file()
-            resp = self._post(blob)
+            resp = self._post(body, content_type)
         if _token_refused(resp):
             raise ModelServerError("embedding service refused the token: set TORCHSERVE_TOKEN or "
                                    "TORCHSERVE_KEY_FILE to TorchServe's inference key")
         try:
-            body = resp.json()
+            return resp.status_code, resp.json(), resp.reason
         except ValueError:
-            body = {}
-        vector, backbone_id = parse_answer(resp.status_code, body, resp.reason)
+            return resp.status_code, {}, resp.reason
+
+    def embed(self, blob: bytes) -> tuple[np.ndarray, str]:
+        """Vector and backbone id for one image. ``ImageError`` if TorchServe refused the image."""
+        vector, backbone_id = parse_answer(*self._answer(blob))
         self._backbone_id = backbone_id
         return vector, backbone_id
+
+    #: ``embed_bytes`` (the build) sends up to this many images in one request, at most ``GROUP_BYTES`` of
+    #: them (a bigger image goes alone): TorchServe's per-request costs are paid once per group.
+    images_per_request = 8
+    GROUP_BYTES = 4 << 20
+
+    def embed_bytes(self, blobs: list[bytes]) -> list[EmbedResult]:
+        """One result per blob, in order; the blobs travel in groups (several-image requests), concurrently.
+        A bad image gets its error result alone; a dead service raises ``ModelServerError``."""
+        groups = image_groups([len(b) for b in blobs], self.images_per_request, self.GROUP_BYTES)
+
+        def one_group(indices: list[int]) -> list[EmbedResult]:
+            if len(indices) == 1:
+                return BatchingClient.embed_bytes(self, [blobs[indices[0]]])
+            return self.embed_group([blobs[i] for i in indices])
+
+        results: list[EmbedResult] = [EmbedResult()] * len(blobs)
+        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(groups)))) as pool:
+            for indices, found in zip(groups, pool.map(one_group, groups), strict=True):
+                for i, result in zip(indices, found, strict=True):
+                    results[i] = result
+        return results
+
+    def embed_group(self, blobs: list[bytes]) -> list[EmbedResult]:
+        """Several images in one request (modelio/protocol.py): one result each, in order."""
+        payload = json.dumps({"images": [base64.b64encode(b).decode("ascii") for b in blobs]}).encode()
+        status, body, reason = self._answer(payload, "application/json")
+        if status == 200 and isinstance(body, dict) and "model" in body:
+            try:
+                found = decode_answers(body, len(blobs))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ModelServerError(f"embedding service answered a malformed group: {exc}") from None
+            self._backbone_id = str(body["model"])
+            return found
+        detail = body.get("error") or body.get("message") if isinstance(body, dict) else None
+        raise ModelServerError(f"embedding service answered {status}: {detail or reason}")
+
+
+def image_groups(sizes: list[int], most: int, most_bytes: int) -> list[list[int]]:
+    """Consecutive indices of images with these byte ``sizes``, in groups of at most ``most`` (and
+    ``MAX_IMAGES``) images and ``most_bytes`` together; an image over ``most_bytes`` is a group alone."""
+    most = max(1, min(most, MAX_IMAGES))
+    groups: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for i, size in enumerate(sizes):
+        if current and (len(current) >= most or total + size > most_bytes):
+            groups.append(current)
+            current, total = [], 0
+        current.append(i)
+        total += size
+    if current:
+        groups.append(current)
+    return groups
 
 
 def _token_refused(resp: requests.Response) -> bool:

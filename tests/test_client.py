@@ -53,14 +53,72 @@ def test_vector_and_backbone_id(fake):
     assert backbone_id == "m-1" and client.backbone_id == "m-1"
 
 
+def grouped(per_image, seen: list | None = None):
+    """A stand-in answering one-image requests with ``per_image(body)`` and several-image ones (modelio/protocol.py)
+    with an entry per image; ``seen`` collects how many images each request carried."""
+    def answer(body: bytes):
+        if not body.startswith(b'{"images"'):
+            seen is not None and seen.append(1)
+            return per_image(body)
+        images = [base64.b64decode(item) for item in json.loads(body)["images"]]
+        seen is not None and seen.append(len(images))
+        entries = [b if st == 200 else {"error": b["error"]} for st, b in map(per_image, images)]
+        return 200, {"model": "m-1", "runtime": "eager", "results": entries}
+    return answer
+
+
+def one_value(body: bytes):
+    """A 1-d vector naming the image (its first byte), or a refusal for b"bad"."""
+    if body == b"bad":
+        return 400, {"error": "not a supported image"}
+    return 200, {"embedding": [float(body[0])], "dim": 1, "model": "m-1"}
+
+
 def test_refused_image_is_an_image_error_and_a_batch_keeps_going(fake):
-    fake.answer = lambda body: (400, {"error": "not a supported image"}) if body == b"bad" else \
-        (200, {"embedding": [1.0], "dim": 1, "model": "m-1"})
+    fake.answer = grouped(one_value)
     client = client_for(fake)
     with pytest.raises(ImageError, match="not a supported image"):
         client.embed(b"bad")
     results = client.embed_bytes([b"good", b"bad", b"good"])
     assert [r.error for r in results] == [None, "not a supported image", None]
+
+
+def test_images_travel_in_groups_and_come_back_aligned(fake):
+    seen: list[int] = []
+    fake.answer = grouped(one_value, seen)
+    client = client_for(fake)
+    blobs = [bytes([i + 1]) * 10 for i in range(19)]
+    blobs[9] = b"bad"
+    results = client.embed_bytes(blobs)
+    assert sorted(seen) == [3, 8, 8]  # 19 images: two full groups of 8 and the rest
+    assert [r.error for r in results][8:11] == [None, "not a supported image", None]
+    assert [r.vector[0] for i, r in enumerate(results) if i != 9] == [i + 1 for i in range(19) if i != 9]
+    assert client.backbone_id == "m-1"
+
+
+@pytest.mark.parametrize(("answer", "message"), [
+    ((200, {"model": "m-1", "results": [{"error": "x"}]}), "malformed group: expected 2 results, got 1"),
+    ((200, {"model": "m-1", "results": ["x", "y"]}), "malformed group: a result is not an object"),
+    ((200, {"model": "m-1", "results": [{"embedding": [1.0], "dim": 2}, {"error": "x"}]}), "malformed group"),
+    ((400, {"error": "images must be a list of 1 to 64 base64 images"}), "answered 400: images must be a list"),
+    ((503, {"code": 503, "message": "Model is not ready"}), "answered 503: Model is not ready"),
+])
+def test_a_group_answer_that_does_not_fit_is_a_model_server_error(fake, answer, message):
+    fake.answer = lambda body: answer
+    with pytest.raises(ModelServerError, match=message):
+        client_for(fake).embed_group([b"a", b"b"])
+
+
+def test_image_groups_on_both_sides_of_their_limits():
+    from modelserver.client import image_groups
+
+    assert image_groups([1] * 8, 8, 100) == [list(range(8))]  # exactly the count: one group
+    assert image_groups([1] * 9, 8, 100) == [list(range(8)), [8]]  # one more: a second
+    assert image_groups([50, 50], 8, 100) == [[0, 1]]  # exactly the bytes: together
+    assert image_groups([50, 51], 8, 100) == [[0], [1]]  # one byte more: apart
+    assert image_groups([200, 1, 1], 8, 100) == [[0], [1, 2]]  # a big image goes alone
+    assert image_groups([1] * 70, 100, 10**9) == [list(range(64)), list(range(64, 70))]  # never over MAX_IMAGES
+    assert image_groups([], 8, 100) == [] and image_groups([1, 1], 0, 100) == [[0], [1]]
 
 
 @pytest.mark.parametrize(("status", "answer", "message"), [

@@ -114,6 +114,28 @@ def test_each_runtime_serves_eager_vectors_and_a_bad_image_fails_alone(runtime_s
             assert float(np.asarray(body["embedding"]) @ local_embedder.embed_one(blob)) >= 0.999
 
 
+def test_several_images_in_one_request_through_the_real_torchserve(runtime_server, local_embedder):
+    """The build's groups (modelio/protocol.py): 7 images with a corrupt one in the middle, sent 3 to a request,
+    come back aligned with their inputs, the corrupt one alone refused; the vectors are the one-image ones."""
+    from modelserver.client import TorchServeClient
+
+    _, ts = runtime_server
+    blobs = [demo_image(pid) for pid in IDS[:6]]
+    blobs.insert(3, b"GIF89a not really")
+    client = TorchServeClient(ts.url, concurrency=3)
+    client.images_per_request = 3
+    sent: list[bytes] = []
+    post = client._post
+    client._post = lambda body, content_type="application/octet-stream": sent.append(body) or post(body, content_type)
+    results = client.embed_bytes(blobs)
+    assert sorted(body.startswith(b'{"images"') for body in sent) == [False, True, True]  # 3 + 3, and 1 alone
+    assert [r.error is None for r in results] == [True, True, True, False, True, True, True]
+    assert "not a supported image" in results[3].error
+    for blob, result in zip(blobs, results, strict=True):
+        if result.error is None:
+            assert float(result.vector @ local_embedder.embed_one(blob)) >= 0.999
+
+
 def test_default_runtime_keeps_retrieval_quality(demo_index, local_embedder):
     """The sample catalog indexed through TorchServe with the default (optimised) runtime ranks like eager
     PyTorch in-process: leave-one-out same-category precision within 0.005."""

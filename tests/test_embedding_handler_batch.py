@@ -50,3 +50,32 @@ def test_a_mixed_batch_answers_each_request_in_its_own_format(local_embedder: Em
     assert float(decode_vector(answers[1]) @ want_b) >= 0.9999
     assert float(want_a @ want_b) < 0.99  # different pictures: a mixed-up batch would be seen
     assert np.isclose(np.linalg.norm(decode_vector(answers[1])), 1.0, atol=1e-4)
+
+
+def test_a_several_image_request_answers_each_image_in_order_beside_one_image_requests(local_embedder: Embedder):
+    """One batch: a one-image request, a three-image request with a bad image in the middle, the same sent as
+    JSON bytes (no content type), and three malformed lists (empty, one over the limit, not a list)."""
+    from modelio.protocol import MAX_IMAGES, decode_answers
+
+    handler = EmbeddingHandler()
+    handler.embedder = local_embedder
+    a, b = demo_image("10109"), demo_image("11043")
+    b64 = [base64.b64encode(x).decode() for x in (a, b"not an image", b)]
+    over = [b64[0]] * (MAX_IMAGES + 1)
+    rows = [{"body": a}, {"body": {"images": b64}}, {"body": json.dumps({"images": b64 + [7]}).encode()},
+            {"body": {"images": []}}, {"body": {"images": over}}, {"body": {"images": "x"}},
+            {"body": {"images": [b64[0]] * MAX_IMAGES}}]
+    context = Context([{}, {"Accept": COMPACT}, {}, {}, {}, {}, {"Accept": COMPACT}])
+    answers = [json.loads(out) for out in handler.handle(rows, context)]
+    assert len(answers) == 7 and context.statuses == {i: (400, "Bad request") for i in (3, 4, 5)}
+    assert all(answers[i]["error"] == "images must be a list of 1 to 64 base64 images" for i in (3, 4, 5))
+    want_a, want_b = local_embedder.embed_one(a), local_embedder.embed_one(b)
+    assert float(decode_vector(answers[0]) @ want_a) >= 0.9999
+    for answer, extra in ((answers[1], 0), (answers[2], 1)):
+        results = decode_answers(answer, 3 + extra)
+        assert answer["model"] == local_embedder.backbone_id
+        assert float(results[0].vector @ want_a) >= 0.9999 and float(results[2].vector @ want_b) >= 0.9999
+        assert results[1].vector is None and "not" in results[1].error  # the bad one fails alone
+        assert extra == 0 or results[3].error  # a number is not an image either
+    assert "embedding_b64" in answers[1]["results"][0] and "embedding" in answers[2]["results"][0]
+    assert len(answers[6]["results"]) == MAX_IMAGES  # exactly the limit is served
