@@ -176,6 +176,19 @@ def bench_build(work: Path, ts: TorchServe, images: list[Path], report: dict) ->
     assert built.embedded == len(images), built.summary()
     report["index_build_img_s"] = round(rate, 1)
     report["index_build_vs_torchserve"] = round(rate / report["torchserve_default_img_s"], 2)
+    report["index_build_vs_model"] = round(rate / report["model_default_img_s"], 2)
+
+
+def model_only_img_s(store: Path, blobs: list[bytes]) -> float:
+    """The default runtime's own images/s in this process, on every core (no server, no HTTP): decode, preprocess
+    and the model, in the embedder's batches — what a build could reach at best."""
+    from handlers.embedder import Embedder
+
+    embedder = Embedder.from_archive(store / "embedding.mar")
+    embedder.embed_bytes(blobs[:16])  # warm-up
+    started = time.perf_counter()
+    embedder.embed_bytes(blobs)
+    return len(blobs) / (time.perf_counter() - started)
 
 
 def synthetic_index(path: Path, backbone_id: str, n: int = 10_000, dim: int = 1280, seed: int = 0) -> None:
@@ -294,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "settings": asdict(TUNED), "in_flight": IN_FLIGHT, "date": time.strftime("%Y-%m-%d")}
     work = Path(tempfile.mkdtemp(prefix="bench-", dir=args.out.parent))
     stores = bench_runtimes(work, blobs, TUNED, report)
+    report["model_default_img_s"] = round(model_only_img_s(stores["default"], blobs), 1)
     with serving(stores["default"], work / "ts-build", TUNED) as ts:
         bench_build(work, ts, files, report)
         bench_query(work, ts, blobs[0], report)

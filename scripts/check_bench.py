@@ -19,6 +19,7 @@ TARGETS = {
     "optimized_vs_eager_torchserve": (operator.ge, 4.0),
     "optimized_min_cosine": (operator.ge, 0.999),
     "index_build_vs_torchserve": (operator.ge, 0.9),
+    "index_build_vs_model": (operator.ge, 0.75),  # issue 26: the build near the model's own speed
     "query_p50_vs_model_p50": (operator.le, 1.3),
 }
 

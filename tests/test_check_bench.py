@@ -30,3 +30,15 @@ def test_missing_figure_fails_and_file_name_picks_the_targets(tmp_path):
     speed.write_text(json.dumps(SEARCH_OK))  # no speed figures in it
     assert main([str(speed)]) == 1
     assert {line.split(":")[0] for line in problems({}, TARGETS)} == set(TARGETS)
+
+
+SPEED_OK = {"runtime": "openvino", "optimized_vs_eager_torchserve": 4.0, "optimized_min_cosine": 0.999,
+            "index_build_vs_torchserve": 0.9, "index_build_vs_model": 0.75, "query_p50_vs_model_p50": 1.3}
+
+
+def test_speed_figures_at_their_limits_pass_and_one_past_fails():
+    assert problems(SPEED_OK) == []
+    assert [line.split(":")[0] for line in problems({**SPEED_OK, "index_build_vs_model": 0.749})] == [
+        "index_build_vs_model"]
+    assert [line.split(":")[0] for line in problems({**SPEED_OK, "query_p50_vs_model_p50": 1.301})] == [
+        "query_p50_vs_model_p50"]
