@@ -498,6 +498,34 @@ def test_a_photo_over_the_limit_the_browser_cannot_shrink_is_stopped_with_every_
     context.close()
 
 
+def test_a_search_the_service_could_not_answer_keeps_the_photo_and_search_sends_it_again(browser, start_gateway,
+                                                                                      demo_index):
+    """The model server is down: the error page keeps the photo (shown, no token) and the settings, and the next
+    Search sends that photo again without choosing it."""
+    from tests.conftest import free_port
+
+    gw = start_gateway(INDEX_URI=str(demo_index), TORCHSERVE_URL=f"http://127.0.0.1:{free_port()}",
+                       CATALOG_DIR=str(DEMO_CSV.parent))
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    page.goto(gw.url + "/")
+    page.click("#refine summary")
+    page.locator("#thr").fill("40")
+    page.set_input_files("#file", str(IMAGES / "10109.jpg"))
+    page.click("#go")
+    page.get_by_role("alert").wait_for()
+    assert "search is temporarily unavailable" in page.get_by_role("alert").inner_text()
+    assert page.get_attribute("#preview", "src").startswith("data:image/jpeg;base64,") and page.is_visible("#preview")
+    assert page.input_value("#thr") == "40" and page.input_value("#query-token") == ""
+    bodies: list[bytes] = []
+    page.on("request", lambda r: bodies.append(r.post_data_buffer or b"") if r.method == "POST" else None)
+    with page.expect_navigation():
+        page.click("#go")
+    assert len(bodies) == 1 and b"\xff\xd8\xff" in bodies[0]  # the kept photo went again
+    page.get_by_role("alert").wait_for()
+    context.close()
+
+
 AXE = REPO / "devtools" / "axe" / "node_modules" / "axe-core" / "axe.min.js"
 #: The violations a shopper with a screen reader or a keyboard would be blocked or badly slowed by.
 BLOCKING = "serious", "critical"
@@ -518,7 +546,8 @@ def axe_violations(page) -> list[str]:
 
 @pytest.mark.parametrize(("width", "height"), [(1280, 800), (390, 844)], ids=["desktop", "phone"])
 def test_no_serious_or_critical_accessibility_violation_on_any_page(browser, gateway, width, height):
-    """axe-core on the start, results, no-match, error and "More like this" pages, desktop and phone."""
+    """axe-core on the start, results, items (dots), no-match, error and "More like this" pages, desktop and
+    phone."""
     context = browser.new_context(viewport={"width": width, "height": height}, bypass_csp=True)
     page = context.new_page()
     found: dict[str, list[str]] = {}
@@ -535,6 +564,14 @@ def test_no_serious_or_critical_accessibility_violation_on_any_page(browser, gat
         page.goto(gateway.url + "/products/10109/similar")
         page.wait_for_selector(".results")
         found["more like this"] = axe_violations(page)
+        from tests.test_locate import two_item_scene
+
+        page.goto(gateway.url + "/")
+        page.set_input_files("#file", files=[{"name": "room.jpg", "mimeType": "image/jpeg",
+                                              "buffer": two_item_scene()}])
+        page.click("#go")
+        page.wait_for_selector(".dot")
+        found["items"] = axe_violations(page)
         page.goto(gateway.url + "/")
         page.set_input_files("#file", files=[{"name": "green.jpg", "mimeType": "image/jpeg",
                                               "buffer": jpeg_bytes((40, 160, 60), (300, 300))}])

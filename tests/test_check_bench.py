@@ -42,3 +42,13 @@ def test_speed_figures_at_their_limits_pass_and_one_past_fails():
         "index_build_vs_model"]
     assert [line.split(":")[0] for line in problems({**SPEED_OK, "query_p50_vs_model_p50": 1.301})] == [
         "query_p50_vs_model_p50"]
+
+
+def test_the_bench_s_search_figure_runs_on_the_production_ranking():
+    """make bench is not part of make test: its in-process figure is run here, so a ranking change that breaks it
+    fails a test, not the next person to run the bench (it once called a function that had been removed)."""
+    from scripts.bench import bench_search
+
+    report: dict = {}
+    bench_search(report)
+    assert report["exact_search_10k_x_1280_ms"] > 0 and report["category_first_vs_similarity_alone"] > 0

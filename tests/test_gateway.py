@@ -107,6 +107,22 @@ def test_torchserve_down_is_503_and_not_ready(client, stub, caplog):
     assert client.get("/readyz").status_code == 200
 
 
+def test_a_photo_the_service_could_not_search_is_kept_on_the_page(client, stub):
+    """503 on the page: the photo comes back as the page's picture (no token: the page sends it again on the next
+    Search) with the settings; a photo that is itself the problem (400) is not shown back."""
+    stub.down = True
+    page = client.post("/search", data={"file": (io.BytesIO(demo_image(10109)), "q.jpg"), "threshold": "40"})
+    html = page.get_data(as_text=True)
+    assert page.status_code == 503 and 'id="preview" alt="Your photo" src="data:image/jpeg;base64,' in html
+    assert 'id="query-picture" value="data:image/jpeg;base64,' in html and 'id="query-token" value=""' in html
+    assert 'value="40"' in html and "search is temporarily unavailable" in html
+    stub.down = False
+    bad = client.post("/search", data={"file": (io.BytesIO(b"not a picture"), "q.jpg")})
+    assert bad.status_code == 400 and "data:image/jpeg" not in bad.get_data(as_text=True)
+    none = client.post("/search", data={"image_url": "", "threshold": "40"})
+    assert none.status_code == 400 and "data:image/jpeg" not in none.get_data(as_text=True)
+
+
 def test_missing_index_keeps_process_up(tmp_path, stub):
     config = Config(index_uri=str(tmp_path / "none"), ready_cache_s=0, index_cache_dir=str(tmp_path / "copy"))
     app = create_app(config, client=stub).test_client()

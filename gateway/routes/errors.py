@@ -24,7 +24,24 @@ log = logging.getLogger(__name__)
 def error_answer(status: int, message: str):
     if wants_json():
         return jsonify(error=message, status=status), status
-    return render_page(status=status, error=message, **_kept_inputs())
+    kept = _kept_inputs()
+    if status == 429 or status >= 500:  # the photo was fine, the service was not: keep it for another try
+        kept |= _kept_upload()
+    return render_page(status=status, error=message, **kept)
+
+
+def _kept_upload() -> dict:
+    """The uploaded photo of a request the service could not answer, as the page's picture (no token: the page
+    sends it again on the next Search). Nothing when there was no upload or it does not decode."""
+    try:
+        upload = request.files.get("file")
+        if upload is None or not upload.filename:
+            return {}
+        upload.stream.seek(0)
+        return {"query_picture": service().decodes.decode(upload.read(), service().config).picture()}
+    except Exception:  # noqa: BLE001 - an error page must render whatever is wrong with the upload
+        log.info("the failed request's photo is not kept [request %s]", request_id.current(), exc_info=True)
+        return {}
 
 
 def _kept_inputs() -> dict:

@@ -196,7 +196,9 @@
     }
     if (ev.submitter && ev.submitter.classList.contains('dot')) crop.value = '';  // an item: from the token
     if (file.files.length || url.value !== url.defaultValue) asPhotoSearch();  // a new query, not a refine
-    if (crop.value && !file.files.length && picture.value) {
+    // the last query's picture goes as the photo with a box drawn on it, or when it has no token (kept from a
+    // search the service could not answer)
+    if ((crop.value || !token.value) && !file.files.length && picture.value && url.value === url.defaultValue) {
       const bytes = Uint8Array.from(atob(picture.value.split(',')[1]), c => c.charCodeAt(0));
       const dt = new DataTransfer(); dt.items.add(new File([bytes], 'photo.jpg', {type: 'image/jpeg'}));
       file.files = dt.files; forgetQuery();
