@@ -19,6 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
+from gateway.images import Crop
+from gateway.locate import iou
+
 #: Scene size (width, height): a phone photo shrunk as the page shrinks it, landscape.
 SIZE = (640, 480)
 #: A pixel is background when no channel differs from the border's median colour by more than this.
@@ -168,9 +171,5 @@ def make_scene(photo: Image.Image, row: int, rng: np.random.Generator, clutter: 
 
 
 def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
-    """Intersection over union of two (left, top, right, bottom) boxes."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+    """Intersection over union of two (left, top, right, bottom) boxes: the gateway's own ``iou``."""
+    return iou(Crop(*a), Crop(*b))
