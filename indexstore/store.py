@@ -195,15 +195,19 @@ class S3Store:
         from boto3.exceptions import S3UploadFailedError
 
         try:
-            self._call(lambda Bucket, **kw: self.client.upload_file(str(source), Bucket, kw["Key"],
-                                                                     Config=self.transfer), Key=self._key(key))
+            self._call(self._upload, Key=self._key(key), Filename=str(source))
         except S3UploadFailedError as exc:
             raise StoreUnavailable(f"S3 upload of {key} failed at {self.uri}: {exc}") from None
 
     def get_file(self, key: str, target: Path) -> None:
         """Download ``key`` to the file ``target``, in parts when big (ranged GETs, several at once)."""
-        self._call(lambda Bucket, **kw: self.client.download_file(Bucket, kw["Key"], str(target),
-                                                                   Config=self.transfer), Key=self._key(key))
+        self._call(self._download, Key=self._key(key), Filename=str(target))
+
+    def _upload(self, Bucket: str, Key: str, Filename: str) -> None:  # noqa: N803 - boto3's own names
+        self.client.upload_file(Filename, Bucket, Key, Config=self.transfer)
+
+    def _download(self, Bucket: str, Key: str, Filename: str) -> None:  # noqa: N803 - boto3's own names
+        self.client.download_file(Bucket, Key, Filename, Config=self.transfer)
 
     def get(self, key: str) -> bytes:
         from botocore.exceptions import BotoCoreError
