@@ -9,18 +9,24 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import logging
+import tempfile
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
+from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from catalog.fetch import FetchError, ImageSource
+from catalog.products import ProductTable
 from catalog.reader import RowError, read_catalog
+from catalog.shards import COUNTS, SHARD_ROWS, ShardError, ShardResult, ShardStore, build_id, plan
 from catalog.vector_cache import VectorCache
 from indexstore.ann import AnnSettings, build_ann
 from indexstore.store import (
@@ -51,6 +57,9 @@ log = logging.getLogger(__name__)
 WHITENING_SETTINGS = {"dims": 512, "power": 0.5, "shrink": 0.1}
 #: Below this many products the covariance is too poorly estimated to whiten with.
 MIN_WHITEN = 2000
+#: Rows the whitening and the appearance space are fitted on, at most (a seeded sample of bigger catalogs):
+#: 200,000 × 1,280 float64 is 2 GB, whatever the catalog's size.
+FIT_SAMPLE = 200_000
 #: When a build writes the ANN graph (``build_index(ann=...)``).
 ANN_CHOICES = ("auto", "always", "never")
 
@@ -67,6 +76,8 @@ class BuildReport:
     embedded: int = 0
     reused: int = 0
     resumed: int = 0
+    shards: int = 0
+    shards_resumed: int = 0
 
     @property
     def left_out(self) -> list[RowError]:
@@ -78,7 +89,8 @@ class BuildReport:
             f"index {self.output} version {self.version} ({self.backbone})",
             f"  indexed {self.indexed} products: {self.embedded} embedded, {self.reused} reused from "
             f"the previous version, {self.resumed} from the vector cache; {self.downloaded} downloaded, "
-            f"{self.cache_hits} from cache",
+            f"{self.cache_hits} from cache; {self.shards} shard(s), {self.shards_resumed} finished by an "
+            "earlier run",
             f"  {len(self.left_out)} row(s) left out, {warnings} warning(s)" + (":" if self.errors else ""),
         ]
         lines += [f"    line {e.line} id={printable(repr(e.id))} [{e.stage}] {printable(e.error)}"
@@ -156,6 +168,13 @@ class Collected:
         dim = len(self.vectors[0]) if self.vectors else 0
         return np.vstack(self.vectors).astype(np.float32) if self.vectors else np.zeros((0, dim), np.float32)
 
+    def shard_result(self, downloaded: int = 0, cache_hits: int = 0) -> ShardResult:
+        """The shard these rows make (a row whose image gave no histogram gets zeros)."""
+        hists = [np.zeros(HIST_SIZE, np.float32) if h is None else h for h in self.hists]
+        return ShardResult(self.rows, self.matrix(), np.vstack(hists).astype(np.float32) if hists else
+                           np.zeros((0, HIST_SIZE), np.float32), self.errors, self.embedded, self.reused,
+                           self.resumed, downloaded, cache_hits)
+
 
 @dataclass(frozen=True)
 class VectorSources:
@@ -230,57 +249,189 @@ def collect_vectors(rows: list[dict], source: ImageSource, embedder: BatchEmbedd
     return out
 
 
-def finish_version(collected: Collected, catalog: Path, backbone_id: str, rows_read: int,
+@dataclass
+class Merged:
+    """All of a build's vectors, in row order: memory-mapped files in a work folder (``merge_shards``), or
+    arrays in memory (``Merged.of``)."""
+
+    rows: Sequence[dict]
+    embeddings: np.ndarray
+    hists: np.ndarray
+    errors: list[RowError] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, rows: list[dict], embeddings: np.ndarray, hists: np.ndarray | None = None) -> Merged:
+        hists = np.zeros((len(rows), HIST_SIZE), np.float32) if hists is None else hists
+        return cls(rows, np.asarray(embeddings, np.float32), hists)
+
+
+def merge_shards(shards: ShardStore, count: int, folder: Path) -> Merged:
+    """The ``count`` finished shards of a build streamed, one at a time, into memory-mapped files under
+    ``folder`` (the matrix, the histograms, the products): never more than one shard's vectors in memory."""
+    sizes = [shards.finished(i) for i in range(count)]
+    if any(size is None for size in sizes):
+        raise ShardError(f"{shards.prefix}: shard {sizes.index(None)} is not finished")
+    kept = sum(n for n, _ in sizes)
+    dim = max((d for n, d in sizes if n), default=0)
+    if kept == 0:
+        return Merged([], np.zeros((0, dim), np.float32), np.zeros((0, HIST_SIZE), np.float32),
+                      *_shard_notes(shards, count))
+    embeddings = open_memmap(folder / "embeddings.npy", "w+", np.float32, (kept, dim))
+    hists = open_memmap(folder / "hists.npy", "w+", np.float32, (kept, HIST_SIZE))
+    errors: list[RowError] = []
+    counts = dict.fromkeys(COUNTS, 0)
+    at = 0
+    with open(folder / "products.jsonl", "w", encoding="utf-8") as products:
+        for shard in range(count):
+            result = shards.load(shard)
+            n = len(result.rows)
+            if n and (result.vectors.shape[1] != dim or result.hists.shape[1] != HIST_SIZE):
+                raise ShardError(f"{shards.prefix}: shard {shard} has vectors of another width")
+            if n:  # a shard whose every row failed has no vectors (and no width)
+                embeddings[at:at + n], hists[at:at + n] = result.vectors, result.hists
+            products.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in result.rows)
+            errors += result.errors
+            for key in COUNTS:
+                counts[key] += getattr(result, key)
+            at += n
+    embeddings.flush()
+    hists.flush()
+    return Merged(ProductTable.open(folder / "products.jsonl"), embeddings, hists, errors, counts)
+
+
+def _shard_notes(shards: ShardStore, count: int) -> tuple[list[RowError], dict[str, int]]:
+    """The errors and counts of shards that kept no row."""
+    errors: list[RowError] = []
+    counts = dict.fromkeys(COUNTS, 0)
+    for shard in range(count):
+        result = shards.load(shard)
+        errors += result.errors
+        for key in COUNTS:
+            counts[key] += getattr(result, key)
+    return errors, counts
+
+
+def fit_rows(count: int, limit: int = FIT_SAMPLE) -> np.ndarray:
+    """The rows a catalog-fitted transform is fitted on: all ``count`` when there are at most ``limit``, else a
+    seeded sample of ``limit`` (in row order), so the fit's memory does not grow with the catalog."""
+    if count <= limit:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(0).choice(count, limit, replace=False))
+
+
+def finish_version(merged: Merged, catalog: Path, backbone_id: str, rows_read: int,
                    whiten_min: int = MIN_WHITEN, ann: AnnSettings | None = None) -> tuple[IndexData, dict[str, bytes]]:
-    """The index version for collected vectors: manifest, the catalog-fitted whitening and calibration,
-    the error report, and the ANN graph when ``ann`` is given. Not written anywhere yet."""
-    errors = collected.errors
-    matrix = collected.matrix()
+    """The index version for merged vectors: manifest, the catalog-fitted whitening and calibration (fitted on
+    samples of at most ``FIT_SAMPLE`` rows), the error report, and the ANN graph when ``ann`` is given. Not
+    written anywhere yet."""
+    errors = merged.errors
+    matrix = merged.embeddings
+    counts = {k: merged.counts.get(k, 0) for k in ("embedded", "reused", "resumed")}
     manifest = {
         "backbone": backbone_id,
         "catalog": {"path": str(catalog), "root": str(catalog.parent)},
         "build": {"rows": rows_read + sum(e.stage == "catalog" for e in errors),
                   "errors": sum(e.stage != "warning" for e in errors),
-                  "warnings": sum(e.stage == "warning" for e in errors),
-                  "embedded": collected.embedded, "reused": collected.reused, "resumed": collected.resumed},
+                  "warnings": sum(e.stage == "warning" for e in errors), **counts},
     }
     extra = {ERRORS: errors_csv(errors)}
-    whitening = fit_whitening(matrix, **WHITENING_SETTINGS) if len(matrix) >= max(whiten_min, 2) else None
+    whitening = (fit_whitening(np.asarray(matrix[fit_rows(len(matrix))]), **WHITENING_SETTINGS)
+                 if len(matrix) >= max(whiten_min, 2) else None)
     if whitening is not None:
         extra[WHITENING] = whitening.to_bytes()
-    searchable = whitening.apply(matrix) if whitening is not None else matrix
+    searchable = whitening.apply(matrix) if whitening is not None else np.asarray(matrix)
     manifest["whitening"] = WHITENING_SETTINGS if whitening is not None else None
-    labels = [str(p.get("category", "")) for p in collected.rows]
+    labels = [str(p.get("category", "")) for p in merged.rows]
     manifest["calibration"] = fit_calibration(searchable, labels)
     manifest["no_match"] = fit_no_match(searchable, labels, Calibration.from_manifest(manifest).percent)
     manifest["appearance"] = None
     if len(searchable):
-        manifest["appearance"] = _appearance(collected, searchable, extra)
+        manifest["appearance"] = _appearance(merged, searchable, extra)
     manifest["ann"] = None
     if ann is not None and len(searchable):
         extra[ANN] = build_ann(searchable, ann)
         manifest["ann"] = {"library": "faiss", "index": "HNSWFlat", "metric": "inner_product",
                            "connectivity": ann.connectivity, "expansion_add": ann.expansion_add}
-    return IndexData(embeddings=matrix, products=collected.rows, manifest=manifest), extra
+    return IndexData(embeddings=matrix, products=merged.rows, manifest=manifest), extra
 
 
-def _appearance(collected: Collected, searchable: np.ndarray, extra: dict[str, bytes]) -> dict:
-    """Fit the appearance space on the catalog and store each row's appearance vector; the manifest's entry."""
-    given = collected.hists if len(collected.hists) == len(collected.rows) else [None] * len(collected.rows)
-    hists = np.vstack([np.zeros(HIST_SIZE, np.float32) if h is None else h for h in given])
-    column = colour_column(collected.rows)
-    colours = [str(p.get(column) or "").strip() for p in collected.rows] if column else [""] * len(hists)
-    space, info = fit_appearance(hists, searchable, colours)
+def _appearance(merged: Merged, searchable: np.ndarray, extra: dict[str, bytes]) -> dict:
+    """Fit the appearance space on (a sample of) the catalog and store each row's appearance vector; the
+    manifest's entry."""
+    hists = merged.hists
+    column = colour_column(merged.rows)
+    colours = [str(p.get(column) or "").strip() for p in merged.rows] if column else [""] * len(hists)
+    fit = fit_rows(len(hists))
+    space, info = fit_appearance(np.asarray(hists[fit]), searchable[fit], [colours[i] for i in fit])
     buf = io.BytesIO()
     np.save(buf, space.vectors(hists, searchable).astype(np.float32), allow_pickle=False)
     extra[APPEARANCE], extra[APPEARANCE_VECTORS] = space.to_bytes(), buf.getvalue()
     return info | {"column": column}
 
 
+@dataclass(frozen=True)
+class ShardJob:
+    """What every shard of one build shares: plain values, so a Ray task receives it whole."""
+
+    output: str  # the index store's location
+    build: str  # the build's shard folder (``build_id``)
+    catalog_root: str
+    cache_dir: str
+    vector_cache: str
+    backbone_id: str
+    workers: int = 8
+    chunk_size: int = 64
+    refresh_cache: bool = False
+    allow_private: bool = False
+
+
+def embed_shard(job: ShardJob, shard: int, rows: list[dict], embedder: BatchEmbedder,
+                previous: dict[str, np.ndarray]) -> dict[str, int]:
+    """One shard, start to end, wherever it runs: fetch its images, reuse known vectors, embed the rest, and
+    write the shard to the store (its JSON last). Returns its counts."""
+    source = ImageSource(Path(job.catalog_root), Path(job.cache_dir), refresh=job.refresh_cache,
+                         allow_private=job.allow_private)
+    known = VectorSources(previous, VectorCache(Path(job.vector_cache), job.backbone_id))
+    collected = collect_vectors(rows, source, embedder, known, job.workers, job.chunk_size, progress=False)
+    result = collected.shard_result(source.downloads, source.cache_hits)
+    ShardStore(open_store(job.output), job.build).save(shard, result)
+    return {key: getattr(result, key) for key in COUNTS}
+
+
+class LocalEngine:
+    """Shards one after another in this process (the default: small and medium catalogs)."""
+
+    def __init__(self, embedder: BatchEmbedder) -> None:
+        self.embedder = embedder
+
+    def backbone_id(self) -> str:
+        return self.embedder.backbone_id
+
+    def run(self, job: ShardJob, todo: list[tuple[int, list[dict]]], previous: dict[str, np.ndarray],
+            progress: bool = True) -> None:
+        with tqdm(total=sum(len(rows) for _, rows in todo), unit="img", desc="indexing",
+                  disable=not progress) as bar:
+            for shard, rows in todo:
+                embed_shard(job, shard, rows, self.embedder, previous)
+                bar.update(len(rows))
+
+
+class Engine(Protocol):
+    """Runs a build's unfinished shards (``LocalEngine``; ``catalog.ray_engine.RayEngine`` on a cluster)."""
+
+    def backbone_id(self) -> str:
+        """The id of the vectors its embedders make."""
+        ...
+
+    def run(self, job: ShardJob, todo: list[tuple[int, list[dict]]], previous: dict[str, np.ndarray],
+            progress: bool = True) -> None: ...
+
+
 def build_index(
     catalog: Path,
     output: str | Path,
-    embedder: BatchEmbedder,
+    embedder: BatchEmbedder | None,
     cache_dir: Path,
     workers: int = 8,
     chunk_size: int = 64,
@@ -292,29 +443,49 @@ def build_index(
     vector_cache: Path | None = None,
     ann: str = "auto",
     ann_settings: AnnSettings | None = None,
+    shard_rows: int = SHARD_ROWS,
+    engine: Engine | None = None,
 ) -> BuildReport:
     """Build and publish a new index version for ``catalog`` at ``output``.
 
-    Catalogs with at least ``whiten_min`` products get a PCA-whitening fitted on them (a value above
-    the catalog size disables it; see docs/QUALITY.md). ``ann``: ``always`` / ``never`` write the HNSW
-    graph (indexstore/ann.py), ``auto`` from ``ann_settings.min_products`` products (``ANN_MIN_PRODUCTS``)."""
+    The rows are embedded in shards of ``shard_rows`` by ``engine`` (default: this process), each written to
+    the store when done, so a build run again after dying starts from its finished shards; then the shards are
+    merged by memory map and the version written and published in one step. Catalogs with at least
+    ``whiten_min`` products get a PCA-whitening fitted on them (a value above the catalog size disables it; see
+    docs/QUALITY.md). ``ann``: ``always`` / ``never`` write the HNSW graph (indexstore/ann.py), ``auto`` from
+    ``ann_settings.min_products`` products (``ANN_MIN_PRODUCTS``). ``embedder`` may be None when ``engine`` is
+    given (its own workers embed)."""
     if ann not in ANN_CHOICES:
         raise ValueError(f"ann={ann!r}: use one of {', '.join(ANN_CHOICES)}")
     ann_settings = ann_settings or AnnSettings()
     catalog = Path(catalog).resolve()
     rows, errors = read_catalog(catalog)
+    ranges = plan(len(rows), shard_rows)
     store = open_store(output)
-    backbone_id = embedder.backbone_id
-    known = VectorSources(_previous_vectors(store, backbone_id),
-                          VectorCache(vector_cache or Path(cache_dir).parent / "vectors", backbone_id))
-    source = ImageSource(catalog.parent, cache_dir, refresh=refresh_cache, allow_private=allow_private_hosts)
-    collected = collect_vectors(rows, source, embedder, known, workers, chunk_size, progress)
-    collected.errors = sorted(collected.errors + errors, key=lambda e: e.line)
-    with_ann = ann == "always" or (ann == "auto" and len(collected.rows) >= ann_settings.min_products)
-    index, extra = finish_version(collected, catalog, backbone_id, len(rows), whiten_min,
-                                  ann_settings if with_ann else None)
-    version, pruned = write_and_publish(store, index, extra, keep)
+    if engine is None:
+        if embedder is None:
+            raise ValueError("build_index needs an embedder or an engine")
+        engine = LocalEngine(embedder)
+    backbone_id = engine.backbone_id()
+    job = ShardJob(store.uri, build_id(catalog, backbone_id, shard_rows), str(catalog.parent), str(cache_dir),
+                   str(vector_cache or Path(cache_dir).parent / "vectors"), backbone_id, workers, chunk_size,
+                   refresh_cache, allow_private_hosts)
+    shards = ShardStore(store, job.build)
+    todo = [(i, rows[r.start:r.stop]) for i, r in enumerate(ranges) if shards.finished(i) is None]
+    if len(todo) < len(ranges):
+        log.info("resuming build %s: %d of %d shards already done", job.build, len(ranges) - len(todo), len(ranges))
+    engine.run(job, todo, _previous_vectors(store, backbone_id), progress)
+    with tempfile.TemporaryDirectory(prefix="photo-build-") as tmp:
+        merged = merge_shards(shards, len(ranges), Path(tmp))
+        merged.errors = sorted(merged.errors + errors, key=lambda e: e.line)
+        with_ann = ann == "always" or (ann == "auto" and len(merged.rows) >= ann_settings.min_products)
+        index, extra = finish_version(merged, catalog, backbone_id, len(rows), whiten_min,
+                                      ann_settings if with_ann else None)
+        version, pruned = write_and_publish(store, index, extra, keep)
+        report = BuildReport(version, store.uri, backbone_id, len(merged.rows), merged.errors,
+                             shards=len(ranges), shards_resumed=len(ranges) - len(todo), **merged.counts)
+        del index, merged  # the memory maps, before their folder goes
+    shards.clear()
     if pruned:
         log.info("removed %d old version(s): %s", len(pruned), ", ".join(pruned))
-    return BuildReport(version, store.uri, backbone_id, len(collected.rows), collected.errors, source.downloads,
-                       source.cache_hits, collected.embedded, collected.reused, collected.resumed)
+    return report

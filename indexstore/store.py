@@ -140,7 +140,15 @@ class LocalStore:
         return sorted(n for n in names if VERSION_NAME.match(n))
 
     def delete_version(self, version: str) -> None:
-        shutil.rmtree(self._path(f"versions/{checked_version(version, 'delete')}"), ignore_errors=True)
+        self.delete_tree(f"versions/{checked_version(version, 'delete')}")
+
+    def delete(self, key: str) -> None:
+        """Delete ``key`` if it exists."""
+        self._path(key).unlink(missing_ok=True)
+
+    def delete_tree(self, prefix: str) -> None:
+        """Delete every file under ``prefix`` (a folder key)."""
+        shutil.rmtree(self._path(prefix), ignore_errors=True)
 
 
 class StoreUnavailable(ConnectionError):
@@ -235,8 +243,15 @@ class S3Store:
             token = {"ContinuationToken": page["NextContinuationToken"]}
 
     def delete_version(self, version: str) -> None:
-        """Delete every object of ``version``: all listing pages (1,000 keys each), one batch per page."""
-        base = self._key(f"versions/{checked_version(version, 'delete')}/")
+        self.delete_tree(f"versions/{checked_version(version, 'delete')}")
+
+    def delete(self, key: str) -> None:
+        """Delete ``key`` (S3 answers the same whether it existed or not)."""
+        self._call(self.client.delete_object, Key=self._key(key))
+
+    def delete_tree(self, prefix: str) -> None:
+        """Delete every object under ``prefix``: all listing pages (1,000 keys each), one batch per page."""
+        base = self._key(prefix.rstrip("/") + "/")
         token: dict = {}
         while True:
             page = self._call(self.client.list_objects_v2, Prefix=base, **token)
@@ -349,7 +364,7 @@ def write_version(store: Store, index: IndexData, extra_files: dict[str, bytes] 
             **index.manifest,
             "dim": int(dim),
             "count": int(n),
-            "files": {name: {"sha256": _file_sha(path), "bytes": path.stat().st_size} for name, path in paths.items()},
+            "files": {name: {"sha256": file_sha(path), "bytes": path.stat().st_size} for name, path in paths.items()},
         }
     store.put(f"versions/{version}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
     index.manifest = manifest
@@ -456,7 +471,7 @@ def _download_checked(store: Store, key: str, target: Path, sha256: str, what: s
         store.get_file(key, Path(tmp))
         with open(tmp, "rb+") as out:
             os.fsync(out.fileno())
-        if _file_sha(Path(tmp)) != sha256:
+        if file_sha(Path(tmp)) != sha256:
             raise CorruptIndex(f"{what} checksum mismatch")
         os.replace(tmp, target)
     finally:
@@ -464,7 +479,7 @@ def _download_checked(store: Store, key: str, target: Path, sha256: str, what: s
             os.unlink(tmp)
 
 
-def _file_sha(path: Path) -> str:
+def file_sha(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         while chunk := fh.read(CHUNK):
@@ -485,7 +500,7 @@ def sync_version(store: Store, version: str, dest: LocalStore) -> dict:
         fcntl.flock(lock, fcntl.LOCK_EX)
         for name, meta in manifest["files"].items():
             target = dest.file(f"versions/{version}/{name}")
-            if target.exists() and _file_sha(target) == meta["sha256"]:
+            if target.exists() and file_sha(target) == meta["sha256"]:
                 continue
             _download_checked(store, f"versions/{version}/{name}", target, meta["sha256"],
                               f"version {version}: {name}")
@@ -505,7 +520,7 @@ def open_local(store: LocalStore, version: str, verify: bool = True) -> IndexDat
         path = store.file(f"versions/{version}/{name}")
         if not path.is_file():
             raise IndexNotFound(f"{path} not found")
-        if verify and _file_sha(path) != meta["sha256"]:
+        if verify and file_sha(path) != meta["sha256"]:
             raise CorruptIndex(f"version {version}: {name} checksum mismatch")
     try:
         embeddings = np.load(store.file(f"versions/{version}/{EMBEDDINGS}"), mmap_mode="r", allow_pickle=False)

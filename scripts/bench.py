@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from catalog.build import Collected, build_index, finish_version
+from catalog.build import Merged, build_index, finish_version
 from devtools.process import REPO, TorchServe, models_setting, wait_for_http
 from handlers.runtimes import min_cosine
 from indexstore.store import open_store, write_and_publish
@@ -205,8 +205,8 @@ def synthetic_index(path: Path, backbone_id: str, n: int = 10_000, dim: int = 12
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     rows = [{"id": str(i), "name": f"Product {i}", "category": f"Type {c}", "price": None,
              "image_url": f"images/{i}.jpg"} for i, c in enumerate(labels)]
-    collected = Collected(rows=rows, vectors=list(x))
-    index, extra = finish_version(collected, path.parent / "products.csv", backbone_id, n)
+    merged = Merged.of(rows, x)
+    index, extra = finish_version(merged, path.parent / "products.csv", backbone_id, n)
     write_and_publish(open_store(path), index, extra)
 
 

@@ -1,6 +1,8 @@
 """Build a catalog index: ``python scripts/build_index.py --catalog products.csv --output DIR``.
 
-Embeds through TorchServe by default (``--torchserve-url``), or in-process with ``--embedder local``.
+Embeds through TorchServe by default (``--torchserve-url``), or in-process with ``--embedder local``; in shards
+(``--shard-rows``) in this process, or over a Ray cluster with ``--engine ray``. A build that dies resumes from
+its finished shards when run again.
 Bad rows never abort the build: they are listed at the end and written to the version's errors.csv.
 """
 
@@ -11,28 +13,32 @@ import logging
 import sys
 from pathlib import Path
 
-from catalog.build import ANN_CHOICES, build_index
+from catalog.build import ANN_CHOICES, Engine, build_index
+from catalog.embedders import EmbedderSpec
 from catalog.reader import CatalogError
+from catalog.shards import MAX_SHARD_ROWS, SHARD_ROWS, ShardError, ShardFailed
 from gateway.config import Config
 from indexstore.store import StoreUnavailable
-from modelserver.client import BUILD_ATTEMPTS, ModelServerError, make_client
+from modelserver.client import ModelServerError
 from safeio.logs import configure as configure_logs
 from safeio.paths import cache_home, printable
 
 log = logging.getLogger("photo.build")
 
-def make_embedder(args: argparse.Namespace, settings: Config):
-    if args.embedder == "local":
-        from handlers.embedder import Embedder
+def embedder_spec(args: argparse.Namespace, settings: Config) -> EmbedderSpec:
+    """The model the build embeds with, from the command line and the environment."""
+    return EmbedderSpec(args.embedder, args.torchserve_url, args.model, args.timeout, settings.torchserve_token,
+                        settings.torchserve_key_file, args.concurrency, args.backbone,
+                        str(args.weights or ""), str(args.archive or ""))
 
-        if args.archive:  # the archive's runtime (e.g. OpenVINO), checked as the handler checks it
-            return Embedder.from_archive(args.archive)
-        return Embedder.create(args.backbone, args.weights)
-    client = make_client(args.torchserve_url, args.model, args.timeout, settings.torchserve_token,
-                         settings.torchserve_key_file, attempts=BUILD_ATTEMPTS)
-    client.concurrency = args.concurrency
-    client.probe()  # fail fast, before any download, if TorchServe is not there
-    return client
+
+def make_engine(args: argparse.Namespace, spec: EmbedderSpec) -> Engine | None:
+    """None (this process) or a Ray engine whose workers each make their own embedder from ``spec``."""
+    if args.engine == "local":
+        return None
+    from catalog.ray_engine import RayEngine
+
+    return RayEngine(spec, args.ray_address, args.ray_cpus_per_task)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,15 +72,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ann", choices=ANN_CHOICES, default="auto",
                         help="write the HNSW graph for approximate search: auto = from ANN_MIN_PRODUCTS products "
                              "(default 100000)")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="where the shards are embedded: this process, or a Ray cluster (RAY_ADDRESS or "
+                             "--ray-address; a local Ray when neither is set)")
+    parser.add_argument("--ray-address", default=None, help="the Ray cluster, e.g. ray://head:10001 or auto")
+    parser.add_argument("--ray-cpus-per-task", type=float, default=1.0, help="CPUs Ray reserves per shard")
+    parser.add_argument("--shard-rows", type=int, default=SHARD_ROWS,
+                        help=f"rows per shard, written to the store when done; a re-run resumes from them "
+                             f"(1 to {MAX_SHARD_ROWS:,})")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if not 1 <= args.shard_rows <= MAX_SHARD_ROWS:
+        parser.error(f"--shard-rows must be 1 to {MAX_SHARD_ROWS:,}")
     configure_logs(settings.log_format)  # LOG_FORMAT: json (default) or text
     try:
-        embedder = make_embedder(args, settings)
-        report = build_index(args.catalog, args.output, embedder, args.cache_dir, workers=args.workers,
+        spec = embedder_spec(args, settings)
+        engine = make_engine(args, spec)
+        report = build_index(args.catalog, args.output, spec.create() if engine is None else None,
+                             args.cache_dir, workers=args.workers,
                              refresh_cache=args.refresh_cache, progress=not args.no_progress, keep=args.keep,
-                             allow_private_hosts=args.allow_private_hosts, ann=args.ann, ann_settings=settings.ann)
-    except (CatalogError, ModelServerError, StoreUnavailable) as exc:
+                             allow_private_hosts=args.allow_private_hosts, ann=args.ann, ann_settings=settings.ann,
+                             shard_rows=args.shard_rows, engine=engine)
+    except (CatalogError, ModelServerError, StoreUnavailable, ShardError, ShardFailed) as exc:
         print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2
     summary = report.summary()

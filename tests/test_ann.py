@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from catalog.build import Collected, finish_version
+from catalog.build import Merged, finish_version
 from gateway.index import IndexManager
 from indexstore.ann import AnnFileError, AnnSettings, build_ann, check_file, open_ann
 from indexstore.store import ANN, IndexData, open_store, publish, write_and_publish, write_version
@@ -59,7 +59,7 @@ def test_min_score_is_kept_by_both_paths(tmp_path):
 def test_build_writes_the_graph_from_its_size_on(tmp_path, size_at_build, expect_file):
     """``ANN_MIN_PRODUCTS`` at the catalog's size writes the graph; one more product than it does not."""
     x = unit_rows(100)
-    collected = Collected(rows=products(100), vectors=list(x))
+    collected = Merged.of(products(100), x)
     settings = AnnSettings(min_products=size_at_build)
     with_ann = len(collected.rows) >= settings.min_products
     index, extra = finish_version(collected, tmp_path / "products.csv", "bb", 100, ann=settings if with_ann else None)

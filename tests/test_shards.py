@@ -1,0 +1,156 @@
+"""A build in shards (catalog/shards.py, catalog/build.py): each shard written when done, a build that dies
+resumes from its finished shards, a shard read back is checked, the merge equals a build in one go."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from catalog.build import build_index
+from catalog.reader import RowError
+from catalog.shards import MAX_SHARD_ROWS, ShardError, ShardResult, ShardStore, build_id, plan
+from indexstore.store import LocalStore, read_current
+from tests.conftest import DEMO_DIR
+from tests.embedders import HashEmbedder
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    """12 real demo products, one with a missing image."""
+    lines = (DEMO_DIR / "products.csv").read_text().splitlines()
+    folder = tmp_path / "shop"
+    shutil.copytree(DEMO_DIR / "images", folder / "images")
+    rows = lines[1:12] + ["99999,Gone,Watches,,images/nope.jpg,Women,Accessories,Watches,Watches,Steel,,,"]
+    (folder / "products.csv").write_text("\n".join([lines[0], *rows]) + "\n")
+    return folder / "products.csv"
+
+
+def build(catalog, out, embedder, tmp_path, **kw):
+    return build_index(catalog, out, embedder, tmp_path / "cache", progress=False, shard_rows=4,
+                       vector_cache=tmp_path / kw.pop("vectors", "vectors"), **kw)
+
+
+@pytest.mark.parametrize(("shard_rows", "ok"), [(0, False), (1, True), (MAX_SHARD_ROWS, True),
+                                                (MAX_SHARD_ROWS + 1, False)])
+def test_the_shard_size_has_limits_on_both_sides(shard_rows, ok):
+    if ok:
+        assert plan(3, shard_rows)[0] == range(0, min(3, shard_rows))
+    else:
+        with pytest.raises(ValueError, match="shard_rows"):
+            plan(3, shard_rows)
+
+
+def test_shards_cover_every_row_once():
+    assert plan(9, 4) == [range(0, 4), range(4, 8), range(8, 9)]
+    assert plan(8, 4) == [range(0, 4), range(4, 8)]
+    assert plan(0, 4) == []
+
+
+def test_the_build_id_follows_the_catalog_the_model_and_the_shard_size(tmp_path):
+    csv = tmp_path / "p.csv"
+    csv.write_text("id\n1\n")
+    first = build_id(csv, "a", 4)
+    assert first == build_id(csv, "a", 4)
+    assert len({first, build_id(csv, "b", 4), build_id(csv, "a", 5)}) == 3
+    csv.write_text("id\n2\n")
+    assert build_id(csv, "a", 4) != first
+
+
+def shard(n=3, dim=4) -> ShardResult:
+    rows = [{"id": str(i), "line": i + 2} for i in range(n)]
+    return ShardResult(rows, np.arange(n * dim, dtype=np.float32).reshape(n, dim), np.ones((n, 5), np.float32),
+                       [RowError(9, "x", "u", "fetch", "gone")], embedded=n, downloaded=1)
+
+
+def test_a_shard_round_trips_and_counts_as_finished_only_with_its_json(tmp_path):
+    store = LocalStore(tmp_path)
+    shards = ShardStore(store, "b1")
+    assert shards.finished(0) is None
+    shards.save(0, shard())
+    assert shards.finished(0) == (3, 4)
+    got = shards.load(0)
+    assert got.rows == shard().rows and np.array_equal(got.vectors, shard().vectors)
+    assert got.errors == shard().errors and (got.embedded, got.downloaded) == (3, 1)
+    store.delete("builds/b1/shard-00000.json")  # died after the arrays, before the mark
+    assert shards.finished(0) is None
+
+
+@pytest.mark.parametrize("damage", ["npz", "json-format", "json-garbage", "rows", "error-line", "width"])
+def test_a_damaged_shard_is_redone_never_trusted(tmp_path, damage):
+    store = LocalStore(tmp_path)
+    shards = ShardStore(store, "b1")
+    shards.save(0, shard())
+    meta_key, npz_key = "builds/b1/shard-00000.json", "builds/b1/shard-00000.npz"
+    meta = json.loads(store.get(meta_key))
+    if damage == "npz":
+        store.put(npz_key, store.get(npz_key)[:-10])
+    elif damage == "json-format":
+        store.put(meta_key, json.dumps(meta | {"format": 99}).encode())
+    elif damage == "json-garbage":
+        store.put(meta_key, b"{not json")
+    elif damage == "rows":
+        store.put(meta_key, json.dumps(meta | {"rows": meta["rows"][:2]}).encode())
+    elif damage == "error-line":
+        store.put(meta_key, json.dumps(meta | {"errors": [{**meta["errors"][0], "line": "9"}]}).encode())
+    else:
+        store.put(meta_key, json.dumps(meta | {"dim": 5}).encode())
+    if shards.finished(0) is not None:  # the JSON looks whole: loading it finds the damage and forgets it
+        with pytest.raises(ShardError, match="redone on the next run"):
+            shards.load(0)
+    assert shards.finished(0) is None
+
+
+def test_a_build_in_shards_equals_one_in_one_shard_and_leaves_no_shards(catalog, tmp_path):
+    many = build(catalog, tmp_path / "many", HashEmbedder(), tmp_path, vectors="v1")
+    one = build_index(catalog, tmp_path / "one", HashEmbedder(), tmp_path / "cache", progress=False,
+                      vector_cache=tmp_path / "v2")
+    a, b = read_current(LocalStore(tmp_path / "many")), read_current(LocalStore(tmp_path / "one"))
+    assert (many.shards, one.shards, many.indexed) == (3, 1, 11)
+    assert [p["id"] for p in a.products] == [p["id"] for p in b.products]
+    np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-6)
+    assert a.manifest["calibration"] == b.manifest["calibration"]
+    assert [(e.id, e.stage) for e in many.errors] == [("99999", "fetch")]
+    assert list((tmp_path / "many" / "builds").iterdir()) == []  # its shards went with the publish
+
+
+def test_a_killed_build_resumes_from_its_finished_shards(catalog, tmp_path):
+    out = tmp_path / "index"
+    with pytest.raises(KeyboardInterrupt):
+        build(catalog, out, HashEmbedder(die_after=6), tmp_path, vectors="v1")  # dies inside shard 1
+    assert sorted(p.name for p in (out / "builds").glob("*/*.json")) == ["shard-00000.json"]
+    assert not (out / "CURRENT").exists()
+    again = HashEmbedder()
+    report = build(catalog, out, again, tmp_path, vectors="v2")  # a fresh vector cache: only shards count
+    assert (report.shards, report.shards_resumed, report.indexed) == (3, 1, 11)
+    assert again.embedded == 7 and report.embedded == 11  # shard 0's four came from the store, not the model
+    clean = build(catalog, tmp_path / "clean", HashEmbedder(), tmp_path, vectors="v3")
+    np.testing.assert_allclose(read_current(LocalStore(out)).embeddings,
+                               read_current(LocalStore(tmp_path / "clean")).embeddings, atol=1e-6)
+    assert clean.shards_resumed == 0
+
+
+def test_a_changed_catalog_does_not_resume_another_catalogs_shards(catalog, tmp_path):
+    out = tmp_path / "index"
+    with pytest.raises(KeyboardInterrupt):
+        build(catalog, out, HashEmbedder(die_after=6), tmp_path, vectors="v1")
+    catalog.write_text(catalog.read_text().replace("Fastrack", "Fastrack New"))
+    report = build(catalog, out, HashEmbedder(), tmp_path, vectors="v2")
+    assert report.shards_resumed == 0 and report.embedded == 11
+
+
+@pytest.mark.parametrize(("shard_rows", "ok"), [("0", False), ("1", True), (str(MAX_SHARD_ROWS + 1), False)])
+def test_the_command_line_takes_shard_sizes_within_the_limits_only(catalog, tmp_path, shard_rows, ok, capsys):
+    from scripts.build_index import main as build_cli
+
+    args = ["--catalog", str(catalog), "--output", str(tmp_path / "out"), "--embedder", "local",
+            "--shard-rows", shard_rows, "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    if ok:
+        assert build_cli(args) == 0
+        assert "12 shard(s), 0 finished by an earlier run" in capsys.readouterr().out
+    else:
+        with pytest.raises(SystemExit) as stop:
+            build_cli(args)
+        assert stop.value.code == 2 and "--shard-rows must be 1 to 1,048,576" in capsys.readouterr().err
