@@ -694,3 +694,62 @@ def test_the_indexer_image_entrypoint_builds_the_sample_catalog(torchserve, tmp_
     assert (out / "CURRENT").is_file()
     logged = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
     assert logged and all(e["level"] in ("INFO", "WARNING") for e in logged)
+
+
+def ray_job() -> dict:
+    """What ``kubectl kustomize infra/k8s/ray`` makes: the RayJob of the build over a Ray cluster."""
+    out = subprocess.run([str(Path(sys.executable).with_name("kubectl")), "kustomize", str(INFRA / "k8s" / "ray")],
+                         capture_output=True, text=True, check=True).stdout
+    docs = [doc for doc in yaml.safe_load_all(out) if doc]
+    assert [d["kind"] for d in docs] == ["RayJob"]
+    return docs[0]
+
+
+def ray_pods(job: dict) -> dict[str, dict]:
+    spec = job["spec"]["rayClusterSpec"]
+    return {"head": spec["headGroupSpec"]["template"]["spec"],
+            **{g["groupName"]: g["template"]["spec"] for g in spec["workerGroupSpecs"]}}
+
+
+def test_the_ray_jobs_pods_are_valid_kubernetes_pods():
+    """kubernetes-validate knows no RayJob (a custom resource): each pod template it carries is checked as the
+    Pod KubeRay makes of it, strictly, against the same Kubernetes version as infra/k8s."""
+    import kubernetes_validate
+
+    for group, pod_spec in ray_pods(ray_job()).items():
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"photo-ray-{group}"}, "spec": pod_spec}
+        kubernetes_validate.validate(pod, "1.37", strict=True)
+    broken = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"},
+              "spec": {**ray_pods(ray_job())["head"], "containerz": []}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, "1.37", strict=True)
+
+
+def test_the_ray_job_runs_the_ray_build_on_the_pinned_ray_with_a_torchserve_beside_each_worker():
+    job = ray_job()
+    pinned = pins_of(INFRA / "docker" / "requirements-indexer.lock")
+    assert job["spec"]["rayClusterSpec"]["rayVersion"] == pinned["ray"] == pins_of(REPO / "requirements.txt")["ray"]
+    assert "aiohttp" in pinned  # ray[default]: the dashboard's job server, which `ray job submit` talks to
+    words = job["spec"]["entrypoint"].split()
+    assert words[:2] == ["python", "scripts/build_index.py"] and words[words.index("--engine") + 1] == "ray"
+    helped = subprocess.run([sys.executable, "scripts/build_index.py", "--help"], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout
+    assert all(f" {w}" in helped for w in words if w.startswith("--"))  # every flag is one the script has
+    pods = ray_pods(job)
+    head = pods.pop("head")
+    assert job["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    key_file = next(e["value"] for e in head["containers"][0]["env"] if e["name"] == "TORCHSERVE_KEY_FILE")
+    url = words[words.index("--torchserve-url") + 1]
+    for pod in pods.values():
+        sidecar = next(c for c in pod["initContainers"] if c["name"] == "torchserve")
+        assert sidecar["restartPolicy"] == "Always" and sidecar["image"].endswith("photo-torchserve:0.1.0")
+        assert {e["name"]: e["value"] for e in sidecar["env"]}["TS_INFERENCE_ADDRESS"] == url
+        worker = pod["containers"][0]
+        mounts = {m["name"]: m["mountPath"] for m in worker["volumeMounts"]}
+        assert str(Path(key_file).parent) == mounts["inference-key"]  # where this pod's TorchServe puts its key
+        assert worker["image"] == head["containers"][0]["image"] and worker["image"].endswith("photo-indexer:0.1.0")
+
+
+def pins_of(path: Path) -> dict[str, str]:
+    return {m.group(1).lower(): m.group(2)
+            for m in re.finditer(r"^([A-Za-z0-9_.-]+)(?:\[[a-z,]+\])?==([^\s#\\]+)", path.read_text(), re.M)}
