@@ -22,6 +22,7 @@ from indexstore.store import (
     ANN,
     APPEARANCE,
     APPEARANCE_VECTORS,
+    EMBEDDINGS,
     CorruptIndex,
     IndexData,
     LocalStore,
@@ -29,6 +30,7 @@ from indexstore.store import (
     open_local,
     open_store,
     prune,
+    read_manifest,
     sync_version,
 )
 from ranking import RankingView
@@ -36,7 +38,7 @@ from ranking.appearance import DESCRIPTOR, HIST_SIZE, Appearance
 from ranking.calibration import UNCALIBRATED, Calibration
 from ranking.category_first import Grouping
 from search import BackendSettings, BackendSource, SearchBackend, open_backend
-from search.factory import DEFAULT_BACKENDS
+from search.factory import DEFAULT_BACKENDS, needs_matrix
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +151,22 @@ class IndexManager:
         self._lock = threading.Lock()
 
     def _open(self, version: str) -> CatalogIndex:
-        """Copy ``version`` into the local cache (streamed, verified) and open it from there."""
-        sync_version(self.store, version, self.cache)
-        return CatalogIndex(open_local(self.cache, version, verify=False), self.backends)
+        """Copy ``version`` into the local cache (streamed, verified; only the files its backend reads) and open it
+        from there."""
+        skip = self._unread(read_manifest(self.store, version))
+        sync_version(self.store, version, self.cache, skip)
+        return CatalogIndex(open_local(self.cache, version, verify=False, skip=skip), self.backends)
+
+    def _unread(self, manifest: dict) -> frozenset[str]:
+        """The files of a version that this replica's backend never reads: the raw matrix behind the ANN file."""
+        if needs_matrix(self.backends, manifest["count"], ANN in manifest["files"]):
+            return frozenset()
+        return frozenset({EMBEDDINGS})
+
+    def _open_cached(self) -> CatalogIndex:
+        version = current_version(self.cache)
+        return CatalogIndex(open_local(self.cache, version, skip=self._unread(read_manifest(self.cache, version))),
+                            self.backends)
 
     def load(self) -> None:
         """Initial load: the published version, else the local copy of the last good one."""
@@ -161,7 +176,7 @@ class IndexManager:
             self.error = f"index not loaded from {self.uri}: {exc}"
             log.error(self.error)
             try:
-                index = CatalogIndex(open_local(self.cache, current_version(self.cache)), self.backends)
+                index = self._open_cached()
                 self._swap(index, from_cache=True)
                 log.warning("serving cached copy of version %s from %s", index.version, self.cache.uri)
             except Exception as cache_exc:  # noqa: BLE001

@@ -487,12 +487,13 @@ def file_sha(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sync_version(store: Store, version: str, dest: LocalStore) -> dict:
+def sync_version(store: Store, version: str, dest: LocalStore, skip: frozenset[str] = frozenset()) -> dict:
     """Make ``dest`` hold a verified copy of ``version`` and point its CURRENT at it; return the manifest.
 
     Files are streamed (never whole in memory) and checksummed on the way; files already in ``dest`` are
-    re-verified, not copied again. The manifest is written last, so a copy that dies midway is never
-    complete. Several processes may sync the same folder at once: a file lock takes turns."""
+    re-verified, not copied again; files named in ``skip`` are not fetched (a replica that searches the ANN file
+    needs no raw matrix). The manifest is written last, so a copy that dies midway is never complete. Several
+    processes may sync the same folder at once: a file lock takes turns."""
     manifest = read_manifest(store, version)
     folder = dest.file(f"versions/{version}/{MANIFEST}").parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -500,7 +501,7 @@ def sync_version(store: Store, version: str, dest: LocalStore) -> dict:
         fcntl.flock(lock, fcntl.LOCK_EX)
         for name, meta in manifest["files"].items():
             target = dest.file(f"versions/{version}/{name}")
-            if target.exists() and file_sha(target) == meta["sha256"]:
+            if name in skip or (target.exists() and file_sha(target) == meta["sha256"]):
                 continue
             _download_checked(store, f"versions/{version}/{name}", target, meta["sha256"],
                               f"version {version}: {name}")
@@ -509,21 +510,45 @@ def sync_version(store: Store, version: str, dest: LocalStore) -> dict:
     return manifest
 
 
-def open_local(store: LocalStore, version: str, verify: bool = True) -> IndexData:
+class NotFetched:
+    """The shape of a version's matrix whose file was not fetched (``skip``): any read of it is a bug, refused."""
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.shape = shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: object) -> np.ndarray:
+        raise CorruptIndex(f"the raw vectors ({EMBEDDINGS}) of this version were not fetched: the backend that "
+                           "needs them must not skip them")
+
+    def __array__(self, *args: object, **kwargs: object) -> np.ndarray:
+        return self[:]
+
+
+def open_local(store: LocalStore, version: str, verify: bool = True, skip: frozenset[str] = frozenset()) -> IndexData:
     """A version of a local store, memory-mapped rather than read: the embeddings as a read-only memmap and
     the products as a ``ProductTable``, shared by every process that opens them. ``verify`` re-checks the
-    checksums first (one streamed read of each file)."""
+    checksums first (one streamed read of each file). Files in ``skip`` need not be there (``sync_version``'s
+    ``skip``); the embeddings among them become a ``NotFetched`` of the manifest's shape."""
     from catalog.products import ProductTable
 
     manifest = read_manifest(store, version)
     for name, meta in manifest["files"].items():
         path = store.file(f"versions/{version}/{name}")
+        if name in skip and not path.is_file():
+            continue
         if not path.is_file():
             raise IndexNotFound(f"{path} not found")
         if verify and file_sha(path) != meta["sha256"]:
             raise CorruptIndex(f"version {version}: {name} checksum mismatch")
+    matrix = store.file(f"versions/{version}/{EMBEDDINGS}")
     try:
-        embeddings = np.load(store.file(f"versions/{version}/{EMBEDDINGS}"), mmap_mode="r", allow_pickle=False)
+        embeddings = (NotFetched((manifest["count"], manifest["dim"])) if EMBEDDINGS in skip and not matrix.is_file()
+                      else np.load(matrix, mmap_mode="r", allow_pickle=False))
     except ValueError as exc:
         raise CorruptIndex(f"version {version}: unreadable embeddings ({exc})") from None
     products = ProductTable.open(store.file(f"versions/{version}/{PRODUCTS}"))

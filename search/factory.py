@@ -46,16 +46,27 @@ class NoAnnFile(ValueError):
     """``SEARCH_BACKEND=ann`` for a version built without an ANN file."""
 
 
-def chosen_kind(settings: BackendSettings, source: BackendSource) -> str:
-    """The backend ``settings`` pick for ``source``: ``auto`` is ann from ``ann_min_products`` rows when the
-    version has an ANN file, else exact."""
+def kind_for(settings: BackendSettings, count: int, has_ann: bool) -> str:
+    """The backend ``settings`` pick for a version of ``count`` products: ``auto`` is ann from
+    ``ann_min_products`` rows when the version has an ANN file, else exact."""
     if settings.kind != "auto":
         return settings.kind
+    return "ann" if count >= settings.ann_min_products and has_ann else "exact"
+
+
+def needs_matrix(settings: BackendSettings, count: int, has_ann: bool) -> bool:
+    """Whether that backend reads the version's raw matrix (exact search does, and so does filling Milvus); the
+    ANN file carries its own vectors, so a replica on it need not fetch the matrix at all."""
+    return kind_for(settings, count, has_ann) != "ann"
+
+
+def chosen_kind(settings: BackendSettings, source: BackendSource) -> str:
+    """``kind_for`` ``source``, saying so when a big version lacks the ANN file that would serve it faster."""
     big = source.count >= settings.ann_min_products
-    if big and source.ann_path is None:
+    if settings.kind == "auto" and big and source.ann_path is None:
         log.warning("version %s has %d products but no ANN file: searching exactly (rebuild with --ann always "
                     "for the faster search)", source.version, source.count)
-    return "ann" if big and source.ann_path is not None else "exact"
+    return kind_for(settings, source.count, source.ann_path is not None)
 
 
 def open_backend(settings: BackendSettings, source: BackendSource) -> SearchBackend:

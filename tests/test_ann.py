@@ -11,7 +11,17 @@ import pytest
 from catalog.build import Merged, finish_version
 from gateway.index import IndexManager
 from indexstore.ann import AnnFileError, AnnSettings, build_ann, check_file, open_ann
-from indexstore.store import ANN, IndexData, open_store, publish, write_and_publish, write_version
+from indexstore.store import (
+    ANN,
+    CorruptIndex,
+    IndexData,
+    LocalStore,
+    open_local,
+    open_store,
+    publish,
+    write_and_publish,
+    write_version,
+)
 from search import BackendSettings, ExactSearch, Filter
 from search.ann import AnnSearch
 
@@ -96,6 +106,27 @@ def test_auto_uses_the_graph_from_the_configured_size(tmp_path, min_products, ba
                            BackendSettings("auto", ann_min_products=min_products))
     manager.load()
     assert manager.current.backend.name == backend
+    # a replica on the graph fetches no raw matrix (the graph holds its vectors); exact search needs it
+    fetched = (tmp_path / "cache" / "versions" / manager.current.version / "embeddings.npy").exists()
+    assert fetched is (backend == "exact")
+    assert manager.current.backend.search(unit_rows(120)[7], 1).rows[0] == 7  # and it serves
+
+
+def test_a_replica_on_the_graph_restarts_from_its_copy_without_the_matrix_and_fetches_it_when_exact(tmp_path):
+    version = publish_version(tmp_path / "index", 120, build_ann(unit_rows(120)))
+    on_graph = IndexManager(str(tmp_path / "index"), tmp_path / "cache", 0, BackendSettings("ann"))
+    on_graph.load()
+    matrix = tmp_path / "cache" / "versions" / version / "embeddings.npy"
+    assert not matrix.exists()
+    restarted = IndexManager(str(tmp_path / "no-store"), tmp_path / "cache", 0, BackendSettings("ann"))
+    restarted.load()  # the store is gone: its local copy, without the matrix, still serves
+    assert restarted.from_cache and restarted.current.version == version
+    assert restarted.current.backend.search(unit_rows(120)[7], 1).rows[0] == 7
+    with pytest.raises(CorruptIndex, match="not fetched"):  # a read of what was not fetched is refused
+        np.asarray(open_local(LocalStore(tmp_path / "cache"), version, skip=frozenset({"embeddings.npy"})).embeddings)
+    exact = IndexManager(str(tmp_path / "index"), tmp_path / "cache", 0, BackendSettings("exact"))
+    exact.load()
+    assert matrix.exists() and exact.current.backend.name == "exact"
 
 
 def test_ann_backend_refuses_a_version_without_the_graph_and_keeps_the_old_one(tmp_path):
