@@ -24,7 +24,7 @@ from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from catalog.fetch import FetchError, ImageSource
-from catalog.products import ProductTable
+from catalog.products import ProductTable, number_of
 from catalog.reader import RowError, read_catalog
 from catalog.shards import COUNTS, SHARD_ROWS, ShardError, ShardResult, ShardStore, build_id, plan
 from catalog.vector_cache import VectorCache
@@ -40,16 +40,21 @@ from indexstore.store import (
     Store,
     StoreUnavailable,
     open_store,
+    prune,
+    publish,
     read_current,
     write_and_publish,
+    write_version,
 )
 from modelio.imaging import DEFAULT_MAX_PIXELS
 from modelio.protocol import BatchEmbedder
 from ranking.appearance import HIST_SIZE, colour_column, colour_histogram_or_none, fit_appearance
 from ranking.calibration import Calibration, fit_calibration
+from ranking.category_first import Grouping
 from ranking.no_match import fit_no_match
-from ranking.whitening import fit_whitening
+from ranking.whitening import Transformed, fit_whitening
 from safeio.paths import printable, redact_url
+from search.milvus import MilvusSettings
 
 log = logging.getLogger(__name__)
 
@@ -370,6 +375,31 @@ def _appearance(merged: Merged, searchable: np.ndarray, extra: dict[str, bytes])
     return info | {"column": column}
 
 
+def fill_milvus(settings: MilvusSettings, index: IndexData) -> None:
+    """Fill the Milvus collection of a written (not yet published) version: its search-space rows, category codes
+    and prices, derived as the gateway derives them (``Grouping.from_labels`` over the calibrated percent, prices
+    by ``number_of``), so the gateway serves the collection without reading the matrix."""
+    from search.milvus import MilvusSearch
+
+    labels = [str(p.get("category", "")) for p in index.products]
+    grouping = Grouping.from_labels(labels, Calibration.from_manifest(index.manifest).percent)
+    prices = np.array([number_of(p.get("price")) for p in index.products], dtype=np.float64)
+    MilvusSearch.fill(settings, index.version, Transformed(index.embeddings, index.whitening()), grouping.codes,
+                      prices)
+
+
+def _write_fill_publish(store: Store, index: IndexData, extra: dict[str, bytes], keep: int,
+                        milvus: MilvusSettings | None) -> tuple[str, list[str]]:
+    """Every file of the version, then its Milvus collection (when ``milvus``), then the pointer, then pruning:
+    dying at any step leaves the previous version served, and a re-run fills the collection again."""
+    if milvus is None:
+        return write_and_publish(store, index, extra, keep)
+    version = write_version(store, index, extra)
+    fill_milvus(milvus, index)
+    publish(store, version)
+    return version, prune(store, keep)
+
+
 @dataclass(frozen=True)
 class ShardJob:
     """What every shard of one build shares: plain values, so a Ray task receives it whole."""
@@ -445,6 +475,7 @@ def build_index(
     ann_settings: AnnSettings | None = None,
     shard_rows: int = SHARD_ROWS,
     engine: Engine | None = None,
+    milvus: MilvusSettings | None = None,
 ) -> BuildReport:
     """Build and publish a new index version for ``catalog`` at ``output``.
 
@@ -454,7 +485,7 @@ def build_index(
     ``whiten_min`` products get a PCA-whitening fitted on them (a value above the catalog size disables it; see
     docs/QUALITY.md). ``ann``: ``always`` / ``never`` write the HNSW graph (indexstore/ann.py), ``auto`` from
     ``ann_settings.min_products`` products (``ANN_MIN_PRODUCTS``). ``embedder`` may be None when ``engine`` is
-    given (its own workers embed)."""
+    given (its own workers embed). ``milvus``: the version's Milvus collection is filled before it is published."""
     if ann not in ANN_CHOICES:
         raise ValueError(f"ann={ann!r}: use one of {', '.join(ANN_CHOICES)}")
     ann_settings = ann_settings or AnnSettings()
@@ -481,7 +512,7 @@ def build_index(
         with_ann = ann == "always" or (ann == "auto" and len(merged.rows) >= ann_settings.min_products)
         index, extra = finish_version(merged, catalog, backbone_id, len(rows), whiten_min,
                                       ann_settings if with_ann else None)
-        version, pruned = write_and_publish(store, index, extra, keep)
+        version, pruned = _write_fill_publish(store, index, extra, keep, milvus)
         report = BuildReport(version, store.uri, backbone_id, len(merged.rows), merged.errors,
                              shards=len(ranges), shards_resumed=len(ranges) - len(todo), **merged.counts)
         del index, merged  # the memory maps, before their folder goes

@@ -66,9 +66,8 @@ class ProductTable(Sequence[dict]):
         keys = {column: np.empty(len(self), np.uint64) for column in hashed if column not in self._hashes}
         for row, product in enumerate(self):
             values.append(str(product.get(listed, "")))
-            number = product.get(numeric) if numeric else None
-            if isinstance(number, int | float) and not isinstance(number, bool):
-                numbers[row] = number
+            if numeric:
+                numbers[row] = number_of(product.get(numeric))
             for column, out in keys.items():
                 out[row] = _id_hash(str(product.get(column, "")))
         for column, hashes in keys.items():
@@ -99,3 +98,8 @@ class ProductTable(Sequence[dict]):
     def row_of(self, product_id: str) -> int | None:
         """The first row whose product has this id, or None."""
         return self.first_row("id", product_id)
+
+
+def number_of(value: object) -> float:
+    """A product's numeric field as float64: NaN where it is missing or not a number (a bool is not one)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else float("nan")

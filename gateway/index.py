@@ -68,9 +68,8 @@ class CatalogIndex:
         self.categories = self.grouping.names  # for the page's category list
         self.backend: SearchBackend = open_backend(backends, BackendSource(
             data.version, len(self.products), self.search_dim, self.grouping.codes,
-            vectors=lambda: self._search_vectors(data), blocks=lambda: Transformed(data.embeddings, self.whitening),
-            ann_path=data.folder / ANN if data.folder is not None and data.has_file(ANN) else None,
-            prices=self.prices))
+            vectors=lambda: self._search_vectors(data),
+            ann_path=data.folder / ANN if data.folder is not None and data.has_file(ANN) else None))
         self.appearance, self.appearance_rows = _appearance(data, len(self.products), self.search_dim,
                                                                 info.appearance_descriptor)
         #: All that ranking (ranking/) sees of this version.
@@ -237,19 +236,3 @@ class IndexManager:
         while True:  # a daemon thread: it ends with the process
             time.sleep(self.poll_s)
             self.refresh()
-
-
-class Transformed:
-    """Rows of ``embeddings`` in the search space, computed per slice (``whitening`` None: as stored)."""
-
-    def __init__(self, embeddings: np.ndarray, whitening) -> None:
-        self._embeddings, self._whitening = embeddings, whitening
-        dim = whitening.projection.shape[1] if whitening else embeddings.shape[1]
-        self.shape = (len(embeddings), int(dim))
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, rows: slice) -> np.ndarray:
-        block = np.asarray(self._embeddings[rows], dtype=np.float32)
-        return self._whitening.apply(block) if self._whitening else block

@@ -49,3 +49,19 @@ def fit_whitening(vectors: np.ndarray, dims: int = 512, power: float = 0.5, shri
     eigval, eigvec = np.clip(eigval[order], 0, None), eigvec[:, order]
     scale = (eigval + shrink * eigval.mean()) ** (-power / 2)
     return Whitening(mean.astype(np.float32), (eigvec * scale).astype(np.float32))
+
+
+class Transformed:
+    """Rows of ``embeddings`` in the search space, computed per slice (``whitening`` None: as stored)."""
+
+    def __init__(self, embeddings: np.ndarray, whitening: Whitening | None) -> None:
+        self._embeddings, self._whitening = embeddings, whitening
+        dim = whitening.projection.shape[1] if whitening else embeddings.shape[1]
+        self.shape = (len(embeddings), int(dim))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        block = np.asarray(self._embeddings[rows], dtype=np.float32)
+        return self._whitening.apply(block) if self._whitening else block

@@ -2,7 +2,8 @@
 
 Embeds through TorchServe by default (``--torchserve-url``), or in-process with ``--embedder local``; in shards
 (``--shard-rows``) in this process, or over a Ray cluster with ``--engine ray``. A build that dies resumes from
-its finished shards when run again.
+its finished shards when run again. With ``MILVUS_URI`` set, the version's Milvus collection is filled before the
+version is published (the gateways on ``SEARCH_BACKEND=milvus`` only serve it).
 Bad rows never abort the build: they are listed at the end and written to the version's errors.csv.
 """
 
@@ -22,6 +23,7 @@ from indexstore.store import StoreUnavailable
 from modelserver.client import ModelServerError
 from safeio.logs import configure as configure_logs
 from safeio.paths import cache_home, printable
+from search.milvus import MilvusError
 
 log = logging.getLogger("photo.build")
 
@@ -92,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                              args.cache_dir, workers=args.workers,
                              refresh_cache=args.refresh_cache, progress=not args.no_progress, keep=args.keep,
                              allow_private_hosts=args.allow_private_hosts, ann=args.ann, ann_settings=settings.ann,
-                             shard_rows=args.shard_rows, engine=engine)
-    except (CatalogError, ModelServerError, StoreUnavailable, ShardError, ShardFailed) as exc:
+                             shard_rows=args.shard_rows, engine=engine, milvus=settings.milvus)
+    except (CatalogError, ModelServerError, StoreUnavailable, ShardError, ShardFailed, MilvusError) as exc:
         print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2
     summary = report.summary()

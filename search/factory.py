@@ -37,9 +37,7 @@ class BackendSource:
     dim: int  # search-space dimensions
     codes: np.ndarray  # category code per row (ranking/category_first.py)
     vectors: Callable[[], np.ndarray]  # the whole matrix (exact search)
-    blocks: Callable[[], object]  # the same, readable slice by slice (``len`` and ``[a:b]``: filling Milvus)
     ann_path: Path | None = None  # the version's ANN file, when it has one
-    prices: np.ndarray | None = None  # price per row, NaN where unknown (Milvus stores and filters them)
 
 
 class NoAnnFile(ValueError):
@@ -55,9 +53,9 @@ def kind_for(settings: BackendSettings, count: int, has_ann: bool) -> str:
 
 
 def needs_matrix(settings: BackendSettings, count: int, has_ann: bool) -> bool:
-    """Whether that backend reads the version's raw matrix (exact search does, and so does filling Milvus); the
-    ANN file carries its own vectors, so a replica on it need not fetch the matrix at all."""
-    return kind_for(settings, count, has_ann) != "ann"
+    """Whether that backend reads the version's raw matrix: exact search does; the ANN file carries its own
+    vectors and Milvus its collection (filled by the build), so a replica on either need not fetch it at all."""
+    return kind_for(settings, count, has_ann) == "exact"
 
 
 def chosen_kind(settings: BackendSettings, source: BackendSource) -> str:
@@ -84,7 +82,7 @@ def open_backend(settings: BackendSettings, source: BackendSource) -> SearchBack
     if kind == "milvus":
         from search.milvus import MilvusSearch
 
-        return MilvusSearch.serve(settings.milvus, source.version, source.blocks(), source.codes, source.prices)
+        return MilvusSearch.serve(settings.milvus, source.version, source.count)
     from search.exact import ExactSearch
 
     return ExactSearch(source.vectors(), source.codes)

@@ -33,6 +33,10 @@ class MilvusError(SearchUnavailable):
     """Milvus could not be reached, or refused an operation."""
 
 
+class NotFilled(MilvusError):
+    """The collection of a version is missing or incomplete: the build did not fill it (or not yet)."""
+
+
 @dataclass(frozen=True)
 class MilvusSettings:
     uri: str
@@ -78,11 +82,11 @@ class MilvusSearch:
     def __init__(self, client, collection: str, count: int, settings: MilvusSettings) -> None:
         self._client, self._collection, self._count, self._settings = client, collection, count, settings
 
-    @classmethod
-    def serve(cls, settings: MilvusSettings, version: str, vectors: np.ndarray, codes: np.ndarray,
-              prices: np.ndarray | None = None) -> MilvusSearch:
-        """The collection of ``version``, created and filled from ``vectors`` unless complete already,
-        loaded, and made the alias's target."""
+    @staticmethod
+    def fill(settings: MilvusSettings, version: str, vectors: np.ndarray, codes: np.ndarray,
+             prices: np.ndarray | None = None) -> None:
+        """Create and fill the collection of ``version`` from ``vectors`` (search-space rows, read slice by slice)
+        unless it is complete already: the build's step (catalog/build.py), before the version is published."""
         MilvusException = _pymilvus().exceptions.MilvusException  # noqa: N806
 
         client, name = client_for(settings), collection_name(version)
@@ -90,6 +94,20 @@ class MilvusSearch:
         try:
             if not _complete(client, name, len(vectors)):
                 _fill(client, name, vectors, codes, prices, settings.index_type)
+        except MilvusException as exc:
+            raise MilvusError(f"Milvus at {settings.uri}: {exc}") from None
+
+    @classmethod
+    def serve(cls, settings: MilvusSettings, version: str, count: int) -> MilvusSearch:
+        """The filled collection of ``version`` (``count`` rows), loaded and made the alias's target. A gateway
+        never fills: a collection that is missing or incomplete is ``NotFilled`` (the old version keeps serving)."""
+        MilvusException = _pymilvus().exceptions.MilvusException  # noqa: N806
+
+        client, name = client_for(settings), collection_name(version)
+        try:
+            if not _complete(client, name, count):
+                raise NotFilled(f"Milvus at {settings.uri} has no complete collection {name} for version {version} "
+                                f"({count} rows): the build fills it (build_index.py with MILVUS_URI set)")
             client.load_collection(name)
             holder = _alias_holder(client, settings.alias)
             if holder is None:
@@ -98,7 +116,7 @@ class MilvusSearch:
                 client.alter_alias(collection_name=name, alias=settings.alias)  # the one-step switch
         except MilvusException as exc:
             raise MilvusError(f"Milvus at {settings.uri}: {exc}") from None
-        return cls(client, name, len(vectors), settings)
+        return cls(client, name, count, settings)
 
     def __len__(self) -> int:
         return self._count

@@ -3,7 +3,6 @@ the refusal when the ANN file is missing. Milvus itself is stubbed here (tests/t
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 from indexstore.ann import AnnSettings, build_ann
 from search import BackendSettings, BackendSource, ExactSearch, open_backend
 from search.ann import AnnSearch
-from search.factory import NoAnnFile, chosen_kind
+from search.factory import NoAnnFile, chosen_kind, needs_matrix
 
 
 def source(tmp_path, count: int = 40, ann: bool = False, **calls) -> BackendSource:
@@ -23,8 +22,7 @@ def source(tmp_path, count: int = 40, ann: bool = False, **calls) -> BackendSour
         path = tmp_path / "ann.faiss"
         path.write_bytes(build_ann(x))
     codes = np.arange(count) % 3
-    return BackendSource("v1", count, 8, codes, vectors=calls.get("vectors", lambda: x),
-                         blocks=calls.get("blocks", lambda: x), ann_path=path)
+    return BackendSource("v1", count, 8, codes, vectors=calls.get("vectors", lambda: x), ann_path=path)
 
 
 @pytest.mark.parametrize(("count", "ann", "kind"), [(99, True, "exact"), (100, True, "ann"), (100, False, "exact"),
@@ -73,26 +71,30 @@ def test_ann_opens_the_checked_file_with_the_search_depth(tmp_path):
     assert default._expansion == AnnSettings.expansion_search == 128
 
 
-def test_milvus_is_filled_from_the_blocks_of_its_version(tmp_path, monkeypatch):
+def test_milvus_is_served_from_its_filled_collection_without_reading_the_matrix(tmp_path, monkeypatch):
+    """The build fills Milvus; the gateway only asks for the version's collection of ``count`` rows."""
     from search import milvus
 
     seen = {}
-    blocks = object()
 
-    def serve(settings, version, vectors, codes, prices):
-        seen.update(settings=settings, version=version, vectors=vectors, codes=codes, prices=prices)
+    def serve(settings, version, count):
+        seen.update(settings=settings, version=version, count=count)
         return "a milvus backend"
+
+    def never():
+        raise AssertionError("a Milvus replica read the matrix")
 
     monkeypatch.setattr(milvus.MilvusSearch, "serve", staticmethod(serve))
     settings = BackendSettings("milvus", milvus=milvus.MilvusSettings("x.db"))
-    src = source(tmp_path, blocks=lambda: blocks)
-    assert open_backend(settings, src) == "a milvus backend"
-    assert seen["settings"] is settings.milvus and seen["version"] == "v1" and seen["vectors"] is blocks
-    assert seen["prices"] is None  # this source has none; a version's prices are handed on as they are
-    prices = np.arange(len(src.codes), dtype=float)
-    assert open_backend(settings, dataclasses.replace(src, prices=prices)) == "a milvus backend"
-    assert seen["prices"] is prices
-    assert seen["codes"] is src.codes
+    assert open_backend(settings, source(tmp_path, vectors=never)) == "a milvus backend"
+    assert seen == {"settings": settings.milvus, "version": "v1", "count": 40}
+
+
+@pytest.mark.parametrize(("kind", "count", "ann", "needed"), [
+    ("exact", 5, True, True), ("ann", 5, True, False), ("milvus", 5, False, False),
+    ("auto", 99, True, True), ("auto", 100, True, False), ("auto", 100, False, True)])
+def test_only_exact_search_needs_the_raw_matrix(kind, count, ann, needed):
+    assert needs_matrix(BackendSettings(kind, ann_min_products=100), count, ann) is needed
 
 
 def test_the_defaults_are_the_ann_settings_defaults():

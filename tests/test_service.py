@@ -12,14 +12,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from catalog.build import fill_milvus
 from gateway import service as service_module
 from gateway.config import Config
 from gateway.images import QueryImage
 from gateway.service import SearchOptions, SearchService, SideWork
 from indexstore.ann import build_ann
-from indexstore.store import ANN, IndexData, open_store, write_and_publish
+from indexstore.store import ANN, IndexData, open_store, publish, write_and_publish, write_version
 from ranking.appearance import colour_histogram, histogram_of
 from search import top_rows
+from search.milvus import MilvusSettings
 
 
 def _photo() -> QueryImage:
@@ -76,8 +78,14 @@ def service(tmp_path_factory, request):
     products = [{"id": str(i), "name": f"p{i}", "category": cats[c]} for i, c in enumerate(labels)]
     root = tmp_path_factory.mktemp("svc")
     extra = {ANN: build_ann(x)} if request.param.startswith("ann") else {}
-    write_and_publish(open_store(root / "index"), IndexData(x, products, {"backbone": FixedClient.backbone}), extra)
     kind = request.param.split("-")[0]
+    store, data = open_store(root / "index"), IndexData(x, products, {"backbone": FixedClient.backbone})
+    if kind == "milvus":  # the build fills the version's collection before it publishes it
+        version = write_version(store, data, extra)
+        fill_milvus(MilvusSettings(str(root / "milvus.db"), index_type="FLAT"), data)
+        publish(store, version)
+    else:
+        write_and_publish(store, data, extra)
     config = Config(index_uri=str(root / "index"), index_poll_s=0, index_cache_dir=str(root / "c"),
                     search_backend=kind, milvus_uri=str(root / "milvus.db") if kind == "milvus" else "",
                     milvus_index_type="FLAT")  # exact, so that results can be compared row for row

@@ -19,6 +19,10 @@ from tests.embedders import HashEmbedder
 
 @pytest.fixture
 def catalog(tmp_path):
+    return small_catalog(tmp_path)
+
+
+def small_catalog(tmp_path):
     """12 real demo products, one with a missing image."""
     lines = (DEMO_DIR / "products.csv").read_text().splitlines()
     folder = tmp_path / "shop"
