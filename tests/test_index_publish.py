@@ -28,6 +28,7 @@ from indexstore.store import (
     write_version,
 )
 from scripts.manage_index import main as manage_cli
+from search.milvus import MilvusSettings
 from tests.conftest import DEMO_CSV, REPO, demo_image, free_port
 
 pytestmark = pytest.mark.integration
@@ -120,9 +121,20 @@ def test_swap_to_new_version_under_load_with_zero_failures(index_uri, tmp_path, 
 def test_swap_under_load_on_every_search_backend(backend, tmp_path, local_embedder, torchserve, start_gateway):
     """The same swap with the in-process ANN (a graph file per version) and with Milvus Lite (a collection per
     version; tests/test_milvus.py checks the alias and the drop)."""
-    extra = {"SEARCH_BACKEND": backend, "MILVUS_URI": str(tmp_path / "milvus.db"), "MILVUS_INDEX_TYPE": "FLAT"}
-    swap_under_load(str(tmp_path / "index"), tmp_path, local_embedder, torchserve, start_gateway, extra,
-                    ann="always" if backend == "ann" else "never")
+    build_kw: dict = {"ann": "always" if backend == "ann" else "never"}
+    extra = {"SEARCH_BACKEND": backend}
+    if backend == "milvus":  # one Milvus Lite server on loopback for both the build (it fills) and the gateway
+        from milvus_lite.server_manager import server_manager_instance
+
+        uri = server_manager_instance.start_and_get_uri(str(tmp_path / "milvus.db"))
+        extra |= {"MILVUS_URI": uri, "MILVUS_INDEX_TYPE": "FLAT"}
+        build_kw["milvus"] = MilvusSettings(uri, index_type="FLAT")
+    try:
+        swap_under_load(str(tmp_path / "index"), tmp_path, local_embedder, torchserve, start_gateway, extra,
+                        **build_kw)
+    finally:
+        if backend == "milvus":
+            server_manager_instance.release_server(str(tmp_path / "milvus.db"))
 
 
 def swap_under_load(index_uri, tmp_path, local_embedder, torchserve, start_gateway, extra=None, **build_kw):
