@@ -192,33 +192,40 @@ class VectorSources:
 
 def _collect_chunk(chunk: list[dict], fetched: list[Future], embedder: BatchEmbedder,
                    known: VectorSources) -> Collected:
-    """One chunk: wait for its images, reuse what is known, embed the rest."""
+    """One chunk: wait for its images, reuse what is known, embed the rest. The colour histogram comes from
+    the embedder's own decode; a photo is decoded here only when none came with its vector."""
     out = Collected()
-    to_embed: list[tuple[dict, bytes, str, np.ndarray | None]] = []
+    to_embed: list[tuple[dict, bytes, str]] = []
     for row, future in zip(chunk, fetched, strict=True):
-        got = future.result()
-        if isinstance(got, FetchError):
-            out.errors.append(RowError(row["line"], row["id"], row["image_url"], "fetch", str(got)))
+        data = future.result()
+        if isinstance(data, FetchError):
+            out.errors.append(RowError(row["line"], row["id"], row["image_url"], "fetch", str(data)))
             continue
-        data, hist = got
         row["image_sha256"] = digest = hashlib.sha256(data).hexdigest()
         if digest in known.previous:
-            out.keep(row, known.previous[digest], hist)
+            out.keep(row, known.previous[digest], _colour_here(data))
             out.reused += 1
         elif (done := known.finished.get(digest)) is not None:  # embedded by an interrupted build
-            out.keep(row, done, hist)
+            colour = known.finished.get_colour(digest)
+            out.keep(row, done, colour if colour is not None else _colour_here(data))
             out.resumed += 1
         else:
-            to_embed.append((row, data, digest, hist))
-    results = embedder.embed_bytes([blob for _, blob, _, _ in to_embed]) if to_embed else []
-    for (row, _, digest, hist), res in zip(to_embed, results, strict=True):
+            to_embed.append((row, data, digest))
+    results = embedder.embed_bytes([blob for _, blob, _ in to_embed], colour=True) if to_embed else []
+    for (row, data, digest), res in zip(to_embed, results, strict=True):
         if res.error is not None:
             out.errors.append(RowError(row["line"], row["id"], row["image_url"], "decode", res.error))
             continue
-        known.finished.put(digest, res.vector)
-        out.keep(row, res.vector, hist)
+        colour = res.colour if res.colour is not None else _colour_here(data)
+        known.finished.put(digest, res.vector, colour)
+        out.keep(row, res.vector, colour)
         out.embedded += 1
     return out
+
+
+def _colour_here(data: bytes) -> np.ndarray | None:
+    """The colour histogram decoded in the build itself (a reused vector, or an embedder that gave none)."""
+    return colour_histogram_or_none(data, DEFAULT_MAX_PIXELS)
 
 
 def collect_vectors(rows: list[dict], source: ImageSource, embedder: BatchEmbedder, known: VectorSources,
@@ -228,13 +235,11 @@ def collect_vectors(rows: list[dict], source: ImageSource, embedder: BatchEmbedd
     A pipeline with bounded memory: the images of the next chunks download while the current ones are
     embedded (three chunks in the model at once, so it never waits for the network or a chunk's tail)."""
 
-    def fetch(row: dict) -> tuple[bytes, np.ndarray | None] | FetchError:
-        """The image and its colour histogram (None when it does not decode: the model then says why)."""
+    def fetch(row: dict) -> bytes | FetchError:
         try:
-            data = source.fetch(row["image_url"])
+            return source.fetch(row["image_url"])
         except FetchError as exc:
             return exc
-        return data, colour_histogram_or_none(data, DEFAULT_MAX_PIXELS)
 
     out = Collected()
     bar = tqdm(total=len(rows), unit="img", desc="indexing", disable=not progress)

@@ -23,16 +23,32 @@ class VectorCache:
         return self.dir / digest[:2] / f"{digest}.npy"
 
     def get(self, digest: str) -> np.ndarray | None:
+        return self._load(self._path(digest))
+
+    def get_colour(self, digest: str) -> np.ndarray | None:
+        """The image's colour histogram, when it was kept with its vector."""
+        return self._load(self._path(digest).with_suffix(".colour.npy"))
+
+    @staticmethod
+    def _load(path: Path) -> np.ndarray | None:
         try:
-            return np.load(self._path(digest), allow_pickle=False)
+            return np.load(path, allow_pickle=False)
         except (OSError, ValueError):
             return None
 
-    def put(self, digest: str, vector: np.ndarray) -> None:
+    def put(self, digest: str, vector: np.ndarray, colour: np.ndarray | None = None) -> None:
+        """Keep the vector (and the colour histogram, when given: written first, so a vector never comes back
+        with another image's colour)."""
         path = self._path(digest)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if colour is not None:
+            self._write(path.with_suffix(".colour.npy"), colour)
+        self._write(path, vector)
+
+    @staticmethod
+    def _write(path: Path, array: np.ndarray) -> None:
         buf = io.BytesIO()
-        np.save(buf, np.asarray(vector, dtype=np.float32), allow_pickle=False)
+        np.save(buf, np.asarray(array, dtype=np.float32), allow_pickle=False)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
         with os.fdopen(fd, "wb") as fh:
             fh.write(buf.getvalue())

@@ -14,6 +14,7 @@ from PIL import Image
 
 from handlers.backbones import SPECS, backbone_id, resolve_weights, sha256_file
 from handlers.runtimes import MIN_COSINE, load_runtime, min_cosine, probe_images
+from modelio.colour import histogram_of
 from modelio.imaging import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from modelio.protocol import EmbedResult
 
@@ -110,8 +111,10 @@ class Embedder:
     def dim(self) -> int:
         return self.backbone.dim
 
-    def embed_bytes(self, blobs: list[bytes]) -> list[EmbedResult]:
-        """Decode and embed every blob; a bad blob gets an error result and never fails the others."""
+    def embed_bytes(self, blobs: list[bytes], colour: bool | list[bool] = False) -> list[EmbedResult]:
+        """Decode and embed every blob; a bad blob gets an error result and never fails the others. ``colour``
+        (for all blobs, or one flag each): the result also carries the colour histogram of the same decode."""
+        wanted = colour if isinstance(colour, list) else [colour] * len(blobs)
         results: list[EmbedResult] = [EmbedResult()] * len(blobs)
         good: list[tuple[int, object]] = []
         for i, blob in enumerate(blobs):
@@ -122,8 +125,8 @@ class Embedder:
         for start in range(0, len(good), self.batch_size):
             chunk = good[start : start + self.batch_size]
             vectors = self.backbone.embed([img for _, img in chunk])
-            for (i, _), vec in zip(chunk, vectors, strict=True):
-                results[i] = EmbedResult(vector=vec)
+            for (i, img), vec in zip(chunk, vectors, strict=True):
+                results[i] = EmbedResult(vector=vec, colour=histogram_of(img) if wanted[i] else None)
         return results
 
     def embed_one(self, blob: bytes) -> np.ndarray:

@@ -40,10 +40,11 @@ def request_bytes(row: dict) -> bytes:
     return bytes(payload or b"")
 
 
-def request_images(row: dict) -> list[bytes] | None:
-    """The images of a several-image request (a JSON body ``{"images": [base64, ...]}``), or None for a
-    one-image request; ``ValueError`` when the list is not 1 to ``MAX_IMAGES`` items. An item that is not
-    base64 text becomes bytes that fail alone as "not an image"."""
+def request_images(row: dict) -> tuple[list[bytes], bool] | None:
+    """The images of a several-image request (a JSON body ``{"images": [base64, ...]}``) and whether it asks for
+    each one's colour histogram (``"colour": true``), or None for a one-image request; ``ValueError`` when the
+    list is not 1 to ``MAX_IMAGES`` items. An item that is not base64 text becomes bytes that fail alone as
+    "not an image"."""
     payload = row.get("data") if row.get("data") is not None else row.get("body")
     if isinstance(payload, bytes | bytearray) and payload[:1] == b"{":  # JSON sent without its content type
         try:
@@ -55,7 +56,8 @@ def request_images(row: dict) -> list[bytes] | None:
     images = payload["images"]
     if not isinstance(images, list) or not 0 < len(images) <= MAX_IMAGES:
         raise ValueError(f"images must be a list of 1 to {MAX_IMAGES} base64 images")
-    return [request_bytes({"data": item}) if isinstance(item, str) else b"" for item in images]
+    return [request_bytes({"data": item}) if isinstance(item, str) else b"" for item in images], \
+        payload.get("colour") is True
 
 
 def wants_compact(context, idx: int) -> bool:
@@ -77,16 +79,19 @@ class EmbeddingHandler(BaseHandler):
     def handle(self, data: list[dict], context) -> list[bytes]:
         log.info("batch of %d", len(data))
         blobs: list[bytes] = []
+        colour: list[bool] = []  # per blob: whether its request asked for the colour histogram
         groups: list[tuple[int, int | None, str | None]] = []  # per request: first blob, images (None: one), error
         for row in data:
             try:
-                images = request_images(row)
+                asked = request_images(row)
             except ValueError as exc:
                 groups.append((len(blobs), 0, str(exc)))
                 continue
-            groups.append((len(blobs), None if images is None else len(images), None))
-            blobs.extend([request_bytes(row)] if images is None else images)
-        results = self.embedder.embed_bytes(blobs)
+            images, wants_colour = asked if asked is not None else ([request_bytes(row)], False)
+            groups.append((len(blobs), None if asked is None else len(images), None))
+            blobs.extend(images)
+            colour.extend([wants_colour] * len(images))
+        results = self.embedder.embed_bytes(blobs, colour=colour)
         return [self._answer(context, idx, results, group) for idx, group in enumerate(groups)]
 
     def _answer(self, context, idx: int, results: list, group: tuple[int, int | None, str | None]) -> bytes:

@@ -7,7 +7,10 @@ the same vector, without formatting and parsing 1,280 decimal numbers per image 
 
 One request may carry several images (``{"images": [base64, ...]}``, at most ``MAX_IMAGES``): its answer is
 ``{"model", "runtime", "results": [...]}``, one entry per image in order, each an image's answer or
-``{"error": reason}``: a bad image fails alone, and a build pays the per-request costs once per group.
+``{"error": reason}``: a bad image fails alone, and a build pays the per-request costs once per group. With
+``"colour": true`` in that request each image's entry also carries ``"colour_b64"``: its colour histogram
+(modelio/colour.py, ``HIST_SIZE`` little-endian float32), from the same decode as its vector, so the index
+build never decodes a photo itself.
 """
 
 from __future__ import annotations
@@ -19,18 +22,23 @@ from typing import Protocol
 
 import numpy as np
 
+from modelio.colour import HIST_SIZE
+
 #: The media type a caller accepts to get the vector as base64 float32.
 COMPACT = "application/vnd.photo.embedding-b64+json"
 
 
-def encode_answer(vector: np.ndarray, backbone_id: str, runtime: str, compact: bool = False) -> bytes:
-    """One image's answer as JSON bytes."""
+def encode_answer(vector: np.ndarray, backbone_id: str, runtime: str, compact: bool = False,
+                  colour: np.ndarray | None = None) -> bytes:
+    """One image's answer as JSON bytes (with its colour histogram when given)."""
     vec = np.asarray(vector, dtype="<f4")
     body: dict[str, object] = {"dim": int(vec.shape[0]), "model": backbone_id, "runtime": runtime}
     if compact:
         body["embedding_b64"] = base64.b64encode(vec.tobytes()).decode("ascii")
     else:
         body["embedding"] = vec.tolist()
+    if colour is not None:
+        body["colour_b64"] = base64.b64encode(np.asarray(colour, dtype="<f4").tobytes()).decode("ascii")
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -40,7 +48,7 @@ MAX_IMAGES = 64
 
 def encode_answers(results: list[EmbedResult], backbone_id: str, runtime: str, compact: bool = False) -> bytes:
     """A several-image request's answer as JSON bytes: one entry per image, in order."""
-    entries = [json.loads(encode_answer(r.vector, backbone_id, runtime, compact)) if r.error is None
+    entries = [json.loads(encode_answer(r.vector, backbone_id, runtime, compact, r.colour)) if r.error is None
                else {"error": r.error} for r in results]
     body = {"model": backbone_id, "runtime": runtime, "results": entries}
     return json.dumps(body, separators=(",", ":")).encode()
@@ -59,8 +67,19 @@ def decode_answers(body: object, count: int) -> list[EmbedResult]:
         if "error" in entry:
             out.append(EmbedResult(error=str(entry["error"])))
         else:
-            out.append(EmbedResult(vector=decode_vector(entry)))
+            out.append(EmbedResult(vector=decode_vector(entry), colour=decode_colour(entry)))
     return out
+
+
+def decode_colour(body: dict) -> np.ndarray | None:
+    """An answer's colour histogram, or None when it has none; ``ValueError`` when it is not ``HIST_SIZE``
+    finite, non-negative floats (an answer is untrusted input too)."""
+    if "colour_b64" not in body:
+        return None
+    hist = np.frombuffer(base64.b64decode(body["colour_b64"], validate=True), dtype="<f4").astype(np.float32)
+    if hist.shape != (HIST_SIZE,) or not np.isfinite(hist).all() or (hist < 0).any():
+        raise ValueError(f"a colour histogram must be {HIST_SIZE} finite, non-negative floats")
+    return hist
 
 
 def decode_vector(body: dict) -> np.ndarray:
@@ -80,6 +99,9 @@ class EmbedResult:
 
     vector: np.ndarray | None = None
     error: str | None = None
+    colour: np.ndarray | None = None  # its colour histogram, when asked for and given
+
+
 
 
 class BatchEmbedder(Protocol):
@@ -88,4 +110,6 @@ class BatchEmbedder(Protocol):
     @property
     def backbone_id(self) -> str: ...
 
-    def embed_bytes(self, blobs: list[bytes]) -> list[EmbedResult]: ...
+    def embed_bytes(self, blobs: list[bytes], colour: bool = False) -> list[EmbedResult]:
+        """One result per blob; ``colour``: each with its colour histogram where the embedder can give it."""
+        ...

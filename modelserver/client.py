@@ -63,8 +63,9 @@ class BatchingClient:
     def embed(self, blob: bytes) -> tuple[np.ndarray, str]:
         raise NotImplementedError
 
-    def embed_bytes(self, blobs: list[bytes]) -> list[EmbedResult]:
-        """One result per blob; bad images become error results, a dead service raises."""
+    def embed_bytes(self, blobs: list[bytes], colour: bool = False) -> list[EmbedResult]:
+        """One result per blob; bad images become error results, a dead service raises. One image per request
+        carries no colour histogram (``colour`` is then not given: the caller computes it if it needs it)."""
 
         def one(blob: bytes) -> EmbedResult:
             try:
@@ -154,15 +155,16 @@ class TorchServeClient(BatchingClient):
     images_per_request = 8
     GROUP_BYTES = 4 << 20
 
-    def embed_bytes(self, blobs: list[bytes]) -> list[EmbedResult]:
+    def embed_bytes(self, blobs: list[bytes], colour: bool = False) -> list[EmbedResult]:
         """One result per blob, in order; the blobs travel in groups (several-image requests), concurrently.
-        A bad image gets its error result alone; a dead service raises ``ModelServerError``."""
+        A bad image gets its error result alone; a dead service raises ``ModelServerError``. ``colour``: each
+        result also carries its colour histogram (an image over ``GROUP_BYTES`` travels alone, without one)."""
         groups = image_groups([len(b) for b in blobs], self.images_per_request, self.GROUP_BYTES)
 
         def one_group(indices: list[int]) -> list[EmbedResult]:
-            if len(indices) == 1:
+            if len(indices) == 1 and (not colour or len(blobs[indices[0]]) > self.GROUP_BYTES):
                 return BatchingClient.embed_bytes(self, [blobs[indices[0]]])
-            return self.embed_group([blobs[i] for i in indices])
+            return self.embed_group([blobs[i] for i in indices], colour)
 
         results: list[EmbedResult] = [EmbedResult()] * len(blobs)
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(groups)))) as pool:
@@ -171,9 +173,13 @@ class TorchServeClient(BatchingClient):
                     results[i] = result
         return results
 
-    def embed_group(self, blobs: list[bytes]) -> list[EmbedResult]:
-        """Several images in one request (modelio/protocol.py): one result each, in order."""
-        payload = json.dumps({"images": [base64.b64encode(b).decode("ascii") for b in blobs]}).encode()
+    def embed_group(self, blobs: list[bytes], colour: bool = False) -> list[EmbedResult]:
+        """Several images in one request (modelio/protocol.py): one result each, in order (with its colour
+        histogram when ``colour``)."""
+        request: dict[str, object] = {"images": [base64.b64encode(b).decode("ascii") for b in blobs]}
+        if colour:
+            request["colour"] = True
+        payload = json.dumps(request).encode()
         status, body, reason = self._answer(payload, "application/json")
         if status == 200 and isinstance(body, dict) and "model" in body:
             try:

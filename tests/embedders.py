@@ -26,7 +26,7 @@ class HashEmbedder:
         self.delay_s = delay_s
         self.trace = trace
 
-    def embed_bytes(self, blobs: list[bytes]) -> list[EmbedResult]:
+    def embed_bytes(self, blobs: list[bytes], colour: bool = False) -> list[EmbedResult]:
         if self.die_after is not None and self.embedded + len(blobs) > self.die_after:
             raise KeyboardInterrupt("killed")
         time.sleep(self.delay_s)
@@ -70,8 +70,8 @@ class CrashingEmbedder(HashEmbedder):
         super().__init__(delay_s=delay_s, trace=trace)
         self.marker = marker
 
-    def embed_bytes(self, blobs: list[bytes]) -> list[EmbedResult]:
+    def embed_bytes(self, blobs: list[bytes], colour: bool = False) -> list[EmbedResult]:
         if not self.marker.exists():
             self.marker.touch()
             os._exit(1)  # the worker process dies mid-shard, no clean-up
-        return super().embed_bytes(blobs)
+        return super().embed_bytes(blobs, colour)

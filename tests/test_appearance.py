@@ -16,17 +16,13 @@ from gateway.images import QueryImage
 from gateway.query_token import Query, QueryTokens
 from gateway.service import SearchOptions, SearchService
 from indexstore.store import APPEARANCE, APPEARANCE_VECTORS, IndexData, open_store, write_and_publish
+from modelio.colour import FOREGROUND, HUE_BINS, SAT_BINS, VAL_BINS, _hsv
 from ranking.appearance import (
     DESCRIPTOR,
-    FOREGROUND,
     HIST_SIZE,
-    HUE_BINS,
     RERANK_DEPTH,
-    SAT_BINS,
-    VAL_BINS,
     Appearance,
     AppearanceSettings,
-    _hsv,
     colour_histogram,
     colour_histogram_or_none,
     fit_appearance,

@@ -118,6 +118,7 @@ def test_several_images_in_one_request_through_the_real_torchserve(runtime_serve
     """The build's groups (modelio/protocol.py): 7 images with a corrupt one in the middle, sent 3 to a request,
     come back aligned with their inputs, the corrupt one alone refused; the vectors are the one-image ones."""
     from modelserver.client import TorchServeClient
+    from ranking.appearance import colour_histogram
 
     _, ts = runtime_server
     blobs = [demo_image(pid) for pid in IDS[:6]]
@@ -134,6 +135,14 @@ def test_several_images_in_one_request_through_the_real_torchserve(runtime_serve
     for blob, result in zip(blobs, results, strict=True):
         if result.error is None:
             assert float(result.vector @ local_embedder.embed_one(blob)) >= 0.999
+    # the build asks for each image's colour too: every group (the last image alone included) carries it
+    sent.clear()
+    coloured = client.embed_bytes(blobs, colour=True)
+    assert all(body.startswith(b'{"images"') and b'"colour": true' in body for body in sent) and len(sent) == 3
+    for blob, result in zip(blobs, coloured, strict=True):
+        if result.error is None:
+            np.testing.assert_allclose(result.colour, colour_histogram(blob, 40_000_000), atol=1e-6)
+    assert coloured[3].error is not None and coloured[3].colour is None
 
 
 def test_default_runtime_keeps_retrieval_quality(demo_index, local_embedder):

@@ -79,3 +79,28 @@ def test_a_several_image_request_answers_each_image_in_order_beside_one_image_re
         assert extra == 0 or results[3].error  # a number is not an image either
     assert "embedding_b64" in answers[1]["results"][0] and "embedding" in answers[2]["results"][0]
     assert len(answers[6]["results"]) == MAX_IMAGES  # exactly the limit is served
+
+
+def test_a_batch_mixing_requests_that_ask_for_colour_and_ones_that_do_not(local_embedder: Embedder):
+    """The colour histogram goes only to the images of the request that asked for it, comes from the same decode
+    as the vector (it equals the build's own), and a bad image in that request still fails alone."""
+    from modelio.colour import HIST_SIZE
+    from modelio.protocol import decode_answers
+    from ranking.appearance import colour_histogram
+
+    handler = EmbeddingHandler()
+    handler.embedder = local_embedder
+    a, b = demo_image("10109"), demo_image("11043")
+    images = [base64.b64encode(x).decode() for x in (a, b"junk", b)]
+    rows = [{"body": {"images": images, "colour": True}}, {"body": {"images": images[:1]}}, {"body": a},
+            {"body": {"images": images[:1], "colour": "yes"}}]  # only true asks
+    answers = [json.loads(out) for out in handler.handle(rows, Context([{}, {}, {}, {}]))]
+    coloured = decode_answers(answers[0], 3)
+    assert coloured[1].error is not None and coloured[1].colour is None
+    for got, blob in ((coloured[0], a), (coloured[2], b)):
+        assert got.colour.shape == (HIST_SIZE,)
+        np.testing.assert_allclose(got.colour, colour_histogram(blob, 40_000_000), atol=1e-6)
+    assert float(decode_vector(answers[0]["results"][0]) @ local_embedder.embed_one(a)) >= 0.9999
+    assert not np.allclose(coloured[0].colour, coloured[2].colour)  # each image its own
+    assert decode_answers(answers[1], 1)[0].colour is None and "colour_b64" not in answers[2]
+    assert decode_answers(answers[3], 1)[0].colour is None

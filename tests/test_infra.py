@@ -165,7 +165,9 @@ def test_kustomization_lists_every_manifest():
 
 
 def pins(text: str) -> dict[str, str]:
-    return {m[0].lower(): m[1] for m in re.findall(r"([A-Za-z0-9_.-]+)==([0-9][^\s\\\"']*)", text)}
+    """Name → version of every ``name==version`` (extras such as ``ray[default]`` dropped from the name)."""
+    return {m[0].lower(): m[1] for m in re.findall(r"([A-Za-z0-9_.-]+)(?:\[[A-Za-z0-9_,.-]+\])?==([0-9][^\s\\\"']*)",
+                                                   text)}
 
 
 def test_image_pins_equal_the_tested_ones():
@@ -727,8 +729,9 @@ def test_the_ray_jobs_pods_are_valid_kubernetes_pods():
 
 def test_the_ray_job_runs_the_ray_build_on_the_pinned_ray_with_a_torchserve_beside_each_worker():
     job = ray_job()
-    pinned = pins_of(INFRA / "docker" / "requirements-indexer.lock")
-    assert job["spec"]["rayClusterSpec"]["rayVersion"] == pinned["ray"] == pins_of(REPO / "requirements.txt")["ray"]
+    pinned = pins((INFRA / "docker" / "requirements-indexer.lock").read_text())
+    tested = pins((REPO / "requirements.txt").read_text())["ray"]
+    assert job["spec"]["rayClusterSpec"]["rayVersion"] == pinned["ray"] == tested
     assert "aiohttp" in pinned  # ray[default]: the dashboard's job server, which `ray job submit` talks to
     words = job["spec"]["entrypoint"].split()
     assert words[:2] == ["python", "scripts/build_index.py"] and words[words.index("--engine") + 1] == "ray"
@@ -749,7 +752,3 @@ def test_the_ray_job_runs_the_ray_build_on_the_pinned_ray_with_a_torchserve_besi
         assert str(Path(key_file).parent) == mounts["inference-key"]  # where this pod's TorchServe puts its key
         assert worker["image"] == head["containers"][0]["image"] and worker["image"].endswith("photo-indexer:0.1.0")
 
-
-def pins_of(path: Path) -> dict[str, str]:
-    return {m.group(1).lower(): m.group(2)
-            for m in re.finditer(r"^([A-Za-z0-9_.-]+)(?:\[[a-z,]+\])?==([^\s#\\]+)", path.read_text(), re.M)}

@@ -44,3 +44,20 @@ def test_a_vector_without_dim_is_taken_as_it_is_and_bad_base64_is_refused():
     assert decode_vector({"embedding": [1, 2, 3]}).tolist() == [1.0, 2.0, 3.0]
     with pytest.raises(ValueError):
         decode_vector({"embedding_b64": "not base64!"})
+
+
+def test_a_colour_histogram_round_trips_and_a_malformed_one_is_refused():
+    from modelio.colour import HIST_SIZE
+    from modelio.protocol import EmbedResult, decode_answers, decode_colour, encode_answers
+
+    hist = np.linspace(0, 1, HIST_SIZE, dtype=np.float32)
+    body = json.loads(encode_answers([EmbedResult(vector=np.ones(4, np.float32), colour=hist),
+                                      EmbedResult(vector=np.ones(4, np.float32))], "m", "eager", compact=True))
+    first, second = decode_answers(body, 2)
+    assert np.array_equal(first.colour, hist) and second.colour is None
+    for bad in (hist[:-1], np.append(hist, 0.5), np.where(np.arange(HIST_SIZE) == 3, -0.1, hist),
+                np.where(np.arange(HIST_SIZE) == 3, np.nan, hist)):
+        entry = {"colour_b64": base64.b64encode(np.asarray(bad, "<f4").tobytes()).decode()}
+        with pytest.raises(ValueError, match="colour histogram"):
+            decode_colour(entry)
+    assert decode_colour({}) is None

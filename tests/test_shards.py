@@ -3,6 +3,7 @@ resumes from its finished shards, a shard read back is checked, the merge equals
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -158,3 +159,23 @@ def test_the_command_line_takes_shard_sizes_within_the_limits_only(catalog, tmp_
         with pytest.raises(SystemExit) as stop:
             build_cli(args)
         assert stop.value.code == 2 and "--shard-rows must be 1 to 1,048,576" in capsys.readouterr().err
+
+
+def test_the_build_takes_each_colour_from_the_model_and_decodes_no_photo_itself(catalog, tmp_path, local_embedder,
+                                                                               monkeypatch):
+    import catalog.build as build_module
+    from catalog.vector_cache import VectorCache
+    from ranking.appearance import colour_histogram
+
+    decoded = []
+    monkeypatch.setattr(build_module, "colour_histogram_or_none", lambda data, _: decoded.append(data))
+    first = build_index(catalog, tmp_path / "a", local_embedder, tmp_path / "cache", progress=False,
+                        vector_cache=tmp_path / "v")
+    again = build_index(catalog, tmp_path / "b", local_embedder, tmp_path / "cache", progress=False,
+                        vector_cache=tmp_path / "v")  # every vector (and colour) from the vector cache
+    assert (first.embedded, again.resumed, decoded) == (11, 11, [])
+    photo = (catalog.parent / "images" / "10109.jpg").read_bytes()
+    kept = VectorCache(tmp_path / "v", local_embedder.backbone_id).get_colour(hashlib.sha256(photo).hexdigest())
+    np.testing.assert_allclose(kept, colour_histogram(photo, 40_000_000), atol=1e-6)  # the build's own descriptor
+    no_colour = build(catalog, tmp_path / "c", HashEmbedder(), tmp_path, vectors="v2")
+    assert no_colour.embedded == 11 and len(decoded) == 11  # a model that gives no colour: decoded here
