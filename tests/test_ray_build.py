@@ -33,21 +33,34 @@ RAY = str(Path(sys.executable).with_name("ray"))
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head and a second node, one CPU each, every address on loopback; stopped after the module."""
+    """A head and a second node, one CPU each, every address on loopback; stopped after the module. Ray 2.60
+    turns token authentication on for a head that finds ~/.ray/auth_token (any earlier local Ray writes one),
+    which a joining node and this process's drivers would then need: on a loopback-only cluster of one test
+    module it is off for all, whatever ~/.ray holds."""
     port, = free_ports(1)
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay short
+    auth = {"RAY_AUTH_MODE": "disabled"}
+    saved = {key: os.environ.get(key) for key in auth}
+    os.environ.update(auth)  # this process's drivers, and the driver it starts
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
-    subprocess.run([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}",
-                    *common], env=env, check=True, capture_output=True, timeout=120)
+    started = subprocess.run([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false",
+                              f"--temp-dir={temp}", *common], env=env, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
     address = f"127.0.0.1:{port}"
     try:
-        subprocess.run([RAY, "start", f"--address={address}", *common], env=env, check=True, capture_output=True,
-                       timeout=120)
+        joined = subprocess.run([RAY, "start", f"--address={address}", *common], env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert joined.returncode == 0, joined.stdout[-3000:] + joined.stderr[-3000:]
         yield address
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture

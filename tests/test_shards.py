@@ -179,3 +179,97 @@ def test_the_build_takes_each_colour_from_the_model_and_decodes_no_photo_itself(
     np.testing.assert_allclose(kept, colour_histogram(photo, 40_000_000), atol=1e-6)  # the build's own descriptor
     no_colour = build(catalog, tmp_path / "c", HashEmbedder(), tmp_path, vectors="v2")
     assert no_colour.embedded == 11 and len(decoded) == 11  # a model that gives no colour: decoded here
+
+
+def craft(store: LocalStore, meta: object, arrays: dict | None = None) -> None:
+    """Shard 0 of build b1 written by hand: ``arrays`` as its npz (its checksum right), ``meta`` as its JSON
+    (``npz_sha256`` filled in for a dict)."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **(arrays if arrays is not None else {"vectors": shard().vectors, "hists": shard().hists}))
+    data = buf.getvalue()
+    store.put("builds/b1/shard-00000.npz", data)
+    if isinstance(meta, dict):
+        meta = {"npz_sha256": hashlib.sha256(data).hexdigest(), **meta}
+    store.put("builds/b1/shard-00000.json", json.dumps(meta).encode())
+
+
+GOOD_META = {"format": 1, "dim": 4, "rows": shard().rows, "errors": [shard().errors[0].as_dict()],
+             "counts": {"embedded": 3, "reused": 0, "resumed": 0, "downloaded": 1, "cache_hits": 0}}
+V, H = shard().vectors, shard().hists
+
+
+@pytest.mark.parametrize(("meta", "arrays", "reason"), [
+    (GOOD_META, None, None),
+    ([1, 2], None, "not a shard of this format"),
+    (GOOD_META | {"format": 2}, None, "not a shard of this format"),
+    (GOOD_META | {"rows": "3 rows"}, None, "malformed rows, errors or counts"),
+    (GOOD_META | {"rows": [{"id": "0"}, {"id": "1"}, "row"]}, None, "malformed rows, errors or counts"),
+    (GOOD_META | {"errors": {}}, None, "malformed rows, errors or counts"),
+    (GOOD_META | {"counts": [3]}, None, "malformed rows, errors or counts"),
+    (GOOD_META | {"counts": {"embedded": 3}}, None, "malformed: 'reused'"),
+    (GOOD_META | {"errors": [{**GOOD_META["errors"][0], "line": "9"}]}, None, "malformed row error"),
+    (GOOD_META | {"errors": [{**GOOD_META["errors"][0], "stage": None}]}, None, "malformed row error"),
+    (GOOD_META | {"errors": [{**GOOD_META["errors"][0], "id": 7}]}, None, "malformed row error"),
+    (GOOD_META, {"vectors": V.astype(np.float64), "hists": H}, "arrays do not match the rows"),
+    (GOOD_META, {"vectors": V, "hists": H.astype(np.float64)}, "arrays do not match the rows"),
+    (GOOD_META, {"vectors": V.ravel(), "hists": H}, "arrays do not match the rows"),
+    (GOOD_META, {"vectors": V, "hists": H.ravel()}, "arrays do not match the rows"),
+    (GOOD_META, {"vectors": V[:2], "hists": H}, "arrays do not match the rows"),
+    (GOOD_META, {"vectors": V, "hists": H[:2]}, "arrays do not match the rows"),
+    (GOOD_META, {"vectors": V[:, 0], "hists": H}, "arrays do not match the rows"),  # one number a row
+    (GOOD_META, {"vectors": V, "hists": H[:, 0]}, "arrays do not match the rows"),
+    (GOOD_META | {"dim": 5}, None, "the vectors' width is not the shard's dim"),
+    (GOOD_META, {"vectors": V, "hists": np.array([{"a": 1}] * 3, dtype=object)}, "Object arrays cannot be loaded"),
+    (GOOD_META, {"vectors": V}, "malformed: "),
+])
+def test_a_shard_read_back_is_checked_field_by_field(tmp_path, meta, arrays, reason):
+    store = LocalStore(tmp_path)
+    craft(store, meta, arrays)
+    shards = ShardStore(store, "b1")
+    if reason is None:
+        assert shards.load(0).rows == shard().rows
+        return
+    with pytest.raises(ShardError) as caught:
+        shards.load(0)
+    assert f"shard 0 of builds/b1 is unreadable ({reason}" in str(caught.value)
+    assert shards.finished(0) is None  # its JSON is gone: the next run redoes the shard
+
+
+def test_a_checksum_mismatch_is_named(tmp_path):
+    store = LocalStore(tmp_path)
+    craft(store, GOOD_META)
+    store.put("builds/b1/shard-00000.npz", store.get("builds/b1/shard-00000.npz") + b"x")
+    with pytest.raises(ShardError, match=r"unreadable \(checksum mismatch\)"):
+        ShardStore(store, "b1").load(0)
+
+
+@pytest.mark.parametrize("meta", [GOOD_META | {"format": 2}, GOOD_META | {"rows": {}}, GOOD_META | {"dim": "4"},
+                                  GOOD_META | {"dim": None}, {"format": 1}])
+def test_a_shard_whose_json_is_not_a_finished_shards_is_not_finished(tmp_path, meta, caplog):
+    store = LocalStore(tmp_path)
+    craft(store, meta)
+    assert ShardStore(store, "b1").finished(0) is None
+    assert "shard 0 of builds/b1 is unreadable, redoing it: " in caplog.text
+    if meta.get("format") == 2:
+        assert caplog.text.rstrip().endswith("redoing it: not a shard of this format")
+    assert caplog.records[-1].getMessage().split("redoing it: ")[1] not in ("", "None")
+
+
+def test_a_shard_is_stored_as_float32_whatever_it_was_given(tmp_path):
+    shards = ShardStore(LocalStore(tmp_path), "b1")
+    given = shard()
+    given.vectors, given.hists = given.vectors.astype(np.float64), given.hists.astype(np.float64)
+    shards.save(0, given)
+    got = shards.load(0)
+    assert got.vectors.dtype == got.hists.dtype == np.float32 and np.array_equal(got.vectors, shard().vectors)
+
+
+def test_the_build_id_is_24_hex_digits_of_the_whole_catalog(tmp_path):
+    csv = tmp_path / "p.csv"
+    csv.write_bytes(b"x" * (9 << 20))  # more than one read of the file
+    first = build_id(csv, "a", 4)
+    assert len(first) == 24 and int(first, 16) >= 0
+    csv.write_bytes(b"x" * (9 << 20) + b"y")  # a change past the first read
+    assert build_id(csv, "a", 4) != first
