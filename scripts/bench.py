@@ -64,6 +64,13 @@ TUNED = Settings()
 IN_FLIGHT = 16
 
 
+def write_report(path: Path, report: dict) -> None:
+    """A bench's figures as JSON at ``path`` (its folder made), and on stdout."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -321,8 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_search(report)
     if args.tune:
         (args.out.parent / "tune.json").write_text(json.dumps(tune(stores["default"], work, blobs), indent=2))
-    args.out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report(args.out, report)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -11,7 +11,6 @@ settings of scripts/bench.py. Figures are bounded by the machine: on 2 cores eve
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from catalog.build import build_index
 from catalog.embedders import EmbedderSpec
 from catalog.ray_engine import RayEngine
 from devtools.process import REPO
-from scripts.bench import MYNTRA, TUNED, local_catalog, serving
+from scripts.bench import MYNTRA, TUNED, local_catalog, serving, write_report
 
 
 @dataclass(frozen=True)
@@ -75,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in [k for k in out if k.endswith("_img_s")]:
         out[key] = round(out[key], 1)
         out[key.replace("_img_s", "_img_s_per_core")] = round(out[key] / cores, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=2))
+    write_report(args.out, out)
     return 0
 
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from devtools.process import REPO, wait_for_http  # noqa: E402
 from indexstore.ann import AnnSettings, build_ann, open_ann  # noqa: E402
 from indexstore.store import ANN, IndexData, IndexNotFound, open_store, read_current, write_and_publish  # noqa: E402
-from scripts.bench import free_port, p50_ms  # noqa: E402
+from scripts.bench import free_port, p50_ms, write_report  # noqa: E402
 from search import ExactSearch  # noqa: E402
 from search.ann import AnnSearch  # noqa: E402
 
@@ -249,9 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         report.update({f"myntra_{key}": value for key, value in got.items()})
         report["myntra_n"] = len(gallery)
         report.update({f"myntra_{key}": value for key, value in neighbour_profile(real).items()})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(args.out, report)
     return 0
 
 
