@@ -13,6 +13,7 @@ import threading
 import time
 
 import boto3
+import numpy as np
 import pytest
 import requests
 
@@ -388,3 +389,27 @@ def test_an_upload_the_store_refuses_is_a_store_error_in_its_words(s3, tmp_path)
     (tmp_path / "up").write_bytes(b"x" * 10)
     with pytest.raises(StoreUnavailable, match="S3 upload of versions/v/errors.csv failed at s3://missing/i"):
         S3Store("missing", "i", part_bytes=PART).put_file("versions/v/errors.csv", tmp_path / "up")
+
+
+def test_a_builds_shards_round_trip_through_s3_and_go_with_it(s3):
+    """The shards of a build on the S3 API server: saved (npz, then its JSON), finished, loaded, a damaged
+    one's JSON deleted so the next run redoes it, and every object of the build gone after ``clear``."""
+    from catalog.shards import ShardError, ShardStore
+    from tests.test_shards import shard
+
+    store = open_store("s3://shop/indexes/demo")
+    shards = ShardStore(store, "b1")
+    for i in range(3):
+        shards.save(i, shard())
+    assert [shards.finished(i) for i in range(4)] == [(3, 4), (3, 4), (3, 4), None]
+    assert np.array_equal(shards.load(1).vectors, shard().vectors)
+    store.put("builds/b1/shard-00002.npz", b"not the npz its JSON names")
+    with pytest.raises(ShardError, match="checksum mismatch"):
+        shards.load(2)
+    assert shards.finished(2) is None
+    other = ShardStore(store, "b2")
+    other.save(0, shard())
+    shards.clear()
+    listed = boto3.client("s3").list_objects_v2(Bucket="shop", Prefix="indexes/demo/builds/")
+    assert sorted(o["Key"] for o in listed.get("Contents", [])) == [
+        "indexes/demo/builds/b2/shard-00000.json", "indexes/demo/builds/b2/shard-00000.npz"]  # another build's stay
