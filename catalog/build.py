@@ -284,11 +284,11 @@ def merge_shards(shards: ShardStore, count: int, folder: Path) -> Merged:
         raise ShardError(f"{shards.prefix}: shard {sizes.index(None)} is not finished")
     kept = sum(n for n, _ in sizes)
     dim = max((d for n, d in sizes if n), default=0)
-    if kept == 0:
-        return Merged([], np.zeros((0, dim), np.float32), np.zeros((0, HIST_SIZE), np.float32),
-                      *_shard_notes(shards, count))
-    embeddings = open_memmap(folder / "embeddings.npy", "w+", np.float32, (kept, dim))
-    hists = open_memmap(folder / "hists.npy", "w+", np.float32, (kept, HIST_SIZE))
+    if kept:
+        embeddings = open_memmap(folder / "embeddings.npy", "w+", np.float32, (kept, dim))
+        hists = open_memmap(folder / "hists.npy", "w+", np.float32, (kept, HIST_SIZE))
+    else:  # every row failed: no matrix to map
+        embeddings, hists = np.zeros((0, dim), np.float32), np.zeros((0, HIST_SIZE), np.float32)
     errors: list[RowError] = []
     counts = dict.fromkeys(COUNTS, 0)
     at = 0
@@ -305,21 +305,11 @@ def merge_shards(shards: ShardStore, count: int, folder: Path) -> Merged:
             for key in COUNTS:
                 counts[key] += getattr(result, key)
             at += n
-    embeddings.flush()
-    hists.flush()
-    return Merged(ProductTable.open(folder / "products.jsonl"), embeddings, hists, errors, counts)
-
-
-def _shard_notes(shards: ShardStore, count: int) -> tuple[list[RowError], dict[str, int]]:
-    """The errors and counts of shards that kept no row."""
-    errors: list[RowError] = []
-    counts = dict.fromkeys(COUNTS, 0)
-    for shard in range(count):
-        result = shards.load(shard)
-        errors += result.errors
-        for key in COUNTS:
-            counts[key] += getattr(result, key)
-    return errors, counts
+    if kept:
+        embeddings.flush()
+        hists.flush()
+    rows = ProductTable.open(folder / "products.jsonl") if kept else []
+    return Merged(rows, embeddings, hists, errors, counts)
 
 
 def fit_rows(count: int, limit: int = FIT_SAMPLE) -> np.ndarray:

@@ -152,12 +152,14 @@ class IndexManager:
     def _open(self, version: str) -> CatalogIndex:
         """Copy ``version`` into the local cache (streamed, verified; only the files its backend reads) and open it
         from there."""
-        skip = self._unread(read_manifest(self.store, version))
-        sync_version(self.store, version, self.cache, skip)
+        manifest = read_manifest(self.store, version)
+        skip = self._unread(manifest)
+        sync_version(self.store, version, self.cache, skip, manifest)
         return CatalogIndex(open_local(self.cache, version, verify=False, skip=skip), self.backends)
 
     def _unread(self, manifest: dict) -> frozenset[str]:
-        """The files of a version that this replica's backend never reads: the raw matrix behind the ANN file."""
+        """The files of a version that this replica's backend never reads: the raw matrix, when the backend is
+        the ANN file (its vectors are in the graph) or Milvus (in the collection the build filled)."""
         if needs_matrix(self.backends, manifest["count"], ANN in manifest["files"]):
             return frozenset()
         return frozenset({EMBEDDINGS})

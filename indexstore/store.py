@@ -487,14 +487,16 @@ def file_sha(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sync_version(store: Store, version: str, dest: LocalStore, skip: frozenset[str] = frozenset()) -> dict:
+def sync_version(store: Store, version: str, dest: LocalStore, skip: frozenset[str] = frozenset(),
+                 manifest: dict | None = None) -> dict:
     """Make ``dest`` hold a verified copy of ``version`` and point its CURRENT at it; return the manifest.
 
     Files are streamed (never whole in memory) and checksummed on the way; files already in ``dest`` are
     re-verified, not copied again; files named in ``skip`` are not fetched (a replica that searches the ANN file
     needs no raw matrix). The manifest is written last, so a copy that dies midway is never complete. Several
-    processes may sync the same folder at once: a file lock takes turns."""
-    manifest = read_manifest(store, version)
+    processes may sync the same folder at once: a file lock takes turns. ``manifest``: the version's, when the
+    caller has already read it with ``read_manifest`` (it is not fetched again)."""
+    manifest = manifest if manifest is not None else read_manifest(store, version)
     folder = dest.file(f"versions/{version}/{MANIFEST}").parent
     folder.mkdir(parents=True, exist_ok=True)
     with open(dest.root / ".sync.lock", "a+b") as lock:
