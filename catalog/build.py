@@ -20,15 +20,24 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from catalog.fetch import FetchError, ImageSource
 from catalog.products import ProductTable, number_of
-from catalog.reader import RowError, read_catalog
-from catalog.shards import COUNTS, SHARD_ROWS, ShardError, ShardResult, ShardStore, build_id, plan
+from catalog.reader import RowError, iter_catalog
+from catalog.shards import (
+    COUNTS,
+    SHARD_ROWS,
+    PendingShard,
+    ShardError,
+    ShardResult,
+    ShardStore,
+    build_id,
+    check_shard_rows,
+    spool,
+)
 from catalog.vector_cache import VectorCache
-from indexstore.ann import AnnSettings, build_ann
+from indexstore.ann import AnnSettings, write_ann
 from indexstore.store import (
     ANN,
     APPEARANCE,
@@ -52,8 +61,9 @@ from ranking.appearance import HIST_SIZE, colour_column, colour_histogram_or_non
 from ranking.calibration import Calibration, fit_calibration
 from ranking.category_first import Grouping
 from ranking.no_match import fit_no_match
-from ranking.whitening import Transformed, fit_whitening
+from ranking.whitening import Transformed, Whitening, fit_whitening
 from safeio.paths import printable, redact_url
+from safeio.rowfile import RowFile, RowWriter, blocks, take
 from search.milvus import MilvusSettings
 
 log = logging.getLogger(__name__)
@@ -261,12 +271,12 @@ def collect_vectors(rows: list[dict], source: ImageSource, embedder: BatchEmbedd
 
 @dataclass
 class Merged:
-    """All of a build's vectors, in row order: memory-mapped files in a work folder (``merge_shards``), or
-    arrays in memory (``Merged.of``)."""
+    """All of a build's vectors, in row order: files in a work folder read a block at a time (``merge_shards``),
+    or arrays in memory (``Merged.of``)."""
 
     rows: Sequence[dict]
-    embeddings: np.ndarray
-    hists: np.ndarray
+    embeddings: np.ndarray | RowFile
+    hists: np.ndarray | RowFile
     errors: list[RowError] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -277,39 +287,33 @@ class Merged:
 
 
 def merge_shards(shards: ShardStore, count: int, folder: Path) -> Merged:
-    """The ``count`` finished shards of a build streamed, one at a time, into memory-mapped files under
-    ``folder`` (the matrix, the histograms, the products): never more than one shard's vectors in memory."""
+    """The ``count`` finished shards of a build appended, one at a time, to files under ``folder`` (the matrix,
+    the histograms, the products): never more than one shard's vectors in memory, and none of the matrix's
+    pages kept mapped (``safeio.rowfile``)."""
     sizes = [shards.finished(i) for i in range(count)]
     if any(size is None for size in sizes):
         raise ShardError(f"{shards.prefix}: shard {sizes.index(None)} is not finished")
     kept = sum(n for n, _ in sizes)
     dim = max((d for n, d in sizes if n), default=0)
-    if kept:
-        embeddings = open_memmap(folder / "embeddings.npy", "w+", np.float32, (kept, dim))
-        hists = open_memmap(folder / "hists.npy", "w+", np.float32, (kept, HIST_SIZE))
-    else:  # every row failed: no matrix to map
-        embeddings, hists = np.zeros((0, dim), np.float32), np.zeros((0, HIST_SIZE), np.float32)
+    embeddings = RowWriter(folder / "embeddings.npy", kept, dim)
+    hists = RowWriter(folder / "hists.npy", kept, HIST_SIZE)
     errors: list[RowError] = []
     counts = dict.fromkeys(COUNTS, 0)
-    at = 0
-    with open(folder / "products.jsonl", "w", encoding="utf-8") as products:
+    with embeddings, hists, open(folder / "products.jsonl", "w", encoding="utf-8") as products:
         for shard in range(count):
             result = shards.load(shard)
             n = len(result.rows)
             if n and (result.vectors.shape[1] != dim or result.hists.shape[1] != HIST_SIZE):
                 raise ShardError(f"{shards.prefix}: shard {shard} has vectors of another width")
             if n:  # a shard whose every row failed has no vectors (and no width)
-                embeddings[at:at + n], hists[at:at + n] = result.vectors, result.hists
+                embeddings.append(result.vectors)
+                hists.append(result.hists)
             products.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in result.rows)
             errors += result.errors
             for key in COUNTS:
                 counts[key] += getattr(result, key)
-            at += n
-    if kept:
-        embeddings.flush()
-        hists.flush()
     rows = ProductTable.open(folder / "products.jsonl") if kept else []
-    return Merged(rows, embeddings, hists, errors, counts)
+    return Merged(rows, embeddings.close(), hists.close(), errors, counts)
 
 
 def fit_rows(count: int, limit: int = FIT_SAMPLE) -> np.ndarray:
@@ -320,13 +324,14 @@ def fit_rows(count: int, limit: int = FIT_SAMPLE) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(count, limit, replace=False))
 
 
-def finish_version(merged: Merged, catalog: Path, backbone_id: str, rows_read: int,
-                   whiten_min: int = MIN_WHITEN, ann: AnnSettings | None = None) -> tuple[IndexData, dict[str, bytes]]:
+def finish_version(merged: Merged, catalog: Path, backbone_id: str, rows_read: int, folder: Path,
+                   whiten_min: int = MIN_WHITEN, ann: AnnSettings | None = None
+                   ) -> tuple[IndexData, dict[str, bytes | Path]]:
     """The index version for merged vectors: manifest, the catalog-fitted whitening and calibration (fitted on
     samples of at most ``FIT_SAMPLE`` rows), the error report, and the ANN graph when ``ann`` is given. Not
-    written anywhere yet."""
+    written anywhere yet: the big files (search-space matrix, appearance vectors, graph) are in ``folder``, each
+    computed a block of rows at a time, and the returned files name them by path."""
     errors = merged.errors
-    matrix = merged.embeddings
     counts = {k: merged.counts.get(k, 0) for k in ("embedded", "reused", "resumed")}
     manifest = {
         "backbone": backbone_id,
@@ -335,38 +340,55 @@ def finish_version(merged: Merged, catalog: Path, backbone_id: str, rows_read: i
                   "errors": sum(e.stage != "warning" for e in errors),
                   "warnings": sum(e.stage == "warning" for e in errors), **counts},
     }
-    extra = {ERRORS: errors_csv(errors)}
-    whitening = (fit_whitening(np.asarray(matrix[fit_rows(len(matrix))]), **WHITENING_SETTINGS)
-                 if len(matrix) >= max(whiten_min, 2) else None)
+    extra: dict[str, bytes | Path] = {ERRORS: errors_csv(errors)}
+    count = len(merged.embeddings)
+    whitening = (fit_whitening(take(merged.embeddings, fit_rows(count)), **WHITENING_SETTINGS)
+                 if count >= max(whiten_min, 2) else None)
     if whitening is not None:
         extra[WHITENING] = whitening.to_bytes()
-    searchable = whitening.apply(matrix) if whitening is not None else np.asarray(matrix)
+    searchable = _search_space(merged.embeddings, whitening, folder / "search.npy")
     manifest["whitening"] = WHITENING_SETTINGS if whitening is not None else None
     labels = [str(p.get("category", "")) for p in merged.rows]
     manifest["calibration"] = fit_calibration(searchable, labels)
     manifest["no_match"] = fit_no_match(searchable, labels, Calibration.from_manifest(manifest).percent)
-    manifest["appearance"] = None
-    if len(searchable):
-        manifest["appearance"] = _appearance(merged, searchable, extra)
+    del labels
+    manifest["appearance"] = _appearance(merged, searchable, extra, folder) if count else None
     manifest["ann"] = None
-    if ann is not None and len(searchable):
-        extra[ANN] = build_ann(searchable, ann)
+    if ann is not None and count:
+        if isinstance(merged.rows, ProductTable):
+            merged.rows.release()
+        extra[ANN] = write_ann(searchable, folder / ANN, ann)
         manifest["ann"] = {"library": "faiss", "index": "HNSWFlat", "metric": "inner_product",
                            "connectivity": ann.connectivity, "expansion_add": ann.expansion_add}
-    return IndexData(embeddings=matrix, products=merged.rows, manifest=manifest), extra
+    return IndexData(embeddings=merged.embeddings, products=merged.rows, manifest=manifest), extra
 
 
-def _appearance(merged: Merged, searchable: np.ndarray, extra: dict[str, bytes]) -> dict:
-    """Fit the appearance space on (a sample of) the catalog and store each row's appearance vector; the
-    manifest's entry."""
-    hists = merged.hists
+def _search_space(matrix: np.ndarray | RowFile, whitening: Whitening | None, path: Path) -> np.ndarray | RowFile:
+    """The search-space rows: the matrix itself when not whitened, else the whitened rows written to ``path``
+    a block at a time."""
+    if whitening is None:
+        return matrix
+    with RowWriter(path, len(matrix), whitening.projection.shape[1]) as out:
+        for _, block in blocks(matrix):
+            out.append(whitening.apply(block))
+    return out.close()
+
+
+def _appearance(merged: Merged, searchable: np.ndarray | RowFile, extra: dict[str, bytes | Path],
+                folder: Path) -> dict:
+    """Fit the appearance space on (a sample of) the catalog and store each row's appearance vector (a block
+    at a time, into ``folder``); the manifest's entry."""
     column = colour_column(merged.rows)
-    colours = [str(p.get(column) or "").strip() for p in merged.rows] if column else [""] * len(hists)
-    fit = fit_rows(len(hists))
-    space, info = fit_appearance(np.asarray(hists[fit]), searchable[fit], [colours[i] for i in fit])
-    buf = io.BytesIO()
-    np.save(buf, space.vectors(hists, searchable).astype(np.float32), allow_pickle=False)
-    extra[APPEARANCE], extra[APPEARANCE_VECTORS] = space.to_bytes(), buf.getvalue()
+    colours = [str(p.get(column) or "").strip() for p in merged.rows] if column else [""] * len(merged.hists)
+    fit = fit_rows(len(merged.hists))
+    space, info = fit_appearance(take(merged.hists, fit), take(searchable, fit), [colours[i] for i in fit])
+    del colours
+    out: RowWriter | None = None
+    for (_, hists), (_, search) in zip(blocks(merged.hists), blocks(searchable), strict=True):
+        vectors = space.vectors(hists, search)
+        out = out or RowWriter(folder / APPEARANCE_VECTORS, len(merged.hists), vectors.shape[1])
+        out.append(vectors)
+    extra[APPEARANCE], extra[APPEARANCE_VECTORS] = space.to_bytes(), out.close().path
     return info | {"column": column}
 
 
@@ -433,24 +455,31 @@ class LocalEngine:
     def backbone_id(self) -> str:
         return self.embedder.backbone_id
 
-    def run(self, job: ShardJob, todo: list[tuple[int, list[dict]]], previous: dict[str, np.ndarray],
+    def run(self, job: ShardJob, todo: list[PendingShard], previous: dict[str, np.ndarray],
             progress: bool = True) -> None:
-        with tqdm(total=sum(len(rows) for _, rows in todo), unit="img", desc="indexing",
+        with tqdm(total=sum(shard.count for shard in todo), unit="img", desc="indexing",
                   disable=not progress) as bar:
-            for shard, rows in todo:
-                embed_shard(job, shard, rows, self.embedder, previous)
-                bar.update(len(rows))
+            for shard in todo:
+                embed_shard(job, shard.index, shard.rows(), self.embedder, previous)
+                bar.update(shard.count)
 
 
 class Engine(Protocol):
-    """Runs a build's unfinished shards (``LocalEngine``; ``catalog.ray_engine.RayEngine`` on a cluster)."""
+    """Runs a build's unfinished shards (``LocalEngine``; ``catalog.ray_engine.RayEngine`` on a cluster),
+    reading each one's rows (``PendingShard.rows``) only when it starts it."""
 
     def backbone_id(self) -> str:
         """The id of the vectors its embedders make."""
         ...
 
-    def run(self, job: ShardJob, todo: list[tuple[int, list[dict]]], previous: dict[str, np.ndarray],
+    def run(self, job: ShardJob, todo: list[PendingShard], previous: dict[str, np.ndarray],
             progress: bool = True) -> None: ...
+
+
+def _needed(embedder: BatchEmbedder | None) -> BatchEmbedder:
+    if embedder is None:
+        raise ValueError("build_index needs an embedder or an engine")
+    return embedder
 
 
 def build_index(
@@ -485,32 +514,32 @@ def build_index(
         raise ValueError(f"ann={ann!r}: use one of {', '.join(ANN_CHOICES)}")
     ann_settings = ann_settings or AnnSettings()
     catalog = Path(catalog).resolve()
-    rows, errors = read_catalog(catalog)
-    ranges = plan(len(rows), shard_rows)
-    store = open_store(output)
-    if engine is None:
-        if embedder is None:
-            raise ValueError("build_index needs an embedder or an engine")
-        engine = LocalEngine(embedder)
-    backbone_id = engine.backbone_id()
-    job = ShardJob(store.uri, build_id(catalog, backbone_id, shard_rows), str(catalog.parent), str(cache_dir),
-                   str(vector_cache or Path(cache_dir).parent / "vectors"), backbone_id, workers, chunk_size,
-                   refresh_cache, allow_private_hosts)
-    shards = ShardStore(store, job.build)
-    todo = [(i, rows[r.start:r.stop]) for i, r in enumerate(ranges) if shards.finished(i) is None]
-    if len(todo) < len(ranges):
-        log.info("resuming build %s: %d of %d shards already done", job.build, len(ranges) - len(todo), len(ranges))
-    engine.run(job, todo, _previous_vectors(store, backbone_id), progress)
+    check_shard_rows(shard_rows)
     with tempfile.TemporaryDirectory(prefix="photo-build-") as tmp:
-        merged = merge_shards(shards, len(ranges), Path(tmp))
+        errors: list[RowError] = []  # the catalog is streamed into per-shard files, never held whole
+        pending = spool(iter_catalog(catalog, errors), Path(tmp), shard_rows)
+        store = open_store(output)
+        engine = engine or LocalEngine(_needed(embedder))
+        backbone_id = engine.backbone_id()
+        job = ShardJob(store.uri, build_id(catalog, backbone_id, shard_rows), str(catalog.parent),
+                       str(cache_dir), str(vector_cache or Path(cache_dir).parent / "vectors"), backbone_id, workers,
+                       chunk_size, refresh_cache, allow_private_hosts)
+        shards = ShardStore(store, job.build)
+        todo = [shard for shard in pending if shards.finished(shard.index) is None]
+        if len(todo) < len(pending):
+            log.info("resuming build %s: %d of %d shards already done", job.build, len(pending) - len(todo),
+                     len(pending))
+        engine.run(job, todo, _previous_vectors(store, backbone_id), progress)
+        rows_read = sum(shard.count for shard in pending)
+        merged = merge_shards(shards, len(pending), Path(tmp))
         merged.errors = sorted(merged.errors + errors, key=lambda e: e.line)
         with_ann = ann == "always" or (ann == "auto" and len(merged.rows) >= ann_settings.min_products)
-        index, extra = finish_version(merged, catalog, backbone_id, len(rows), whiten_min,
+        index, extra = finish_version(merged, catalog, backbone_id, rows_read, Path(tmp), whiten_min,
                                       ann_settings if with_ann else None)
         version, pruned = _write_fill_publish(store, index, extra, keep, milvus)
         report = BuildReport(version, store.uri, backbone_id, len(merged.rows), merged.errors,
-                             shards=len(ranges), shards_resumed=len(ranges) - len(todo), **merged.counts)
-        del index, merged  # the memory maps, before their folder goes
+                             shards=len(pending), shards_resumed=len(pending) - len(todo), **merged.counts)
+        del index, merged  # the product table's memory map, before its folder goes
     shards.clear()
     if pruned:
         log.info("removed %d old version(s): %s", len(pruned), ", ".join(pruned))

@@ -48,6 +48,12 @@ class ProductTable(Sequence[dict]):
     def __len__(self) -> int:
         return len(self._starts)
 
+    def release(self) -> None:
+        """Give the file's pages back to the kernel (they are read again on the next access): a build keeps its
+        table through the graph, its biggest step, without reading it there."""
+        if isinstance(self._data, mmap.mmap):
+            self._data.madvise(mmap.MADV_DONTNEED)
+
     def __getitem__(self, row: int) -> dict:  # type: ignore[override]
         if not -len(self) <= row < len(self):
             raise IndexError(row)

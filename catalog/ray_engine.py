@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from catalog.build import ShardJob, embed_shard
-from catalog.shards import ShardFailed
+from catalog.shards import PendingShard, ShardFailed
 from modelio.protocol import BatchEmbedder
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class RayEngine:
         except ray.exceptions.RayTaskError as exc:  # the worker's own error, e.g. TorchServe not there
             raise exc.as_instanceof_cause() from None
 
-    def run(self, job: ShardJob, todo: list[tuple[int, list[dict]]], previous: dict[str, np.ndarray],
+    def run(self, job: ShardJob, todo: list[PendingShard], previous: dict[str, np.ndarray],
             progress: bool = True) -> None:
         ray = self._connect()
         try:
@@ -84,19 +84,20 @@ class RayEngine:
                 ray.shutdown()
                 self._started = False
 
-    def _run(self, ray, job: ShardJob, todo: list[tuple[int, list[dict]]], previous: dict[str, np.ndarray],
+    def _run(self, ray, job: ShardJob, todo: list[PendingShard], previous: dict[str, np.ndarray],
              progress: bool) -> None:
         task = ray.remote(num_cpus=self.cpus_per_task, max_retries=TASK_RETRIES)(_shard_task)
         shared = ray.put(previous)  # once into the object store, not once per task
         limit = max(1, int(ray.cluster_resources().get("CPU", 1) / self.cpus_per_task) * IN_FLIGHT_PER_CPU)
         sizes: dict = {}
         waiting = list(reversed(todo))
-        with tqdm(total=sum(len(rows) for _, rows in todo), unit="img", desc="indexing (ray)",
+        with tqdm(total=sum(shard.count for shard in todo), unit="img", desc="indexing (ray)",
                   disable=not progress) as bar:
             while waiting or sizes:
-                while waiting and len(sizes) < limit:
-                    shard, rows = waiting.pop()
-                    sizes[task.remote(job, shard, rows, self.make_embedder, shared)] = (shard, len(rows))
+                while waiting and len(sizes) < limit:  # a shard's rows are read only as it is sent
+                    pending = waiting.pop()
+                    sizes[task.remote(job, pending.index, pending.rows(), self.make_embedder, shared)] = \
+                        (pending.index, pending.count)
                 done, _ = ray.wait(list(sizes), num_returns=1)
                 shard, rows = sizes.pop(done[0])
                 try:

@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,11 +75,47 @@ def build_id(catalog: Path, backbone_id: str, shard_rows: int) -> str:
     return digest.hexdigest()[:24]
 
 
-def plan(count: int, shard_rows: int) -> list[range]:
-    """The row ranges of the shards of ``count`` rows (the last one may be shorter)."""
+def check_shard_rows(shard_rows: int) -> int:
+    """``shard_rows`` when it is a shard size a build accepts (1 to ``MAX_SHARD_ROWS``), else ``ValueError``."""
     if not 1 <= shard_rows <= MAX_SHARD_ROWS:
         raise ValueError(f"shard_rows must be 1 to {MAX_SHARD_ROWS:,}, got {shard_rows}")
-    return [range(start, min(start + shard_rows, count)) for start in range(0, count, shard_rows)]
+    return shard_rows
+
+
+@dataclass(frozen=True)
+class PendingShard:
+    """One shard's catalog rows, spooled to a local JSON-lines file when the catalog was read: the driver never
+    holds the whole catalog, and reads a shard's rows back only to hand them to whoever embeds them."""
+
+    index: int
+    count: int
+    path: Path
+
+    def rows(self) -> list[dict]:
+        with open(self.path, encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh]
+
+
+def spool(rows: Iterable[dict], folder: Path, shard_rows: int) -> list[PendingShard]:
+    """Cut ``rows`` (a stream) into shards of ``shard_rows`` (the last one may be shorter), each written to
+    ``folder/rows-NNNNN.jsonl`` as it fills."""
+    check_shard_rows(shard_rows)
+    shards: list[PendingShard] = []
+    batch: list[dict] = []
+
+    def flush() -> None:
+        path = folder / f"rows-{len(shards):05d}.jsonl"
+        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in batch), encoding="utf-8")
+        shards.append(PendingShard(len(shards), len(batch), path))
+        batch.clear()
+
+    for row in rows:
+        batch.append(row)
+        if len(batch) == shard_rows:
+            flush()
+    if batch:
+        flush()
+    return shards
 
 
 class ShardStore:

@@ -21,6 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from safeio.rowfile import RowFile, blocks
+
+#: Rows added to the graph per call (the block read from the matrix file).
+ANN_BLOCK = 16_384
+
 
 class AnnFileError(ValueError):
     """An ANN file that is not the graph its index version needs (wrong size, corrupt, crashes the loader)."""
@@ -37,15 +42,35 @@ class AnnSettings:
     min_products: int = 100_000
 
 
-def build_ann(vectors: np.ndarray, settings: AnnSettings = AnnSettings()) -> bytes:
+def _graph(vectors: np.ndarray | RowFile, settings: AnnSettings):
+    """The HNSW index over the rows, added a block at a time. The flat storage is sized once for all rows
+    first, so adding never reallocates it (a growing vector would briefly hold the old and the new copy)."""
+    import faiss
+
+    count, dim = int(vectors.shape[0]), int(vectors.shape[1])
+    index = faiss.IndexHNSWFlat(dim, settings.connectivity, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = settings.expansion_add
+    codes = faiss.downcast_index(index.storage).codes
+    codes.resize(count * dim * 4)  # reserve: capacity stays when resized back to empty
+    codes.resize(0)
+    for _, block in blocks(vectors, ANN_BLOCK):
+        index.add(np.ascontiguousarray(block, dtype=np.float32))
+    return index
+
+
+def build_ann(vectors: np.ndarray | RowFile, settings: AnnSettings = AnnSettings()) -> bytes:
     """The serialised HNSW graph (inner product) over ``vectors`` (rows L2-normalised), row i = id i."""
     import faiss
 
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    index = faiss.IndexHNSWFlat(x.shape[1], settings.connectivity, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = settings.expansion_add
-    index.add(x)
-    return faiss.serialize_index(index).tobytes()
+    return faiss.serialize_index(_graph(vectors, settings)).tobytes()
+
+
+def write_ann(vectors: np.ndarray | RowFile, path: Path, settings: AnnSettings = AnnSettings()) -> Path:
+    """``build_ann`` written straight to ``path`` (no second copy of the graph in memory); returns ``path``."""
+    import faiss
+
+    faiss.write_index(_graph(vectors, settings), str(path))
+    return path
 
 
 def open_ann(path: Path, count: int, dim: int):

@@ -34,6 +34,7 @@ import numpy as np
 
 from indexstore.manifest import Manifest, ManifestError
 from ranking.whitening import Whitening
+from safeio.rowfile import RowFile
 
 SCHEMA_VERSION = 1
 POINTER = "CURRENT"
@@ -345,12 +346,12 @@ def new_version_name() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(3)
 
 
-def write_version(store: Store, index: IndexData, extra_files: dict[str, bytes] | None = None) -> str:
+def write_version(store: Store, index: IndexData, extra_files: dict[str, bytes | Path] | None = None) -> str:
     """Write all files of a new version (not yet visible to readers); return its name.
 
     Each file is written to a temporary folder first and streamed to the store from there (in parts on S3), so
     the matrix is never held a second time as bytes. ``extra_files`` (e.g. ``errors.csv``, ``whitening.npz``)
-    are stored and checksummed alongside."""
+    are stored and checksummed alongside: bytes, or the path of a file already written (streamed as it is)."""
     version = new_version_name()
     with tempfile.TemporaryDirectory(prefix="photo-version-") as tmp:
         paths = _version_files(Path(tmp), index, extra_files or {})
@@ -368,24 +369,31 @@ def write_version(store: Store, index: IndexData, extra_files: dict[str, bytes] 
         }
     store.put(f"versions/{version}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
     index.manifest = manifest
-    index.files = dict(extra_files or {})  # the small files, as given; the matrix and products are in the store
+    # the small files, as given; the matrix, the products and files given by path are in the store
+    index.files = {name: data for name, data in (extra_files or {}).items() if isinstance(data, bytes)}
     return version
 
 
-def _version_files(folder: Path, index: IndexData, extra_files: dict[str, bytes]) -> dict[str, Path]:
+def _version_files(folder: Path, index: IndexData, extra_files: dict[str, bytes | Path]) -> dict[str, Path]:
     """A version's files written under ``folder``: the matrix (streamed from an array or a memory map), the
     products one line at a time, and the extra files."""
     paths = {EMBEDDINGS: folder / EMBEDDINGS, PRODUCTS: folder / PRODUCTS}
     matrix = index.embeddings
-    if matrix.dtype != np.float32 or not matrix.flags.c_contiguous:
-        matrix = np.ascontiguousarray(matrix, dtype=np.float32)
-    np.save(paths[EMBEDDINGS], matrix, allow_pickle=False)
+    if isinstance(matrix, RowFile):  # already a file (a build's merged matrix): stored as it is
+        paths[EMBEDDINGS] = matrix.path
+    else:
+        if matrix.dtype != np.float32 or not matrix.flags.c_contiguous:
+            matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+        np.save(paths[EMBEDDINGS], matrix, allow_pickle=False)
     with open(paths[PRODUCTS], "w", encoding="utf-8") as out:
         for product in index.products:
             out.write(json.dumps(product, ensure_ascii=False) + "\n")
     for name, data in extra_files.items():
-        paths[name] = folder / name
-        paths[name].write_bytes(data)
+        if isinstance(data, Path):  # a big file the build wrote (the ANN graph, the appearance vectors)
+            paths[name] = data
+        else:
+            paths[name] = folder / name
+            paths[name].write_bytes(data)
     return paths
 
 
@@ -395,7 +403,7 @@ def publish(store: Store, version: str) -> None:
     store.put(POINTER, json.dumps({"version": version, "backbone": manifest["backbone"]}).encode())
 
 
-def write_and_publish(store: Store, index: IndexData, extra_files: dict[str, bytes] | None = None,
+def write_and_publish(store: Store, index: IndexData, extra_files: dict[str, bytes | Path] | None = None,
                       keep: int = 5) -> tuple[str, list[str]]:
     """The whole write of a build: every file of a new version, then the pointer, then pruning to ``keep``
     versions. Dying at any step leaves the previously published version served. Returns (version, pruned)."""

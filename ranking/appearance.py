@@ -106,26 +106,41 @@ class Appearance:
         return cls(weight, mean, projection)
 
 
+def _ridge(hists: np.ndarray, search_vectors: np.ndarray, rows: np.ndarray, labels: np.ndarray, classes: int,
+           ridge: float, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """(feature mean, ridge projection) of the given rows onto one-hot ``labels``, summed a block of rows at a
+    time in float64 (the memory is the d × d sums, not a float64 copy of the features)."""
+
+    def features(part: np.ndarray) -> np.ndarray:
+        return _features(hists[part], search_vectors[part]).astype(np.float64)
+
+    parts = [rows[start:start + block] for start in range(0, len(rows), block)]
+    mean = sum(features(part).sum(axis=0) for part in parts) / len(rows)
+    target_mean = np.bincount(labels, minlength=classes) / len(rows)
+    gram, cross = np.zeros((len(mean), len(mean))), np.zeros((len(mean), classes))
+    for start, part in zip(range(0, len(rows), block), parts, strict=True):
+        centred = features(part) - mean
+        gram += centred.T @ centred
+        cross += centred.T @ (np.eye(classes)[labels[start:start + block]] - target_mean)
+    return mean, np.linalg.solve(gram + ridge * np.eye(len(mean)), cross)
+
+
 def fit_appearance(hists: np.ndarray, search_vectors: np.ndarray, colours: list[str],
                    settings: AppearanceSettings = AppearanceSettings()) -> tuple[Appearance, dict]:
     """The appearance space of a catalog, and what the manifest says of it. With enough colour labels: a
     ridge projection of [histogram, search vector] onto the catalog's colours (one-hot); else the histogram."""
     counts = Counter(c for c in colours if c)
     named = sorted(c for c, n in counts.items() if n >= 2)
-    rows = [i for i, c in enumerate(colours) if c in set(named)]
+    code = {c: i for i, c in enumerate(named)}
+    rows = np.array([i for i, c in enumerate(colours) if c in code], dtype=np.int64)
     info: dict = {"descriptor": DESCRIPTOR, "depth": RERANK_DEPTH}
     if len(rows) < settings.min_labelled or len(named) < settings.min_colours:
         info |= {"weight": settings.unsupervised_weight, "projection": None,
                  "source": f"colour histogram: {len(rows)} products in {len(named)} colours with 2+ products "
                            f"(a projection needs {settings.min_labelled} in {settings.min_colours})"}
         return Appearance(settings.unsupervised_weight), info
-    x = _features(hists[rows], np.asarray(search_vectors)[rows]).astype(np.float64)
-    mean = x.mean(axis=0)
-    code = {c: i for i, c in enumerate(named)}
-    targets = np.eye(len(named))[[code[colours[i]] for i in rows]]
-    centred = x - mean
-    projection = np.linalg.solve(centred.T @ centred + settings.ridge * np.eye(x.shape[1]),
-                                 centred.T @ (targets - targets.mean(axis=0)))
+    labels = np.array([code[colours[i]] for i in rows], dtype=np.int64)
+    mean, projection = _ridge(hists, np.asarray(search_vectors), rows, labels, len(named), settings.ridge)
     info |= {"weight": settings.weight, "projection": {"colours": len(named), "fitted_on": len(rows),
                                                          "ridge": settings.ridge},
              "source": "ridge projection onto the catalog's colours"}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ranking.neighbours import BINS, fit_threshold, hist_quantile, neighbours
+from safeio.rowfile import RowFile, take
 
 UNCALIBRATED = [[0.0, 0.0], [1.0, 100.0]]
 MATCH_K = 20
@@ -41,7 +42,7 @@ class Calibration:
         return float(np.interp(percent, ys, xs))
 
 
-def fit_calibration(vectors: np.ndarray, labels: list[str], max_items: int = 4000, seed: int = 0) -> dict:
+def fit_calibration(vectors: np.ndarray | RowFile, labels: list[str], max_items: int = 4000, seed: int = 0) -> dict:
     """Calibration for the manifest, fitted on (a sample of) the catalog's labelled vectors."""
     counts = Counter(labels)
     keep = [i for i, label in enumerate(labels) if label and counts[label] >= 5]
@@ -52,7 +53,7 @@ def fit_calibration(vectors: np.ndarray, labels: list[str], max_items: int = 400
     if len(keep) > max_items:
         keep = sorted(np.random.default_rng(seed).choice(keep, max_items, replace=False).tolist())
     lab = np.asarray(labels)[keep]
-    idx, scores, _, diff = neighbours(np.asarray(vectors)[keep], MATCH_K, labels=lab)
+    idx, scores, _, diff = neighbours(take(vectors, np.asarray(keep, dtype=np.int64)), MATCH_K, labels=lab)
     matches = np.histogram(np.clip(scores[lab[idx] == lab[:, None]], -1, 1), BINS)[0]
     best = fit_threshold(matches, diff)
     low, mid = hist_quantile(diff, 0.01), hist_quantile(diff, 0.5)

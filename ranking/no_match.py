@@ -20,28 +20,32 @@ from collections.abc import Callable
 
 import numpy as np
 
+from safeio.rowfile import BLOCK_ROWS, RowFile, blocks, take
+
 #: At most this share of photos of carried products may be told "no close match".
 MAX_FALSE_NO_MATCH = 0.05
 #: A neighbour this close is the same picture (a duplicate listing), not a match to learn from.
 TWIN = 0.999
 
 
-def best_scores(vectors: np.ndarray, labels: np.ndarray, rows: np.ndarray, block: int = 64
+def best_scores(vectors: np.ndarray | RowFile, labels: np.ndarray, rows: np.ndarray, block: int = BLOCK_ROWS
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per query row: best cosine to another row (twins left out), and to a row of another label."""
-    carried, lacking = np.empty(len(rows), np.float32), np.empty(len(rows), np.float32)
-    for start in range(0, len(rows), block):
-        part = rows[start:start + block]
-        sim = vectors[part] @ vectors.T
-        sim[np.arange(len(part)), part] = -np.inf
+    """Per query row (``rows``, sorted): best cosine to another row (twins left out), and to a row of another
+    label. One pass over the matrix, ``block`` rows at a time (an array, or a file bigger than memory)."""
+    queries = take(vectors, rows)
+    carried, lacking = np.full(len(rows), -np.inf, np.float32), np.full(len(rows), -np.inf, np.float32)
+    for start, part in blocks(vectors, block):
+        sim = queries @ part.T
+        inside = np.nonzero((rows >= start) & (rows < start + len(part)))[0]
+        sim[inside, rows[inside] - start] = -np.inf
         sim[sim >= TWIN] = -np.inf
-        carried[start:start + len(part)] = sim.max(axis=1)
-        sim[labels[part][:, None] == labels[None, :]] = -np.inf
-        lacking[start:start + len(part)] = sim.max(axis=1)
+        np.maximum(carried, sim.max(axis=1), out=carried)
+        sim[labels[rows][:, None] == labels[None, start:start + len(part)]] = -np.inf
+        np.maximum(lacking, sim.max(axis=1), out=lacking)
     return carried, lacking
 
 
-def fit_no_match(vectors: np.ndarray, labels: list[str], percent: Callable[[np.ndarray], np.ndarray],
+def fit_no_match(vectors: np.ndarray | RowFile, labels: list[str], percent: Callable[[np.ndarray], np.ndarray],
                  max_items: int = 2000, seed: int = 0) -> dict | None:
     """The manifest's rule ``{"percent": threshold, ...}``, or None when the catalog is too small or has
     fewer than two categories of 5+ products (then the gateway never says "no close match")."""
@@ -50,7 +54,7 @@ def fit_no_match(vectors: np.ndarray, labels: list[str], percent: Callable[[np.n
     if len(keep) < 50 or len({labels[i] for i in keep}) < 2:
         return None
     rows = np.sort(np.random.default_rng(seed).choice(keep, min(max_items, len(keep)), replace=False))
-    carried, lacking = best_scores(np.asarray(vectors, dtype=np.float32), np.asarray(labels), rows)
+    carried, lacking = best_scores(vectors, np.asarray(labels), rows)
     carried_pct = np.asarray(percent(carried[np.isfinite(carried)]), dtype=np.float64)
     lacking_pct = np.asarray(percent(lacking[np.isfinite(lacking)]), dtype=np.float64)
     if len(carried_pct) < 50 or len(lacking_pct) == 0:

@@ -213,8 +213,9 @@ def synthetic_index(path: Path, backbone_id: str, n: int = 10_000, dim: int = 12
     rows = [{"id": str(i), "name": f"Product {i}", "category": f"Type {c}", "price": None,
              "image_url": f"images/{i}.jpg"} for i, c in enumerate(labels)]
     merged = Merged.of(rows, x)
-    index, extra = finish_version(merged, path.parent / "products.csv", backbone_id, n)
-    write_and_publish(open_store(path), index, extra)
+    with tempfile.TemporaryDirectory(prefix="photo-bench-") as work:
+        index, extra = finish_version(merged, path.parent / "products.csv", backbone_id, n, Path(work))
+        write_and_publish(open_store(path), index, extra)
 
 
 @contextmanager

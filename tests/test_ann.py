@@ -10,7 +10,7 @@ import pytest
 
 from catalog.build import Merged, finish_version
 from gateway.index import IndexManager
-from indexstore.ann import AnnFileError, AnnSettings, build_ann, check_file, open_ann
+from indexstore.ann import AnnFileError, AnnSettings, build_ann, check_file, open_ann, vectors_of
 from indexstore.store import (
     ANN,
     CorruptIndex,
@@ -55,6 +55,26 @@ def test_graph_search_matches_exact_and_filters(tmp_path):
     assert ann.search(q, 0).rows.tolist() == []
 
 
+@pytest.mark.parametrize("n", [13, 14, 15])  # blocks of 7: the last one short, full, one row over
+def test_a_graph_written_from_a_file_a_block_at_a_time_holds_every_row(tmp_path, monkeypatch, n):
+    """The build's graph: added from the search-space file in blocks, written straight to disk; every row is
+    stored as it was and is its own nearest neighbour."""
+    from indexstore import ann as ann_module
+    from indexstore.ann import write_ann
+    from safeio.rowfile import RowWriter
+
+    monkeypatch.setattr(ann_module, "ANN_BLOCK", 7)
+    x = unit_rows(n)
+    with RowWriter(tmp_path / "search.npy", *x.shape) as out:
+        out.append(x)
+    path = write_ann(out.close(), tmp_path / ANN)
+    check_file(path, n, 16)
+    index = open_ann(path, n, 16)
+    np.testing.assert_array_equal(vectors_of(index), x)
+    _, found = index.search(x, 1)
+    assert found[:, 0].tolist() == list(range(n))
+
+
 def test_min_score_is_kept_by_both_paths(tmp_path):
     x = unit_rows(200)
     path = tmp_path / ANN
@@ -72,7 +92,8 @@ def test_build_writes_the_graph_from_its_size_on(tmp_path, size_at_build, expect
     collected = Merged.of(products(100), x)
     settings = AnnSettings(min_products=size_at_build)
     with_ann = len(collected.rows) >= settings.min_products
-    index, extra = finish_version(collected, tmp_path / "products.csv", "bb", 100, ann=settings if with_ann else None)
+    index, extra = finish_version(collected, tmp_path / "products.csv", "bb", 100, tmp_path,
+                                  ann=settings if with_ann else None)
     assert (ANN in extra) is expect_file and (index.manifest["ann"] is not None) is expect_file
 
 

@@ -309,3 +309,21 @@ def test_the_fitted_projection_is_the_ridge_solution():
         is not None
     assert fit_appearance(hists, vectors, colours, AppearanceSettings(min_labelled=52, min_colours=4))[0].projection \
         is None
+
+
+@pytest.mark.parametrize("block", [1, 7, 4096])
+def test_the_projection_summed_in_blocks_is_the_whole_least_squares_fit(block):
+    """The ridge normal equations summed a block of rows at a time equal the one-matrix fit."""
+    from ranking.appearance import _features, _ridge
+
+    hists, search, names = labelled(6)
+    named = sorted(set(names))
+    rows = np.arange(len(names))
+    labels = np.array([named.index(n) for n in names])
+    mean, projection = _ridge(hists, search, rows, labels, len(named), ridge=1.0, block=block)
+    x = _features(hists, search).astype(np.float64)
+    centred = x - x.mean(axis=0)
+    targets = np.eye(len(named))[labels]
+    expected = np.linalg.solve(centred.T @ centred + np.eye(x.shape[1]), centred.T @ (targets - targets.mean(axis=0)))
+    np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-10)
+    np.testing.assert_allclose(projection, expected, rtol=1e-6, atol=1e-9)

@@ -242,3 +242,17 @@ def test_a_filter_that_hides_the_close_products_is_said_so_not_we_dont_carry_thi
     assert words in html and "We don't seem to carry this" not in html
     plain = web.post("/api/search", data={"file": (io.BytesIO(jpeg_bytes()), "q.jpg"), "threshold": "0"}).get_json()
     assert plain["closer_outside_filter"] is False and plain["results"][0]["id"] == "0"
+
+
+def test_best_scores_over_a_file_are_those_over_the_array(tmp_path):
+    """A catalog bigger than memory is read from its file a block at a time: the same scores (within float32
+    precision: other block shapes), with query rows on both sides of each block boundary."""
+    from safeio.rowfile import RowWriter
+
+    x, labels = clustered(per=30, kinds=5)
+    with RowWriter(tmp_path / "search.npy", *x.shape) as out:
+        out.append(x)
+    rows = np.array([0, 6, 7, 13, 14, 149])
+    for a, b in zip(best_scores(out.close(), np.asarray(labels), rows, block=7),
+                    best_scores(x, np.asarray(labels), rows), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=FLOAT32_SUMS)

@@ -88,3 +88,14 @@ def test_an_empty_table_and_the_row_a_refusal_names():
     assert len(ProductTable(b"")) == 0 and list(ProductTable(b"")) == []
     with pytest.raises(IndexError, match="^3$"):
         table(ROWS)[3]
+
+
+def test_a_released_table_reads_the_same_rows_again(tmp_path):
+    """``release`` hands the mapped pages back (the build does so before the graph); the rows are read again."""
+    path = tmp_path / "products.jsonl"
+    path.write_text("".join(json.dumps({"id": str(i), "name": f"p{i}"}) + "\n" for i in range(50)))
+    table = ProductTable.open(path)
+    before = list(table)
+    table.release()
+    assert list(table) == before and table.row_of("37") == 37
+    ProductTable(b'{"id": "1"}\n').release()  # a table over bytes has nothing to hand back

@@ -170,3 +170,18 @@ def test_a_product_link_is_kept_when_safe_and_left_out_with_a_warning_when_not(t
     assert errors[0].error.startswith("product_url is not an http(s) link a card may follow")
     plain, none = read_catalog(catalog(tmp_path, b"1,a,c,,a.jpg\n"))  # the column is optional
     assert "product_url" not in plain[0] and none == []
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 3])
+def test_a_catalog_read_in_chunks_is_the_catalog_read_whole(tmp_path, chunk_rows):
+    """Streamed a few records at a time (a catalog of millions of rows), the rows, their lines and every error
+    are the same, a duplicate id is found across chunks, and a malformed row keeps the lines right."""
+    from catalog.reader import iter_catalog
+
+    body = b'1,a,c,1,a.jpg\n2,b,c,,b.jpg\n3,x,y,z,w,extra\n1,dup,c,,d.jpg\n4,"two\nlines",c,,e.jpg\n5,e,c,bad,f.jpg\n'
+    path = catalog(tmp_path, body)
+    rows, errors = read_catalog(path)
+    streamed: list = []
+    assert list(iter_catalog(path, streamed, chunk_rows=chunk_rows)) == rows
+    assert sorted(streamed, key=lambda e: e.line) == sorted(errors, key=lambda e: e.line)
+    assert [r["line"] for r in rows] == [2, 3, 6] and {e.line for e in errors} == {4, 5, 8}

@@ -12,7 +12,7 @@ import pytest
 
 from catalog.build import build_index
 from catalog.reader import RowError
-from catalog.shards import MAX_SHARD_ROWS, ShardError, ShardResult, ShardStore, build_id, plan
+from catalog.shards import MAX_SHARD_ROWS, ShardError, ShardResult, ShardStore, build_id, spool
 from indexstore.store import LocalStore, read_current
 from tests.conftest import DEMO_DIR
 from tests.embedders import HashEmbedder
@@ -38,20 +38,27 @@ def build(catalog, out, embedder, tmp_path, **kw):
                        vector_cache=tmp_path / kw.pop("vectors", "vectors"), **kw)
 
 
+def rows_of(n: int) -> list[dict]:
+    return [{"id": str(i), "name": f"Ünïcode {i}", "price": None if i % 2 else 1.5, "line": i + 2} for i in range(n)]
+
+
 @pytest.mark.parametrize(("shard_rows", "ok"), [(0, False), (1, True), (MAX_SHARD_ROWS, True),
                                                 (MAX_SHARD_ROWS + 1, False)])
-def test_the_shard_size_has_limits_on_both_sides(shard_rows, ok):
+def test_the_shard_size_has_limits_on_both_sides(tmp_path, shard_rows, ok):
     if ok:
-        assert plan(3, shard_rows)[0] == range(0, min(3, shard_rows))
+        assert [s.count for s in spool(rows_of(3), tmp_path, shard_rows)] == ([1, 1, 1] if shard_rows == 1 else [3])
     else:
         with pytest.raises(ValueError, match="shard_rows"):
-            plan(3, shard_rows)
+            spool(rows_of(3), tmp_path, shard_rows)
 
 
-def test_shards_cover_every_row_once():
-    assert plan(9, 4) == [range(0, 4), range(4, 8), range(8, 9)]
-    assert plan(8, 4) == [range(0, 4), range(4, 8)]
-    assert plan(0, 4) == []
+@pytest.mark.parametrize(("n", "counts"), [(9, [4, 4, 1]), (8, [4, 4]), (7, [4, 3]), (0, [])])
+def test_shards_spool_every_row_once_in_order(tmp_path, n, counts):
+    """The catalog, streamed, is cut into shard files as it is read; each reads back its rows as they were."""
+    pending = spool(iter(rows_of(n)), tmp_path, 4)
+    assert [s.count for s in pending] == counts and [s.index for s in pending] == list(range(len(counts)))
+    assert [row for s in pending for row in s.rows()] == rows_of(n)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"rows-{i:05d}.jsonl" for i in range(len(counts))]
 
 
 def test_the_build_id_follows_the_catalog_the_model_and_the_shard_size(tmp_path):

@@ -444,3 +444,25 @@ def test_write_and_publish_keeps_five_versions_by_default(tmp_path):
     for n in range(7):
         write_and_publish(store, make_index(n + 1))
     assert len(list((tmp_path / "index" / "versions").iterdir())) == 5
+
+
+def test_files_a_build_already_wrote_are_stored_as_they_are_and_not_kept_in_memory(tmp_path):
+    """A build's matrix (a ``RowFile``) and its big files (paths) go to the store unread; only the small files
+    given as bytes stay on the written index."""
+    from indexstore.store import ANN, ERRORS
+    from safeio.rowfile import RowWriter
+
+    index = make_index(5)
+    with RowWriter(tmp_path / "merged.npy", 5, 4) as out:
+        out.append(index.embeddings)
+    graph = tmp_path / "graph.bin"
+    graph.write_bytes(b"graph bytes")
+    index = IndexData(out.close(), index.products, index.manifest)
+    version = write_version(open_store(tmp_path / "index"), index, {ANN: graph, ERRORS: b"line,id\n"})
+    folder = tmp_path / "index" / "versions" / version
+    assert (folder / "embeddings.npy").read_bytes() == (tmp_path / "merged.npy").read_bytes()
+    assert (folder / ANN).read_bytes() == b"graph bytes" and graph.exists()  # copied, the build's own stays
+    assert index.files == {ERRORS: b"line,id\n"}
+    assert index.manifest["count"] == 5 and index.manifest["dim"] == 4
+    loaded = read_version(open_store(tmp_path / "index"), version)
+    np.testing.assert_array_equal(loaded.embeddings, np.load(tmp_path / "merged.npy"))

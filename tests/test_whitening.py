@@ -78,3 +78,13 @@ def test_bytes_round_trip():
     back = Whitening.from_bytes(w.to_bytes())
     assert np.array_equal(back.mean, w.mean) and np.array_equal(back.projection, w.projection)
     assert back.mean.dtype == np.float32 and back.projection.dtype == np.float32
+
+
+@pytest.mark.parametrize("n", [7, 8, 9, 20])  # blocks of 8: one short, exactly one, one over, several
+def test_the_covariance_summed_in_blocks_is_numpy_s(n):
+    from ranking.whitening import _mean_and_covariance
+
+    x = data(n, 6, seed=n)
+    mean, cov = _mean_and_covariance(x, block=8)
+    np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(cov, np.cov(x, rowvar=False), rtol=1e-10, atol=1e-12)
