@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from catalog.fetch import FetchError, ImageSource
+from catalog.previous import PreviousVectors, previous_vectors
 from catalog.products import ProductTable, number_of
 from catalog.reader import RowError, iter_catalog
 from catalog.shards import (
@@ -45,13 +46,10 @@ from indexstore.store import (
     ERRORS,
     WHITENING,
     IndexData,
-    IndexNotFound,
     Store,
-    StoreUnavailable,
     open_store,
     prune,
     publish,
-    read_current,
     write_and_publish,
     write_version,
 )
@@ -130,23 +128,6 @@ def errors_csv(errors: list[RowError]) -> bytes:
     return buf.getvalue().encode()
 
 
-def _previous_vectors(store: Store, backbone: str) -> dict[str, np.ndarray]:
-    """image sha256 → vector from the published version, if it was built by the same backbone."""
-    try:
-        prev = read_current(store)
-    except IndexNotFound:
-        return {}
-    except StoreUnavailable:
-        raise  # an unreachable store would fail the publish too: stop before any work
-    except Exception as exc:  # noqa: BLE001 - an unreadable old version only costs re-embedding
-        log.warning("previous version not reusable: %s", exc)
-        return {}
-    if prev.backbone_id != backbone:
-        log.info("previous version used %s, re-embedding everything with %s", prev.backbone_id, backbone)
-        return {}
-    return {p["image_sha256"]: prev.embeddings[i] for i, p in enumerate(prev.products) if "image_sha256" in p}
-
-
 def _chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -196,7 +177,7 @@ class VectorSources:
     """Where a row's vector can come from before the model is asked: the published version, or the
     vector cache of an interrupted build."""
 
-    previous: dict[str, np.ndarray]
+    previous: PreviousVectors
     finished: VectorCache
 
 
@@ -212,8 +193,8 @@ def _collect_chunk(chunk: list[dict], fetched: list[Future], embedder: BatchEmbe
             out.errors.append(RowError(row["line"], row["id"], row["image_url"], "fetch", str(data)))
             continue
         row["image_sha256"] = digest = hashlib.sha256(data).hexdigest()
-        if digest in known.previous:
-            out.keep(row, known.previous[digest], _colour_here(data))
+        if (reused := known.previous.get(digest)) is not None:
+            out.keep(row, reused, _colour_here(data))
             out.reused += 1
         elif (done := known.finished.get(digest)) is not None:  # embedded by an interrupted build
             colour = known.finished.get_colour(digest)
@@ -434,7 +415,7 @@ class ShardJob:
 
 
 def embed_shard(job: ShardJob, shard: int, rows: list[dict], embedder: BatchEmbedder,
-                previous: dict[str, np.ndarray]) -> dict[str, int]:
+                previous: PreviousVectors) -> dict[str, int]:
     """One shard, start to end, wherever it runs: fetch its images, reuse known vectors, embed the rest, and
     write the shard to the store (its JSON last). Returns its counts."""
     source = ImageSource(Path(job.catalog_root), Path(job.cache_dir), refresh=job.refresh_cache,
@@ -455,7 +436,7 @@ class LocalEngine:
     def backbone_id(self) -> str:
         return self.embedder.backbone_id
 
-    def run(self, job: ShardJob, todo: list[PendingShard], previous: dict[str, np.ndarray],
+    def run(self, job: ShardJob, todo: list[PendingShard], previous: PreviousVectors,
             progress: bool = True) -> None:
         with tqdm(total=sum(shard.count for shard in todo), unit="img", desc="indexing",
                   disable=not progress) as bar:
@@ -472,7 +453,7 @@ class Engine(Protocol):
         """The id of the vectors its embedders make."""
         ...
 
-    def run(self, job: ShardJob, todo: list[PendingShard], previous: dict[str, np.ndarray],
+    def run(self, job: ShardJob, todo: list[PendingShard], previous: PreviousVectors,
             progress: bool = True) -> None: ...
 
 
@@ -529,7 +510,7 @@ def build_index(
         if len(todo) < len(pending):
             log.info("resuming build %s: %d of %d shards already done", job.build, len(pending) - len(todo),
                      len(pending))
-        engine.run(job, todo, _previous_vectors(store, backbone_id), progress)
+        engine.run(job, todo, previous_vectors(store, backbone_id, Path(tmp)), progress)
         rows_read = sum(shard.count for shard in pending)
         merged = merge_shards(shards, len(pending), Path(tmp))
         merged.errors = sorted(merged.errors + errors, key=lambda e: e.line)

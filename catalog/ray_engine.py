@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Hashable
 
-import numpy as np
 from tqdm import tqdm
 
 from catalog.build import ShardJob, embed_shard
+from catalog.previous import PreviousVectors
 from catalog.shards import PendingShard, ShardFailed
 from modelio.protocol import BatchEmbedder
 
@@ -37,7 +37,7 @@ def _worker_embedder(make: Callable[[], BatchEmbedder]) -> BatchEmbedder:
 
 
 def _shard_task(job: ShardJob, shard: int, rows: list[dict], make: Callable[[], BatchEmbedder],
-                previous: dict[str, np.ndarray]) -> dict[str, int]:
+                previous: PreviousVectors) -> dict[str, int]:
     return embed_shard(job, shard, rows, _worker_embedder(make), previous)
 
 
@@ -74,7 +74,7 @@ class RayEngine:
         except ray.exceptions.RayTaskError as exc:  # the worker's own error, e.g. TorchServe not there
             raise exc.as_instanceof_cause() from None
 
-    def run(self, job: ShardJob, todo: list[PendingShard], previous: dict[str, np.ndarray],
+    def run(self, job: ShardJob, todo: list[PendingShard], previous: PreviousVectors,
             progress: bool = True) -> None:
         ray = self._connect()
         try:
@@ -84,10 +84,11 @@ class RayEngine:
                 ray.shutdown()
                 self._started = False
 
-    def _run(self, ray, job: ShardJob, todo: list[PendingShard], previous: dict[str, np.ndarray],
+    def _run(self, ray, job: ShardJob, todo: list[PendingShard], previous: PreviousVectors,
              progress: bool) -> None:
         task = ray.remote(num_cpus=self.cpus_per_task, max_retries=TASK_RETRIES)(_shard_task)
-        shared = ray.put(previous)  # once into the object store, not once per task
+        # once into the object store (read into memory first: the tasks may run on machines without its file)
+        shared = ray.put(previous.in_memory())
         limit = max(1, int(ray.cluster_resources().get("CPU", 1) / self.cpus_per_task) * IN_FLIGHT_PER_CPU)
         sizes: dict = {}
         waiting = list(reversed(todo))

@@ -113,6 +113,15 @@ def test_a_ray_build_on_two_nodes_equals_the_one_process_build(cluster, catalog,
     assert len(nodes) == 2, nodes  # both raylets embedded shards
 
 
+def test_a_ray_rebuild_reuses_the_published_versions_vectors_on_every_node(cluster, catalog, tmp_path):
+    """The previous version's vectors go to Ray's object store once (read from their file first: a task on
+    another machine has no such file) and every shard reuses them."""
+    build(catalog, tmp_path / "ray", HashEmbedder(), tmp_path, vectors="v1")
+    engine = RayEngine(MakeHash(), cluster)
+    again = build(catalog, tmp_path / "ray", HashEmbedder(), tmp_path, engine, vectors="v2")
+    assert (again.indexed, again.reused, again.embedded, again.resumed) == (24, 24, 0, 0)
+
+
 def test_a_worker_killed_mid_shard_still_ends_in_a_complete_version(cluster, catalog, tmp_path):
     marker = tmp_path / "crashed"
     engine = RayEngine(MakeHash(crash_once=str(marker)), cluster)
