@@ -34,15 +34,15 @@ log = logging.getLogger(__name__)
 class PreviousVectors:
     """image sha256 (hex) → the vector the published version stored for it (``get``; None when unknown)."""
 
-    def __init__(self, digests: list[str], matrix: np.ndarray | RowFile) -> None:
-        keys = np.array(digests, dtype="S64") if digests else np.zeros(0, "S64")
-        self._order = np.argsort(keys, kind="stable")
+    def __init__(self, digests: list[str], matrix: np.ndarray | RowFile | None) -> None:
+        keys = np.array(digests, dtype="S64")
+        self._order = np.argsort(keys)  # products sharing an image share its vector: any of them will do
         self._keys = keys[self._order]
         self.matrix = matrix
 
     @classmethod
     def none(cls) -> PreviousVectors:
-        return cls([], np.zeros((0, 0), np.float32))
+        return cls([], None)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -53,13 +53,13 @@ class PreviousVectors:
         if at == len(self._keys) or self._keys[at] != key:
             return None
         row = int(self._order[at])
-        return np.asarray(self.matrix[row:row + 1], dtype=np.float32)[0]
+        return self.matrix[row:row + 1][0]
 
     def in_memory(self) -> PreviousVectors:
         """The same lookup with the matrix read into memory (to send to other machines, e.g. Ray's store)."""
         out = PreviousVectors.__new__(PreviousVectors)
         out._order, out._keys = self._order, self._keys
-        out.matrix = np.asarray(self.matrix[:], dtype=np.float32) if len(self) else np.zeros((0, 0), np.float32)
+        out.matrix = None if self.matrix is None else np.asarray(self.matrix[:], dtype=np.float32)
         return out
 
 
@@ -101,8 +101,5 @@ def _open(store: Store, version: str, manifest: dict, work: Path) -> PreviousVec
     digests = [str(p.get("image_sha256", "")) for p in products]
     if isinstance(products, ProductTable):
         products.release()
-    matrix = RowFile(store.file(f"versions/{version}/{EMBEDDINGS}"))
-    del index
-    if matrix.shape[0] != len(digests):
-        raise ValueError(f"{len(digests)} products for {matrix.shape[0]} vectors")
-    return PreviousVectors(digests, matrix)
+    del index  # open_local checked the matrix's shape against the products
+    return PreviousVectors(digests, RowFile(store.file(f"versions/{version}/{EMBEDDINGS}")))

@@ -38,6 +38,10 @@ def test_each_digest_finds_its_own_row_and_no_other(tmp_path):
     for unknown in (f"{8:064x}", f"{0:064x}", f"{99:064x}", "", "not hex ✓"):  # between, before, after the keys
         assert on_file.get(unknown) is None and on_file.in_memory().get(unknown) is None
     assert len(on_file) == 3 and len(PreviousVectors.none()) == 0 and PreviousVectors.none().get(DIGESTS[0]) is None
+    assert PreviousVectors.none().in_memory().get(DIGESTS[0]) is None
+    assert lookup.in_memory().get(DIGESTS[0]).dtype == np.float32 == on_file.get(DIGESTS[0]).dtype
+    wide = PreviousVectors(DIGESTS, matrix().astype(np.float64)).in_memory()  # sent to Ray as float32
+    assert wide.matrix.dtype == np.float32
 
 
 def test_a_local_version_is_read_in_place(tmp_path):
@@ -60,7 +64,7 @@ def test_no_version_or_another_backbone_gives_nothing_to_reuse(tmp_path, caplog)
     publish(str(tmp_path / "index"), backbone="other")
     with caplog.at_level(logging.INFO, logger="catalog.previous"):
         assert len(previous_vectors(open_store(tmp_path / "index"), "bb", tmp_path / "w")) == 0
-    assert "re-embedding everything with bb" in caplog.text
+    assert "previous version used other, re-embedding everything with bb" in [r.getMessage() for r in caplog.records]
 
 
 @pytest.mark.parametrize("damage", ["embeddings", "products", "pointer"])
@@ -75,7 +79,13 @@ def test_a_damaged_version_costs_only_re_embedding(tmp_path, caplog, damage):
         (tmp_path / "index" / "CURRENT").write_text("{not json")
     with caplog.at_level(logging.WARNING, logger="catalog.previous"):
         assert len(previous_vectors(open_store(tmp_path / "index"), "bb", tmp_path / "w")) == 0
-    assert "not reusable" in caplog.text
+    said = {"embeddings": f"previous version {version} not reusable: version {version}: embeddings.npy checksum "
+                          "mismatch",
+            "products": f"previous version {version} not reusable: version {version}: products.jsonl checksum "
+                        "mismatch",
+            "pointer": "previous version not reusable: "}[damage]
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith(said) and (damage != "pointer" or "CURRENT is unreadable" in message)
 
 
 def test_an_unreachable_store_stops_the_build(tmp_path):

@@ -86,3 +86,44 @@ def test_a_file_that_is_not_a_whole_float32_matrix_is_refused(tmp_path, bad):
         RowFile(path)
     np.save(path, x)  # the same file, whole, is read
     assert RowFile(path).shape == (4, 5)
+
+
+def test_rows_come_back_float32_whatever_was_given(tmp_path):
+    x = matrix(9).astype(np.float64)
+    writer = RowWriter(tmp_path / "m.npy", 9, 5)
+    writer.append(x)  # float64 in: float32 on disk, the same values
+    rows = writer.close()
+    assert isinstance(rows, RowFile) and rows.path == tmp_path / "m.npy" and rows.dtype == np.float32
+    np.testing.assert_array_equal(np.load(tmp_path / "m.npy"), x.astype(np.float32))
+    assert {block.dtype for _, block in blocks(x, 4)} == {np.dtype(np.float32)}
+    assert take(x, [1, 2]).dtype == np.float32 and take(rows, np.array([1, 2])).dtype == np.float32
+
+
+def test_an_empty_slice_reads_no_rows(tmp_path):
+    rows = written(tmp_path / "m.npy", matrix(6))
+    assert rows[3:3].shape == (0, 5) and rows[5:2].shape == (0, 5) and rows[6:9].shape == (0, 5)
+
+
+def test_a_writer_left_by_an_error_closes_its_file(tmp_path):
+    with pytest.raises(RuntimeError), RowWriter(tmp_path / "m.npy", 4, 5) as writer:
+        raise RuntimeError("the build died")
+    assert writer._fh.closed
+
+
+def test_each_refusal_says_what_is_wrong(tmp_path):
+    path = tmp_path / "m.npy"
+    np.save(path, matrix(4).reshape(2, 2, 5))
+    with pytest.raises(RowFileError, match=r"^m\.npy: a 3-d float32 array, not a float32 matrix$"):
+        RowFile(path)
+    np.save(path, matrix(4))
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(RowFileError, match=r"^m\.npy: 207 bytes, not 4 × 5 float32$"):
+        RowFile(path)
+    path.write_bytes(b"\x93NUMPY\x09\x00junk")
+    with pytest.raises(RowFileError, match=r"^m\.npy: not a \.npy file \(an unknown \.npy version\)$"):
+        RowFile(path)
+    rows = written(path, matrix(20))
+    with pytest.raises(IndexError, match="^a RowFile reads contiguous rows only$"):
+        rows[::2]
+    with pytest.raises(IndexError, match=r"^rows out of range 0\.\.19$"):
+        take(rows, np.array([3, 20]))
