@@ -14,7 +14,7 @@ help:
 	@echo "make test-blas - the fast tests again under a second OpenBLAS kernel (BLAS_CORETYPE, default Haswell)"
 	@echo "make lint   - ruff"
 	@echo "make bench  - speed figures as ratios within one run (build/bench.json), checked against targets"
-	@echo "make bench-search - ANN / exact / Milvus Lite at 1M vectors, gateway memory (build/bench_search.json)"
+	@echo "make bench-search - ANN / exact / Milvus Lite at 1M vectors, gateway memory, build peak memory at 1M (build/bench_search.json)"
 	@echo "make infra-check - lint and validate every deployment file in infra/, then make infra-run"
 	@echo "make infra-run   - run each image's start command as its platform does (part of infra-check)"
 	@echo "make lock        - regenerate the gateway image's hashed lock (infra/docker/requirements-gateway.lock)"

@@ -7,7 +7,9 @@ after whitening), and on the real Myntra vectors when the dataset is there:
   search, exact NumPy p50 beside it, the graph's build time (reused from an earlier run when it exists);
 - the gateway's memory: PSS of all gunicorn processes (shared pages counted once) serving the n vectors from
   a published index version, divided by the raw float32 vector bytes;
-- Milvus Lite at a size it handles (``--milvus-n``): fill time, p50, recall@10.
+- Milvus Lite at a size it handles (``--milvus-n``): fill time, p50, recall@10;
+- the whole build's peak memory at ``--build-n`` products (scripts/bench_build_memory.py):
+  ``build_peak_rss_ratio``, peak RSS ÷ the bytes of the stored search vectors.
 Synthetic queries are fresh points of the same distribution, never rows of the index.
 """
 
@@ -33,6 +35,7 @@ from devtools.process import REPO, wait_for_http  # noqa: E402
 from indexstore.ann import AnnSettings, build_ann, open_ann  # noqa: E402
 from indexstore.store import ANN, IndexData, IndexNotFound, open_store, read_current, write_and_publish  # noqa: E402
 from scripts.bench import free_port, p50_ms, write_report  # noqa: E402
+from scripts.bench_build_memory import measure as measure_build_memory  # noqa: E402
 from search import ExactSearch  # noqa: E402
 from search.ann import AnnSearch  # noqa: E402
 
@@ -217,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--milvus-n", type=int, default=100_000)
+    parser.add_argument("--build-n", type=int, default=1_000_000,
+                        help="products of the build whose peak memory is measured (scripts/bench_build_memory.py)")
     parser.add_argument("--work", type=Path, default=REPO / "build" / "bench-search", help="reused between runs")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "bench_search.json")
     args = parser.parse_args(argv)
@@ -251,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         report.update({f"myntra_{key}": value for key, value in got.items()})
         report["myntra_n"] = len(gallery)
         report.update({f"myntra_{key}": value for key, value in neighbour_profile(real).items()})
+    print(json.dumps(report), flush=True)
+    report.update(measure_build_memory(args.work, args.build_n))
     write_report(args.out, report)
     return 0
 

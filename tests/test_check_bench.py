@@ -9,7 +9,7 @@ import pytest
 from scripts.check_bench import SEARCH_TARGETS, TARGETS, main, problems
 
 SEARCH_OK = {"n": 1_000_000, "p50_ms": 5.0, "recall_at_10": 0.95, "gateway_rss_ratio": 1.5, "exact_p50_ms": 90.0,
-             "ann_build_s": 200.0, "milvus_lite_p50_ms": 20.0}
+             "ann_build_s": 200.0, "milvus_lite_p50_ms": 20.0, "build_n": 1_000_000, "build_peak_rss_ratio": 1.5}
 
 
 def test_search_figures_at_their_limits_pass():
@@ -17,7 +17,8 @@ def test_search_figures_at_their_limits_pass():
 
 
 @pytest.mark.parametrize(("key", "past"), [("n", 999_999), ("p50_ms", 5.001), ("recall_at_10", 0.9499),
-                                           ("gateway_rss_ratio", 1.501)])
+                                           ("gateway_rss_ratio", 1.501), ("build_n", 999_999),
+                                           ("build_peak_rss_ratio", 1.501)])
 def test_one_past_a_search_limit_fails(key, past):
     assert [line.split(":")[0] for line in problems({**SEARCH_OK, key: past}, SEARCH_TARGETS)] == [key]
 
