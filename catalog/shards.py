@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -116,6 +117,16 @@ def spool(rows: Iterable[dict], folder: Path, shard_rows: int) -> list[PendingSh
     if batch:
         flush()
     return shards
+
+
+#: A build's folder name (``build_id``): 24 hex digits, so a name read from a listing never becomes another path.
+BUILD_NAME = re.compile(r"^[0-9a-f]{24}$")
+
+
+def list_builds(store: Store) -> list[str]:
+    """The builds that have shards in ``store``: running, killed (a re-run resumes them), or abandoned (their
+    catalog, backbone or shard size changed, so no re-run will; ``manage_index.py URI builds --delete``)."""
+    return [name for name in store.list_folders("builds") if BUILD_NAME.match(name)]
 
 
 class ShardStore:

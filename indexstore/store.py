@@ -135,10 +135,13 @@ class LocalStore:
         """The local path of ``key`` (checked like every other key)."""
         return self._path(key)
 
+    def list_folders(self, prefix: str) -> list[str]:
+        """The names of the folders right under ``prefix`` (e.g. ``versions``), sorted."""
+        folder = self._path(prefix)
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
     def list_versions(self) -> list[str]:
-        folder = self.root / "versions"
-        names = (p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else ()
-        return sorted(n for n in names if VERSION_NAME.match(n))
+        return [n for n in self.list_folders("versions") if VERSION_NAME.match(n)]
 
     def delete_version(self, version: str) -> None:
         self.delete_tree(f"versions/{checked_version(version, 'delete')}")
@@ -231,17 +234,20 @@ class S3Store:
         """A stream of ``key``'s body; a broken read raises ``StoreUnavailable``."""
         return _S3Body(self._call(self.client.get_object, Key=self._key(key))["Body"], f"{self.uri}/{key}")
 
-    def list_versions(self) -> list[str]:
-        base = self._key("versions/")
+    def list_folders(self, prefix: str) -> list[str]:
+        """The names of the "folders" right under ``prefix`` (common key prefixes, every listing page), sorted."""
+        base = self._key(prefix.strip("/") + "/")
         found: set[str] = set()
         token: dict = {}
         while True:
             page = self._call(self.client.list_objects_v2, Prefix=base, Delimiter="/", **token)
-            found.update(name for p in page.get("CommonPrefixes", [])
-                         if VERSION_NAME.match(name := p["Prefix"][len(base):].strip("/")))
+            found.update(p["Prefix"][len(base):].strip("/") for p in page.get("CommonPrefixes", []))
             if not page.get("IsTruncated"):
                 return sorted(found)
             token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    def list_versions(self) -> list[str]:
+        return [n for n in self.list_folders("versions") if VERSION_NAME.match(n)]
 
     def delete_version(self, version: str) -> None:
         self.delete_tree(f"versions/{checked_version(version, 'delete')}")

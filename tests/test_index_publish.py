@@ -409,7 +409,9 @@ def test_a_builds_shards_round_trip_through_s3_and_go_with_it(s3):
     assert shards.finished(2) is None
     other = ShardStore(store, "b2")
     other.save(0, shard())
+    assert store.list_folders("builds") == ["b1", "b2"]  # common prefixes, as manage_index.py's builds lists
     shards.clear()
+    assert store.list_folders("builds") == ["b2"] and store.list_folders("nothing-here") == []
     listed = boto3.client("s3").list_objects_v2(Bucket="shop", Prefix="indexes/demo/builds/")
     assert sorted(o["Key"] for o in listed.get("Contents", [])) == [
         "indexes/demo/builds/b2/shard-00000.json", "indexes/demo/builds/b2/shard-00000.npz"]  # another build's stay

@@ -13,7 +13,7 @@ import pytest
 from catalog.build import build_index
 from catalog.reader import RowError
 from catalog.shards import MAX_SHARD_ROWS, ShardError, ShardResult, ShardStore, build_id, spool
-from indexstore.store import LocalStore, read_current
+from indexstore.store import LocalStore, open_store, read_current
 from tests.conftest import DEMO_DIR
 from tests.embedders import HashEmbedder
 
@@ -280,3 +280,28 @@ def test_the_build_id_is_24_hex_digits_of_the_whole_catalog(tmp_path):
     assert len(first) == 24 and int(first, 16) >= 0
     csv.write_bytes(b"x" * (9 << 20) + b"y")  # a change past the first read
     assert build_id(csv, "a", 4) != first
+
+
+def test_abandoned_builds_are_listed_and_deleted_by_name_only(tmp_path, capsys):
+    """``manage_index.py URI builds``: the builds with shards (a folder that is not a build's name is not one),
+    ``--delete`` removes the named build's shards and nothing else, an unknown name is refused in words."""
+    from catalog.shards import list_builds
+    from scripts.manage_index import main
+
+    store = open_store(tmp_path / "index")
+    first, second = "a" * 24, "0123456789abcdef01234567"
+    ShardStore(store, first).save(0, shard())
+    ShardStore(store, second).save(3, shard())
+    (tmp_path / "index" / "builds" / "not-a-build").mkdir()
+    assert list_builds(store) == [second, first]
+    assert main([str(tmp_path / "index"), "builds"]) == 0
+    assert capsys.readouterr().out.split() == [second, first]
+    assert main([str(tmp_path / "index"), "builds", "--delete", "../versions"]) == 2
+    assert "no build '../versions'" in capsys.readouterr().err and list_builds(store) == [second, first]
+    assert main([str(tmp_path / "index"), "builds", "--delete", first]) == 0
+    assert capsys.readouterr().out == f"deleted build {first}\n"
+    assert list_builds(store) == [second] and ShardStore(store, second).finished(3) == (3, 4)
+    assert main([str(tmp_path / "index"), "builds", "--delete", second]) == 0
+    capsys.readouterr()
+    assert main([str(tmp_path / "index"), "builds"]) == 0
+    assert capsys.readouterr().out.startswith("no build has shards in ")
