@@ -91,12 +91,14 @@ def previous_vectors(store: Store, backbone: str, work: Path) -> PreviousVectors
 
 def _open(store: Store, version: str, manifest: dict, work: Path) -> PreviousVectors:
     """The lookup over ``version``: read in place from a local store, else from a verified copy in ``work``."""
-    if not isinstance(store, LocalStore):
+    unneeded = frozenset(manifest["files"]) - {EMBEDDINGS, PRODUCTS}
+    copied = not isinstance(store, LocalStore)
+    if copied:
         local = LocalStore(work / "previous")
-        sync_version(store, version, local, skip=frozenset(manifest["files"]) - {EMBEDDINGS, PRODUCTS},
-                     manifest=manifest)
+        sync_version(store, version, local, skip=unneeded, manifest=manifest)
         store = local
-    index = open_local(store, version, skip=frozenset(manifest["files"]) - {EMBEDDINGS, PRODUCTS})
+    # a copy was checksummed as it came (not twice); a version read in place is checked here
+    index = open_local(store, version, verify=not copied, skip=unneeded)
     products = index.products
     digests = [str(p.get("image_sha256", "")) for p in products]
     if isinstance(products, ProductTable):
