@@ -99,6 +99,11 @@ def read_catalog(path: Path) -> tuple[list[dict], list[RowError]]:
     return rows, errors
 
 
+def _unreadable(path: Path, exc: Exception) -> CatalogError:
+    """The refusal of a file pandas cannot parse, wherever in the file it finds out."""
+    return CatalogError(f"{path}: not a readable CSV ({str(exc).strip()})")
+
+
 def _frames(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     """The CSV in chunks of records, every column as text; ``CatalogError`` for a file that is not a readable
     CSV (raised where pandas finds it)."""
@@ -109,7 +114,7 @@ def _frames(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     except FileNotFoundError:
         raise CatalogError(f"catalog not found: {path}") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
-        raise CatalogError(f"{path}: not a readable CSV ({str(exc).strip()})") from None
+        raise _unreadable(path, exc) from None
     with reader:
         while True:
             try:
@@ -119,7 +124,7 @@ def _frames(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
                     warnings.simplefilter("ignore", pd.errors.ParserWarning)
                     frame = next(reader, None)
             except (pd.errors.ParserError, ValueError) as exc:
-                raise CatalogError(f"{path}: not a readable CSV ({str(exc).strip()})") from None
+                raise _unreadable(path, exc) from None
             if frame is None:
                 return
             yield frame

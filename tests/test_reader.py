@@ -185,3 +185,12 @@ def test_a_catalog_read_in_chunks_is_the_catalog_read_whole(tmp_path, chunk_rows
     assert list(iter_catalog(path, streamed, chunk_rows=chunk_rows)) == rows
     assert sorted(streamed, key=lambda e: e.line) == sorted(errors, key=lambda e: e.line)
     assert [r["line"] for r in rows] == [2, 3, 6] and {e.line for e in errors} == {4, 5, 8}
+
+
+def test_a_file_pandas_cannot_parse_past_the_first_chunk_is_refused_in_the_same_words(tmp_path):
+    """Streamed, a quote left open near the end is found only when its chunk is read: the same refusal."""
+    from catalog.reader import iter_catalog
+
+    path = catalog(tmp_path, b'1,a,c,,a.jpg\n2,b,c,,b.jpg\n3,"never closed,c,,c.jpg\n')
+    with pytest.raises(CatalogError, match=r"not a readable CSV \("):
+        list(iter_catalog(path, [], chunk_rows=1))
