@@ -3,7 +3,7 @@
 ``TorchServeClient`` speaks TorchServe's ``/predictions`` API (sending its inference token when one is
 configured); ``SageMakerClient`` calls a SageMaker endpoint that runs the same archive and gets the same
 JSON. ``make_client`` picks one from ``TORCHSERVE_URL`` (``sagemaker://ENDPOINT`` for the latter).
-No torch here: the gateway only needs requests, numpy and (for SageMaker) boto3. Concurrent calls let
+No torch here: the gateway only needs urllib3, numpy and (for SageMaker) boto3. Concurrent calls let
 TorchServe fuse requests into batches (``batchSize`` in ``infra/torchserve/config.properties``).
 """
 
@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import requests
+import urllib3
+from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError
 
 from modelio.imaging import ImageError
 from modelio.protocol import COMPACT, MAX_IMAGES, EmbedResult, decode_answers, decode_vector
@@ -102,7 +103,13 @@ class TorchServeClient(BatchingClient):
         self._token = token
         if not token and self.key_file is not None and self.key_file.is_file():
             self._token = self._read_key_file()  # else read on the first 401: TorchServe may start later
-        self._local = threading.local()
+        # urllib3 itself rather than requests: half the time per call (0.38 vs 0.75 ms a ping here), paid on
+        # every query; it never reads proxy variables, so a shopper's photo never goes through an environment
+        # proxy; and no retries, so a POST is never sent twice.
+        parts = urllib3.util.parse_url(self.url)
+        self._path = f"{(parts.path or '').rstrip('/')}/predictions/{model}"
+        self._pool = urllib3.connection_from_url(self.url, maxsize=max(1, concurrency), block=False, retries=False,
+                                                 timeout=urllib3.Timeout(connect=3.0, read=timeout))
 
     def _read_key_file(self) -> str:
         if self.key_file is None:
@@ -112,22 +119,17 @@ class TorchServeClient(BatchingClient):
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelServerError(f"cannot read the TorchServe key file {self.key_file}: {exc}") from None
 
-    def _session(self) -> requests.Session:
-        if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
-            self._local.session.trust_env = False  # never send the image through an environment proxy
-        return self._local.session
-
-    def _post(self, body: bytes, content_type: str = "application/octet-stream") -> requests.Response:
+    def _post(self, body: bytes, content_type: str = "application/octet-stream") -> urllib3.BaseHTTPResponse:
         headers = {"Content-Type": content_type, "Accept": COMPACT}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         try:
-            return self._session().post(f"{self.url}/predictions/{self.model}", data=body, headers=headers,
-                                        timeout=(3.0, self.timeout))
-        except requests.Timeout:
+            return self._pool.urlopen("POST", self._path, body=body, headers=headers)
+        except NewConnectionError as exc:  # a ConnectTimeoutError to urllib3, but nothing listens: not slow
+            raise ModelServerError(f"embedding service unreachable at {self.url}: {type(exc).__name__}") from None
+        except TimeoutError:
             raise ModelServerError(f"embedding service timed out after {self.timeout:g}s") from None
-        except requests.RequestException as exc:
+        except HTTPError as exc:
             raise ModelServerError(f"embedding service unreachable at {self.url}: {type(exc).__name__}") from None
 
     def _answer(self, body: bytes, content_type: str = "application/octet-stream") -> tuple[int, object, str]:
@@ -140,9 +142,9 @@ class TorchServeClient(BatchingClient):
             raise ModelServerError("embedding service refused the token: set TORCHSERVE_TOKEN or "
                                    "TORCHSERVE_KEY_FILE to TorchServe's inference key")
         try:
-            return resp.status_code, resp.json(), resp.reason
+            return resp.status, json.loads(resp.data), resp.reason or ""
         except ValueError:
-            return resp.status_code, {}, resp.reason
+            return resp.status, {}, resp.reason or ""
 
     def embed(self, blob: bytes) -> tuple[np.ndarray, str]:
         """Vector and backbone id for one image. ``ImageError`` if TorchServe refused the image."""
@@ -210,11 +212,11 @@ def image_groups(sizes: list[int], most: int, most_bytes: int) -> list[list[int]
     return groups
 
 
-def _token_refused(resp: requests.Response) -> bool:
+def _token_refused(resp: urllib3.BaseHTTPResponse) -> bool:
     """TorchServe 0.12 answers a missing or wrong token with 400 InvalidKeyException (401 elsewhere)."""
-    if resp.status_code == 401:
+    if resp.status == 401:
         return True
-    return resp.status_code == 400 and b"InvalidKeyException" in resp.content[:400]
+    return resp.status == 400 and b"InvalidKeyException" in resp.data[:400]
 
 
 class SageMakerClient(BatchingClient):

@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -24,7 +25,11 @@ class _Fake(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.paths.append(self.path)  # type: ignore[attr-defined]
         status, answer = self.server.answer(body)  # type: ignore[attr-defined]
+        if answer is None:  # hang up without a word
+            self.close_connection = True
+            return
         data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
         self.send_response(status)
         self.send_header("Content-Length", str(len(data)))
@@ -36,6 +41,7 @@ class _Fake(BaseHTTPRequestHandler):
 def fake():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Fake)
     server.answer = lambda body: (200, {"embedding": [0.6, 0.8], "dim": 2, "model": "m-1"})
+    server.paths = []
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server
     server.shutdown()
@@ -133,8 +139,46 @@ def test_server_trouble_is_a_model_server_error(fake, status, answer, message):
 
 
 def test_unreachable_server():
-    with pytest.raises(ModelServerError, match="unreachable"):
-        TorchServeClient("http://127.0.0.1:9").embed(b"img")
+    """Nothing listening is "unreachable" at once, not a timeout (urllib3 files a refused connection under its
+    connect timeouts)."""
+    started = time.monotonic()
+    with pytest.raises(ModelServerError, match=r"unreachable at http://127.0.0.1:9: NewConnectionError"):
+        TorchServeClient("http://127.0.0.1:9", timeout=5).embed(b"img")
+    assert time.monotonic() - started < 2
+
+
+def test_a_slow_server_times_out_at_the_clients_timeout_and_the_next_call_works(fake):
+    """A server slower than ``timeout`` is a timeout naming it (the gateway's 503, in test_faults through the
+    page); the pool is not left broken by it: the next call, answered in time, gets its vector."""
+    slow = threading.Event()
+
+    def answer(body: bytes) -> tuple[int, dict]:
+        slow.wait(2)  # the first call gives up after 0.3 s; the test then lets this one finish
+        return 200, {"embedding": [1.0], "dim": 1, "model": "m"}
+
+    fake.answer = answer
+    client = client_for(fake, timeout=0.3)
+    with pytest.raises(ModelServerError, match=r"timed out after 0.3s"):
+        client.embed(b"img")
+    slow.set()
+    vector, model = client.embed(b"img")
+    assert vector.tolist() == [1.0] and model == "m"
+
+
+def test_a_dropped_connection_is_a_model_server_error_and_a_post_is_never_sent_twice(fake):
+    fake.answer = lambda body: (0, None)
+    with pytest.raises(ModelServerError, match=r"unreachable at http://127.0.0.1:\d+: ProtocolError"):
+        client_for(fake).embed(b"img")
+    assert len(fake.paths) == 1  # no retry of a POST: an image is embedded once per call
+
+
+def test_the_url_may_carry_a_path_prefix(fake):
+    """TorchServe behind a path (a proxy's ``/ts/``): the predictions path goes under it."""
+    url = f"http://127.0.0.1:{fake.server_address[1]}/ts/"
+    assert TorchServeClient(url, model="shoes").embed(b"img")[1] == "m-1"
+    assert TorchServeClient(url.rstrip("/")).embed(b"img")[1] == "m-1"
+    assert client_for(fake).embed(b"img")[1] == "m-1"
+    assert fake.paths == ["/ts/predictions/shoes", "/ts/predictions/embedding", "/predictions/embedding"]
 
 
 def test_compact_answer_is_asked_for_and_decoded(fake):
