@@ -273,6 +273,8 @@ def test_hsv_equals_the_standard_conversion():
     assert np.allclose(sat, expected[:, 1], atol=1e-6) and np.allclose(val, expected[:, 2], atol=1e-6)
     circular = np.minimum(np.abs(hue - expected[:, 0]), 1 - np.abs(hue - expected[:, 0]))
     assert circular.max() < 1e-5
+    grey = expected[:, 1] == 0
+    assert grey.sum() == 3 and (hue[grey] == 0.0).all()  # black, white, mid grey: hue 0 as colorsys has it
 
 
 def _histogram_as_first_written(img: Image.Image) -> np.ndarray:
@@ -308,7 +310,9 @@ def test_the_descriptor_is_the_one_indexes_were_built_with():
         noise = Image.fromarray(rng.integers(0, 256, (96, 80, 3), dtype=np.uint8))
         scenes += [noise, noise.convert("L"), noise.convert("RGBA"), noise.convert("P"), noise.rotate(20, expand=True)]
     for img in scenes:
-        assert np.allclose(histogram_of(img), _histogram_as_first_written(img), rtol=0, atol=1e-7), img.mode
+        hist = histogram_of(img)
+        assert hist.dtype == np.float32 and hist.shape == (HIST_SIZE,)
+        assert np.allclose(hist, _histogram_as_first_written(img), rtol=0, atol=1e-7), img.mode
 
 
 def test_a_half_colour_half_grey_product_splits_its_histogram_evenly():
