@@ -107,7 +107,7 @@ class TorchServeClient(BatchingClient):
         # every query; it never reads proxy variables, so a shopper's photo never goes through an environment
         # proxy; and no retries, so a POST is never sent twice.
         parts = urllib3.util.parse_url(self.url)
-        self._path = f"{(parts.path or '').rstrip('/')}/predictions/{model}"
+        self._path = f"{parts.path or ''}/predictions/{model}"  # self.url has no trailing slash
         self._pool = urllib3.connection_from_url(self.url, maxsize=max(1, concurrency), block=False, retries=False,
                                                  timeout=urllib3.Timeout(connect=3.0, read=timeout))
 
@@ -119,7 +119,7 @@ class TorchServeClient(BatchingClient):
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelServerError(f"cannot read the TorchServe key file {self.key_file}: {exc}") from None
 
-    def _post(self, body: bytes, content_type: str = "application/octet-stream") -> urllib3.BaseHTTPResponse:
+    def _post(self, body: bytes, content_type: str) -> urllib3.BaseHTTPResponse:
         headers = {"Content-Type": content_type, "Accept": COMPACT}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
@@ -278,7 +278,8 @@ def boto_config(timeout: float, attempts: int):
     from botocore.config import Config as BotoConfig
 
     mode = "adaptive" if attempts > 2 else "standard"
-    return BotoConfig(connect_timeout=3, read_timeout=timeout, retries={"max_attempts": attempts, "mode": mode})
+    # total_max_attempts counts the first try; botocore's max_attempts counts only the retries after it (2 → 3 tries)
+    return BotoConfig(connect_timeout=3, read_timeout=timeout, retries={"total_max_attempts": attempts, "mode": mode})
 
 
 #: Attempts per image for a build against SageMaker (adaptive backoff on throttling between them).
