@@ -53,6 +53,22 @@ def client_for(server, **kw) -> TorchServeClient:
     return TorchServeClient(f"http://127.0.0.1:{server.server_address[1]}", **kw)
 
 
+class InFlight:
+    """Counts the calls in progress (each held ``seconds``) and the most there were at once."""
+
+    def __init__(self, seconds: float = 0.02) -> None:
+        self.seconds, self.now, self.most = seconds, 0, 0
+        self._lock = threading.Lock()
+
+    def hold(self) -> None:
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        time.sleep(self.seconds)
+        with self._lock:
+            self.now -= 1
+
+
 def test_vector_and_backbone_id(fake):
     client = client_for(fake)
     vector, backbone_id = client.embed(b"img")
@@ -280,24 +296,16 @@ def test_a_build_backs_off_on_throttling_and_a_query_fails_fast(monkeypatch):
 def test_a_sagemaker_client_never_has_more_requests_in_flight_than_its_concurrency(monkeypatch):
     """The build embeds from 3 threads with 8 requests each: 24 in flight would pass a serverless endpoint's
     MaxConcurrency of 20. The client's own gate holds the total at ``concurrency`` (8), across threads."""
-    import threading
-    import time
     from concurrent.futures import ThreadPoolExecutor
 
     from modelserver.client import SageMakerClient
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    state = {"now": 0, "most": 0}
-    lock = threading.Lock()
+    state = InFlight()
 
     class Runtime:
         def invoke_endpoint(self, **kwargs):
-            with lock:
-                state["now"] += 1
-                state["most"] = max(state["most"], state["now"])
-            time.sleep(0.02)
-            with lock:
-                state["now"] -= 1
+            state.hold()
             body = json.dumps({"model": "m", "dim": 2, "embedding": [1.0, 0.0]}).encode()
             return {"Body": io.BytesIO(body)}
 
@@ -305,16 +313,16 @@ def test_a_sagemaker_client_never_has_more_requests_in_flight_than_its_concurren
     client.concurrency = 8
     with ThreadPoolExecutor(3) as threads:
         list(threads.map(lambda _: client.embed_bytes([b"x"] * 24), range(3)))
-    assert state["most"] == 8  # reached, never passed
+    assert state.most == 8  # reached, never passed
     client.concurrency = 2  # the build sets it after construction: the gate follows
-    state["most"] = 0
+    state.most = 0
     client.embed_bytes([b"x"] * 10)
-    assert state["most"] == 2
+    assert state.most == 2
     client.concurrency = 1  # one at a time (and never none: 0 still lets one through)
-    state["most"] = 0
+    state.most = 0
     with ThreadPoolExecutor(3) as threads:
         list(threads.map(lambda _: client.embed_bytes([b"x"] * 4), range(3)))
-    assert state["most"] == 1
+    assert state.most == 1
     client.concurrency = 0
     assert client.embed_bytes([b"x"])[0].vector.tolist() == [1.0, 0.0]
 
@@ -433,18 +441,11 @@ def test_a_one_image_at_a_time_client_keeps_order_errors_and_its_concurrency(con
     alone, and never more than ``concurrency`` calls at once."""
     from modelserver.client import BatchingClient
 
-    lock, state = threading.Lock(), {"now": 0, "most": 0}
+    state = InFlight()
 
     class Counting(BatchingClient):
-        pass
-
         def embed(self, blob: bytes):
-            with lock:
-                state["now"] += 1
-                state["most"] = max(state["most"], state["now"])
-            time.sleep(0.02)
-            with lock:
-                state["now"] -= 1
+            state.hold()
             if blob == b"bad":
                 raise ImageError("not a supported image")
             return np.array([float(blob[0])], np.float32), "m"
@@ -456,7 +457,7 @@ def test_a_one_image_at_a_time_client_keeps_order_errors_and_its_concurrency(con
     results = counting.embed_bytes(blobs)
     assert [r.error for r in results] == [None] * 4 + ["not a supported image"] + [None] * 4
     assert [None if r.vector is None else float(r.vector[0]) for r in results] == [1, 2, 3, 4, None, 6, 7, 8, 9]
-    assert state["most"] == concurrency
+    assert state.most == concurrency
     assert BatchingClient().embed_bytes([]) == []
     with pytest.raises(NotImplementedError):
         BatchingClient().embed(b"x")
@@ -570,22 +571,17 @@ def test_a_lone_image_travels_alone_unless_its_colour_is_wanted(fake):
 
 @pytest.mark.parametrize("concurrency", [1, 2])
 def test_groups_in_flight_never_exceed_the_clients_concurrency(fake, concurrency):
-    lock, state = threading.Lock(), {"now": 0, "most": 0}
+    state = InFlight(0.05)
 
     def answer(body: bytes):
-        with lock:
-            state["now"] += 1
-            state["most"] = max(state["most"], state["now"])
-        time.sleep(0.05)
-        with lock:
-            state["now"] -= 1
+        state.hold()
         return _colour_group(body)
 
     fake.answer = answer
     client = client_for(fake, concurrency=concurrency)
     results = client.embed_bytes([bytes([i]) * (i + 1) for i in range(40)])  # 5 groups of 8
     assert [r.vector[0] for r in results] == [float(i + 1) for i in range(40)]
-    assert state["most"] == concurrency
+    assert state.most == concurrency
 
 
 def test_a_refused_token_is_sent_again_with_the_same_body_and_an_accepted_one_once(fake, tmp_path):
