@@ -18,7 +18,8 @@ from typing import Protocol
 
 import numpy as np
 import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError
+from urllib3.exceptions import HTTPError, NewConnectionError
+from urllib3.exceptions import TimeoutError as HTTPTimeout  # not the builtin TimeoutError
 
 from modelio.imaging import ImageError
 from modelio.protocol import COMPACT, MAX_IMAGES, EmbedResult, decode_answers, decode_vector
@@ -127,7 +128,7 @@ class TorchServeClient(BatchingClient):
             return self._pool.urlopen("POST", self._path, body=body, headers=headers)
         except NewConnectionError as exc:  # a ConnectTimeoutError to urllib3, but nothing listens: not slow
             raise ModelServerError(f"embedding service unreachable at {self.url}: {type(exc).__name__}") from None
-        except TimeoutError:
+        except HTTPTimeout:
             raise ModelServerError(f"embedding service timed out after {self.timeout:g}s") from None
         except HTTPError as exc:
             raise ModelServerError(f"embedding service unreachable at {self.url}: {type(exc).__name__}") from None
