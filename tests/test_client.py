@@ -474,10 +474,11 @@ class _Runtime:
         return self.answer()
 
 
-def _client_error(code: str, message: str = "", status: int | None = None, original: str | None = None):
+def _client_error(code: str | None, message: str = "", status: int | None = None, original: str | None = None):
+    """botocore's error for an InvokeEndpoint answer; ``code`` None: an answer with no ``Error`` at all."""
     from botocore.exceptions import ClientError
 
-    response: dict = {"Error": {"Code": code, "Message": message}}
+    response: dict = {} if code is None else {"Error": {"Code": code, "Message": message}}
     if status is not None:
         response["OriginalStatusCode"] = status
     if original is not None:
@@ -510,8 +511,7 @@ def test_a_sagemaker_endpoint_is_asked_as_torchserve_is_and_its_answer_decoded()
     (_client_error("ValidationError"), ModelServerError, "^embedding endpoint ep answered ValidationError$"),
     (_client_error("LimitX"), ModelServerError, "^embedding endpoint ep answered LimitX$"),  # only ": " trimmed
     (_client_error("ModelError", "", 400), ModelServerError, "^embedding endpoint ep answered ModelError$"),
-    (__import__("botocore.exceptions").exceptions.ClientError({}, "InvokeEndpoint"), ModelServerError,
-     "^embedding endpoint ep answered an error$"),  # no Error at all in the answer
+    (_client_error(None), ModelServerError, "^embedding endpoint ep answered an error$"),  # no Error at all
 ])
 def test_a_sagemaker_refusal_is_an_image_error_only_when_the_container_refused_the_image(failure, error, message):
     from modelserver.client import SageMakerClient
