@@ -15,6 +15,7 @@ from handlers import backbones
 from handlers.backbones import WeightsUnavailable, resolve_weights
 from handlers.embedder import Embedder
 from tests.conftest import demo_image, free_port
+from tests.pickled import Payload
 
 
 @pytest.fixture
@@ -240,20 +241,6 @@ def test_auto_says_why_it_fell_back(empty_hub, caplog):
            f"copy that file to {empty_hub}; or allow the official download (--download, needs internet). "
            "Last attempt: downloading was not allowed (pass --download to try it).")
     assert [r.getMessage() for r in caplog.records] == [f"backbone auto -> efficientnet_lite0, because: {why}"]
-
-
-class Payload:
-    """Code hidden in a checkpoint: counts how often unpickling ran it."""
-
-    ran = 0
-
-    def __reduce__(self):
-        return (_run_payload, ())
-
-
-def _run_payload() -> dict:
-    Payload.ran += 1
-    return {}
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):

@@ -29,6 +29,7 @@ from indexstore.store import (
 from ranking.appearance import DESCRIPTOR, HIST_SIZE, Appearance
 from ranking.whitening import fit_whitening
 from search import BackendSettings
+from tests.pickled import Payload
 
 
 def test_a_restart_with_the_store_gone_serves_the_local_copy_and_recovers(tmp_path, caplog):
@@ -235,8 +236,8 @@ def test_pickled_appearance_vectors_are_never_unpickled(tmp_path, in_memory):
     """A .npy of Python objects would run code from the store when loaded: refused, and never loaded."""
     space, _ = _projected()
     evil = np.empty(3, dtype=object)
-    evil[:] = [Sentinel(), Sentinel(), Sentinel()]
-    Sentinel.loaded = 0
+    evil[:] = [Payload(), Payload(), Payload()]
+    Payload.ran = 0
     if in_memory:
         buf = io.BytesIO()
         np.save(buf, evil, allow_pickle=True)
@@ -249,21 +250,7 @@ def test_pickled_appearance_vectors_are_never_unpickled(tmp_path, in_memory):
         manager = IndexManager(str(tmp_path / "index"), tmp_path / "copy", 0)
         manager.load()
         assert manager.current is None and f"version {version}: Array can't be memory-mapped" in manager.error
-    assert Sentinel.loaded == 0
-
-
-class Sentinel:
-    """Counts how often a pickled copy of it is loaded."""
-
-    loaded = 0
-
-    def __reduce__(self):
-        return (_loaded_sentinel, ())
-
-
-def _loaded_sentinel() -> Sentinel:
-    Sentinel.loaded += 1
-    return Sentinel()
+    assert Payload.ran == 0
 
 
 def _npy(x: np.ndarray) -> bytes:
