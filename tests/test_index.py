@@ -7,6 +7,7 @@ import io
 import logging
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -319,7 +320,7 @@ def test_a_failed_refresh_with_nothing_served_says_so(tmp_path):
 def test_a_refresh_is_due_only_after_the_poll_interval(tmp_path, monkeypatch):
     _publish(tmp_path)
     clock = [1000.0]
-    monkeypatch.setattr("gateway.index.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("gateway.index.time", SimpleNamespace(monotonic=lambda: clock[0]))  # this module's clock
     manager = _loaded(tmp_path)
     assert manager.refresh() is False and manager.checked_at == 1000.0  # a refresh notes when it asked
     calls = []
@@ -382,7 +383,7 @@ def test_no_store_and_no_copy_leaves_nothing_served(tmp_path, caplog):
 
 
 def test_a_new_manager_has_checked_nothing_and_serves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr("gateway.index.time.monotonic", lambda: 77.0)
+    monkeypatch.setattr("gateway.index.time", SimpleNamespace(monotonic=lambda: 77.0))  # this module's clock
     manager = IndexManager(str(tmp_path / "index"), None, 30)
     assert manager.cache.root == Config(index_uri=str(tmp_path / "index")).index_cache
     assert (manager.current, manager.error, manager.from_cache, manager.polling) == (None, None, False, False)
