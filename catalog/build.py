@@ -162,12 +162,11 @@ class Collected:
         self.resumed += other.resumed
 
     def matrix(self) -> np.ndarray:
-        dim = len(self.vectors[0]) if self.vectors else 0
-        return np.vstack(self.vectors).astype(np.float32) if self.vectors else np.zeros((0, dim), np.float32)
+        return np.vstack(self.vectors).astype(np.float32) if self.vectors else np.zeros((0, 0), np.float32)
 
     def shard_result(self, downloaded: int = 0, cache_hits: int = 0) -> ShardResult:
         """The shard these rows make (a row whose image gave no histogram gets zeros)."""
-        hists = [np.zeros(HIST_SIZE, np.float32) if h is None else h for h in self.hists]
+        hists = [np.zeros(HIST_SIZE) if h is None else h for h in self.hists]  # float32 once stacked
         return ShardResult(self.rows, self.matrix(), np.vstack(hists).astype(np.float32) if hists else
                            np.zeros((0, HIST_SIZE), np.float32), self.errors, self.embedded, self.reused,
                            self.resumed, downloaded, cache_hits)
@@ -393,7 +392,7 @@ def fill_milvus(settings: MilvusSettings, index: IndexData) -> None:
 
     labels = [str(p.get("category", "")) for p in index.products]
     grouping = Grouping.from_labels(labels, Calibration.from_manifest(index.manifest).percent)
-    prices = np.array([number_of(p.get("price")) for p in index.products], dtype=np.float64)
+    prices = np.array([number_of(p.get("price")) for p in index.products])  # float64: number_of gives floats
     MilvusSearch.fill(settings, index.version, Transformed(index.embeddings, index.whitening()), grouping.codes,
                       prices)
 

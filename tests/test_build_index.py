@@ -171,31 +171,3 @@ def test_a_changed_image_gets_its_new_vector(messy_catalog, local_embedder, tmp_
     row = [p["id"] for p in index.products].index("10664")
     assert float(index.embeddings[row] @ local_embedder.embed_one(demo_image("10140"))) > 0.9999
     assert float(index.embeddings[row] @ local_embedder.embed_one(demo_image("10664"))) < 0.99
-
-
-@pytest.mark.parametrize("libc", ["glibc", "missing", "no malloc_trim"])
-def test_freed_memory_is_handed_back_where_the_c_library_can(monkeypatch, caplog, libc):
-    """glibc's malloc_trim is called before the graph; a C library without it (musl, macOS) is no error."""
-    import ctypes
-    import logging
-
-    from catalog.build import return_freed_memory
-
-    calls = []
-
-    class Glibc:
-        def malloc_trim(self, pad):
-            calls.append(pad)
-            return 1
-
-    def load(name):
-        assert name == "libc.so.6"
-        if libc == "missing":
-            raise OSError("libc.so.6: cannot open shared object file")
-        return Glibc() if libc == "glibc" else object()
-
-    monkeypatch.setattr(ctypes, "CDLL", load)
-    with caplog.at_level(logging.DEBUG, logger="catalog.build"):
-        return_freed_memory()
-    assert calls == ([0] if libc == "glibc" else [])
-    assert ("no malloc_trim here" in caplog.text) is (libc != "glibc")

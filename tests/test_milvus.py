@@ -33,6 +33,8 @@ from tests.conftest import jpeg_bytes
 from tests.test_ranking import catalog, version_data
 from tests.test_service import FixedClient
 
+pytestmark = pytest.mark.milvus_lite
+
 V1, V2 = "20260101T000000000000Z-aaaaaa", "20260102T000000000000Z-bbbbbb"
 
 

@@ -64,7 +64,7 @@ def reference(index, x, query, options, exclude=None, own_code=None):
 
 #: Every search backend runs the same cases; "ann-filtered" sends filtered searches through the HNSW graph
 #: (a bitmap selector) instead of the brute-force path small filters take.
-BACKENDS = ["exact", "ann", "ann-filtered", "milvus"]
+BACKENDS = ["exact", "ann", "ann-filtered", pytest.param("milvus", marks=pytest.mark.milvus_lite)]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
