@@ -157,3 +157,215 @@ def test_thread_count_from_its_variables_or_all_cores(monkeypatch, env, expected
     for var, value in env.items():
         monkeypatch.setenv(var, value)
     assert threads() == (expected if expected is not None else (os.cpu_count() or 1))
+
+
+# --------------------------------------------------------------------------- each runtime's settings, without it
+
+
+class FakeOrt:
+    """A stand-in ``onnxruntime`` module: records the session it is asked for."""
+
+    class GraphOptimizationLevel:
+        ORT_ENABLE_ALL = "all"
+
+    class SessionOptions:
+        def __init__(self) -> None:
+            self.entries: dict[str, str] = {}
+
+        def add_session_config_entry(self, key: str, value: str) -> None:
+            self.entries[key] = value
+
+    def __init__(self, available: list[str]) -> None:
+        self.available, self.sessions = available, []
+
+    def get_available_providers(self) -> list[str]:
+        return self.available
+
+    def InferenceSession(self, path, options, providers):  # noqa: N802 - onnxruntime's name
+        ort = self
+
+        class Session:
+            def get_inputs(self):
+                return [type("Input", (), {"name": "pixels"})(), type("Input", (), {"name": "other"})()]
+
+            def run(self, outputs, feed):
+                ort.runs.append((outputs, feed))
+                return [feed["pixels"] * 2, "second output"]
+
+        self.sessions.append((path, options, providers))
+        self.runs = []
+        return Session()
+
+
+@pytest.fixture
+def fake_ort(monkeypatch):
+    import sys
+
+    ort = FakeOrt(["TensorrtExecutionProvider", "CPUExecutionProvider", "CUDAExecutionProvider"])
+    monkeypatch.setitem(sys.modules, "onnxruntime", ort)
+    monkeypatch.setenv("PHOTO_THREADS", "3")
+    return ort
+
+
+def test_onnxruntime_runs_all_optimisations_on_our_threads_without_spinning(fake_ort, tmp_path):
+    from handlers.runtimes import onnxruntime
+
+    run = onnxruntime(tmp_path / "m.onnx")
+    ((path, options, providers),) = fake_ort.sessions
+    assert path == str(tmp_path / "m.onnx") and providers == ["CPUExecutionProvider"]
+    assert options.intra_op_num_threads == 3 and options.graph_optimization_level == "all"
+    assert options.entries == {"session.intra_op.allow_spinning": "0"}
+    assert run(np.ones(2)).tolist() == [2.0, 2.0]
+    assert fake_ort.runs[0][0] is None and list(fake_ort.runs[0][1]) == ["pixels"]
+
+
+@pytest.mark.parametrize(("available", "expected"), [
+    (["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+     ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]),
+    (["CUDAExecutionProvider", "CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+    (["CPUExecutionProvider"], ["CPUExecutionProvider"]),
+])
+def test_onnxruntime_on_a_gpu_uses_tensorrt_then_cuda_where_built_in(fake_ort, tmp_path, available, expected):
+    from handlers.runtimes import onnxruntime
+
+    fake_ort.available = available
+    onnxruntime(tmp_path / "m.onnx", device="cuda:1")
+    assert fake_ort.sessions[0][2] == expected
+
+
+@pytest.mark.parametrize("package", ["onnxruntime", "openvino"])
+def test_a_runtime_that_is_not_installed_is_unavailable_and_says_how_to_get_it(monkeypatch, tmp_path, package):
+    import sys
+
+    from handlers import runtimes
+
+    monkeypatch.setitem(sys.modules, package, None)  # import fails as it does where the package is missing
+    with pytest.raises(runtimes.RuntimeUnavailable) as caught:
+        getattr(runtimes, package)(tmp_path / "m.onnx")
+    assert str(caught.value) == f"{package} is not installed (pip install {package})"
+    assert isinstance(caught.value.__cause__, ImportError)
+
+
+class FakeOv:
+    """A stand-in ``openvino`` module: one compiled model, an infer request per thread, a reused output."""
+
+    def __init__(self) -> None:
+        self.compiled, self.requests = [], []
+        fake = self
+
+        class Request:
+            def __init__(self) -> None:
+                self.out = np.zeros(2)
+
+            def infer(self, feed):
+                self.out[:] = feed[0]  # the same buffer every time, as OpenVINO's request does
+                return {0: self.out}
+
+        class Compiled:
+            def create_infer_request(self):
+                fake.requests.append(Request())
+                return fake.requests[-1]
+
+        class Core:
+            def compile_model(self, path, device, config):
+                fake.compiled.append((path, device, config))
+                return Compiled()
+
+        self.Core = Core
+
+
+@pytest.mark.parametrize(("device", "name"), [("cpu", "CPU"), ("cuda", "GPU"), ("cuda:0", "GPU")])
+def test_openvino_compiles_for_the_device_with_our_config(monkeypatch, tmp_path, device, name):
+    import sys
+
+    from handlers.runtimes import openvino
+
+    ov = FakeOv()
+    monkeypatch.setitem(sys.modules, "openvino", ov)
+    monkeypatch.setenv("PHOTO_THREADS", "2")
+    openvino(tmp_path / "m.xml", device)
+    assert ov.compiled == [(str(tmp_path / "m.xml"), name, openvino_config(name, 2))]
+
+
+def test_openvino_keeps_one_request_per_thread_and_copies_its_output(monkeypatch, tmp_path):
+    import sys
+    import threading
+
+    from handlers.runtimes import openvino
+
+    ov = FakeOv()
+    monkeypatch.setitem(sys.modules, "openvino", ov)
+    run = openvino(tmp_path / "m.xml")
+    first = run(np.array([1.0, 2.0]))
+    second = run(np.array([3.0, 4.0]))
+    assert first.tolist() == [1.0, 2.0] and second.tolist() == [3.0, 4.0]  # not overwritten by the next batch
+    assert len(ov.requests) == 1
+    other = threading.Thread(target=run, args=(np.zeros(2),))
+    other.start()
+    other.join()
+    assert len(ov.requests) == 2
+
+
+@pytest.mark.parametrize(("device", "expected"), [
+    ("CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": "4",
+             "ENABLE_CPU_PINNING": False}),
+    ("GPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}),
+])
+def test_openvinos_config_per_device(device, expected):
+    assert openvino_config(device, 4) == expected
+
+
+def test_load_runtime_picks_the_loader_and_falls_back_to_eager_when_it_cannot(monkeypatch, tmp_path, caplog):
+    from handlers import runtimes
+
+    calls = []
+    monkeypatch.setattr(runtimes, "eager", lambda name, weights, device: calls.append(("eager", name, device)) or 1)
+    monkeypatch.setattr(runtimes, "onnxruntime", lambda f, device: calls.append(("onnxruntime", f, device)) or 2)
+
+    def unavailable(f, device):
+        raise runtimes.RuntimeUnavailable("no GPU plugin")
+
+    monkeypatch.setattr(runtimes, "openvino", unavailable)
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"onnx")
+    assert load_runtime("eager", "net", tmp_path / "w.pt", model, "cuda") == Runtime("eager", 1)
+    assert load_runtime("onnxruntime", "net", tmp_path / "w.pt", str(model), "cuda") == Runtime("onnxruntime", 2)
+    assert calls == [("eager", "net", "cuda"), ("onnxruntime", model, "cuda")]
+    with caplog.at_level(logging.WARNING, logger="handlers.runtimes"):
+        assert load_runtime("openvino", "net", tmp_path / "w.pt", model).name == "eager"
+        assert load_runtime("onnxruntime", "net", tmp_path / "w.pt", None).name == "eager"
+        assert load_runtime("openvino", "net", tmp_path / "w.pt", tmp_path).name == "eager"  # a folder: no file
+    assert [r.getMessage() for r in caplog.records] == [
+        "runtime openvino unavailable (no GPU plugin); falling back to eager PyTorch",
+        "runtime onnxruntime unavailable (no exported model file for onnxruntime); falling back to eager PyTorch",
+        "runtime openvino unavailable (no exported model file for openvino); falling back to eager PyTorch"]
+    assert calls[-1] == ("eager", "net", "cpu")
+    with pytest.raises(ValueError, match=r"^unknown runtime 'tf'; choose one of eager, onnxruntime, openvino$"):
+        load_runtime("tf", "net", tmp_path / "w.pt", model)
+
+
+def test_the_probe_pictures_are_fixed():
+    """Their pixels, recomputed here in float64: within one level of grey (sin and cos round per CPU), and the
+    same on average: a change would make every archive's stored probe vectors disagree."""
+    y, x = np.mgrid[0:240, 0:320].astype(np.float64)
+    expected = [np.stack([127 + 120 * np.sin(x / 9), 127 + 120 * np.cos(y / 13), (x + y) % 256], axis=2),
+                np.stack([(np.hypot(x - 160, y - 120) * 3) % 256, x * 255 / 320, 255 - y * 255 / 240], axis=2)]
+    pictures = probe_images()
+    assert [im.size for im in pictures] == [(320, 240)] * 2 and [im.mode for im in pictures] == ["RGB"] * 2
+    for picture, want in zip(pictures, expected, strict=True):
+        got = np.asarray(picture, dtype=np.float64)
+        diff = np.abs(got - np.floor(want).astype(np.uint8))
+        assert diff.max() <= 1 and diff.mean() < 0.01
+
+
+def test_min_cosine_of_zero_rows_and_of_nothing():
+    assert min_cosine(np.zeros((1, 2)), np.ones((1, 2))) == 0.0
+    assert min_cosine(np.zeros((0, 2)), np.zeros((0, 2))) == 1.0
+    assert min_cosine(np.array([[1e-13, 0.0]]), np.array([[1.0, 0.0]])) == pytest.approx(1e-1)
+
+
+def test_the_runtime_constants():
+    from handlers import runtimes
+
+    assert (runtimes.RUNTIMES, runtimes.ONNX_FILE, MIN_COSINE) == (("eager", "onnxruntime", "openvino"),
+                                                                   "model.onnx", 0.999)
