@@ -19,13 +19,13 @@ def test_counts_per_module_and_the_score():
     counts = parse(LINES)
     assert counts["safeio.paths"] == Counter({"killed": 1, "survived": 1, "timeout": 1})
     assert counts["gateway.query_token"] == Counter({"no tests": 1})
-    assert score(counts["safeio.paths"]) == 2 / 3  # a timeout counts as caught
+    assert score(counts["safeio.paths"]) == 1 / 3  # a hang is not a kill: scored as not caught
     assert score(counts["gateway.query_token"]) is None  # nothing tested: no score, not 0
 
 
 def test_the_markdown_lists_every_module_and_survivor():
     text = markdown(parse(LINES), ["safeio.paths.x_redact_url__mutmut_2"])
-    assert "| safeio.paths | 1 | 1 | 1 | 0 | 0 | 66.7% |" in text
+    assert "| safeio.paths | 1 | 1 | 1 | 0 | 0 | 33.3% |" in text
     assert "| gateway.query_token | 0 | 0 | 0 | 0 | 1 | — |" in text
     assert "`safeio.paths.x_redact_url__mutmut_2`" in text
 
@@ -38,7 +38,7 @@ def test_a_listed_survivor_is_equivalent_only_while_its_diff_still_writes_the_li
     lines, stale = mark_equivalents(LINES, listed, lambda n: current)
     counts = parse(lines)
     assert counts["safeio.paths"] == Counter({"killed": 1, "timeout": 1, "equivalent": 1}) and stale == []
-    assert score(counts["safeio.paths"]) == 1.0  # equivalent mutants are left out of the score
+    assert score(counts["safeio.paths"]) == 1 / 2  # equivalent mutants are left out of the score
     # After an edit the number names another mutant; the original line alone (a "-" line) is not enough either.
     renumbered = '-    hidden = "?…" if (parts.query) and False else ""\n+    return urlunsplit(None) + hidden\n'
     lines, stale = mark_equivalents(LINES, listed, lambda n: renumbered)
