@@ -212,3 +212,128 @@ def test_a_failed_model_call_drops_its_queued_histogram(plain):
     with pytest.raises(ModelServerError):
         svc.search_image(QueryImage.decode(_jpeg(), 10**7), SearchOptions(0.0, 3))
     assert svc.side_work.futures[0].cancelled()
+
+
+# --------------------------------------------------------------------------- the service's own decisions, unit by unit
+
+
+@pytest.fixture
+def svc(plain):
+    service = SearchService(plain, FixedClient())
+    service.indexes.load()
+    return service
+
+
+def test_another_item_of_the_photo_is_searched_with_its_own_colour(svc):
+    from gateway.query_token import Query, QueryItem
+
+    other_hist = np.full(HIST, 0.5, np.float32)
+    known = Query(np.eye(8, dtype=np.float32)[0], FixedClient.backbone, hist=np.zeros(HIST, np.float32),
+                  items=(QueryItem((0.1, 0.1, 0.5, 0.5), "Shoes", np.eye(8, dtype=np.float32)[3], other_hist),))
+    found = svc.search_item(known, 1, SearchOptions(0.0, 3))
+    assert found.hist is other_hist and found.hits[0].product["id"] == "3"
+    assert found.box.fractions() == (0.1, 0.1, 0.5, 0.5)
+    whole = svc.search_item(known, 0, SearchOptions(0.0, 3))
+    assert whole.box is None and whole.hits[0].product["id"] == "0"  # the whole photo: no box to show
+
+
+HIST = 64
+
+
+def test_a_picture_not_of_the_token_is_never_shown(svc):
+    from gateway.query_token import Query, picture_digest
+    from gateway.service import PICTURE_PREFIX
+
+    mine = PICTURE_PREFIX + "AAAA"
+    query = Query(np.zeros(8, np.float32), "m", picture_digest=picture_digest(mine))
+    assert svc.token_picture(mine, query) == mine
+    assert svc.token_picture(PICTURE_PREFIX + "BBBB", query) == ""
+    assert svc.token_picture("data:text/html;base64,AAAA", Query(np.zeros(8), "m", picture_digest=picture_digest(
+        "data:text/html;base64,AAAA"))) == ""  # its digest matches, but it is not a picture
+
+
+def test_a_window_answered_by_another_model_is_left_out(svc):
+    assert svc._window_vector(_jpeg(), FixedClient.backbone) is not None
+    assert svc._window_vector(_jpeg(), "another-model") is None
+
+    class Refusing(FixedClient):
+        def embed(self, blob):
+            from modelio.imaging import ImageError
+
+            raise ImageError("too small")
+
+    svc.client = Refusing()
+    assert svc._window_vector(_jpeg(), FixedClient.backbone) is None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_readiness_is_cached_for_its_seconds_and_checked_again_at_the_edge(plain, monkeypatch):
+    from dataclasses import replace as copy
+
+    clock = Clock()
+    monkeypatch.setattr(service_module, "time", clock)
+    svc = SearchService(copy(plain, ready_cache_s=2.0), FixedClient())
+    svc.indexes.load()
+    checks = []
+    monkeypatch.setattr(svc, "_check_ready", lambda: checks.append(clock.now) or (True, "ready"))
+    svc.readiness()
+    clock.now = 101.9
+    svc.readiness()
+    assert checks == [100.0]  # cached
+    clock.now = 102.0
+    svc.readiness()
+    assert checks == [100.0, 102.0]  # due at exactly its seconds
+    clock.now = 103.0
+    svc.readiness()
+    assert checks == [100.0, 102.0]
+
+
+def test_not_ready_says_why_and_a_cached_copy_is_ready_with_its_reason(svc, plain):
+    assert svc._check_ready() == (True, "ready")
+    svc.indexes.from_cache, svc.indexes.error = True, "store unreachable"
+    version = svc.require_index().version
+    assert svc._check_ready() == (True, f"ready, serving the cached copy of version {version} (store unreachable)")
+    empty = SearchService(plain, FixedClient())  # never loaded
+    assert empty._check_ready() == (False, "index not loaded")
+    empty.indexes.error = "no index at s3://b/x"
+    assert empty._check_ready() == (False, "no index at s3://b/x")
+
+
+def test_a_crops_results_name_the_crop_as_their_one_item(svc):
+    from gateway.images import Crop
+    from gateway.service import Item, within
+
+    found = svc.search_image(PHOTO, SearchOptions(0.0, 3))
+    found = service_module.replace(found, items=(found.items[0], Item(Crop(0, 0, 0.5, 0.5), "Shoes")))
+    crop = Crop(0.2, 0.2, 0.6, 0.6)
+    inside = within(found, crop)
+    assert inside.box == crop and len(inside.items) == 1 and inside.items[0].box == crop
+
+
+def _index_with_rule(percent: float | None):
+    from types import SimpleNamespace
+
+    products = [{"category": "Shoes"}, {"category": ""}, {}]
+    return SimpleNamespace(view=SimpleNamespace(no_match_percent=percent), products=products)
+
+
+@pytest.mark.parametrize(("score", "named"), [(None, False), (49.9, False), (50.0, True), (80.0, True)])
+def test_an_item_is_named_by_its_closest_product_only_when_that_is_close(score, named):
+    index = _index_with_rule(50.0)
+    assert service_module._category(index, (score, 0)) == ("Shoes" if named else None)
+    assert service_module._category(index, (80.0, None)) is None
+
+
+def test_without_a_fitted_rule_any_closest_product_names_the_item():
+    index = _index_with_rule(None)
+    assert service_module._category(index, (0.0, 0)) == "Shoes"
+    assert service_module._category(index, (-0.1, 0)) is None
+    assert service_module._category(index, (0.0, 1)) is None  # an unlabelled product names nothing
+    assert service_module._category(index, (0.0, 2)) is None
