@@ -466,6 +466,11 @@ def test_each_image_type_is_served_as_itself(tmp_path, suffix, kind):
 # --------------------------------------------------------------------------- every failure as an answer
 
 
+def said(caplog, level: int = logging.INFO) -> list[str]:
+    """What the error handlers logged at ``level`` (the access log and other loggers left out)."""
+    return [r.getMessage() for r in caplog.records if r.name == "gateway.routes.errors" and r.levelno == level]
+
+
 def fail_with(svc, monkeypatch, exc: Exception) -> None:
     def search(query, options):
         raise exc
@@ -480,8 +485,7 @@ def test_an_unusable_picture_is_named_by_its_kind(client, svc, monkeypatch, capl
         answer = photo(client)
     assert answer.status_code == 400 and answer.get_json() == {"error": words, "status": 400}
     rid = answer.headers["X-Request-ID"]
-    assert [r.getMessage() for r in caplog.records] == [
-        f"unusable image [request {rid}]: cannot identify image file at offset 12"]
+    assert said(caplog) == [f"unusable image [request {rid}]: cannot identify image file at offset 12"]
 
 
 @pytest.mark.parametrize(("status", "kind", "words", "retry"), [
@@ -501,7 +505,7 @@ def test_a_refused_link_is_named_by_its_kind_never_by_its_address(client, svc, m
     assert answer.headers.get("Retry-After") == retry and "10.0.0.5" not in answer.get_data(as_text=True)
     assert metrics.FETCH_ERRORS.labels(str(status))._value.get() == before + 1
     rid = answer.headers["X-Request-ID"]
-    assert [r.getMessage() for r in caplog.records] == [f"image URL refused [request {rid}]: 10.0.0.5:8080 refused"]
+    assert said(caplog) == [f"image URL refused [request {rid}]: 10.0.0.5:8080 refused"]
 
 
 @pytest.mark.parametrize(("exc", "what"), [(ModelServerError("no route to 10.0.0.5"), "embedding"),
@@ -512,8 +516,8 @@ def test_a_failed_model_or_backend_is_a_503_in_plain_words(client, svc, monkeypa
     assert answer.status_code == 503 and answer.get_json() == {"error": SEARCH_DOWN, "status": 503}
     assert answer.headers["Retry-After"] == "2"
     rid = answer.headers["X-Request-ID"]
-    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
-        (logging.WARNING, f"{what} failed [request {rid}]: no route to 10.0.0.5")]
+    assert said(caplog, logging.WARNING) == [f"{what} failed [request {rid}]: no route to 10.0.0.5"]
+    assert said(caplog) == []
 
 
 def test_a_service_error_logs_its_detail_and_a_busy_one_says_when_to_retry(client, svc, monkeypatch, caplog):
@@ -521,11 +525,11 @@ def test_a_service_error_logs_its_detail_and_a_busy_one_says_when_to_retry(clien
     answer = photo(client)
     rid = answer.headers["X-Request-ID"]
     assert answer.status_code == 503 and "Retry-After" not in answer.headers
-    assert [r.getMessage() for r in caplog.records] == [f"not ready [request {rid}]: s3://bucket unreachable"]
+    assert said(caplog, logging.WARNING) == [f"not ready [request {rid}]: s3://bucket unreachable"]
     caplog.clear()
     fail_with(svc, monkeypatch, Busy("busy right now"))
     busy = photo(client, "/search")
-    assert busy.status_code == 503 and busy.headers["Retry-After"] == "2" and caplog.records == []
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "2" and said(caplog, logging.WARNING) == []
     fail_with(svc, monkeypatch, ServiceError("plain"))
     assert photo(client).get_json() == {"error": "plain", "status": 500}
 
@@ -549,7 +553,7 @@ def test_an_unexpected_failure_is_one_sentence_and_the_details_go_to_the_log(cli
     assert answer.status_code == 500 and answer.get_json() == {
         "error": "something went wrong on our side: please try again in a moment", "status": 500}
     rid = answer.headers["X-Request-ID"]
-    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "gateway.routes.errors"]
     assert record.getMessage() == f"unhandled error on POST /api/search [request {rid}]" and record.exc_info
 
 
@@ -608,7 +612,7 @@ def test_a_photo_that_cannot_be_kept_is_said_in_the_log_only(client, rendered, s
         answer = photo(client, "/search")
     assert answer.status_code == 500 and "query_picture" not in rendered[-1]
     rid = answer.headers["X-Request-ID"]
-    (kept,) = [r for r in caplog.records if r.levelno == logging.INFO]
+    (kept,) = [r for r in caplog.records if r.levelno == logging.INFO and r.name == "gateway.routes.errors"]
     assert kept.getMessage() == f"the failed request's photo is not kept [request {rid}]" and kept.exc_info
 
 
@@ -619,3 +623,73 @@ def test_json_paths_and_health_checks_answer_json_and_pages_html(client):
     assert page.status_code == 404 and page.mimetype == "text/html"
     assert "no product with id" in page.get_data(as_text=True)
     assert re.search(r"<html", page.get_data(as_text=True))
+
+
+def test_a_stored_product_without_its_optional_fields_is_answered_with_empty_ones(tmp_path):
+    """The index store is untrusted: a product row that lacks a name, a category or an image still answers."""
+    x = np.eye(8, dtype=np.float32)[:2]
+    rows = [{"id": "1"}, {"id": "2", "name": "b", "category": "A", "image_url": "images/b.jpg"}]
+    (tmp_path / "shop").mkdir()
+    write_and_publish(open_store(tmp_path / "index"), *finish_version(Merged.of(rows, x), tmp_path / "c.csv",
+                                                                      MODEL, 2, tmp_path))
+    client = create_app(config_for(tmp_path), client=Model(x)).test_client()
+    (bare,) = [r for r in photo(client, threshold="0").get_json()["results"] if r["id"] == "1"]
+    assert (bare["name"], bare["category"], bare["image_url"], bare["price"]) == ("", "", "/catalog/", None)
+
+
+def test_scores_are_given_to_six_places_and_percents_to_one(client):
+    results = photo(client, threshold="0", top_k=str(N)).get_json()["results"]
+    scores = [r["score"] for r in results]
+    assert all(abs(s * 1e6 - round(s * 1e6)) < 1e-6 for s in scores)
+    assert any(abs(s * 1e5 - round(s * 1e5)) > 1e-6 for s in scores)  # the sixth place is used
+    similarities = [r["similarity"] for r in results]
+    assert all(abs(s * 10 - round(s * 10)) < 1e-9 for s in similarities)
+    assert any(abs(s - round(s)) > 1e-9 for s in similarities) and all(isinstance(s, float) for s in similarities)
+
+
+def test_the_time_taken_is_in_milliseconds_to_one_place(client, monkeypatch):
+    from types import SimpleNamespace
+
+    from gateway.routes import api
+
+    ticks = iter([10.0, 10.0123456])
+    monkeypatch.setattr(api, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))  # this module's clock only
+    assert client.get("/api/products/100/similar").get_json()["took_ms"] == 12.3
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_a_health_checks_errors_are_json_too(client, path):
+    answer = client.post(path)
+    assert answer.status_code == 405 and answer.is_json and answer.get_json()["status"] == 405
+
+
+def test_a_throttled_search_keeps_the_photo_and_the_settings(client, svc, monkeypatch, rendered):
+    class Throttled(ServiceError):
+        status = 429
+
+    fail_with(svc, monkeypatch, Throttled("too many searches: wait a moment"))
+    answer = photo(client, "/search", threshold="40")
+    page = rendered[-1]
+    assert answer.status_code == 429 and page["query_picture"].startswith("data:image/jpeg;base64,")
+    assert page["threshold"] == 40.0 and page["error"] == "too many searches: wait a moment"
+    fail_with(svc, monkeypatch, NotFound("nothing"))
+    photo(client, "/search")
+    assert "query_picture" not in rendered[-1]  # a 404: the photo is not kept
+
+
+def test_a_failed_search_without_a_file_field_keeps_nothing_and_logs_nothing(client, svc, monkeypatch, rendered,
+                                                                              caplog):
+    fail_with(svc, monkeypatch, Unavailable("not now"))
+    with caplog.at_level(logging.INFO, logger="gateway.routes.errors"):
+        client.post("/search", data={"image_url": "https://x.test/a.jpg", "threshold": "30"})
+    assert "query_picture" not in rendered[-1] and rendered[-1]["threshold"] == 30.0
+    assert said(caplog) == []
+
+
+def test_an_error_page_keeps_at_most_2048_characters_of_a_link_beside_a_token(client, rendered, svc):
+    from gateway.query_token import Query
+
+    token = svc.tokens.issue(Query(np.zeros(8, np.float32), MODEL, "https://x.test/from-token.jpg"))
+    long_link = "https://x.test/" + "b" * 3000
+    client.post("/search", data={"query_token": token, "image_url": long_link, "threshold": "500"})
+    assert rendered[-1]["image_url"] == long_link[:2048] and rendered[-1]["query_token"] == token

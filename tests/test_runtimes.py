@@ -362,6 +362,7 @@ def test_min_cosine_of_zero_rows_and_of_nothing():
     assert min_cosine(np.zeros((1, 2)), np.ones((1, 2))) == 0.0
     assert min_cosine(np.zeros((0, 2)), np.zeros((0, 2))) == 1.0
     assert min_cosine(np.array([[1e-13, 0.0]]), np.array([[1.0, 0.0]])) == pytest.approx(1e-1)
+    assert min_cosine(np.array([[1.0, 0.0]]), np.array([[1e-13, 0.0]])) == pytest.approx(1e-1)  # either side
 
 
 def test_the_runtime_constants():
@@ -369,3 +370,32 @@ def test_the_runtime_constants():
 
     assert (runtimes.RUNTIMES, runtimes.ONNX_FILE, MIN_COSINE) == (("eager", "onnxruntime", "openvino"),
                                                                    "model.onnx", 0.999)
+
+
+def test_without_a_known_core_count_one_thread(monkeypatch):
+    from handlers import runtimes
+
+    for var in ("PHOTO_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(runtimes.os, "cpu_count", lambda: None)
+    assert runtimes.threads() == 1
+
+
+def test_eager_runs_the_network_and_its_input_on_the_device_asked(monkeypatch, tmp_path):
+    import handlers.backbones
+
+    seen = {}
+
+    class Network:
+        def to(self, device):
+            seen["network"] = device
+            return self
+
+        def __call__(self, x):
+            seen["input"] = x.device.type
+            return torch.ones(len(x), 2, dtype=torch.float16)
+
+    monkeypatch.setattr(handlers.backbones, "build_network", lambda name, weights: Network())
+    out = eager("net", tmp_path / "w.pt", device="meta")(np.zeros((3, 4, 4, 3), np.uint8))
+    assert seen == {"network": "meta", "input": "meta"}
+    assert out.dtype == np.float32 and out.shape == (3, 2)

@@ -337,3 +337,231 @@ def test_without_a_fitted_rule_any_closest_product_names_the_item():
     assert service_module._category(index, (-0.1, 0)) is None
     assert service_module._category(index, (0.0, 1)) is None  # an unlabelled product names nothing
     assert service_module._category(index, (0.0, 2)) is None
+
+
+# --------------------------------------------------------------------------- finding the item in a whole photo
+
+
+def _quadrants() -> QueryImage:
+    """A 400 × 400 photo: red, green, blue and grey quarters (left-top, right-top, left-bottom, right-bottom)."""
+    img = Image.new("RGB", (400, 400), (128, 128, 128))
+    for box, colour in (((0, 0, 200, 200), (220, 20, 20)), ((200, 0, 400, 200), (20, 220, 20)),
+                        ((0, 200, 200, 400), (20, 20, 220))):
+        img.paste(colour, box)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=95)
+    return QueryImage.decode(buf.getvalue(), 10**7)
+
+
+class ColourModel(FixedClient):
+    """Product 0's vector for a mostly red picture, 1's for green, 2's for blue, 3's for anything else."""
+
+    def embed(self, blob: bytes):
+        mean = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"), dtype=np.float64).mean(axis=(0, 1))
+        row = int(np.argmax(mean)) if mean.max() - mean.min() > 30 else 3
+        return np.eye(8, dtype=np.float32)[row], self.backbone
+
+
+@pytest.fixture
+def located(plain, monkeypatch):
+    """A service whose windows are the photo's red, green and blue quarters, whose common part of the best windows
+    is the red quarter's top-left corner, and whose products score (percent) as ``scores`` says by row."""
+    from gateway.images import Crop
+
+    svc = SearchService(plain, ColourModel())
+    svc.indexes.load()
+    crops = [Crop(0, 0, 0.5, 0.5), Crop(0.5, 0, 1, 0.5), Crop(0, 0.5, 0.5, 1)]
+    scores = {0: 90.0, 1: 70.0, 2: 65.0, 3: 50.0}
+    monkeypatch.setattr(service_module, "windows", lambda w, h, settings: crops)
+    monkeypatch.setattr(service_module, "common_part", lambda crops, scores, agree, w, h: Crop(0, 0, 0.25, 0.25))
+    monkeypatch.setattr(service_module, "_closest", lambda index, v: (scores[int(np.argmax(v))], int(np.argmax(v))))
+    return svc, scores
+
+
+def test_the_common_part_of_the_best_windows_is_searched_when_it_scores_as_well(located):
+    from gateway.images import Crop
+
+    svc, _ = located
+    photo = _quadrants()
+    vector, model = svc.client.embed(photo.data)
+    where = svc.locate(photo, vector, model)
+    assert where.box == Crop(0, 0, 0.25, 0.25) and int(np.argmax(where.vector)) == 0
+    assert where.part.image.size == (100, 100)
+    others = {o.box.fractions(): o for o in where.others}
+    assert set(others) == {(0.5, 0, 1, 0.5), (0, 0.5, 0.5, 1)}  # the green and blue quarters: other items
+    for other in others.values():
+        part = photo.cropped(other.box)
+        assert np.array_equal(other.hist, histogram_of(part.image)) and other.category == "Shoes"
+
+
+def test_the_common_part_must_score_at_least_the_best_window_less_the_slack(located, monkeypatch):
+    from gateway.images import Crop
+    from gateway.locate import LocateSettings
+
+    svc, scores = located
+    photo = _quadrants()
+    vector, model = svc.client.embed(photo.data)
+    monkeypatch.setattr(service_module, "common_part", lambda crops, s, agree, w, h: Crop(0, 0.5, 0.25, 0.75))
+    scores[2] = 89.0  # the common part (blue) scores under the best window (red, 90): the window is searched
+    assert svc.locate(photo, vector, model).box == Crop(0, 0, 0.5, 0.5)
+    monkeypatch.setattr(service_module, "LOCATE", LocateSettings(slack=1.0))
+    assert svc.locate(photo, vector, model).box == Crop(0, 0.5, 0.25, 0.75)  # within the slack: the common part
+    monkeypatch.setattr(service_module, "LOCATE", LocateSettings(slack=0.5))
+    assert svc.locate(photo, vector, model).box == Crop(0, 0, 0.5, 0.5)
+
+
+def test_a_common_part_the_model_refuses_leaves_the_best_window(located, monkeypatch):
+    from gateway.images import Crop
+
+    svc, _ = located
+    photo = _quadrants()
+    vector, model = svc.client.embed(photo.data)
+    real, calls = svc._window_vector, []
+
+    def refuse_after_the_windows(data, backbone):
+        calls.append(data)
+        return real(data, backbone) if len(calls) <= 3 else None  # the three windows, then the common part
+
+    monkeypatch.setattr(svc, "_window_vector", refuse_after_the_windows)
+    assert svc.locate(photo, vector, model).box == Crop(0, 0, 0.5, 0.5)
+
+
+@pytest.mark.parametrize(("whole", "searched_box"), [(50.0, True), (92.0, False)])
+def test_the_whole_photo_is_searched_when_no_window_beats_it(located, whole, searched_box):
+    svc, scores = located
+    photo = _quadrants()
+    vector, model = svc.client.embed(photo.data)
+    scores[3] = whole  # the whole (grey-ish) photo's closest product; the best window scores 90
+    assert (svc.locate(photo, vector, model).box is not None) is searched_box
+
+
+def test_a_whole_photo_good_enough_or_too_small_is_not_cut(located):
+    svc, scores = located
+    photo = _quadrants()
+    vector, model = svc.client.embed(photo.data)
+    scores[3] = 95.0  # exactly good enough
+    assert svc.locate(photo, vector, model) is None
+    scores[3] = 94.9
+    assert svc.locate(photo, vector, model) is not None
+
+
+def test_a_vector_the_index_cannot_compare_is_not_located(located):
+    svc, _ = located
+    photo = _quadrants()
+    vector, model = svc.client.embed(photo.data)
+    assert svc.locate(photo, vector, "another-model") is None
+    assert svc.locate(photo, np.zeros(7, np.float32), model) is None
+    svc.indexes.current = None
+    assert svc.locate(photo, vector, model) is None
+
+
+def test_a_tokens_other_item_is_named_without_a_category_guess(svc):
+    from gateway.query_token import Query, QueryItem
+
+    known = Query(np.eye(8, dtype=np.float32)[0], FixedClient.backbone,
+                  items=(QueryItem((0.1, 0.1, 0.5, 0.5), "Shoes", np.eye(8, dtype=np.float32)[3]),))
+    found = svc.search_item(known, 1, SearchOptions(0.0, 3, category_first=False))
+    assert found.guess is None and found.items[0].category == "Shoes"
+
+
+# --------------------------------------------------------------------------- a search request: photo, link or token
+
+
+@pytest.fixture
+def linked(plain, http_server):
+    """A service that may fetch from the local HTTP server, and a link to a photo there."""
+    from dataclasses import replace as copy
+
+    svc = SearchService(copy(plain, allow_private_urls=True), FixedClient())
+    svc.indexes.load()
+    return svc, http_server.add("/photo.jpg", _jpeg()), http_server
+
+
+def _query(**fields):
+    from gateway.service import SearchQuery
+
+    return SearchQuery(**fields)
+
+
+def test_a_link_is_fetched_and_kept_with_the_answer_an_upload_is_not(linked):
+    svc, url, server = linked
+    found = svc.search(_query(image_url=url), SearchOptions(0.0, 3))
+    assert found.image_url == url and found.picture == "" and len(server.requests) == 1
+    assert svc.tokens.verify(found.token).image_url == url
+    uploaded = svc.search(_query(upload=_jpeg(), image_url=url), SearchOptions(0.0, 3))
+    assert uploaded.image_url == "" and len(server.requests) == 1  # the upload wins: nothing fetched
+
+
+def test_a_token_with_its_own_link_is_refined_without_fetching_a_new_link_is_a_new_search(linked):
+    svc, url, server = linked
+    first = svc.search(_query(image_url=url), SearchOptions(0.0, 3))
+    calls = []
+    svc.client.embed = lambda blob: calls.append(blob) or (svc.client.vector, svc.client.backbone)
+    again = svc.search(_query(image_url=url, token=first.token), SearchOptions(0.0, 5))
+    assert len(server.requests) == 1 and calls == [] and len(again.found.hits) == 5
+    other = server.add("/other.jpg", _jpeg())
+    svc.search(_query(image_url=other, token=first.token), SearchOptions(0.0, 5))
+    assert len(server.requests) == 2 and len(calls) == 1
+
+
+def test_a_link_at_most_2048_characters_long(linked):
+    from gateway.errors import BadRequest
+
+    svc, url, server = linked
+    base = url.removesuffix("/photo.jpg")
+    at_limit = server.add("/" + "a" * (2048 - len(base) - 5) + ".jpg", _jpeg())
+    assert len(at_limit) == 2048
+    with pytest.raises(BadRequest) as caught:
+        svc.search(_query(image_url=at_limit.replace("/a", "/aa", 1)), SearchOptions(0.0, 3))
+    assert str(caught.value) == ("that image link is too long (over 2,048 characters): save the picture and upload "
+                                 "it instead")
+    assert svc.search(_query(image_url=at_limit), SearchOptions(0.0, 3)).image_url == at_limit
+
+
+def test_the_picture_is_made_only_when_the_page_shows_it_and_the_token_names_it(svc):
+    from gateway.query_token import picture_digest
+    from gateway.service import PICTURE_PREFIX
+
+    plain_answer = svc.search(_query(upload=_jpeg()), SearchOptions(0.0, 3))
+    assert plain_answer.picture == "" and svc.tokens.verify(plain_answer.token).picture_digest == ""
+    shown = svc.search(_query(upload=_jpeg(), with_picture=True), SearchOptions(0.0, 3))
+    assert shown.picture.startswith(PICTURE_PREFIX)
+    assert svc.tokens.verify(shown.token).picture_digest == picture_digest(shown.picture)
+    again = svc.search(_query(token=shown.token, picture=shown.picture, with_picture=True), SearchOptions(0.0, 3))
+    assert again.picture == shown.picture
+    silent = svc.search(_query(token=shown.token, picture=shown.picture), SearchOptions(0.0, 3))
+    assert silent.picture == ""
+
+
+def test_a_token_cannot_be_cropped_nor_used_with_another_model(svc):
+    from gateway.errors import BadRequest
+    from gateway.images import Crop
+    from gateway.query_token import ExpiredQuery, Query
+
+    token = svc.search(_query(upload=_jpeg()), SearchOptions(0.0, 3)).token
+    with pytest.raises(BadRequest) as caught:
+        svc.search(_query(token=token, crop=Crop(0, 0, 0.5, 0.5)), SearchOptions(0.0, 3))
+    assert str(caught.value) == "to search part of the photo, give the photo again with the box drawn on it"
+    stale = svc.tokens.issue(Query(np.zeros(8, np.float32), "an-older-model"))
+    with pytest.raises(ExpiredQuery) as caught:
+        svc.search(_query(token=stale), SearchOptions(0.0, 3))
+    assert str(caught.value) == "the search engine has been updated since this search: choose the photo again"
+
+
+def test_the_token_carries_up_to_three_other_items_with_their_colour(svc):
+    from gateway.images import Crop
+    from gateway.service import WHOLE, Item
+
+    found = svc.search_image(PHOTO, SearchOptions(0.0, 3))
+    hist = np.full(64, 0.25, np.float32)
+    others = [Item(Crop(0, 0, 0.1 * (i + 1), 0.5), None if i == 0 else "Shoes", np.eye(8, dtype=np.float32)[i],
+                   hist) for i in range(5)]
+    query = svc.tokens.verify(svc._answer(service_module.replace(found, items=(Item(WHOLE, "Shoes"), *others)),
+                                          "", "").token)
+    assert [item.box for item in query.items] == [(0, 0, 0.1, 0.5), (0, 0, 0.2, 0.5), (0, 0, 0.30000000000000004, 0.5)]
+    assert [item.category for item in query.items] == ["", "Shoes", "Shoes"]
+    assert all(np.array_equal(item.hist, hist) for item in query.items)
+    others.insert(1, Item(Crop(0, 0, 0.9, 0.9), "Shoes"))  # no vector (a window the model refused): not carried
+    query = svc.tokens.verify(svc._answer(service_module.replace(found, items=(Item(WHOLE, "Shoes"), *others)),
+                                          "", "").token)
+    assert [item.box for item in query.items] == [(0, 0, 0.1, 0.5), (0, 0, 0.2, 0.5)]
