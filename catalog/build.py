@@ -280,7 +280,7 @@ def merge_shards(shards: ShardStore, count: int, folder: Path) -> Merged:
     hists = RowWriter(folder / "hists.npy", kept, HIST_SIZE)
     errors: list[RowError] = []
     counts = dict.fromkeys(COUNTS, 0)
-    with embeddings, hists, open(folder / "products.jsonl", "w", encoding="utf-8") as products:
+    with embeddings, hists, open(folder / "products.jsonl", "wb") as products:  # UTF-8 whatever the locale
         for shard in range(count):
             result = shards.load(shard)
             n = len(result.rows)
@@ -289,7 +289,7 @@ def merge_shards(shards: ShardStore, count: int, folder: Path) -> Merged:
             if n:  # a shard whose every row failed has no vectors (and no width)
                 embeddings.append(result.vectors)
                 hists.append(result.hists)
-            products.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in result.rows)
+            products.writelines((json.dumps(row, ensure_ascii=False) + "\n").encode() for row in result.rows)
             errors += result.errors
             for key in COUNTS:
                 counts[key] += getattr(result, key)

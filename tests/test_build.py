@@ -480,8 +480,15 @@ def test_the_local_engine_runs_every_shard_it_is_given(tmp_path, monkeypatch):
     engine = LocalEngine(model)
     assert engine.backbone_id() == "hash-16"
     pending = spool([{"line": i, "id": str(i)} for i in range(5)], tmp_path, 2)
-    engine.run(ShardJob("o", "b", "r", "c", "v", "hash-16"), [pending[0], pending[2]], previous, progress=False)
+    engine.run(ShardJob("o", "b", "r", "c", "v", "hash-16"), [pending[0], pending[2]], previous)
     assert seen == [("b", 0, ["0", "1"], True, True), ("b", 2, ["4"], True, True)]
+
+
+def test_the_local_engine_shows_progress_unless_told_not_to(tmp_path, bars, monkeypatch):
+    monkeypatch.setattr(build_module, "embed_shard", lambda *args: None)
+    pending = spool([{"line": i, "id": str(i)} for i in range(3)], tmp_path, 2)
+    LocalEngine(HashEmbedder()).run(ShardJob("o", "b", "r", "c", "v", "h"), pending, PreviousVectors.none())
+    assert bars[0]["disable"] is False
 
 
 def test_a_build_needs_a_model_or_an_engine_and_a_known_ann_choice(tmp_path):
@@ -506,6 +513,8 @@ def test_a_build_publishes_a_version_and_reports_it(tmp_path, caplog):
     assert [p["id"] for p in index.products] == ["0", "1", "2", "3", "4"]
     assert (tmp_path / "vectors").is_dir()  # the vector cache beside the image cache by default
     assert not open_store(tmp_path / "idx").list_folders("builds")  # the shards go once published
+    written = {p.name for p in (tmp_path / "idx" / "versions" / index.version).iterdir()}
+    assert {ERRORS, APPEARANCE, APPEARANCE_VECTORS} <= written  # the build's own files, not just the matrix
     assert caplog.records == []
 
 
@@ -529,8 +538,10 @@ def test_a_killed_build_resumes_from_its_finished_shards_and_logs_it(tmp_path, c
         report = build_index(catalog, tmp_path / "idx", model, tmp_path / "cache", **kw)
     assert (report.shards, report.shards_resumed, report.indexed) == (2, 1, 5)
     assert model.embedded == 1  # the unfinished shard's one photo, no more
-    build = [r.getMessage() for r in caplog.records][0]
-    assert build.startswith("resuming build ") and build.endswith(": 1 of 2 shards already done")
+    from catalog.shards import build_id
+
+    build = [r.getMessage() for r in caplog.records if r.name == "catalog.build"][0]
+    assert build == f"resuming build {build_id(catalog.resolve(), 'hash-16', 4)}: 1 of 2 shards already done"
 
 
 @pytest.mark.parametrize(("ann", "min_products", "graph"), [
@@ -597,6 +608,16 @@ def test_the_pipelines_progress_bar_counts_images(tmp_path, bars, monkeypatch, p
     assert {k: v for k, v in bar.items() if k != "updates"} == {"total": 7, "unit": "img", "desc": "indexing",
                                                                   "disable": not progress}
     assert bar["updates"] == [2, 2, 2, 1] and pools == [5, 3]
+
+
+def test_the_pipelines_defaults_eight_fetchers_chunks_of_64_and_a_progress_bar(tmp_path, bars, monkeypatch):
+    pools = []
+    real_pool = build_module.ThreadPoolExecutor
+    monkeypatch.setattr(build_module, "ThreadPoolExecutor", lambda max_workers: (pools.append(max_workers),
+                                                                                  real_pool(max_workers))[1])
+    collect_vectors([row(i) for i in range(70)], Source({}), Model(),
+                    VectorSources(PreviousVectors.none(), VectorCache(tmp_path, "m")))
+    assert pools == [8, 3] and bars[0]["updates"] == [64, 6] and bars[0]["disable"] is False
 
 
 def test_the_pipelines_defaults():
@@ -885,3 +906,24 @@ def test_pruning_several_versions_names_them_all(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="catalog.build"):
         build_index(catalog, tmp_path / "idx", HashEmbedder(), tmp_path / "cache", progress=False, keep=1)
     assert [r.getMessage() for r in caplog.records] == [f"removed 2 old version(s): {', '.join(sorted(old))}"]
+
+
+def test_a_builds_defaults(tmp_path):
+    engine = Recording(HashEmbedder())
+    build_index(shop(tmp_path), tmp_path / "idx", None, tmp_path / "cache", engine=engine)
+    job, _, progress = engine.seen
+    assert (job.workers, job.chunk_size, job.refresh_cache, job.allow_private, progress) == (8, 64, False, False, True)
+    for _ in range(5):
+        build_index(tmp_path / "shop" / "products.csv", tmp_path / "idx", HashEmbedder(), tmp_path / "cache",
+                    progress=False)
+    assert len(open_store(tmp_path / "idx").list_versions()) == 5  # six builds, five kept
+
+
+def test_products_are_written_as_utf8_whatever_the_text(tmp_path):
+    shards = ShardStore(open_store(tmp_path / "store"), "b")
+    result = shard(1)
+    result.rows[0]["name"] = "Café ☕ \u00e9"
+    shards.save(0, result)
+    merged = merge_shards(shards, 1, tmp_path)
+    assert merged.rows[0]["name"] == "Café ☕ \u00e9"
+    assert "Café ☕".encode() in (tmp_path / "products.jsonl").read_bytes()

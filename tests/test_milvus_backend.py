@@ -116,6 +116,13 @@ class FakeMilvus:
         return [self.hits[:limit] if self.hits is not None else []]
 
 
+class FakeTimer:
+    daemon = False
+
+    def start(self) -> None:
+        pass
+
+
 @pytest.fixture
 def fake(monkeypatch) -> FakeMilvus:
     client = FakeMilvus()
@@ -282,7 +289,7 @@ def test_a_gateway_never_fills_a_missing_collection(fake):
     assert not fake.named("upsert") and not fake.aliases
 
 
-def test_serving_loads_the_collection_and_points_the_alias_at_it(fake):
+def test_serving_loads_the_collection_and_points_the_alias_at_it(fake, monkeypatch):
     fake.make(NAME, 4)
     backend = MilvusSearch.serve(SETTINGS, V1, 4)
     assert len(backend) == 4 and fake.aliases == {"photo_current": NAME}
@@ -290,6 +297,10 @@ def test_serving_loads_the_collection_and_points_the_alias_at_it(fake):
     assert fake.named("load_collection") == [("load_collection", NAME)] * 2  # counted, then served
     fake.hits = hits((1, 0.5))
     assert backend.search(np.zeros(2), 1).rows.tolist() == [1] and fake.named("search")[0][1] == NAME
+    grace = []
+    monkeypatch.setattr(milvus.threading, "Timer", lambda seconds, action: grace.append(seconds) or FakeTimer())
+    backend.close()
+    assert grace == [SETTINGS.drop_grace_s]  # dropped after the served settings' grace period
     MilvusSearch.serve(SETTINGS, V1, 4)  # already its target: nothing to switch
     assert len(fake.named("create_alias")) == 1 and not fake.named("alter_alias")
     fake.make("photo_v2", 2)
@@ -351,7 +362,7 @@ def test_the_search_depth(fake, k, count, where, limit):
 def test_nothing_to_find_asks_milvus_nothing(fake, k):
     for backend, asked in ((served(fake), k), (served(fake, 0), 5)):
         found = backend.search(np.zeros(2), asked)
-        assert len(found) == 0 and found.exhausted and found.rows.dtype == np.int64
+        assert len(found) == 0 and len(found.scores) == 0 and found.exhausted and found.rows.dtype == np.int64
         assert found.scores.dtype == np.float32
     assert not fake.named("search")
 

@@ -244,6 +244,7 @@ def test_options_as_the_service_receives_them(client, svc, monkeypatch):
     query, options = seen[0]
     assert (options.threshold, options.category, options.offset, options.min_price, options.max_price) == (
         33.0, "Bags", 4, 1.5, None)
+    assert type(options.offset) is int and type(options.top_k) is int  # row counts, never 4.0
     assert (query.upload, query.image_url, query.token, query.picture, query.item, query.with_picture) == (
         None, "https://x.test/a.jpg", "t", "p", 2, False)
     client.post("/api/search", json={"image_url": "https://x.test/a.jpg", "category": "  ", "threshold": None})
@@ -693,3 +694,20 @@ def test_an_error_page_keeps_at_most_2048_characters_of_a_link_beside_a_token(cl
     long_link = "https://x.test/" + "b" * 3000
     client.post("/search", data={"query_token": token, "image_url": long_link, "threshold": "500"})
     assert rendered[-1]["image_url"] == long_link[:2048] and rendered[-1]["query_token"] == token
+
+
+@pytest.mark.parametrize(("fields", "status"), [
+    ({"min_price": "0"}, 200), ({"min_price": "-0.5"}, 400), ({"min_price": "10", "max_price": "10"}, 200),
+    ({"max_price": "1e12"}, 200), ({"min_price": "10.5", "max_price": "10"}, 400)])
+def test_a_price_range_at_its_limits(client, fields, status):
+    answer = photo(client, threshold="0", **fields)
+    assert answer.status_code == status
+    if "min_price" in fields and fields["min_price"] == "-0.5":
+        assert answer.get_json()["error"] == "min_price must be between 0 and 1e+12, got -0.5"
+
+
+def test_a_field_name_holding_the_replacement_character_is_refused(client):
+    """Werkzeug turns bytes that are not UTF-8 into U+FFFD where it decodes with errors="replace": a field name that
+    holds it is refused like a value that does (it cannot be told from text that was never UTF-8)."""
+    answer = client.post("/api/search", data=b"%EF%BF%BD=1", content_type="application/x-www-form-urlencoded")
+    assert answer.status_code == 400 and answer.get_json()["error"] == NOT_UTF8

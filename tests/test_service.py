@@ -565,3 +565,99 @@ def test_the_token_carries_up_to_three_other_items_with_their_colour(svc):
     query = svc.tokens.verify(svc._answer(service_module.replace(found, items=(Item(WHOLE, "Shoes"), *others)),
                                           "", "").token)
     assert [item.box for item in query.items] == [(0, 0, 0.1, 0.5), (0, 0, 0.2, 0.5)]
+
+
+def test_a_model_server_serving_another_model_is_not_ready(svc):
+    class Other(FixedClient):
+        backbone = "another-model"
+
+    svc.client = Other()
+    assert svc._check_ready() == (False, "model mismatch: TorchServe serves another-model, index was built with "
+                                         "fixed-8d")
+
+
+def _service_over(tmp_path, x: np.ndarray, categories: list[str]) -> SearchService:
+    products = [{"id": str(i), "name": f"p{i}", "category": c} for i, c in enumerate(categories)]
+    write_and_publish(open_store(tmp_path / "index"), IndexData(np.asarray(x, np.float32), products,
+                                                                {"backbone": FixedClient.backbone}))
+    svc = SearchService(Config(index_uri=str(tmp_path / "index"), index_poll_s=0, index_cache_dir=str(tmp_path / "c")),
+                        FixedClient())
+    svc.indexes.load()
+    return svc
+
+
+def test_the_closest_product_is_the_nearest_by_similarity_alone_whatever_its_category(tmp_path):
+    x = np.zeros((8, 8), np.float32)
+    x[0, 0] = 1.0  # one bag exactly where the query is ...
+    for i in range(1, 8):  # ... among seven shoes just beside it, which would win a category vote
+        x[i, 0], x[i, i] = 0.9, np.sqrt(1 - 0.81)
+    svc = _service_over(tmp_path, x, ["Bags"] + ["Shoes"] * 7)
+    score, row = service_module._closest(svc.require_index(), np.eye(8, dtype=np.float32)[0])
+    assert row == 0 and score == pytest.approx(100.0)
+
+
+def test_the_closest_product_however_far_and_none_in_an_empty_catalog(tmp_path):
+    x = np.zeros((4, 8), np.float32)
+    x[np.arange(4), np.arange(4)] = 1.0
+    svc = _service_over(tmp_path / "far", x, ["Shoes"] * 4)
+    far = np.zeros(8, np.float32)
+    far[0], far[5] = 0.005, np.sqrt(1 - 0.005**2)
+    score, row = service_module._closest(svc.require_index(), far)
+    assert row == 0 and score == pytest.approx(0.5, abs=1e-3)  # 0.5 %: still the closest, no threshold applies
+    empty = _service_over(tmp_path / "empty", np.zeros((0, 8)), [])
+    assert service_module._closest(empty.require_index(), far) == (float("-inf"), None)
+
+
+def test_the_side_pool_has_four_threads_made_in_the_process_that_uses_it():
+    side = SideWork()
+    assert side.workers == 4
+    assert side.submit(lambda: 1).result(5) == 1 and side._pool._max_workers == 4
+
+
+def test_a_service_keeps_its_index_copy_where_configured_and_accepts_tokens_of_old_keys(tmp_path, plain):
+    from dataclasses import replace as copy
+
+    from gateway.query_token import Query, QueryTokens
+
+    old = QueryTokens("an-old-key-of-at-least-32-characters!!", 600).issue(Query(np.zeros(8, np.float32), "m"))
+    svc = SearchService(copy(plain, query_token_old_keys="an-old-key-of-at-least-32-characters!!"), FixedClient())
+    assert svc.indexes.cache.root == plain.index_cache
+    assert svc.tokens.verify(old).backbone_id == "m"
+
+
+def test_readiness_before_its_first_check(plain, monkeypatch):
+    from dataclasses import replace as copy
+
+    clock = Clock()
+    monkeypatch.setattr(service_module, "time", clock)
+    svc = SearchService(copy(plain, ready_cache_s=2.0), FixedClient())
+    svc.indexes.load()
+    clock.now = 1.0  # a clock that started under ready_cache_s ago: nothing checked yet
+    assert svc.readiness() == (False, "not checked yet")
+    clock.now = 2.5
+    assert svc.readiness() == (True, "ready")
+
+
+def test_a_vector_of_another_model_or_width_is_not_ready_and_the_log_says_why(svc):
+    from gateway.errors import Unavailable
+    from gateway.service import NOT_READY
+
+    with pytest.raises(Unavailable) as caught:
+        svc.search_vector(np.zeros(8, np.float32), "another-model", SearchOptions(0.0, 3))
+    assert (caught.value.message, caught.value.detail) == (NOT_READY, (
+        "the embedding model (another-model) does not match the index (fixed-8d); rebuild the index or deploy the "
+        "matching model archive"))
+    with pytest.raises(Unavailable) as caught:
+        svc.search_vector(np.zeros(7, np.float32), FixedClient.backbone, SearchOptions(0.0, 3))
+    assert (caught.value.message, caught.value.detail) == (NOT_READY, "the query vector has 7 numbers, the index's "
+                                                                      "model 8")
+
+
+def test_a_located_item_is_searched_with_its_own_colour(located):
+    from gateway.images import Crop
+
+    svc, _ = located
+    photo = _quadrants()
+    found = svc.search_image(photo, SearchOptions(0.0, 3), locate=True)
+    assert found.box == Crop(0, 0, 0.25, 0.25)
+    assert np.array_equal(found.hist, histogram_of(photo.cropped(Crop(0, 0, 0.25, 0.25)).image))
