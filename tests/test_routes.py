@@ -54,7 +54,8 @@ def products(n: int) -> list[dict]:
     rows = []
     for i in range(n):
         row = {"id": str(100 + i), "name": f"item {i}", "category": CATEGORIES[i % 3], "price": float(i * 10),
-               "image_url": f"images/{i}.jpg", "product_url": f"https://shop.test/p/{i}"}
+               "image_url": f"images/{i}.jpg", "product_url": f"https://shop.test/p/{i}",
+               "base_colour": ["Red", "Blue", "Green", "Black"][i % 4]}  # colours: the build fits a projection
         if i == 1:
             row |= {"image_url": "https://cdn.test/1.jpg", "product_url": "javascript:alert(1)", "price": None}
         rows.append(row)
@@ -711,3 +712,71 @@ def test_a_field_name_holding_the_replacement_character_is_refused(client):
     holds it is refused like a value that does (it cannot be told from text that was never UTF-8)."""
     answer = client.post("/api/search", data=b"%EF%BF%BD=1", content_type="application/x-www-form-urlencoded")
     assert answer.status_code == 400 and answer.get_json()["error"] == NOT_UTF8
+
+
+def test_a_search_without_a_colour_on_a_version_with_colours(client, svc):
+    """A token without a histogram (or one of another size) is ranked by the CNN alone inside its category."""
+    index = svc.require_index()
+    assert index.appearance is not None and index.appearance.projection is not None
+    from gateway.service import SearchOptions
+
+    for hist in (None, np.ones(3, np.float32)):
+        found = svc.search_vector(np.asarray(svc.client.x[0], np.float64), MODEL, SearchOptions(0.0, 5), hist)
+        assert found.hits[0].product["id"] == "100" and found.vector.dtype == np.float32
+
+
+def test_a_shared_link_is_a_get_search_that_finds_the_same(shop, http_server):
+    tmp_path, x = shop
+    app = create_app(config_for(tmp_path, allow_private_urls=True), client=Model(x))
+    pages: list[dict] = []
+    url = http_server.add("/q.jpg", jpeg_bytes())
+    with template_rendered.connected_to(lambda s, template, context, **e: pages.append(context), app):
+        answer = app.test_client().get("/search", query_string={"image_url": url, "threshold": "20"})
+    assert answer.status_code == 200 and pages[-1]["image_url"] == url
+    assert pages[-1]["share_url"] == f"/search?image_url={url}&threshold=20"
+
+
+def test_more_like_this_shows_more_from_where_it_was(client, rendered):
+    client.get("/products/103/similar?top_k=12&show=24&threshold=0")
+    assert rendered[-1]["first_new"] == 12 and len(rendered[-1]["found"].hits) == 24
+
+
+def test_a_catalog_file_refused_says_why_in_words(shop, client):
+    tmp_path, _ = shop
+    for path, words in (("images/99.jpg", "not a catalog image"), ("images/3.txt", "not a catalog image"),
+                        ("../shop/images/3.jpg", "not a catalog image")):
+        answer = client.get(f"/catalog/{path}")
+        assert answer.status_code == 404 and words in answer.get_data(as_text=True), path
+    (tmp_path / "shop" / "images" / "4.jpg").unlink()
+    assert "image not found" in client.get("/catalog/images/4.jpg").get_data(as_text=True)
+
+
+def test_a_named_file_that_is_not_an_image_type_is_never_served(tmp_path):
+    x = np.eye(8, dtype=np.float32)[:2]
+    rows = [{"id": "1", "name": "a", "category": "A", "image_url": "images/notes.txt"},
+            {"id": "2", "name": "b", "category": "A", "image_url": "images/b.jpg"}]
+    (tmp_path / "shop" / "images").mkdir(parents=True)
+    (tmp_path / "shop" / "images" / "notes.txt").write_text("private notes")
+    write_and_publish(open_store(tmp_path / "index"), *finish_version(Merged.of(rows, x), tmp_path / "c.csv",
+                                                                      MODEL, 2, tmp_path))
+    client = create_app(config_for(tmp_path), client=Model(x)).test_client()
+    answer = client.get("/catalog/images/notes.txt")
+    assert answer.status_code == 404 and "private notes" not in answer.get_data(as_text=True)
+    assert "not a catalog image" in answer.get_data(as_text=True)
+
+
+def test_without_a_catalog_folder_no_file_is_looked_for(shop):
+    tmp_path, x = shop
+    app = create_app(config_for(tmp_path, catalog_dir=""), client=Model(x))
+    assert "not a catalog image" in app.test_client().get("/catalog/images/3.jpg").get_data(as_text=True)
+
+
+def test_an_http_error_without_a_code_is_a_500(app):
+    from werkzeug.exceptions import HTTPException
+
+    from gateway.routes.errors import on_httperror_answer
+
+    with app.test_request_context("/api/x"):
+        body, status = on_httperror_answer(HTTPException(description="odd"))
+    assert status == 500 and body.get_json() == {"error": "odd", "status": 500}
+

@@ -587,12 +587,16 @@ def _service_over(tmp_path, x: np.ndarray, categories: list[str]) -> SearchServi
 
 
 def test_the_closest_product_is_the_nearest_by_similarity_alone_whatever_its_category(tmp_path):
-    x = np.zeros((8, 8), np.float32)
+    n = 30
+    x = np.zeros((n + 1, n + 1), np.float32)
     x[0, 0] = 1.0  # one bag exactly where the query is ...
-    for i in range(1, 8):  # ... among seven shoes just beside it, which would win a category vote
-        x[i, 0], x[i, i] = 0.9, np.sqrt(1 - 0.81)
-    svc = _service_over(tmp_path, x, ["Bags"] + ["Shoes"] * 7)
-    score, row = service_module._closest(svc.require_index(), np.eye(8, dtype=np.float32)[0])
+    for i in range(1, n + 1):  # ... among thirty shoes just beside it, which win the category vote
+        x[i, 0], x[i, i] = 0.99, np.sqrt(1 - 0.99**2)
+    svc = _service_over(tmp_path, x, ["Bags"] + ["Shoes"] * n)
+    query = np.eye(n + 1, dtype=np.float32)[0]
+    voted = svc.search_vector(query, FixedClient.backbone, SearchOptions(0.0, 1))
+    assert voted.guess.category == "Shoes" and voted.hits[0].product["id"] == "1"  # category-first: a shoe
+    score, row = service_module._closest(svc.require_index(), query)
     assert row == 0 and score == pytest.approx(100.0)
 
 
@@ -661,3 +665,26 @@ def test_a_located_item_is_searched_with_its_own_colour(located):
     found = svc.search_image(photo, SearchOptions(0.0, 3), locate=True)
     assert found.box == Crop(0, 0, 0.25, 0.25)
     assert np.array_equal(found.hist, histogram_of(photo.cropped(Crop(0, 0, 0.25, 0.25)).image))
+
+
+def test_the_side_pool_is_made_once_per_process_with_named_threads():
+    side = SideWork(workers=2)
+    name = side.submit(lambda: threading.current_thread().name).result(5)
+    pool = side._pool
+    assert name.startswith("photo-side") and side.submit(lambda: 2).result(5) == 2 and side._pool is pool
+
+
+def test_no_index_is_not_ready_with_the_reason_for_the_log(plain, tmp_path):
+    from dataclasses import replace as copy
+
+    from gateway.errors import Unavailable
+    from gateway.service import NOT_READY
+
+    svc = SearchService(copy(plain, index_uri=str(tmp_path / "nowhere")), FixedClient())
+    with pytest.raises(Unavailable) as caught:
+        svc.require_index()
+    assert (caught.value.message, caught.value.detail) == (NOT_READY, "index not loaded")
+    svc.indexes.error = "no index at /nowhere"
+    with pytest.raises(Unavailable) as caught:
+        svc.require_index()
+    assert caught.value.detail == "no index at /nowhere"

@@ -41,6 +41,11 @@ def api_answer(found: Results, started: float, token: str | None = None) -> Resp
 
 @bp.post("/api/search")
 def api_search():
+    return search_answer()
+
+
+def search_answer() -> Response:
+    """``POST /api/search`` (the handlers' bodies are plain functions: mutmut does not mutate decorated ones)."""
     started = time.perf_counter()
     params = request_params()
     options = search_options(params)  # checked before any fetch or model call
@@ -50,6 +55,10 @@ def api_search():
 
 @bp.get("/api/products/<product_id>/similar")
 def api_similar(product_id: str):
+    return similar_answer(product_id)
+
+
+def similar_answer(product_id: str) -> Response:
     started = time.perf_counter()
     return api_answer(service().similar(product_id, search_options(request_params())), started)
 

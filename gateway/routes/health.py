@@ -15,6 +15,10 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
+    return readiness_answer()
+
+
+def readiness_answer():
     """Ready or not, for anyone; why, and what is served, only on the admin listener (the reasons name
     addresses and errors of the services behind the gateway)."""
     svc = service()

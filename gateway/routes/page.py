@@ -55,6 +55,10 @@ def home():
 
 @bp.route("/search", methods=["GET", "POST"])
 def search_page():
+    return search_results_page()
+
+
+def search_results_page():
     """The results page. GET with ``image_url`` is a shareable link; GET without a query goes home."""
     params = request_params()
     if request.method == "GET" and not (params.get("image_url") or params.get("query_token")):
@@ -80,6 +84,10 @@ def _link_options(options: SearchOptions) -> dict:
 
 @bp.get("/products/<product_id>/similar")
 def similar_page(product_id: str):
+    return similar_results_page(product_id)
+
+
+def similar_results_page(product_id: str):
     params = request_params()
     first_new = show_more(params)
     options = search_options(params)
@@ -96,6 +104,10 @@ IMAGE_SUFFIXES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/pn
 
 @bp.get("/catalog/<path:path>")
 def catalog_image(path: str):
+    return catalog_file(path)
+
+
+def catalog_file(path: str):
     """A local catalog image: only one that a product of the served index names, only an image type, and
     only from ``CATALOG_DIR`` (a path is never taken from the index's manifest: the store is untrusted)."""
     svc = service()
