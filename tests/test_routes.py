@@ -741,14 +741,32 @@ def test_more_like_this_shows_more_from_where_it_was(client, rendered):
     assert rendered[-1]["first_new"] == 12 and len(rendered[-1]["found"].hits) == 24
 
 
+def shown_error(answer) -> str:
+    """The error line of an error page."""
+    return re.search(r'<p class="error" role="alert">([^<]*)</p>', answer.get_data(as_text=True)).group(1)
+
+
 def test_a_catalog_file_refused_says_why_in_words(shop, client):
     tmp_path, _ = shop
-    for path, words in (("images/99.jpg", "not a catalog image"), ("images/3.txt", "not a catalog image"),
-                        ("../shop/images/3.jpg", "not a catalog image")):
+    for path in ("images/99.jpg", "images/3.txt", "../shop/images/3.jpg"):
         answer = client.get(f"/catalog/{path}")
-        assert answer.status_code == 404 and words in answer.get_data(as_text=True), path
+        assert answer.status_code == 404 and shown_error(answer) == "not a catalog image", path
     (tmp_path / "shop" / "images" / "4.jpg").unlink()
-    assert "image not found" in client.get("/catalog/images/4.jpg").get_data(as_text=True)
+    assert shown_error(client.get("/catalog/images/4.jpg")) == "image not found"
+
+
+def test_a_stored_image_path_that_leaves_the_catalog_folder_is_refused(tmp_path):
+    """The index store is untrusted: a product naming ../outside.jpg is not served, though the file is there."""
+    x = np.eye(8, dtype=np.float32)[:2]
+    rows = [{"id": "1", "name": "a", "category": "A", "image_url": "../outside.jpg"},
+            {"id": "2", "name": "b", "category": "A", "image_url": "images/b.jpg"}]
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "outside.jpg").write_bytes(jpeg_bytes())
+    write_and_publish(open_store(tmp_path / "index"), *finish_version(Merged.of(rows, x), tmp_path / "c.csv",
+                                                                      MODEL, 2, tmp_path))
+    client = create_app(config_for(tmp_path), client=Model(x)).test_client()
+    answer = client.get("/catalog/../outside.jpg")
+    assert answer.status_code == 404 and shown_error(answer) == "not a catalog image"
 
 
 def test_a_named_file_that_is_not_an_image_type_is_never_served(tmp_path):
@@ -762,13 +780,13 @@ def test_a_named_file_that_is_not_an_image_type_is_never_served(tmp_path):
     client = create_app(config_for(tmp_path), client=Model(x)).test_client()
     answer = client.get("/catalog/images/notes.txt")
     assert answer.status_code == 404 and "private notes" not in answer.get_data(as_text=True)
-    assert "not a catalog image" in answer.get_data(as_text=True)
+    assert shown_error(answer) == "not a catalog image"
 
 
 def test_without_a_catalog_folder_no_file_is_looked_for(shop):
     tmp_path, x = shop
     app = create_app(config_for(tmp_path, catalog_dir=""), client=Model(x))
-    assert "not a catalog image" in app.test_client().get("/catalog/images/3.jpg").get_data(as_text=True)
+    assert shown_error(app.test_client().get("/catalog/images/3.jpg")) == "not a catalog image"
 
 
 def test_an_http_error_without_a_code_is_a_500(app):
