@@ -1,5 +1,6 @@
-"""The TorchServe process manager's config rendering (devtools/process.py); the process itself is
-exercised by every integration test through the ``torchserve`` fixture."""
+"""The TorchServe process manager (devtools/process.py): its config rendering and how it stops a process group
+(stand-in groups of shell processes); TorchServe itself runs under every integration test's ``torchserve``
+fixture."""
 
 from __future__ import annotations
 
@@ -101,3 +102,47 @@ def test_a_given_port_taken_fails_with_torchserve_s_own_words(model_store, tmp_p
     finally:
         ts.stop()
         busy.close()
+
+
+def _group(tmp_path, script: str):
+    """A stand-in TorchServe: a shell and a child of it in a process group of their own, as the wrapper, the Java
+    frontend and its workers are; returned once the child runs (``script`` then touches ``ready``)."""
+    import subprocess
+    import time
+
+    from devtools.process import TorchServe
+
+    ts = TorchServe(tmp_path / "store", tmp_path / "work")
+    ts.process = subprocess.Popen(["sh", "-c", script.replace("READY", str(tmp_path / "ready"))],
+                                  start_new_session=True)
+    ts.log = open(tmp_path / "out.log", "wb")  # noqa: SIM115 - stop() closes it
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return ts
+
+
+def _gone(group: int) -> bool:
+    import os
+
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_stopping_ends_the_whole_process_group_with_sigterm(tmp_path):
+    """The frontend outlives the wrapper for a moment and would still answer on its ports: stop() waits until
+    every process of the group is gone, and a polite SIGTERM is enough for a group that honours it."""
+    ts = _group(tmp_path, "sleep 60 & touch READY; sleep 60; wait")
+    group = ts.process.pid
+    ts.stop(timeout=20)
+    assert _gone(group) and ts.log.closed
+    assert ts.process.returncode == -15  # SIGTERM, not SIGKILL
+
+
+def test_stopping_what_never_started_does_nothing(tmp_path):
+    from devtools.process import TorchServe
+
+    TorchServe(tmp_path / "store", tmp_path / "work").stop()
