@@ -451,17 +451,22 @@ def test_a_named_image_gone_from_disk_is_not_found_and_without_a_folder_nothing_
     assert app.test_client().get("/catalog/images/3.jpg").status_code == 404
 
 
+def two_product_client(tmp_path, first: dict):
+    """A client of a version of two products as stored (the store is untrusted): ``first``, then a plain one."""
+    x = np.eye(8, dtype=np.float32)[:2]
+    rows = [first, {"id": "2", "name": "b", "category": "A", "image_url": "images/b.jpg"}]
+    (tmp_path / "shop" / "images").mkdir(parents=True, exist_ok=True)
+    write_and_publish(open_store(tmp_path / "index"), *finish_version(Merged.of(rows, x), tmp_path / "c.csv",
+                                                                      MODEL, 2, tmp_path))
+    return create_app(config_for(tmp_path), client=Model(x)).test_client()
+
+
 @pytest.mark.parametrize(("suffix", "kind"), [(".jpeg", "image/jpeg"), (".png", "image/png"),
                                               (".webp", "image/webp"), (".gif", "image/gif")])
 def test_each_image_type_is_served_as_itself(tmp_path, suffix, kind):
-    x = np.eye(8, dtype=np.float32)[:2]
-    rows = [{"id": "1", "name": "a", "category": "A", "image_url": f"images/a{suffix}"},
-            {"id": "2", "name": "b", "category": "A", "image_url": "images/b.jpg"}]
-    (tmp_path / "shop" / "images").mkdir(parents=True)
+    client = two_product_client(tmp_path, {"id": "1", "name": "a", "category": "A", "image_url": f"images/a{suffix}"})
     (tmp_path / "shop" / "images" / f"a{suffix}").write_bytes(b"bytes")
-    write_and_publish(open_store(tmp_path / "index"), *finish_version(Merged.of(rows, x), tmp_path / "c.csv",
-                                                                      MODEL, 2, tmp_path))
-    answer = create_app(config_for(tmp_path), client=Model(x)).test_client().get(f"/catalog/images/a{suffix}")
+    answer = client.get(f"/catalog/images/a{suffix}")
     assert answer.status_code == 200 and answer.mimetype == kind
 
 
@@ -629,12 +634,7 @@ def test_json_paths_and_health_checks_answer_json_and_pages_html(client):
 
 def test_a_stored_product_without_its_optional_fields_is_answered_with_empty_ones(tmp_path):
     """The index store is untrusted: a product row that lacks a name, a category or an image still answers."""
-    x = np.eye(8, dtype=np.float32)[:2]
-    rows = [{"id": "1"}, {"id": "2", "name": "b", "category": "A", "image_url": "images/b.jpg"}]
-    (tmp_path / "shop").mkdir()
-    write_and_publish(open_store(tmp_path / "index"), *finish_version(Merged.of(rows, x), tmp_path / "c.csv",
-                                                                      MODEL, 2, tmp_path))
-    client = create_app(config_for(tmp_path), client=Model(x)).test_client()
+    client = two_product_client(tmp_path, {"id": "1"})
     (bare,) = [r for r in photo(client, threshold="0").get_json()["results"] if r["id"] == "1"]
     assert (bare["name"], bare["category"], bare["image_url"], bare["price"]) == ("", "", "/catalog/", None)
 
@@ -757,27 +757,15 @@ def test_a_catalog_file_refused_says_why_in_words(shop, client):
 
 def test_a_stored_image_path_that_leaves_the_catalog_folder_is_refused(tmp_path):
     """The index store is untrusted: a product naming ../outside.jpg is not served, though the file is there."""
-    x = np.eye(8, dtype=np.float32)[:2]
-    rows = [{"id": "1", "name": "a", "category": "A", "image_url": "../outside.jpg"},
-            {"id": "2", "name": "b", "category": "A", "image_url": "images/b.jpg"}]
-    (tmp_path / "shop").mkdir()
+    client = two_product_client(tmp_path, {"id": "1", "name": "a", "category": "A", "image_url": "../outside.jpg"})
     (tmp_path / "outside.jpg").write_bytes(jpeg_bytes())
-    write_and_publish(open_store(tmp_path / "index"), *finish_version(Merged.of(rows, x), tmp_path / "c.csv",
-                                                                      MODEL, 2, tmp_path))
-    client = create_app(config_for(tmp_path), client=Model(x)).test_client()
     answer = client.get("/catalog/../outside.jpg")
     assert answer.status_code == 404 and shown_error(answer) == "not a catalog image"
 
 
 def test_a_named_file_that_is_not_an_image_type_is_never_served(tmp_path):
-    x = np.eye(8, dtype=np.float32)[:2]
-    rows = [{"id": "1", "name": "a", "category": "A", "image_url": "images/notes.txt"},
-            {"id": "2", "name": "b", "category": "A", "image_url": "images/b.jpg"}]
-    (tmp_path / "shop" / "images").mkdir(parents=True)
+    client = two_product_client(tmp_path, {"id": "1", "name": "a", "category": "A", "image_url": "images/notes.txt"})
     (tmp_path / "shop" / "images" / "notes.txt").write_text("private notes")
-    write_and_publish(open_store(tmp_path / "index"), *finish_version(Merged.of(rows, x), tmp_path / "c.csv",
-                                                                      MODEL, 2, tmp_path))
-    client = create_app(config_for(tmp_path), client=Model(x)).test_client()
     answer = client.get("/catalog/images/notes.txt")
     assert answer.status_code == 404 and "private notes" not in answer.get_data(as_text=True)
     assert shown_error(answer) == "not a catalog image"
