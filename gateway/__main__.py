@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import sys
@@ -12,13 +13,15 @@ from collections.abc import Callable
 from gunicorn.app.base import BaseApplication
 
 from gateway.config import Config
+from safeio.cpus import blas_threads, cpu_limit
 from safeio.logs import gunicorn_config
 
 
 class GatewayServer(BaseApplication):
-    def __init__(self, options: dict, admin_port: int = 0) -> None:
+    def __init__(self, options: dict, admin_port: int = 0, blas: int = 0) -> None:
         self.options = options
         self.admin_port = admin_port
+        self.blas = blas  # BLAS threads per worker; 0: the library's default
         super().__init__()
 
     def load_config(self) -> None:
@@ -29,7 +32,18 @@ class GatewayServer(BaseApplication):
         from gateway import create_app  # imported in the worker, after PROMETHEUS_MULTIPROC_DIR is set
         from gateway.listener import tag_admin_requests
 
+        if self.blas:
+            limit_blas(self.blas)
         return tag_admin_requests(create_app(), self.admin_port)
+
+
+def limit_blas(threads: int) -> None:
+    """This process's BLAS (OpenBLAS) threads: set in each worker, since the count is fixed when the library
+    loads and the master loaded it before its settings were read."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads, user_api="blas")
+    logging.getLogger("photo.gateway").info("BLAS threads per worker: %d", threads)
 
 
 def _worker_exit(server, worker) -> None:
@@ -114,6 +128,7 @@ def binds(args: argparse.Namespace, settings: Config) -> list[str]:
 
 
 def serve(args: argparse.Namespace, settings: Config) -> None:
+    blas = blas_threads(settings.blas_threads, cpu_limit(), os.cpu_count() or 1)
     GatewayServer({
         "bind": binds(args, settings),
         "workers": workers_for(args.workers, settings),
@@ -124,7 +139,7 @@ def serve(args: argparse.Namespace, settings: Config) -> None:
         "accesslog": None,  # the app logs each request itself, as JSON with its request id (gateway/request_id.py)
         "logconfig_dict": gunicorn_config(settings.log_format, "gateway.request_id.RequestIdFilter"),
         "child_exit": _worker_exit,
-    }, settings.gateway_admin_port).run()
+    }, settings.gateway_admin_port, blas).run()
 
 
 if __name__ == "__main__":

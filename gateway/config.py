@@ -32,6 +32,7 @@ LIMITS: tuple[tuple[str, float, bool, float | None], ...] = (
     ("max_pixels", 1, False, None),
     ("max_decode_mb", 0, True, None),
     ("decode_concurrency", 1, False, None),
+    ("blas_threads", 0, False, None),
     ("default_threshold", 0, False, 100),
     ("default_top_k", 1, False, None),
     ("max_top_k", 1, False, None),
@@ -71,6 +72,9 @@ class Config:
     #: Query photos decoded at once per worker process: the worker's decoding memory is at most this ×
     #: ``max_decode_mb``; a request that waits 10 s for a turn gets 503.
     decode_concurrency: int = 2
+    #: BLAS threads per worker process (the search's matrix products); 0: the whole CPUs of the container's
+    #: CPU quota (``limits.cpu``), or every CPU where there is none (safeio/cpus.py).
+    blas_threads: int = 0
     #: Default minimum similarity, in calibrated percent (see ranking/calibration.py; uncalibrated: 100·cosine).
     default_threshold: float = 70.0
     default_top_k: int = 12
