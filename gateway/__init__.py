@@ -19,7 +19,7 @@ def create_app(config: Config | None = None, client: ModelClient | None = None) 
     """The WSGI app. ``client`` is for unit tests; by default it talks to ``config.torchserve_url``."""
     from flask import Flask
 
-    from gateway import request_id
+    from gateway import multipart, request_id
     from gateway.config import Config
     from gateway.metrics import instrument
     from gateway.routes import bp
@@ -27,6 +27,7 @@ def create_app(config: Config | None = None, client: ModelClient | None = None) 
     from modelserver.client import make_client
 
     config = config or Config.from_env()
+    multipart.install()  # uploads read without compiling two patterns each (gateway/multipart.py)
     app = Flask(__name__)
     # Werkzeug answers 413 past this size before the body is read.
     app.config["MAX_CONTENT_LENGTH"] = int(config.max_upload_mb * 1024 * 1024) + 64 * 1024
