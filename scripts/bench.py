@@ -185,7 +185,10 @@ def bench_build(work: Path, ts: TorchServe, images: list[Path], report: dict) ->
     built = build_index(catalog, work / "built-index", client,
                         work / "build-cache" / "images", progress=False)
     rate = built.indexed / (time.perf_counter() - started)
-    assert built.embedded == len(images), built.summary()
+    # Cold: nothing from a previous version or an earlier run. A photo whose very bytes another product has
+    # (4 pairs among the first 480 Myntra photos) may come from this run's own vector cache, if its twin's
+    # vector was written first: whether it does is a race, so it is not counted against the cold build.
+    assert built.indexed == len(images) and not (built.reused or built.shards_resumed), built.summary()
     report["index_build_img_s"] = round(rate, 1)
     report["index_build_vs_torchserve"] = round(rate / report["torchserve_default_img_s"], 2)
     report["index_build_vs_model"] = round(rate / report["model_default_img_s"], 2)
