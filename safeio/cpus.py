@@ -18,23 +18,21 @@ OWN_CGROUP = Path("/proc/self/cgroup")
 def cpu_limit(root: Path = CGROUP_ROOT, own: Path = OWN_CGROUP) -> float | None:
     """This process's CPU quota in CPUs (1.5 for ``limits.cpu: 1500m``); None when it has none or it cannot be
     read. cgroup v2 (``cpu.max``) and v1 (``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), at the process's own
-    cgroup, then at the root (a container's own cgroup namespace shows its cgroup there). Anything unreadable
-    or malformed counts as no quota: the caller keeps its default."""
+    cgroup, then at the root (a container's own cgroup namespace shows its cgroup there): the first quota
+    found. A folder without one, or with an unreadable or malformed one, is passed over; none anywhere: None,
+    and the caller keeps its default."""
     for folder, version in _cgroup_folders(root, own):
         try:
             if version == 2:
                 quota, period = (folder / "cpu.max").read_text().split()
-                if quota == "max":
-                    return None
             else:
-                quota = (folder / "cpu.cfs_quota_us").read_text().strip()
-                period = (folder / "cpu.cfs_period_us").read_text().strip()
-                if int(quota) < 0:
-                    return None
+                quota = (folder / "cpu.cfs_quota_us").read_text()
+                period = (folder / "cpu.cfs_period_us").read_text()
             cpus = int(quota) / int(period)
         except (OSError, ValueError, ZeroDivisionError):
             continue
-        return cpus if cpus > 0 else None
+        if cpus > 0:  # v1's -1 is none at this level (v2's "max" is not a number): a parent's may still hold
+            return cpus
     return None
 
 

@@ -36,6 +36,12 @@ V1 = "4:memory:/x\n1:cpu,cpuacct:/\n"
     ("1:cpu:/phototest\n", {"cpu/phototest/cpu.cfs_quota_us": "250000", "cpu/phototest/cpu.cfs_period_us": "100000",
                             "cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, 2.5),
     ("1:cpu:/\n", {"cpu,cpuacct/cpu.cfs_quota_us": "100000", "cpu,cpuacct/cpu.cfs_period_us": "50000"}, 2.0),
+    ("2:cpu,cpuacct:/x\n", {"cpu/x/cpu.cfs_quota_us": "200000", "cpu/x/cpu.cfs_period_us": "100000"}, 2.0),
+    ("0::/pod/ctr\n", {"pod/ctr/cpu.max": "max 100000", "cpu.max": "100000 100000"}, 1.0),  # the parent's holds
+    ("1:cpu:/x\n", {"cpu/x/cpu.cfs_quota_us": "-1", "cpu/x/cpu.cfs_period_us": "100000",
+                    "cpu/cpu.cfs_quota_us": "50000", "cpu/cpu.cfs_period_us": "100000"}, 0.5),
+    ("0::/a:b\n", {"a:b/cpu.max": "300000 100000"}, 3.0),  # a colon in the path
+    ("0::/kubepods/podX\n", {"kubepods/podX/cpu.max": "300000 100000", "cpu.max": "max 100000"}, 3.0),
 ])
 def test_the_quota_is_read_where_the_process_is(tmp_path, own, files, cpus):
     assert cpu_limit(*tree(tmp_path, own, files)) == cpus
@@ -55,7 +61,7 @@ def test_no_cgroup_file_for_the_process_still_reads_the_root(tmp_path):
 
 
 @pytest.mark.parametrize(("setting", "limit", "cpus", "threads"), [
-    (3, 0.5, 16, 3),  # set: taken as is
+    (3, 0.5, 16, 3), (1, None, 16, 1),  # set: taken as is
     (0, None, 16, 16),  # no quota: every CPU, as OpenBLAS would
     (0, 0.5, 16, 1), (0, 1.0, 16, 1), (0, 1.99, 16, 1), (0, 2.0, 16, 2),  # whole CPUs of the quota, at least 1
     (0, 8.0, 2, 2),  # never more than the machine has

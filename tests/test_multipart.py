@@ -20,9 +20,9 @@ from tests.test_routes import Model, config_for, shop  # noqa: F401 - shop: the 
 BCHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=?"
 
 
-def events(cls, boundary: bytes, chunks: list[bytes], limit: int | None = None) -> list[str]:
+def events(cls, boundary: bytes, chunks: list[bytes], limit: int | None = None, parts: int = 20) -> list[str]:
     """What a decoder says for ``chunks``, driven as Werkzeug's parser drives it, then the error if any."""
-    decoder, said = cls(boundary, limit, max_parts=20), []
+    decoder, said = cls(boundary, limit, max_parts=parts), []
     try:
         for chunk in [*chunks, None]:
             decoder.receive_data(chunk)
@@ -63,11 +63,20 @@ def bodies(draw):
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(bodies(), st.sampled_from([None, 8, 64]))
-def test_the_same_events_as_werkzeugs_own_decoder(case, limit):
+@given(bodies(), st.sampled_from([None, 8, 64]), st.sampled_from([1, 2, 20]))
+def test_the_same_events_as_werkzeugs_own_decoder(case, limit, parts):
     boundary, body, cuts = case
     chunks = chunked(body, cuts)
-    assert events(Decoder, boundary, chunks, limit) == events(MultipartDecoder, boundary, chunks, limit)
+    assert events(Decoder, boundary, chunks, limit, parts) == events(MultipartDecoder, boundary, chunks, limit, parts)
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+def test_the_parts_limit_at_its_edge(parts):
+    part = b"--B\r\nContent-Disposition: form-data; name=\"f%d\"\r\n\r\nv\r\n"
+    body = part % 0 + part % 1 + b"--B--"
+    said = events(Decoder, b"B", [body], parts=parts)
+    assert said == events(MultipartDecoder, b"B", [body], parts=parts)
+    assert ("RequestEntityTooLarge" in said[-1]) == (parts < 2)
 
 
 CASES = [
@@ -100,9 +109,17 @@ def test_the_finder_finds_what_werkzeugs_pattern_finds_from_any_start():
             assert (ours is None) == (theirs is None), pos
             if theirs is not None:
                 assert (ours.start(), ours.end(), ours.group(1)) == (theirs.start(), theirs.end(), theirs.group(1))
+    # a boundary of dashes: the match starts one past a near miss, where a find two past would not look
+    for boundary, dashes in ((b"-", b"\r\n----\r\n"), (b"--", b"\n-----\n")):
+        decoder = MultipartDecoder(boundary)
+        for finder, pattern in ((BoundaryFinder(boundary, True), decoder.boundary_re),
+                                (BoundaryFinder(boundary, False), decoder.preamble_re)):
+            ours, theirs = finder.search(dashes), pattern.search(dashes)
+            assert (ours and (ours.start(), ours.end())) == (theirs and (theirs.start(), theirs.end()))
+    assert BoundaryFinder(b"-", False).search(b"\r\n----\r\n").start() == 3
     found = BoundaryFinder(b"B", line_break=True).search(data)
     assert (found.start(), found.end()) == (14, 21)  # "--B" at 2 has no line break before, "--Bx" goes on
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="0"):
         found.group(0)
 
 
@@ -112,8 +129,10 @@ def test_the_app_factory_installs_it(shop, monkeypatch):  # noqa: F811 - the imp
     assert werkzeug.formparser.MultipartDecoder is Decoder
 
 
-def test_an_upload_is_read_through_it():
-    assert multipart.install() is True
+def test_an_upload_is_read_through_it(monkeypatch):
+    monkeypatch.setattr(werkzeug.formparser, "MultipartDecoder", MultipartDecoder)
+    assert multipart.install() is True and werkzeug.formparser.MultipartDecoder is Decoder
+    assert multipart.install() is True  # again: already there
     body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"q.jpg\"\r\n\r\n\x00\xff--XyZ-\r\n"
             b"\r\n--XyZ\r\nContent-Disposition: form-data; name=\"top_k\"\r\n\r\n5\r\n--XyZ--\r\n")
     request = Request({"REQUEST_METHOD": "POST", "CONTENT_TYPE": "multipart/form-data; boundary=XyZ",
