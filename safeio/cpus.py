@@ -2,7 +2,7 @@
 ``os.cpu_count()`` and OpenBLAS do not see, and the BLAS threads that fit in it.
 
 OpenBLAS starts one thread per CPU of the *machine* and keeps each spinning for a while after every call: in a
-container limited to one CPU on a 16-core node, a gunicorn worker's fifteen spinning threads spend the quota
+container limited to one CPU on a 16-core node, a gunicorn worker's fifteen spinning threads can spend the quota
 and the request that needs it waits for the next period (docs/PERFORMANCE.md, "Session 10")."""
 
 from __future__ import annotations
