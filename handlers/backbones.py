@@ -232,3 +232,22 @@ def build_model(name: str, weights: Path) -> nn.Module:
     else:
         raise ValueError(f"unknown backbone {name!r}")
     return model.eval()
+
+
+class FeatureMap(nn.Module):
+    """The backbone's last feature map, before pooling: uint8 (1, h, w, 3) of any size in, (1, C, h/32, w/32)
+    out. The pooled vector is its mean (``build_model``), so each cell speaks the vector's language: a cell's
+    cosine to a product says how much that part of a photo looks like it (gateway/outline.py)."""
+
+    def __init__(self, name: str, weights: Path) -> None:
+        super().__init__()
+        model = build_model(name, weights)
+        if name == "resnet18":
+            self.features = nn.Sequential(*list(model.children())[:-2])  # up to layer4: no pooling, no fc
+        else:
+            self.features = model.forward_features
+        self.normalized = Normalized(nn.Identity(), SPECS[name].preprocess)
+        self.model = model  # registered, so that .eval() and the weights follow
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.features(self.normalized(pixels))

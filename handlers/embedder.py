@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from handlers.backbones import SPECS, backbone_id, resolve_weights, sha256_file
+from handlers.backbones import SPECS, FeatureMap, backbone_id, resolve_weights, sha256_file
 from handlers.runtimes import MIN_COSINE, load_runtime, min_cosine, probe_images
 from modelio.colour import histogram_of
 from modelio.imaging import DEFAULT_MAX_PIXELS, ImageError, decode_image
@@ -20,6 +20,10 @@ from modelio.protocol import EmbedResult
 
 #: Written into the model archive next to the weights: which backbone the weights belong to.
 BACKBONE_FILE = "backbone.json"
+#: A feature map's shorter side may be asked for between these (pixels), its longer side is at most
+#: ``MAP_ASPECT`` times the shorter: 640 × 1280 px is 20 × 40 cells, ~1.6 s on one core.
+MAP_SIDES = (64, 640)
+MAP_ASPECT = 2
 
 
 class LoadedBackbone:
@@ -31,6 +35,8 @@ class LoadedBackbone:
     def __init__(self, name: str, weights: Path, device: str = "cpu", runtime: str = "eager",
                  model_file: Path | None = None) -> None:
         self.spec = SPECS[name]
+        self.name, self.weights, self.device = name, Path(weights), device
+        self._feature_map: FeatureMap | None = None
         self.weights_sha256 = sha256_file(weights)
         self.backbone_id = backbone_id(name, self.weights_sha256)
         self.runtime = load_runtime(runtime, name, weights, model_file, device)
@@ -48,6 +54,22 @@ class LoadedBackbone:
             return np.zeros((0, self.dim), np.float32)
         feats = np.asarray(self.runtime(self.preprocess(images)), dtype=np.float32)
         return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+
+    def feature_map(self, image: Image.Image, side: int) -> np.ndarray:
+        """(C, h, w) float32: the last feature map of ``image`` resized so its shorter side is ``side`` pixels
+        (the longer at most ``MAP_ASPECT`` times that), one cell per 32 pixels. Eager PyTorch on any size (the
+        exported network has the model's fixed input); built on first use."""
+        import torch
+
+        if self._feature_map is None:
+            self._feature_map = FeatureMap(self.name, self.weights).to(self.device).eval()
+        width, height = image.size
+        scale = side / min(width, height)
+        size = (min(round(width * scale), MAP_ASPECT * side), min(round(height * scale), MAP_ASPECT * side))
+        pixels = np.asarray(image.convert("RGB").resize(size, Image.Resampling.BILINEAR), dtype=np.uint8)
+        with torch.inference_mode():
+            out = self._feature_map(torch.from_numpy(pixels[None].copy()).to(self.device))
+        return out[0].float().cpu().numpy()
 
 
 class Embedder:
@@ -90,13 +112,23 @@ class Embedder:
 
     @classmethod
     def from_archive(cls, mar: Path, device: str = "cpu") -> Embedder:
-        """The model of a built ``.mar``, in-process (e.g. ``build_index.py --embedder local --archive``)."""
+        """The model of a built ``.mar``, in-process (e.g. ``build_index.py --embedder local --archive``). The
+        unpacked archive lives as long as the embedder (its feature map loads the weights on first use)."""
+        import shutil
         import tempfile
+        import weakref
         import zipfile
 
-        with tempfile.TemporaryDirectory(prefix="mar-") as tmp, zipfile.ZipFile(mar) as archive:
-            archive.extractall(tmp)
-            return cls.from_model_dir(Path(tmp), device)
+        tmp = tempfile.mkdtemp(prefix="mar-")
+        try:
+            with zipfile.ZipFile(mar) as archive:
+                archive.extractall(tmp)
+            embedder = cls.from_model_dir(Path(tmp), device)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        weakref.finalize(embedder, shutil.rmtree, tmp, ignore_errors=True)
+        return embedder
 
     @property
     def runtime(self) -> str:
@@ -128,6 +160,13 @@ class Embedder:
             for (i, img), vec in zip(chunk, vectors, strict=True):
                 results[i] = EmbedResult(vector=vec, colour=histogram_of(img) if wanted[i] else None)
         return results
+
+    def feature_map(self, blob: bytes, side: int) -> np.ndarray:
+        """The last feature map (C, h, w) of the image ``blob``, its shorter side resized to ``side`` (in
+        ``MAP_SIDES``); ``ImageError`` if it is not an image, ``ValueError`` for a side out of range."""
+        if isinstance(side, bool) or not isinstance(side, int) or not MAP_SIDES[0] <= side <= MAP_SIDES[1]:
+            raise ValueError(f"side must be a whole number of pixels from {MAP_SIDES[0]} to {MAP_SIDES[1]}")
+        return self.backbone.feature_map(decode_image(blob, self.max_pixels, draft=side), side)
 
     def embed_one(self, blob: bytes) -> np.ndarray:
         """Embed a single image; raises ``ImageError`` if it is not one."""

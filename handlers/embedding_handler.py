@@ -1,5 +1,6 @@
 """TorchServe handler: image bytes (or base64 in JSON) → ``{"embedding", "dim", "model"}``; several images in
-one request (``{"images": [base64, ...]}``) → one answer each, in order (modelio/protocol.py).
+one request (``{"images": [base64, ...]}``) → one answer each, in order; ``{"feature_map": base64, "side": n}``
+→ the image's last feature map (modelio/protocol.py).
 
 Batch-aware: TorchServe hands ``handle`` up to ``batch_size`` requests; every request gets exactly
 one answer, and a bad image answers 400 for its own request only (in a several-image request, an error entry
@@ -18,7 +19,8 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.embedder import Embedder
-from modelio.protocol import COMPACT, MAX_IMAGES, encode_answer, encode_answers
+from modelio.imaging import ImageError
+from modelio.protocol import COMPACT, MAX_IMAGES, encode_answer, encode_answers, encode_feature_map
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +42,33 @@ def request_bytes(row: dict) -> bytes:
     return bytes(payload or b"")
 
 
+def _json_payload(row: dict) -> object:
+    """A request's body, parsed when it is JSON sent without its content type."""
+    payload = row.get("data") if row.get("data") is not None else row.get("body")
+    if isinstance(payload, bytes | bytearray) and payload[:1] == b"{":
+        try:
+            return json.loads(payload)
+        except ValueError:
+            return None
+    return payload
+
+
+def request_feature_map(row: dict) -> tuple[bytes, object] | None:
+    """The image and the side asked for by a feature-map request (``{"feature_map": base64, "side": n}``), or
+    None for any other request. Text that is not base64 becomes bytes that fail as "not an image"."""
+    payload = _json_payload(row)
+    if not isinstance(payload, dict) or "feature_map" not in payload:
+        return None
+    image = payload["feature_map"]
+    return (request_bytes({"data": image}) if isinstance(image, str) else b""), payload.get("side")
+
+
 def request_images(row: dict) -> tuple[list[bytes], bool] | None:
     """The images of a several-image request (a JSON body ``{"images": [base64, ...]}``) and whether it asks for
     each one's colour histogram (``"colour": true``), or None for a one-image request; ``ValueError`` when the
     list is not 1 to ``MAX_IMAGES`` items. An item that is not base64 text becomes bytes that fail alone as
     "not an image"."""
-    payload = row.get("data") if row.get("data") is not None else row.get("body")
-    if isinstance(payload, bytes | bytearray) and payload[:1] == b"{":  # JSON sent without its content type
-        try:
-            payload = json.loads(payload)
-        except ValueError:
-            return None
+    payload = _json_payload(row)
     if not isinstance(payload, dict) or "images" not in payload:
         return None
     images = payload["images"]
@@ -78,6 +96,29 @@ class EmbeddingHandler(BaseHandler):
 
     def handle(self, data: list[dict], context) -> list[bytes]:
         log.info("batch of %d", len(data))
+        maps = {idx: asked for idx, row in enumerate(data) if (asked := request_feature_map(row)) is not None}
+        answers = self._embeddings([row for idx, row in enumerate(data) if idx not in maps], context,
+                                   [idx for idx in range(len(data)) if idx not in maps])
+        for idx, (blob, side) in maps.items():
+            answers[idx] = self._feature_map(context, idx, blob, side)
+        return [answers[idx] for idx in range(len(data))]
+
+    def _feature_map(self, context, idx: int, blob: bytes, side: object) -> bytes:
+        """Request ``idx``'s feature map, or its 400 answer (a bad image or side fails this request alone)."""
+        context.set_response_content_type(idx, "application/json")
+        try:
+            fmap = self.embedder.feature_map(blob, side)  # type: ignore[arg-type] - checked there
+        except (ImageError, ValueError) as exc:
+            context.set_response_status(code=400, phrase="Bad request", idx=idx)
+            return json.dumps({"error": str(exc), "model": self.embedder.backbone_id}).encode()
+        except Exception:  # noqa: BLE001 - this request fails alone; the batch's embeddings are answered
+            log.exception("feature map failed")
+            context.set_response_status(code=500, phrase="Feature map failed", idx=idx)
+            return json.dumps({"error": "the feature map could not be computed"}).encode()
+        return encode_feature_map(fmap, self.embedder.backbone_id)
+
+    def _embeddings(self, data: list[dict], context, indices: list[int]) -> dict[int, bytes]:
+        """The answers of the embedding requests ``data`` (request numbers ``indices``), by request number."""
         blobs: list[bytes] = []
         colour: list[bool] = []  # per blob: whether its request asked for the colour histogram
         groups: list[tuple[int, int | None, str | None]] = []  # per request: first blob, images (None: one), error
@@ -92,7 +133,7 @@ class EmbeddingHandler(BaseHandler):
             blobs.extend(images)
             colour.extend([wants_colour] * len(images))
         results = self.embedder.embed_bytes(blobs, colour=colour)
-        return [self._answer(context, idx, results, group) for idx, group in enumerate(groups)]
+        return {idx: self._answer(context, idx, results, group) for idx, group in zip(indices, groups, strict=True)}
 
     def _answer(self, context, idx: int, results: list, group: tuple[int, int | None, str | None]) -> bytes:
         """Request ``idx``'s answer (encoded here: TorchServe would json.dumps a dict with indent=2, a line per

@@ -11,6 +11,10 @@ One request may carry several images (``{"images": [base64, ...]}``, at most ``M
 ``"colour": true`` in that request each image's entry also carries ``"colour_b64"``: its colour histogram
 (modelio/colour.py, ``HIST_SIZE`` little-endian float32), from the same decode as its vector, so the index
 build never decodes a photo itself.
+
+A feature-map request (``{"feature_map": base64 image, "side": pixels}``) is answered with the backbone's
+last feature map of that image before pooling: ``{"model", "shape": [C, h, w], "map_b64"}`` (little-endian
+float16, channels first). The gateway outlines the item of a whole photo with it (gateway/outline.py).
 """
 
 from __future__ import annotations
@@ -91,6 +95,37 @@ def decode_vector(body: dict) -> np.ndarray:
     if vec.ndim != 1 or ("dim" in body and vec.shape[0] != body["dim"]):
         raise ValueError(f"embedding of shape {vec.shape} does not match dim {body.get('dim')}")
     return vec.astype(np.float32)
+
+
+#: The largest feature map an answer may carry (cells × channels): 20 × 40 cells of 1,280 channels.
+MAX_MAP_VALUES = 20 * 40 * 1280
+
+
+def encode_feature_map(fmap: np.ndarray, backbone_id: str) -> bytes:
+    """A feature-map answer as JSON bytes."""
+    values = np.clip(np.asarray(fmap, dtype=np.float32), -65504.0, 65504.0).astype("<f2")  # float16's range
+    body = {"model": backbone_id, "shape": [int(n) for n in values.shape],
+            "map_b64": base64.b64encode(values.tobytes()).decode("ascii")}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_feature_map(body: object) -> np.ndarray:
+    """The (C, h, w) float32 map of a feature-map answer; ``ValueError`` when it is malformed: not three
+    positive sizes, more than ``MAX_MAP_VALUES``, bytes that do not fill the shape, or not finite."""
+    shape = body.get("shape") if isinstance(body, dict) else None
+    if (not isinstance(shape, list) or len(shape) != 3
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
+        raise ValueError("a feature map's shape must be three positive whole numbers")
+    if shape[0] * shape[1] * shape[2] > MAX_MAP_VALUES:
+        raise ValueError(f"a feature map of shape {shape} is larger than {MAX_MAP_VALUES:,} values")
+    raw = base64.b64decode(str(body.get("map_b64", "")), validate=True)
+    if len(raw) != 2 * shape[0] * shape[1] * shape[2]:
+        raise ValueError(f"a feature map of shape {shape} needs {2 * shape[0] * shape[1] * shape[2]} bytes, "
+                         f"got {len(raw)}")
+    fmap = np.frombuffer(raw, dtype="<f2").astype(np.float32).reshape(shape)
+    if not np.isfinite(fmap).all():
+        raise ValueError("a feature map must be finite numbers")
+    return fmap
 
 
 @dataclass(frozen=True)

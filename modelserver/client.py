@@ -22,7 +22,7 @@ from urllib3.exceptions import HTTPError, NewConnectionError
 from urllib3.exceptions import TimeoutError as HTTPTimeout  # not the builtin TimeoutError
 
 from modelio.imaging import ImageError
-from modelio.protocol import COMPACT, MAX_IMAGES, EmbedResult, decode_answers, decode_vector
+from modelio.protocol import COMPACT, MAX_IMAGES, EmbedResult, decode_answers, decode_feature_map, decode_vector
 
 SAGEMAKER_SCHEME = "sagemaker://"
 
@@ -41,6 +41,29 @@ class ModelClient(Protocol):
     def probe(self) -> str:
         """Embed a tiny image; the served backbone id."""
         ...
+
+    def feature_map(self, blob: bytes, side: int) -> tuple[np.ndarray, str]:
+        """The image's last feature map (C, h, w) at ``side`` pixels and the backbone id; ``ImageError`` if the
+        server refused the request (an archive older than feature maps refuses it too), else ``ModelServerError``."""
+        ...
+
+
+def feature_map_request(blob: bytes, side: int) -> bytes:
+    """The JSON body of a feature-map request (modelio/protocol.py)."""
+    return json.dumps({"feature_map": base64.b64encode(blob).decode("ascii"), "side": side}).encode()
+
+
+def parse_feature_map(status: int, body: object, reason: str) -> tuple[np.ndarray, str]:
+    """A feature-map answer → (map, backbone id), or the error: ``ImageError`` for a refusal (400)."""
+    if status == 400 and isinstance(body, dict) and "error" in body:
+        raise ImageError(str(body["error"]))
+    if status == 200 and isinstance(body, dict) and "model" in body:
+        try:
+            return decode_feature_map(body), str(body["model"])
+        except ValueError as exc:
+            raise ModelServerError(f"embedding service answered a malformed feature map: {exc}") from None
+    detail = body.get("error") or body.get("message") if isinstance(body, dict) else None
+    raise ModelServerError(f"embedding service answered {status}: {detail or reason}")
 
 
 def parse_answer(status: int, body: object, reason: str) -> tuple[np.ndarray, str]:
@@ -153,6 +176,10 @@ class TorchServeClient(BatchingClient):
         self._backbone_id = backbone_id
         return vector, backbone_id
 
+    def feature_map(self, blob: bytes, side: int) -> tuple[np.ndarray, str]:
+        """The image's last feature map and the backbone id (``ModelClient.feature_map``)."""
+        return parse_feature_map(*self._answer(feature_map_request(blob, side), "application/json"))
+
     #: ``embed_bytes`` (the build) sends up to this many images in one request, at most ``GROUP_BYTES`` of
     #: them (a bigger image goes alone): TorchServe's per-request costs are paid once per group.
     images_per_request = 8
@@ -245,20 +272,27 @@ class SageMakerClient(BatchingClient):
             return self._gate[1]
 
     def embed(self, blob: bytes) -> tuple[np.ndarray, str]:
+        vector, backbone_id = parse_answer(200, self._invoke(blob, "application/octet-stream"), "OK")
+        self._backbone_id = backbone_id
+        return vector, backbone_id
+
+    def feature_map(self, blob: bytes, side: int) -> tuple[np.ndarray, str]:
+        """The image's last feature map and the backbone id (``ModelClient.feature_map``)."""
+        return parse_feature_map(200, self._invoke(feature_map_request(blob, side), "application/json"), "OK")
+
+    def _invoke(self, body: bytes, content_type: str) -> object:
+        """``InvokeEndpoint`` with ``body``: the handler's JSON answer (its 400 as ``ImageError``)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             with self._in_flight():
-                resp = self.runtime.invoke_endpoint(EndpointName=self.endpoint, Body=blob,
-                                                    ContentType="application/octet-stream", Accept=COMPACT)
-                body = json.loads(resp["Body"].read())
+                resp = self.runtime.invoke_endpoint(EndpointName=self.endpoint, Body=body,
+                                                    ContentType=content_type, Accept=COMPACT)
+                return json.loads(resp["Body"].read())
         except ClientError as exc:
             raise self._model_error(exc) from None
         except (BotoCoreError, ValueError) as exc:
             raise ModelServerError(f"embedding endpoint {self.endpoint} unreachable: {type(exc).__name__}") from None
-        vector, backbone_id = parse_answer(200, body, "OK")
-        self._backbone_id = backbone_id
-        return vector, backbone_id
 
     def _model_error(self, exc) -> Exception:
         """SageMaker wraps the container's own 4xx answer as a ModelError with its status and body."""

@@ -608,3 +608,31 @@ def test_a_group_answer_names_the_model_and_a_non_object_error_is_still_worded(f
     fake.answer = lambda body: (400, ["not", "an", "object"])
     with pytest.raises(ModelServerError, match="^embedding service answered 400: Bad Request$"):
         client.embed_group([b"a"])
+
+
+def test_a_sagemaker_endpoint_is_asked_for_a_feature_map_as_torchserve_is():
+    from modelio.protocol import encode_feature_map
+    from modelserver.client import SageMakerClient
+
+    fmap = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    runtime = _Runtime(lambda: {"Body": io.BytesIO(encode_feature_map(fmap, "sm-1"))})
+    got, model = SageMakerClient("ep", runtime=runtime).feature_map(b"photo", 96)
+    assert model == "sm-1" and np.array_equal(got, fmap)
+    sent = runtime.calls[0]
+    assert sent["ContentType"] == "application/json"
+    assert json.loads(sent["Body"]) == {"feature_map": base64.b64encode(b"photo").decode(), "side": 96}
+
+
+@pytest.mark.parametrize(("status", "body", "error", "message"), [
+    (400, {"error": "not a supported image"}, ImageError, "^not a supported image$"),
+    (200, {"model": "m", "shape": [1, 1], "map_b64": ""}, ModelServerError, "malformed feature map"),
+    (200, {"shape": [1, 1, 1]}, ModelServerError, "answered 200"),
+    (500, {"error": "the feature map could not be computed"}, ModelServerError,
+     "answered 500: the feature map could not be computed"),
+    (503, "not json", ModelServerError, "answered 503: Service Unavailable"),
+])
+def test_a_feature_map_answer_that_is_not_one_is_an_error(status, body, error, message):
+    from modelserver.client import parse_feature_map
+
+    with pytest.raises(error, match=message):
+        parse_feature_map(status, body, "Service Unavailable")

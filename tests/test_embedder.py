@@ -121,6 +121,50 @@ def test_a_built_archive_is_opened_in_process(tmp_path, eager):
             mar.write(path, path.name)
     loaded = Embedder.from_archive(tmp_path / "embedding.mar")
     assert loaded.backbone_id == eager.backbone_id and loaded.runtime == "eager"
+    # the unpacked archive stays while the embedder lives (its feature map loads the weights on first use) ...
+    assert loaded.feature_map(demo_image("10109"), 64).shape == (eager.dim, 2, 2)
+    unpacked = loaded.backbone.weights.parent
+    assert unpacked.is_dir()
+    del loaded
+    import gc
+
+    gc.collect()
+    assert not unpacked.exists()  # ... and goes with it
+
+
+def test_a_feature_map_has_a_cell_per_32_pixels_of_the_resized_photo(eager):
+    from PIL import Image
+
+    from tests.conftest import jpeg_bytes
+
+    embedder = Embedder(eager)
+    assert embedder.feature_map(jpeg_bytes(size=(200, 100)), 64).shape == (eager.dim, 2, 4)  # 128 × 64 px
+    # the longer side is at most twice the shorter: a strip 10 times as wide is squeezed to 2
+    assert embedder.feature_map(jpeg_bytes(size=(1000, 100)), 64).shape == (eager.dim, 2, 4)
+    assert embedder.feature_map(jpeg_bytes(size=(100, 300)), 96).shape == (eager.dim, 6, 3)
+    # the map's mean is the pooled vector, as the cells' language is the vector's
+    photo = demo_image("10109")
+    pooled = eager.feature_map(Image.open(__import__("io").BytesIO(photo)).convert("RGB"), 224).mean(axis=(1, 2))
+    assert pooled.shape == (eager.dim,) and np.isfinite(pooled).all()
+
+
+@pytest.mark.parametrize("side", [64, 640])
+def test_a_feature_map_side_at_each_limit_is_made(eager, side):
+    from tests.conftest import jpeg_bytes
+
+    fmap = Embedder(eager).feature_map(jpeg_bytes(size=(64, 64)), side)
+    assert fmap.shape == (eager.dim, side // 32, side // 32) and np.isfinite(fmap).all()
+
+
+@pytest.mark.parametrize("side", [63, 641, 0, -64, 96.0, True, "96", None])
+def test_a_feature_map_side_outside_the_limits_is_refused(eager, side):
+    with pytest.raises(ValueError, match="64 to 640"):
+        Embedder(eager).feature_map(demo_image("10109"), side)
+
+
+def test_a_feature_map_of_something_that_is_not_an_image_is_an_image_error(eager):
+    with pytest.raises(ImageError):
+        Embedder(eager).feature_map(b"not an image", 96)
 
 
 def test_the_probe_check_accepts_exactly_the_least_agreement(tmp_path, eager, monkeypatch):
@@ -173,7 +217,8 @@ def test_photos_are_decoded_at_the_model_s_size_and_archives_opened_on_the_devic
 
     with zipfile.ZipFile(tmp_path / "embedding.mar", "w") as mar:
         mar.writestr(BACKBONE_FILE, "{}")
-    monkeypatch.setattr(Embedder, "from_model_dir", classmethod(lambda cls, folder, device: devices.append(device)))
+    monkeypatch.setattr(Embedder, "from_model_dir",
+                        classmethod(lambda cls, folder, device: devices.append(device) or Embedder(eager)))
     Embedder.from_archive(tmp_path / "embedding.mar", device="cuda:1")
     assert devices == ["cuda:1"]
 

@@ -176,3 +176,26 @@ def test_compact_answer_when_asked_for(torchserve):
     assert "embedding" in plain and "embedding_b64" not in plain
     assert "embedding_b64" in compact and "embedding" not in compact
     np.testing.assert_array_equal(decode_vector(compact), np.asarray(plain["embedding"], dtype=np.float32))
+
+
+def test_a_feature_map_through_the_real_torchserve_and_its_client(torchserve, local_embedder):
+    """The client asks the served archive for a photo's feature map (beside vector requests in flight): the
+    map is the in-process one (float16 on the wire); a request that is not an image, and one with a side out of
+    range, are refused as image errors, and the worker goes on serving."""
+    from modelio.imaging import ImageError
+    from modelserver.client import TorchServeClient
+
+    client = TorchServeClient(torchserve.url)
+    blob = demo_image(IDS[0])
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        vectors = [pool.submit(client.embed, demo_image(pid)) for pid in IDS[1:3]]
+        fmap, model = client.feature_map(blob, 96)
+        assert all(v.result()[1] == model for v in vectors)
+    want = local_embedder.feature_map(blob, 96)
+    assert model == local_embedder.backbone_id and fmap.shape == want.shape == (local_embedder.dim, 3, 3)
+    assert np.allclose(fmap, want, rtol=2e-3, atol=2e-2)
+    with pytest.raises(ImageError, match="not a supported image"):
+        client.feature_map(b"not an image at all", 96)
+    with pytest.raises(ImageError, match="64 to 640"):
+        client.feature_map(blob, 1000)
+    assert post(torchserve, blob).status_code == 200

@@ -227,3 +227,46 @@ def test_only_the_images_of_a_request_that_asks_pay_for_the_colour(local_embedde
         handler.handle(rows, Context([{}, {}, {}]))
     assert asked == [[False, True, True, False]]
     assert "batch of 3" in [r.getMessage() for r in caplog.records]
+
+
+def test_a_feature_map_request_is_answered_beside_embedding_requests(local_embedder: Embedder):
+    """One batch: an image, a feature map at 96 px, a feature map of something that is not an image, one
+    with a side out of range, one sent as JSON bytes; each gets its own answer, the bad ones 400 alone."""
+    from handlers.embedding_handler import request_feature_map
+    from modelio.protocol import decode_feature_map
+
+    handler = EmbeddingHandler()
+    handler.embedder = local_embedder
+    a = demo_image("10109")
+    b64 = base64.b64encode(a).decode()
+    rows = [{"body": a}, {"body": {"feature_map": b64, "side": 96}},
+            {"body": {"feature_map": base64.b64encode(b"nope").decode(), "side": 96}},
+            {"body": {"feature_map": b64, "side": 641}},
+            {"body": json.dumps({"feature_map": b64, "side": 64}).encode()}]
+    context = Context([{}] * len(rows))
+    answers = [json.loads(out) for out in handler.handle(rows, context)]
+    assert float(decode_vector(answers[0]) @ local_embedder.embed_one(a)) >= 0.9999
+    fmap = decode_feature_map(answers[1])
+    assert fmap.shape == (local_embedder.dim, 3, 3) and answers[1]["model"] == local_embedder.backbone_id
+    assert decode_feature_map(answers[4]).shape == (local_embedder.dim, 2, 2)
+    assert context.statuses == {2: (400, "Bad request"), 3: (400, "Bad request")}
+    assert "image" in answers[2]["error"] and "64 to 640" in answers[3]["error"]
+    assert request_feature_map({"body": a}) is None and request_feature_map({"body": {"images": [b64]}}) is None
+    assert request_feature_map({"body": {"feature_map": 7, "side": 96}}) == (b"", 96)  # fails as not an image
+
+
+def test_a_feature_map_that_breaks_fails_its_request_alone(local_embedder: Embedder, monkeypatch):
+    handler = EmbeddingHandler()
+    handler.embedder = local_embedder
+    a = demo_image("10109")
+
+    def broken(blob, side):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(local_embedder, "feature_map", broken)
+    context = Context([{}, {}])
+    answers = handler.handle([{"body": {"feature_map": base64.b64encode(a).decode(), "side": 96}}, {"body": a}],
+                             context)
+    assert context.statuses == {0: (500, "Feature map failed")}
+    assert json.loads(answers[0]) == {"error": "the feature map could not be computed"}
+    assert "embedding" in json.loads(answers[1])

@@ -61,3 +61,52 @@ def test_a_colour_histogram_round_trips_and_a_malformed_one_is_refused():
         with pytest.raises(ValueError, match="colour histogram"):
             decode_colour(entry)
     assert decode_colour({}) is None
+
+
+def test_a_feature_map_round_trips_as_float16():
+    from modelio.protocol import decode_feature_map, encode_feature_map
+
+    fmap = np.random.default_rng(0).normal(size=(4, 3, 5)).astype(np.float32) * 3
+    body = json.loads(encode_feature_map(fmap, "m"))
+    assert body["model"] == "m" and body["shape"] == [4, 3, 5]
+    assert len(base64.b64decode(body["map_b64"])) == 2 * 4 * 3 * 5  # two bytes a value
+    back = decode_feature_map(body)
+    assert back.dtype == np.float32 and back.shape == (4, 3, 5)
+    assert np.allclose(back, fmap, rtol=1e-3, atol=1e-3)
+    # past float16's range the value is its largest, not infinity
+    assert decode_feature_map(json.loads(encode_feature_map(np.full((1, 1, 1), 1e6), "m")))[0, 0, 0] == 65504.0
+
+
+def _map_body(shape, values: bytes | None = None) -> dict:
+    count = int(np.prod(shape)) if all(isinstance(n, int) and n > 0 for n in shape) else 1
+    raw = values if values is not None else np.zeros(count, "<f2").tobytes()
+    return {"model": "m", "shape": shape, "map_b64": base64.b64encode(raw).decode()}
+
+
+@pytest.mark.parametrize("body, message", [
+    (_map_body([2, 3]), "three positive"),
+    (_map_body([2, 3, 0]), "three positive"),
+    (_map_body([2, True, 3]), "three positive"),
+    (_map_body([2, 3.0, 3]), "three positive"),
+    ({"model": "m"}, "three positive"),
+    ("not a dict", "three positive"),
+    (_map_body([2, 3, 4], b"\0" * 46), "needs 48 bytes"),
+    (_map_body([2, 3, 4], b"\0" * 50), "needs 48 bytes"),
+    (_map_body([1, 1, 2], np.array([1.0, np.inf], "<f2").tobytes()), "finite"),
+    (_map_body([1, 1, 2], np.array([1.0, np.nan], "<f2").tobytes()), "finite"),
+])
+def test_a_malformed_feature_map_is_refused(body, message):
+    from modelio.protocol import decode_feature_map
+
+    with pytest.raises(ValueError, match=message):
+        decode_feature_map(body)
+
+
+def test_a_feature_map_at_the_size_limit_is_read_and_one_value_more_is_refused():
+    from modelio.protocol import MAX_MAP_VALUES, decode_feature_map
+
+    assert decode_feature_map(_map_body([1, 1, MAX_MAP_VALUES])).shape == (1, 1, MAX_MAP_VALUES)
+    with pytest.raises(ValueError, match="larger than"):
+        decode_feature_map({"model": "m", "shape": [1, 1, MAX_MAP_VALUES + 1], "map_b64": ""})
+    with pytest.raises(ValueError):
+        decode_feature_map({"model": "m", "shape": [1, 1, 2], "map_b64": "not base64!"})
