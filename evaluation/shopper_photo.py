@@ -20,6 +20,7 @@ from PIL import Image
 from evaluation.scenes import Scene, SceneSettings, box_iou, make_scene
 from gateway.images import Crop
 from gateway.service import SearchOptions, SearchQuery, SearchService
+from modelio.imaging import ImageError
 
 #: The ranking settings reported (the gateway's default first).
 RANKINGS = {"default": {"category_first": True}, "similarity_alone": {"category_first": False}}
@@ -130,3 +131,10 @@ class EmbedderClient:
 
     def probe(self) -> str:
         return self.embedder.backbone_id
+
+    def feature_map(self, blob: bytes, side: int) -> tuple[np.ndarray, str]:
+        """As the handler answers it: a refusal (not an image, a side out of range) is an ``ImageError``."""
+        try:
+            return self.embedder.feature_map(blob, side), self.embedder.backbone_id
+        except ValueError as exc:
+            raise ImageError(str(exc)) from None

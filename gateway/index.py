@@ -26,6 +26,7 @@ from indexstore.store import (
     CorruptIndex,
     IndexData,
     LocalStore,
+    NotFetched,
     current_version,
     open_local,
     open_store,
@@ -55,6 +56,8 @@ class CatalogIndex:
         self.backbone_id: str = data.backbone_id
         self.version: str = data.version
         self.model_dim = int(data.embeddings.shape[1])  # the length of the model's vectors
+        # the stored model vectors, when this replica fetched them (exact search does; ANN and Milvus do not)
+        self._model_vectors = None if isinstance(data.embeddings, NotFetched) else data.embeddings
         # The same catalog-fitted transform is applied to the stored vectors here and to every query
         # vector in ``prepare``: both sides of the cosine live in the same space.
         self.whitening = data.whitening()
@@ -83,6 +86,11 @@ class CatalogIndex:
     def retire(self) -> None:
         """This version is no longer served: let the backend free what it holds outside the process."""
         self.backend.close()
+
+    def model_vector(self, row: int) -> np.ndarray | None:
+        """Row ``row``'s vector as the model made it (before whitening), or None when this replica does not
+        hold the matrix (it serves the ANN file or Milvus)."""
+        return None if self._model_vectors is None else np.asarray(self._model_vectors[row], dtype=np.float32)
 
     def prepare(self, query: np.ndarray) -> np.ndarray:
         """A model vector (as TorchServe returns it) → the search space of this index."""

@@ -22,6 +22,7 @@ from gateway.errors import BadRequest, NotFound, Unavailable
 from gateway.images import Crop, DecodeSlots, FetchSlots, QueryImage, query_image
 from gateway.index import CatalogIndex, IndexManager
 from gateway.locate import LocateSettings, best_window, common_part, other_items, windows
+from gateway.outline import OutlineSettings, heat, outline
 from gateway.query_token import (
     MAX_ITEMS,
     MAX_URL_CHARS,
@@ -46,6 +47,9 @@ NOT_READY = "search is not ready right now: please try again in a few minutes"
 
 #: The windows a whole photo is searched in (gateway/locate.py), chosen on the shopper-photo protocol's tuning half.
 LOCATE = LocateSettings()
+
+#: How the found item is outlined in a whole photo (gateway/outline.py), chosen on the same tuning half.
+OUTLINE = OutlineSettings()
 
 #: What a shopper can set on one search (the ranking's options).
 SearchOptions = RankOptions
@@ -257,6 +261,8 @@ class SearchService:
             hist.cancel()
             found = replace(self.search_vector(located.vector, backbone_id, options,
                                                histogram_of(located.part.image)), box=located.box)
+        if located is not None:  # the windows looked: the product they found outlines the item
+            found = self.outlined(photo, found, options) or found
         main = Item(found.box or WHOLE, _main_category(self.require_index(), found))
         return replace(found, items=(main, *(located.others if located else ())))
 
@@ -282,6 +288,35 @@ class SearchService:
         others = tuple(Item(crops[i], _category(index, closest[i]), vectors[i], histogram_of(parts[i].image))
                        for i in other_items(crops, scores, rows, box, row, least, LOCATE))
         return Location(None if searched is None else box, part, found, others)
+
+    def outlined(self, photo: QueryImage, found: Results, options: SearchOptions) -> Results | None:
+        """``found``'s search again on the outline of the item in ``photo`` (gateway/outline.py): where the
+        photo's feature map looks like the catalog's closest product to ``found``. None when there is no
+        outline (no close product, a flat map, a box too small to search) or the model server cannot map
+        (an older archive refuses the request: the located search stands, and the log says why)."""
+        index = self.indexes.current
+        row = None if index is None or found.vector is None else _closest(index, found.vector)[1]
+        mapper = getattr(self.client, "feature_map", None)  # a client without maps (a test's stub) outlines nothing
+        if row is None or mapper is None:
+            return None
+        try:
+            fmap, model = mapper(photo.data, OUTLINE.side)
+        except (ImageError, ModelServerError) as exc:
+            log.warning("no outline of the item: the model server did not give a feature map (%s)", exc)
+            return None
+        if model != index.backbone_id or fmap.shape[0] != index.model_dim:
+            return None
+        box = outline(_item_heat(index, fmap, row), OUTLINE)
+        if box is None:
+            return None
+        try:
+            part = photo.cropped(box)
+        except BadRequest:  # under the smallest crop a side
+            return None
+        vector = self._window_vector(part.data, index.backbone_id)
+        if vector is None:
+            return None
+        return replace(self.search_vector(vector, index.backbone_id, options, histogram_of(part.image)), box=box)
 
     def _searched(self, index: CatalogIndex, photo: QueryImage, tried: tuple[list, list, list, list], whole: float
                   ) -> tuple[Crop, QueryImage, np.ndarray, int | None] | None:
@@ -385,6 +420,15 @@ def _closest(index: CatalogIndex, vector: np.ndarray) -> tuple[float, int | None
     (-inf, None) for none."""
     ranked = rank_query(index.view, index.prepare(vector), RankOptions(threshold=0.0, top_k=1, category_first=False))
     return (ranked.similarities[0], ranked.rows[0]) if ranked.similarities else (float("-inf"), None)
+
+
+def _item_heat(index: CatalogIndex, fmap: np.ndarray, row: int) -> np.ndarray:
+    """Each cell's cosine to product ``row``: to its model vector when this replica holds them (they outline
+    best, docs/QUALITY.md), else in the search space (the index's whitening)."""
+    stored = index.model_vector(row)
+    if stored is not None:
+        return heat(fmap, lambda cells: cells, stored / max(float(np.linalg.norm(stored)), 1e-12))
+    return heat(fmap, index.prepare, index.view.backend.vector(row))
 
 
 def _category(index: CatalogIndex, closest: tuple[float | None, int | None]) -> str | None:

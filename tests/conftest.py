@@ -151,6 +151,7 @@ class StubClient:
         self.embedder = embedder
         self.down = False
         self.calls = 0
+        self.maps = 0  # feature maps asked for (gateway/outline.py)
 
     def embed(self, blob: bytes):
         self.calls += 1
@@ -163,6 +164,15 @@ class StubClient:
 
     def probe(self) -> str:
         return self.embed(jpeg_bytes())[1]
+
+    def feature_map(self, blob: bytes, side: int):
+        self.maps += 1
+        if self.down:
+            raise ModelServerError("embedding service unreachable at http://127.0.0.1:1: ConnectionError")
+        try:
+            return self.embedder.feature_map(blob, side), self.embedder.backbone_id
+        except ValueError as exc:  # ImageError too: the server's 400
+            raise ImageError(str(exc)) from None
 
 
 @pytest.fixture(scope="session")

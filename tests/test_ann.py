@@ -131,6 +131,9 @@ def test_auto_uses_the_graph_from_the_configured_size(tmp_path, min_products, ba
     fetched = (tmp_path / "cache" / "versions" / manager.current.version / "embeddings.npy").exists()
     assert fetched is (backend == "exact")
     assert manager.current.backend.search(unit_rows(120)[7], 1).rows[0] == 7  # and it serves
+    # the model's own vectors (the item's outline, gateway/outline.py) only where the matrix was fetched
+    stored = manager.current.model_vector(7)
+    assert stored is None if backend == "ann" else np.array_equal(stored, unit_rows(120)[7])
 
 
 def test_a_replica_on_the_graph_restarts_from_its_copy_without_the_matrix_and_fetches_it_when_exact(tmp_path):

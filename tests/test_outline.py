@@ -1,0 +1,154 @@
+"""gateway/outline.py: the item's outline from the feature map's cosines to the product found."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gateway.images import Crop
+from gateway.outline import OutlineSettings, heat, outline
+from gateway.service import SearchOptions, SearchQuery
+from tests.conftest import demo_image
+
+
+def grid(rows: int, cols: int, hot: dict[tuple[int, int], float], base: float = 0.0) -> np.ndarray:
+    cos = np.full((rows, cols), base, dtype=np.float32)
+    for cell, value in hot.items():
+        cos[cell] = value
+    return cos
+
+
+CELLS = OutlineSettings(level=0.6, refine=1)  # cell by cell
+
+
+def test_the_outline_is_the_hot_block_around_the_best_cell_in_fractions_of_the_photo():
+    cos = grid(6, 8, {(r, c): 0.9 for r in range(1, 4) for c in range(2, 5)})
+    cos[2, 3] = 1.0
+    assert outline(cos, CELLS) == Crop(2 / 8, 1 / 6, 5 / 8, 4 / 6)
+
+
+def test_interpolated_the_edges_fall_between_cell_centres():
+    """A block of three hot cells (1.0) among cold ones (0.0), level 0.5, four points a cell: the value at a
+    point a quarter-cell past a hot centre toward a cold one is 0.75 (in), at three quarters 0.25 (out): the
+    edge is half a cell past the hot centres, where the block's cells end, and not a whole cell out."""
+    cos = grid(5, 7, {(r, c): 1.0 for r in range(1, 4) for c in range(2, 5)})
+    assert outline(cos, OutlineSettings(level=0.5, refine=4)) == Crop(2 / 7, 1 / 5, 5 / 7, 4 / 5)
+    # a lower level reaches further into the cold cells, a higher one stays inside the hot ones
+    assert outline(cos, OutlineSettings(level=0.2, refine=4)) == Crop(7 / 28, 3 / 20, 21 / 28, 17 / 20)
+    assert outline(cos, OutlineSettings(level=0.8, refine=4)) == Crop(9 / 28, 5 / 20, 19 / 28, 15 / 20)
+
+
+def test_a_cell_is_the_items_from_the_level_on_and_not_below_it():
+    # lowest 0, highest 1: at level 0.6 a cell of 0.6 is in, one just below is out
+    cos = grid(4, 6, {(1, 1): 1.0, (1, 2): 0.6, (2, 1): 0.6, (2, 2): 0.6, (1, 3): np.float32(0.6) - 1e-6})
+    assert outline(cos, OutlineSettings(level=0.6, refine=1)) == Crop(1 / 6, 1 / 4, 3 / 6, 3 / 4)
+    assert outline(cos, OutlineSettings(level=0.59, refine=1)) == Crop(1 / 6, 1 / 4, 4 / 6, 3 / 4)
+
+
+def test_only_the_region_of_the_best_cell_counts_and_corners_do_not_join():
+    cos = grid(6, 6, {(0, 0): 1.0, (0, 1): 0.9, (1, 0): 0.9, (1, 1): 0.9,  # the item, top left
+                      (4, 4): 0.95, (4, 5): 0.95, (5, 4): 0.95, (5, 5): 0.95,  # a lookalike elsewhere
+                      (2, 2): 0.9})  # touches the item only at a corner
+    assert outline(cos, CELLS) == Crop(0, 0, 2 / 6, 2 / 6)
+
+
+@pytest.mark.parametrize("least, expected", [(2, Crop(1 / 5, 1 / 5, 3 / 5, 3 / 5)), (3, None)])
+def test_an_outline_under_the_least_cells_either_way_is_none(least, expected):
+    cos = grid(5, 5, {(1, 1): 1.0, (1, 2): 0.9, (2, 1): 0.9, (2, 2): 0.9})
+    assert outline(cos, OutlineSettings(least_cells=least, refine=1)) == expected
+    line = grid(5, 5, {(2, c): 1.0 for c in range(5)})  # five cells wide, one high
+    assert outline(line, CELLS) is None
+    assert outline(line, OutlineSettings(refine=4)) is None  # interpolated, still under two cells high
+
+
+@pytest.mark.parametrize("cos", [np.zeros((4, 4), np.float32), np.full((4, 4), np.nan, np.float32),
+                                 grid(4, 4, {(1, 1): np.inf})])
+def test_a_flat_or_broken_map_has_no_outline(cos):
+    assert outline(cos) is None
+
+
+def test_heat_is_each_cells_cosine_to_the_product_in_the_search_space():
+    rng = np.random.default_rng(0)
+    fmap = rng.normal(size=(8, 3, 4)).astype(np.float32)
+    product = rng.normal(size=8).astype(np.float32)
+    product /= np.linalg.norm(product)
+    got = heat(fmap, lambda cells: cells, product)
+    cell = fmap[:, 2, 1]
+    assert got.shape == (3, 4)
+    assert got[2, 1] == pytest.approx(float(cell @ product / np.linalg.norm(cell)), abs=1e-5)
+    # through a projection (the index's whitening): the cells are taken into its space first
+    projection = rng.normal(size=(8, 5)).astype(np.float32)
+    target = rng.normal(size=5).astype(np.float32)
+    target /= np.linalg.norm(target)
+    whitened = heat(fmap, lambda cells: cells @ projection, target)
+    moved = cell @ projection
+    assert whitened[2, 1] == pytest.approx(float(moved @ target / np.linalg.norm(moved)), abs=1e-5)
+
+
+def busy_scene(pid: str, seed: int) -> tuple[bytes, tuple[float, float, float, float]]:
+    from evaluation.scenes import make_scene
+
+    scene = make_scene(Image.open(io.BytesIO(demo_image(pid))), 0, np.random.default_rng(seed))
+    return scene.jpeg, scene.box
+
+
+@pytest.mark.parametrize("pid, seed", [("10109", 11), ("10229", 3), ("11837", 3)])
+def test_a_whole_photo_gets_a_box_on_the_item_from_its_feature_map(client, stub, pid, seed):
+    """One item on a busy background, no box drawn: the box the gateway searched overlaps the pasted item by
+    half or more (IoU), and the product is found; the feature map is asked for once."""
+    from evaluation.scenes import box_iou
+
+    photo, truth = busy_scene(pid, seed)
+    stub.maps = 0
+    body = client.post("/api/search", data={"file": (io.BytesIO(photo), "q.jpg"), "threshold": "0"}).get_json()
+    assert body["box"] is not None and box_iou(tuple(body["box"]), truth) >= 0.5
+    assert body["results"][0]["id"] == pid and stub.maps == 1
+
+
+def test_without_a_feature_map_the_windows_box_stands(small_index, stub, tmp_path, caplog):
+    """A model server that cannot map (an archive from before feature maps answers 400): the located search
+    is the answer, and the log says why there is no outline."""
+    from gateway.config import Config
+    from gateway.service import SearchService
+    from modelio.imaging import ImageError
+
+    class OldServer:
+        def embed(self, blob: bytes):
+            return stub.embed(blob)
+
+        def probe(self) -> str:
+            return stub.probe()
+
+        def feature_map(self, blob: bytes, side: int):
+            raise ImageError("not an image")
+
+    photo, truth = busy_scene("10109", 11)
+    svc = SearchService(Config(index_uri=str(small_index), index_poll_s=0, index_cache_dir=str(tmp_path / "c")),
+                        OldServer())
+    svc.indexes.load()
+    with caplog.at_level("WARNING"):
+        found = svc.search(SearchQuery(upload=photo), SearchOptions(threshold=0, top_k=3)).found
+    assert found.box is not None and found.hits  # the windows' box
+    assert "did not give a feature map" in caplog.text
+
+
+def test_the_item_is_outlined_against_the_products_model_vector_or_else_in_the_search_space():
+    """A replica holding the matrix compares each cell with the product's stored model vector; one on the ANN
+    file or Milvus (no matrix) compares them in the search space, through the index's whitening."""
+    from types import SimpleNamespace
+
+    from gateway.service import _item_heat
+
+    fmap = np.zeros((3, 1, 2), np.float32)
+    fmap[:, 0, 0], fmap[:, 0, 1] = (1, 0, 0), (0, 1, 0)
+    swap = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]], np.float32)  # a "whitening" that swaps two channels
+    backend = SimpleNamespace(vector=lambda row: np.array([1, 0, 0], np.float32))
+    holding = SimpleNamespace(model_vector=lambda row: np.array([2, 0, 0], np.float32),  # not unit: made so
+                              prepare=lambda cells: cells @ swap, view=SimpleNamespace(backend=backend))
+    assert _item_heat(holding, fmap, 0).tolist() == [[1.0, 0.0]]
+    without = SimpleNamespace(model_vector=lambda row: None, prepare=lambda cells: cells @ swap,
+                              view=SimpleNamespace(backend=backend))
+    assert _item_heat(without, fmap, 0).tolist() == [[0.0, 1.0]]
