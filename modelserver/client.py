@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -54,25 +55,24 @@ def feature_map_request(blob: bytes, side: int) -> bytes:
 
 
 def parse_feature_map(status: int, body: object, reason: str) -> tuple[np.ndarray, str]:
-    """A feature-map answer → (map, backbone id), or the error: ``ImageError`` for a refusal (400)."""
-    if status == 400 and isinstance(body, dict) and "error" in body:
-        raise ImageError(str(body["error"]))
-    if status == 200 and isinstance(body, dict) and "model" in body:
-        try:
-            return decode_feature_map(body), str(body["model"])
-        except ValueError as exc:
-            raise ModelServerError(f"embedding service answered a malformed feature map: {exc}") from None
-    detail = body.get("error") or body.get("message") if isinstance(body, dict) else None
-    raise ModelServerError(f"embedding service answered {status}: {detail or reason}")
+    """A feature-map answer → (map, backbone id), or the error (``parse_answer``'s rules)."""
+    return _model_answer(status, body, reason, decode_feature_map)
 
 
 def parse_answer(status: int, body: object, reason: str) -> tuple[np.ndarray, str]:
     """The handler's JSON answer (either form, modelio/protocol.py) → (vector, backbone id), or the error."""
+    return _model_answer(status, body, reason, decode_vector)
+
+
+def _model_answer(status: int, body: object, reason: str, decode: Callable[[dict], np.ndarray]
+                  ) -> tuple[np.ndarray, str]:
+    """A model server's answer → (what ``decode`` reads of it, backbone id): its refusal of the input (400 with
+    an error) is an ``ImageError``; anything else that is not a well-formed answer, a ``ModelServerError``."""
     if status == 400 and isinstance(body, dict) and "error" in body:
         raise ImageError(str(body["error"]))
     if status == 200 and isinstance(body, dict) and "model" in body:
         try:
-            return decode_vector(body), str(body["model"])
+            return decode(body), str(body["model"])
         except (ValueError, KeyError, TypeError):
             pass
     detail = body.get("message") if isinstance(body, dict) else None
