@@ -38,6 +38,7 @@ from modelio.imaging import ImageError
 from modelserver.client import ModelClient, ModelServerError
 from ranking import Guess, Ranked, RankOptions, rank_product, rank_query
 from ranking.appearance import HIST_SIZE, histogram_of
+from search import SearchUnavailable
 
 log = logging.getLogger(__name__)
 #: What a shopper is told while search cannot answer (no index yet, a model that does not match it): the
@@ -292,28 +293,22 @@ class SearchService:
     def outlined(self, photo: QueryImage, found: Results, options: SearchOptions) -> Results | None:
         """``found``'s search again on the outline of the item in ``photo`` (gateway/outline.py): where the
         photo's feature map looks like the catalog's closest product to ``found``. None when there is no
-        outline (no close product, a flat map, a box too small to search) or the model server cannot map
-        (an older archive refuses the request: the located search stands, and the log says why)."""
+        outline (no close product, a flat map, a box too small to search) or it cannot be made (an older
+        archive refuses feature maps, a backend fails): the located search stands, and the log says why."""
         index = self.indexes.current
-        row = None if index is None or found.vector is None else _closest(index, found.vector)[1]
         mapper = getattr(self.client, "feature_map", None)  # a client without maps (a test's stub) outlines nothing
-        if row is None or mapper is None:
+        if index is None or found.vector is None or mapper is None:
             return None
         try:
-            fmap, model = mapper(photo.data, OUTLINE.side)
-        except (ImageError, ModelServerError) as exc:
-            log.warning("no outline of the item: the model server did not give a feature map (%s)", exc)
-            return None
-        if model != index.backbone_id or fmap.shape[0] != index.model_dim:
-            return None
-        box = outline(_item_heat(index, fmap, row), OUTLINE)
-        if box is None:
+            box = _outline_box(index, mapper, photo.data, found.vector)
+        except (ImageError, ModelServerError, SearchUnavailable) as exc:
+            log.warning("no outline of the item: %s", exc)
             return None
         try:
-            part = photo.cropped(box)
+            part = photo.cropped(box) if box is not None else None
         except BadRequest:  # under the smallest crop a side
-            return None
-        vector = self._window_vector(part.data, index.backbone_id)
+            part = None
+        vector = None if part is None else self._window_vector(part.data, index.backbone_id)
         if vector is None:
             return None
         return replace(self.search_vector(vector, index.backbone_id, options, histogram_of(part.image)), box=box)
@@ -420,6 +415,18 @@ def _closest(index: CatalogIndex, vector: np.ndarray) -> tuple[float, int | None
     (-inf, None) for none."""
     ranked = rank_query(index.view, index.prepare(vector), RankOptions(threshold=0.0, top_k=1, category_first=False))
     return (ranked.similarities[0], ranked.rows[0]) if ranked.similarities else (float("-inf"), None)
+
+
+def _outline_box(index: CatalogIndex, mapper: Callable, data: bytes, vector: np.ndarray) -> Crop | None:
+    """The outline of the product closest to ``vector`` in the photo ``data`` (whose feature map ``mapper``
+    gives), or None: no close product, a map of another model, no region that stands out."""
+    row = _closest(index, vector)[1]
+    if row is None:
+        return None
+    fmap, model = mapper(data, OUTLINE.side)
+    if model != index.backbone_id or fmap.shape[0] != index.model_dim:
+        return None
+    return outline(_item_heat(index, fmap, row), OUTLINE)
 
 
 def _item_heat(index: CatalogIndex, fmap: np.ndarray, row: int) -> np.ndarray:

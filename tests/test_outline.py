@@ -108,14 +108,22 @@ def test_a_whole_photo_gets_a_box_on_the_item_from_its_feature_map(client, stub,
     assert body["results"][0]["id"] == pid and stub.maps == 1
 
 
-def test_without_a_feature_map_the_windows_box_stands(small_index, stub, tmp_path, caplog):
-    """A model server that cannot map (an archive from before feature maps answers 400): the located search
-    is the answer, and the log says why there is no outline."""
+@pytest.mark.parametrize("failure, said", [
+    ("refused", "not an image"),  # an archive from before feature maps answers 400
+    ("down", "embedding service unreachable"),
+    ("backend", "milvus is gone"),  # the product's vector cannot be read (a Milvus replica mid-swap)
+])
+def test_without_an_outline_the_windows_box_stands(small_index, stub, tmp_path, caplog, monkeypatch, failure, said):
+    """The outline is a refinement: when it cannot be made the located search is the answer, and the log
+    says why."""
+    import gateway.service as service_module
     from gateway.config import Config
     from gateway.service import SearchService
     from modelio.imaging import ImageError
+    from modelserver.client import ModelServerError
+    from search import SearchUnavailable
 
-    class OldServer:
+    class Server:
         def embed(self, blob: bytes):
             return stub.embed(blob)
 
@@ -123,16 +131,25 @@ def test_without_a_feature_map_the_windows_box_stands(small_index, stub, tmp_pat
             return stub.probe()
 
         def feature_map(self, blob: bytes, side: int):
-            raise ImageError("not an image")
+            if failure == "refused":
+                raise ImageError("not an image")
+            if failure == "down":
+                raise ModelServerError("embedding service unreachable at http://127.0.0.1:1")
+            return stub.feature_map(blob, side)
 
+    def broken(index, fmap, row):
+        raise SearchUnavailable("milvus is gone")
+
+    if failure == "backend":
+        monkeypatch.setattr(service_module, "_item_heat", broken)
     photo, truth = busy_scene("10109", 11)
     svc = SearchService(Config(index_uri=str(small_index), index_poll_s=0, index_cache_dir=str(tmp_path / "c")),
-                        OldServer())
+                        Server())
     svc.indexes.load()
     with caplog.at_level("WARNING"):
         found = svc.search(SearchQuery(upload=photo), SearchOptions(threshold=0, top_k=3)).found
     assert found.box is not None and found.hits  # the windows' box
-    assert "did not give a feature map" in caplog.text
+    assert f"no outline of the item: {said}" in caplog.text
 
 
 def test_the_item_is_outlined_against_the_products_model_vector_or_else_in_the_search_space():
@@ -152,3 +169,46 @@ def test_the_item_is_outlined_against_the_products_model_vector_or_else_in_the_s
     without = SimpleNamespace(model_vector=lambda row: None, prepare=lambda cells: cells @ swap,
                               view=SimpleNamespace(backend=backend))
     assert _item_heat(without, fmap, 0).tolist() == [[0.0, 1.0]]
+
+
+def test_the_region_grows_one_cell_each_way_up_to_the_photos_edges():
+    """The best cell at the block's bottom right, the block in the photo's top left corner: the region reaches
+    the top row and the left column one step at a time."""
+    cos = grid(4, 5, {(0, 0): 0.9, (0, 1): 0.9, (1, 0): 0.9, (1, 1): 1.0})
+    assert outline(cos, CELLS) == Crop(0, 0, 2 / 5, 2 / 4)
+    bottom_right = grid(4, 5, {(2, 3): 1.0, (2, 4): 0.9, (3, 3): 0.9, (3, 4): 0.9})  # best cell top left
+    assert outline(bottom_right, CELLS) == Crop(3 / 5, 2 / 4, 1, 1)
+
+
+def test_interpolated_at_two_points_a_cell_and_at_the_photos_edges():
+    # two points a cell, level 0.2: the points three quarters of a cell from a hot centre are 0.25, in (cell by
+    # cell the box would end at the hot cells)
+    cos = grid(3, 6, {(r, c): 1.0 for r in range(3) for c in (2, 3)})
+    assert outline(cos, OutlineSettings(level=0.2, refine=2)) == Crop(3 / 12, 0, 9 / 12, 1)
+    assert outline(cos, OutlineSettings(level=0.2, refine=1)) == Crop(2 / 6, 0, 4 / 6, 1)
+    # a block at the photo's left and top edges keeps its edge there: beyond the outer centres, the edge's value
+    # (not the far side's: the map does not wrap around); inside, 0.875 is in and 0.625 out at level 0.7
+    corner = grid(4, 6, {(r, c): 1.0 for r in range(2) for c in range(2)})
+    assert outline(corner, OutlineSettings(level=0.7, refine=4, least_cells=1)) == Crop(0, 0, 7 / 24, 7 / 16)
+    # the least size counts interpolated points: 8 of them are two cells (a box), 7 are not
+    assert outline(corner, OutlineSettings(level=0.5, refine=4)) == Crop(0, 0, 8 / 24, 8 / 16)
+    assert outline(corner, OutlineSettings(level=0.7, refine=4)) is None
+
+
+def test_heat_normalises_small_cells_and_is_float32_whatever_the_space_gives():
+    fmap = np.zeros((2, 1, 2), np.float32)
+    fmap[:, 0, 0], fmap[:, 0, 1] = (0.03, 0.04), (0.0, 0.5)  # norms 0.05 and 0.5: under one
+    product = np.array([0.6, 0.8], np.float64)
+    got = heat(fmap, lambda cells: cells.astype(np.float64), product)
+    assert got.dtype == np.float32 and got[0].tolist() == pytest.approx([1.0, 0.8], abs=1e-6)
+
+
+def test_more_limits_of_an_outline():
+    # a block of infinite cosines is a broken map, not an outline
+    assert outline(grid(5, 5, {(r, c): np.inf for r in range(1, 4) for c in range(1, 4)}), CELLS) is None
+    # the level is a share of the way from the lowest cosine (here 0.5), not from zero: 0.8 is the limit
+    raised = grid(4, 6, {(1, 1): 1.0, (1, 2): 0.8, (2, 1): 0.8, (2, 2): 0.8, (1, 3): 0.79}, base=0.5)
+    assert outline(raised, CELLS) == Crop(1 / 6, 1 / 4, 3 / 6, 3 / 4)
+    # a column one cell wide is no outline however tall; neither is one hot cell alone
+    assert outline(grid(5, 5, {(r, 2): 1.0 for r in range(5)}), CELLS) is None
+    assert outline(grid(4, 4, {(1, 1): 1.0}), CELLS) is None
