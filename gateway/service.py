@@ -293,8 +293,9 @@ class SearchService:
     def outlined(self, photo: QueryImage, found: Results, options: SearchOptions) -> Results | None:
         """``found``'s search again on the outline of the item in ``photo`` (gateway/outline.py): where the
         photo's feature map looks like the catalog's closest product to ``found``. None when there is no
-        outline (no close product, a flat map, a box too small to search) or it cannot be made (an older
-        archive refuses feature maps, a backend fails): the located search stands, and the log says why."""
+        outline (a map of another model, no region that stands out, a box too small to search) or it cannot
+        be made (an older archive refuses feature maps, a backend fails): the located search stands, and the
+        log says why."""
         index = self.indexes.current
         mapper = getattr(self.client, "feature_map", None)  # a client without maps (a test's stub) outlines nothing
         if index is None or found.vector is None or mapper is None:
@@ -419,7 +420,7 @@ def _closest(index: CatalogIndex, vector: np.ndarray) -> tuple[float, int | None
 
 def _outline_box(index: CatalogIndex, mapper: Callable, data: bytes, vector: np.ndarray) -> Crop | None:
     """The outline of the product closest to ``vector`` in the photo ``data`` (whose feature map ``mapper``
-    gives), or None: no close product, a map of another model, no region that stands out."""
+    gives), or None: an empty catalog, a map of another model, no region that stands out."""
     row = _closest(index, vector)[1]
     if row is None:
         return None
