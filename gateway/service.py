@@ -310,7 +310,9 @@ class SearchService:
         except BadRequest:  # under the smallest crop a side
             part = None
         vector = None if part is None else self._window_vector(part.data, index.backbone_id)
-        if vector is None:
+        # kept only where the catalog sees a product at least as well as in what was searched before: a studio
+        # photo of another product is searched best whole (docs/QUALITY.md)
+        if vector is None or _closest(index, vector)[0] < _closest(index, found.vector)[0]:
             return None
         return replace(self.search_vector(vector, index.backbone_id, options, histogram_of(part.image)), box=box)
 

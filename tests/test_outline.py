@@ -212,3 +212,42 @@ def test_more_limits_of_an_outline():
     # a column one cell wide is no outline however tall; neither is one hot cell alone
     assert outline(grid(5, 5, {(r, 2): 1.0 for r in range(5)}), CELLS) is None
     assert outline(grid(4, 4, {(1, 1): 1.0}), CELLS) is None
+
+
+def test_an_outline_the_catalog_sees_less_well_than_the_windows_box_is_not_searched(small_index, stub, tmp_path):
+    """The outlined box is kept only where its closest product is at least as close as the search it would
+    replace (a studio photo of another product is searched best as it is): here the crop after the map
+    embeds as a blank picture, and the answer is the windows' own, box and all."""
+    from gateway.config import Config
+    from gateway.service import SearchService
+    from tests.conftest import jpeg_bytes
+
+    class Server:
+        def __init__(self, maps: bool) -> None:
+            self.mapped = False
+            self.maps = maps
+
+        def embed(self, blob: bytes):
+            return stub.embed(jpeg_bytes((128, 128, 128)) if self.mapped else blob)
+
+        def probe(self) -> str:
+            return stub.probe()
+
+        def __getattr__(self, name):
+            if name != "feature_map" or not self.maps:
+                raise AttributeError(name)
+
+            def feature_map(blob: bytes, side: int):
+                self.mapped = True
+                return stub.feature_map(blob, side)
+            return feature_map
+
+    photo, _ = busy_scene("10109", 11)
+    answers = []
+    for maps in (False, True):
+        svc = SearchService(Config(index_uri=str(small_index), index_poll_s=0,
+                                   index_cache_dir=str(tmp_path / f"c{maps}")), Server(maps))
+        svc.indexes.load()
+        found = svc.search(SearchQuery(upload=photo), SearchOptions(threshold=0, top_k=3)).found
+        answers.append((found.box, [hit.product["id"] for hit in found.hits]))
+    assert answers[0][0] is not None and answers[1] == answers[0]
