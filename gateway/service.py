@@ -293,15 +293,16 @@ class SearchService:
     def outlined(self, photo: QueryImage, found: Results, options: SearchOptions) -> Results | None:
         """``found``'s search again on the outline of the item in ``photo`` (gateway/outline.py): where the
         photo's feature map looks like the catalog's closest product to ``found``. None when there is no
-        outline (a map of another model, no region that stands out, a box too small to search) or it cannot
-        be made (an older archive refuses feature maps, a backend fails): the located search stands, and the
-        log says why."""
+        outline (an empty catalog, a map of another model, no region that stands out, a box too small to
+        search) or it cannot be made (an older archive refuses feature maps, a backend fails): the located
+        search stands, and the log says why."""
         index = self.indexes.current
         mapper = getattr(self.client, "feature_map", None)  # a client without maps (a test's stub) outlines nothing
         if index is None or found.vector is None or mapper is None:
             return None
+        before, row = _closest(index, found.vector)
         try:
-            box = _outline_box(index, mapper, photo.data, found.vector)
+            box = None if row is None else _outline_box(index, mapper, photo.data, row)
         except (ImageError, ModelServerError, SearchUnavailable) as exc:
             log.warning("no outline of the item: %s", exc)
             return None
@@ -312,7 +313,7 @@ class SearchService:
         vector = None if part is None else self._window_vector(part.data, index.backbone_id)
         # kept only where the catalog sees a product at least as well as in what was searched before: a studio
         # photo of another product is searched best whole (docs/QUALITY.md)
-        if vector is None or _closest(index, vector)[0] < _closest(index, found.vector)[0]:
+        if vector is None or _closest(index, vector)[0] < before:
             return None
         return replace(self.search_vector(vector, index.backbone_id, options, histogram_of(part.image)), box=box)
 
@@ -420,12 +421,9 @@ def _closest(index: CatalogIndex, vector: np.ndarray) -> tuple[float, int | None
     return (ranked.similarities[0], ranked.rows[0]) if ranked.similarities else (float("-inf"), None)
 
 
-def _outline_box(index: CatalogIndex, mapper: Callable, data: bytes, vector: np.ndarray) -> Crop | None:
-    """The outline of the product closest to ``vector`` in the photo ``data`` (whose feature map ``mapper``
-    gives), or None: an empty catalog, a map of another model, no region that stands out."""
-    row = _closest(index, vector)[1]
-    if row is None:
-        return None
+def _outline_box(index: CatalogIndex, mapper: Callable, data: bytes, row: int) -> Crop | None:
+    """The outline of product ``row`` in the photo ``data`` (whose feature map ``mapper`` gives), or None: a
+    map of another model, no region that stands out."""
     fmap, model = mapper(data, OUTLINE.side)
     if model != index.backbone_id or fmap.shape[0] != index.model_dim:
         return None

@@ -55,20 +55,26 @@ class LoadedBackbone:
         feats = np.asarray(self.runtime(self.preprocess(images)), dtype=np.float32)
         return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
 
+    def feature_map_network(self) -> FeatureMap:
+        """The eager network of ``feature_map``, built on first use (the TorchServe handler builds it when its
+        worker starts, so no shopper's query pays for it)."""
+        if self._feature_map is None:
+            self._feature_map = FeatureMap(self.name, self.weights).to(self.device).eval()
+        return self._feature_map
+
     def feature_map(self, image: Image.Image, side: int) -> np.ndarray:
         """(C, h, w) float32: the last feature map of ``image`` resized so its shorter side is ``side`` pixels
         (the longer at most ``MAP_ASPECT`` times that), one cell per 32 pixels. Eager PyTorch on any size (the
         exported network has the model's fixed input); built on first use."""
         import torch
 
-        if self._feature_map is None:
-            self._feature_map = FeatureMap(self.name, self.weights).to(self.device).eval()
+        network = self.feature_map_network()
         width, height = image.size
         scale = side / min(width, height)
         size = (min(round(width * scale), MAP_ASPECT * side), min(round(height * scale), MAP_ASPECT * side))
         pixels = np.asarray(image.convert("RGB").resize(size, Image.Resampling.BILINEAR), dtype=np.uint8)
         with torch.inference_mode():
-            out = self._feature_map(torch.from_numpy(pixels[None].copy()).to(self.device))
+            out = network(torch.from_numpy(pixels[None].copy()).to(self.device))
         return out[0].float().cpu().numpy()
 
 

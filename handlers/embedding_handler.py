@@ -90,6 +90,7 @@ class EmbeddingHandler(BaseHandler):
         gpu = props.get("gpu_id")
         device = f"cuda:{gpu}" if torch.cuda.is_available() and gpu is not None else "cpu"
         self.embedder = Embedder.from_model_dir(Path(props["model_dir"]), device=device)
+        self.embedder.backbone.feature_map_network()  # built here, not on a shopper's first whole photo
         log.info("loaded %s (dim %d) with runtime %s on %s", self.embedder.backbone_id, self.embedder.dim,
                  self.embedder.runtime, device)
         self.initialized = True

@@ -189,8 +189,11 @@ def test_the_handler_loads_the_archive_s_model_on_the_device_torchserve_assigned
                                                                                   cuda, gpu_id, device):
     import logging
 
+    built = []
+
     class Loaded:
         backbone_id, dim, runtime = "model-id", 1280, "openvino"
+        backbone = type("Backbone", (), {"feature_map_network": lambda self: built.append(True)})()
 
     opened = []
     monkeypatch.setattr("handlers.embedding_handler.torch.cuda.is_available", lambda: cuda)
@@ -201,6 +204,7 @@ def test_the_handler_loads_the_archive_s_model_on_the_device_torchserve_assigned
     with caplog.at_level(logging.INFO, logger="handlers.embedding_handler"):
         handler.initialize(context)
     assert opened == [(tmp_path, device)] and handler.initialized is True and isinstance(handler.embedder, Loaded)
+    assert built == [True]  # the feature map's network too, before any request
     assert f"loaded model-id (dim 1280) with runtime openvino on {device}" in [r.getMessage() for r in caplog.records]
 
 
