@@ -6,6 +6,8 @@ vector in the same space as the catalog's (the pooled vector is their mean), and
 that product is high are the item's. The outline is the connected region of high cells around the best one,
 and its bounding box is searched as a drawn box is (gateway/images.py). The product's own catalog vector is
 the guide: the photo's vector would light up its background as much as the item (docs/QUALITY.md has both).
+The found product may be a lookalike of the item, and its map then lights the lookalike's shape: each of the
+catalog's few closest products outlines once, and the box the catalog sees best is searched.
 No other model and no other weights: the same backbone, asked for its map (modelio/protocol.py).
 """
 
@@ -29,6 +31,13 @@ class OutlineSettings:
     level: float = 0.55
     least_cells: int = 2  # an outline of fewer cells each way is no outline (the whole photo is searched)
     refine: int = 4  # the map is interpolated to this many points a cell each way: edges finer than a cell
+    guides: int = 5  # the catalog's closest products to the found item that each outline it (one map for all)
+    slack: float = 2.0  # the best box is searched unless its closest product is more points below the search's
+
+    def keeps(self, before: float, outlined: float) -> bool:
+        """Whether a box whose closest product is ``outlined`` percent close replaces a search whose closest
+        was ``before``: a studio photo of another product is searched best as it is (docs/QUALITY.md)."""
+        return outlined >= before - self.slack
 
 
 def heat(fmap: np.ndarray, to_space: Callable[[np.ndarray], np.ndarray], product: np.ndarray) -> np.ndarray:

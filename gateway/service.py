@@ -292,30 +292,45 @@ class SearchService:
 
     def outlined(self, photo: QueryImage, found: Results, options: SearchOptions) -> Results | None:
         """``found``'s search again on the outline of the item in ``photo`` (gateway/outline.py): where the
-        photo's feature map looks like the catalog's closest product to ``found``. None when there is no
-        outline (an empty catalog, a map of another model, no region that stands out, a box too small to
-        search) or it cannot be made (an older archive refuses feature maps, a backend fails): the located
-        search stands, and the log says why."""
+        photo's feature map looks like one of the catalog's closest products to ``found``, the box the catalog
+        sees best. None when there is no outline (an empty catalog, a map of another model, no region that
+        stands out, a box too small to search, one seen less well than ``found``) or it cannot be made (an
+        older archive refuses feature maps, a backend fails): the located search stands, and the log says why."""
         index = self.indexes.current
         mapper = getattr(self.client, "feature_map", None)  # a client without maps (a test's stub) outlines nothing
         if index is None or found.vector is None or mapper is None:
             return None
-        before, row = _closest(index, found.vector)
+        nearest = _nearest(index, found.vector, OUTLINE.guides)
         try:
-            box = None if row is None else _outline_box(index, mapper, photo.data, row)
+            boxes = _outline_boxes(index, mapper, photo.data, nearest.rows)
         except (ImageError, ModelServerError, SearchUnavailable) as exc:
             log.warning("no outline of the item: %s", exc)
             return None
-        try:
-            part = photo.cropped(box) if box is not None else None
-        except BadRequest:  # under the smallest crop a side
-            part = None
-        vector = None if part is None else self._window_vector(part.data, index.backbone_id)
-        # kept only where the catalog sees a product at least as well as in what was searched before: a studio
-        # photo of another product is searched best whole (docs/QUALITY.md)
-        if vector is None or _closest(index, vector)[0] < before:
+        best = self._best_box(index, photo, boxes)
+        if best is None or not OUTLINE.keeps(nearest.similarities[0], best[0]):
             return None
+        _, box, part, vector = best
         return replace(self.search_vector(vector, index.backbone_id, options, histogram_of(part.image)), box=box)
+
+    def _best_box(self, index: CatalogIndex, photo: QueryImage, boxes: list[Crop]
+                  ) -> tuple[float, Crop, QueryImage, np.ndarray] | None:
+        """Of ``boxes`` in ``photo``, the one whose closest product is closest: its similarity, box, image and
+        vector (embedded at once on the side pool); None when none can be searched."""
+        parts = []
+        for box in boxes:
+            try:
+                parts.append((box, photo.cropped(box)))
+            except BadRequest:  # under the smallest crop a side
+                continue
+        pending = [(box, part, self.side_work.submit(self._window_vector, part.data, index.backbone_id))
+                   for box, part in parts]
+        best = None
+        for box, part, job in pending:
+            vector = job.result()
+            score = None if vector is None else _closest(index, vector)[0]
+            if score is not None and (best is None or score > best[0]):
+                best = (score, box, part, vector)
+        return best
 
     def _searched(self, index: CatalogIndex, photo: QueryImage, tried: tuple[list, list, list, list], whole: float
                   ) -> tuple[Crop, QueryImage, np.ndarray, int | None] | None:
@@ -414,20 +429,30 @@ def within(found: Results, crop: Crop) -> Results:
     return replace(found, box=crop, items=tuple(replace(item, box=crop) for item in found.items[:1]))
 
 
+def _nearest(index: CatalogIndex, vector: np.ndarray, k: int) -> Ranked:
+    """A model vector's ``k`` closest products by similarity alone (no filter), with calibrated similarities."""
+    return rank_query(index.view, index.prepare(vector), RankOptions(threshold=0.0, top_k=k, category_first=False))
+
+
 def _closest(index: CatalogIndex, vector: np.ndarray) -> tuple[float, int | None]:
     """The calibrated similarity of a model vector's closest product (similarity alone, no filter) and its row;
     (-inf, None) for none."""
-    ranked = rank_query(index.view, index.prepare(vector), RankOptions(threshold=0.0, top_k=1, category_first=False))
+    ranked = _nearest(index, vector, 1)
     return (ranked.similarities[0], ranked.rows[0]) if ranked.similarities else (float("-inf"), None)
 
 
-def _outline_box(index: CatalogIndex, mapper: Callable, data: bytes, row: int) -> Crop | None:
-    """The outline of product ``row`` in the photo ``data`` (whose feature map ``mapper`` gives), or None: a
-    map of another model, no region that stands out."""
+def _outline_boxes(index: CatalogIndex, mapper: Callable, data: bytes, rows: list[int]) -> list[Crop]:
+    """The outlines of products ``rows`` in the photo ``data`` (one feature map, which ``mapper`` gives), each
+    box once: none for a map of another model, or a product whose region does not stand out."""
     fmap, model = mapper(data, OUTLINE.side)
     if model != index.backbone_id or fmap.shape[0] != index.model_dim:
-        return None
-    return outline(_item_heat(index, fmap, row), OUTLINE)
+        return []
+    boxes: list[Crop] = []
+    for row in rows:
+        box = outline(_item_heat(index, fmap, row), OUTLINE)
+        if box is not None and box not in boxes:
+            boxes.append(box)
+    return boxes
 
 
 def _item_heat(index: CatalogIndex, fmap: np.ndarray, row: int) -> np.ndarray:

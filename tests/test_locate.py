@@ -11,7 +11,7 @@ from PIL import Image
 
 from gateway.images import MIN_CROP_PX, Crop
 from gateway.locate import LocateSettings, _starts, best_window, common_part, iou, other_items, same_item, windows
-from gateway.service import SearchOptions, SearchQuery
+from gateway.service import OUTLINE, SearchOptions, SearchQuery
 from tests.conftest import demo_image
 
 
@@ -82,7 +82,9 @@ def test_a_whole_photo_is_searched_where_the_catalog_sees_the_item(client, stub)
     box = body["box"]
     assert box is not None and box_iou(tuple(box), truth) >= 0.5
     assert box[0] <= (truth[0] + truth[2]) / 2 <= box[2] and box[1] <= (truth[1] + truth[3]) / 2 <= box[3]
-    assert stub.calls == 1 + len(windows(640, 480)) + 1 + 1  # ... and the outline of the item
+    # ... and each distinct outline of the item (one per guide at most: gateway/outline.py), from one map
+    assert 1 + len(windows(640, 480)) + 1 + 1 <= stub.calls <= 1 + len(windows(640, 480)) + 1 + OUTLINE.guides
+    assert stub.maps == 1
     stub.calls = 0  # a refine from the token: no model call, the same box (the page keeps its outline)
     again = client.post("/api/search", json={"query_token": body["query_token"], "threshold": 0, "top_k": 3})
     assert again.get_json()["box"] == box and stub.calls == 0
@@ -190,7 +192,8 @@ def test_every_item_of_a_photo_and_picking_one_from_the_token_with_no_model_call
     body = client.post("/api/search", data={"file": (io.BytesIO(two_item_scene()), "q.jpg"), "top_k": "3",
                                             "threshold": "0"}).get_json()
     assert body["results"][0]["id"] == "10109"
-    assert 1 + len(windows(640, 480)) <= stub.calls <= 1 + len(windows(640, 480)) + 1  # (+ a common part)
+    # (+ a common part, + the item's outlines)
+    assert 1 + len(windows(640, 480)) <= stub.calls <= 1 + len(windows(640, 480)) + 1 + OUTLINE.guides
     items = body["items"]
     assert [item["category"] for item in items] == ["Watches", "Handbags"] and items[0]["box"] == body["box"]
     assert items[0]["box"][2] <= 0.5 <= items[1]["box"][0]  # the watch on the left, the bag on the right

@@ -214,10 +214,15 @@ def test_more_limits_of_an_outline():
     assert outline(grid(4, 4, {(1, 1): 1.0}), CELLS) is None
 
 
-def test_an_outline_the_catalog_sees_less_well_than_the_windows_box_is_not_searched(small_index, stub, tmp_path):
-    """The outlined box is kept only where its closest product is at least as close as the search it would
+@pytest.mark.parametrize("slack", [None, 1000.0])
+def test_an_outline_the_catalog_sees_less_well_than_the_windows_box_is_not_searched(small_index, stub, tmp_path,
+                                                                                      monkeypatch, slack):
+    """The outlined box is kept only where its closest product is about as close as the search it would
     replace (a studio photo of another product is searched best as it is): here the crop after the map
-    embeds as a blank picture, and the answer is the windows' own, box and all."""
+    embeds as a blank picture, and the answer is the windows' own, box and all; unless the slack is that wide."""
+    from dataclasses import replace
+
+    import gateway.service as service_module
     from gateway.config import Config
     from gateway.service import SearchService
     from tests.conftest import jpeg_bytes
@@ -242,6 +247,8 @@ def test_an_outline_the_catalog_sees_less_well_than_the_windows_box_is_not_searc
                 return stub.feature_map(blob, side)
             return feature_map
 
+    if slack is not None:
+        monkeypatch.setattr(service_module, "OUTLINE", replace(service_module.OUTLINE, slack=slack))
     photo, _ = busy_scene("10109", 11)
     answers = []
     for maps in (False, True):
@@ -250,4 +257,49 @@ def test_an_outline_the_catalog_sees_less_well_than_the_windows_box_is_not_searc
         svc.indexes.load()
         found = svc.search(SearchQuery(upload=photo), SearchOptions(threshold=0, top_k=3)).found
         answers.append((found.box, [hit.product["id"] for hit in found.hits]))
-    assert answers[0][0] is not None and answers[1] == answers[0]
+    assert answers[0][0] is not None and (answers[1] == answers[0]) == (slack is None)
+
+
+def test_a_box_replaces_the_search_down_to_the_slack_and_not_below_it():
+    settings = OutlineSettings(slack=2.0)
+    assert settings.keeps(50.0, 48.0) and settings.keeps(50.0, 61.0)
+    assert not settings.keeps(50.0, 47.99)
+    assert OutlineSettings(slack=0.0).keeps(50.0, 50.0) and not OutlineSettings(slack=0.0).keeps(50.0, 49.99)
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_each_close_product_outlines_the_item_and_the_box_seen_best_is_searched(small_index, stub, tmp_path,
+                                                                                 monkeypatch, seed):
+    """The found product may be a lookalike, whose map lights another place: here the closest product's heat is
+    made to light the photo's top left corner. With one guide that corner is all there is (and the windows' box,
+    which misses the item, stands); with five, the next closest products outline the item itself."""
+    from dataclasses import replace
+
+    import gateway.service as service_module
+    from evaluation.scenes import box_iou
+    from gateway.config import Config
+    from gateway.service import SearchService
+
+    real, guided = service_module._item_heat, []
+
+    def misled(index, fmap, row):
+        guided.append(row)
+        if len(guided) > 1:
+            return real(index, fmap, row)
+        corner = np.zeros(fmap.shape[1:], np.float32)
+        corner[:3, :3] = 1.0
+        return corner
+
+    photo, truth = busy_scene("11837", seed)
+    found = {}
+    for guides in (1, 5):
+        monkeypatch.setattr(service_module, "OUTLINE", replace(service_module.OUTLINE, guides=guides))
+        monkeypatch.setattr(service_module, "_item_heat", misled)
+        guided.clear()
+        svc = SearchService(Config(index_uri=str(small_index), index_poll_s=0,
+                                   index_cache_dir=str(tmp_path / f"c{guides}")), stub)
+        svc.indexes.load()
+        found[guides] = svc.search(SearchQuery(upload=photo), SearchOptions(threshold=0, top_k=3)).found
+        assert len(guided) == guides and len(set(guided)) == guides  # each guide once, one map
+    assert box_iou(found[5].box.fractions(), truth) >= 0.5 and found[5].hits[0].product["id"] == "11837"
+    assert box_iou(found[1].box.fractions(), truth) < 0.5 and found[1].box.fractions()[:2] != (0.0, 0.0)
