@@ -302,11 +302,10 @@ class SearchService:
             return None
         nearest = _nearest(index, found.vector, OUTLINE.guides)
         try:
-            boxes = _outline_boxes(index, mapper, photo.data, nearest.rows)
+            best = self._best_box(index, photo, _outline_boxes(index, mapper, photo.data, nearest.rows))
         except (ImageError, ModelServerError, SearchUnavailable) as exc:
             log.warning("no outline of the item: %s", exc)
             return None
-        best = self._best_box(index, photo, boxes)
         if best is None or not OUTLINE.keeps(nearest.similarities[0], best[0]):
             return None
         _, box, part, vector = best

@@ -112,6 +112,7 @@ def test_a_whole_photo_gets_a_box_on_the_item_from_its_feature_map(client, stub,
     ("refused", "not an image"),  # an archive from before feature maps answers 400
     ("down", "embedding service unreachable"),
     ("backend", "milvus is gone"),  # the product's vector cannot be read (a Milvus replica mid-swap)
+    ("down after the map", "embedding service timed out"),  # the outlined boxes cannot be embedded
 ])
 def test_without_an_outline_the_windows_box_stands(small_index, stub, tmp_path, caplog, monkeypatch, failure, said):
     """The outline is a refinement: when it cannot be made the located search is the answer, and the log
@@ -124,13 +125,18 @@ def test_without_an_outline_the_windows_box_stands(small_index, stub, tmp_path, 
     from search import SearchUnavailable
 
     class Server:
+        mapped = False
+
         def embed(self, blob: bytes):
+            if self.mapped and failure == "down after the map":
+                raise ModelServerError("embedding service timed out after 30s")
             return stub.embed(blob)
 
         def probe(self) -> str:
             return stub.probe()
 
         def feature_map(self, blob: bytes, side: int):
+            self.mapped = True
             if failure == "refused":
                 raise ImageError("not an image")
             if failure == "down":
