@@ -279,8 +279,8 @@ class SearchService:
         if whole[0] >= LOCATE.good_enough or not crops:
             return None
         parts = [photo.cropped(crop) for crop in crops]
-        pending = [self.side_work.submit(self._window_vector, part.data, index.backbone_id) for part in parts]
-        vectors = [job.result() for job in pending]
+        vectors = _finished([self.side_work.submit(self._window_vector, part.data, index.backbone_id)
+                             for part in parts])
         closest = [(None, None) if v is None else _closest(index, v) for v in vectors]
         scores, rows = [c[0] for c in closest], [c[1] for c in closest]
         searched = self._searched(index, photo, (crops, parts, vectors, closest), whole[0])
@@ -321,11 +321,10 @@ class SearchService:
                 parts.append((box, photo.cropped(box)))
             except BadRequest:  # under the smallest crop a side
                 continue
-        pending = [(box, part, self.side_work.submit(self._window_vector, part.data, index.backbone_id))
-                   for box, part in parts]
+        vectors = _finished([self.side_work.submit(self._window_vector, part.data, index.backbone_id)
+                             for _, part in parts])
         best = None
-        for box, part, job in pending:
-            vector = job.result()
+        for (box, part), vector in zip(parts, vectors, strict=True):
             score = None if vector is None else _closest(index, vector)[0]
             if score is not None and (best is None or score > best[0]):
                 best = (score, box, part, vector)
@@ -421,6 +420,17 @@ class Location:
     part: QueryImage | None
     vector: np.ndarray | None
     others: tuple[Item, ...]
+
+
+def _finished(jobs: list[Future]) -> list:
+    """Each job's result, in order. When one fails, the jobs not started yet are cancelled before its error is
+    raised: a failed query (or outline) leaves no model calls queued on the side pool behind it."""
+    try:
+        return [job.result() for job in jobs]
+    except BaseException:
+        for job in jobs:
+            job.cancel()
+        raise
 
 
 def within(found: Results, crop: Crop) -> Results:

@@ -309,3 +309,27 @@ def test_each_close_product_outlines_the_item_and_the_box_seen_best_is_searched(
         assert len(guided) == guides and len(set(guided)) == guides  # each guide once, one map
     assert box_iou(found[5].box.fractions(), truth) >= 0.5 and found[5].hits[0].product["id"] == "11837"
     assert box_iou(found[1].box.fractions(), truth) < 0.5 and found[1].box.fractions()[:2] != (0.0, 0.0)
+
+
+def test_a_failed_job_cancels_the_side_work_queued_behind_it():
+    """The windows' and the outlined boxes' model calls run on the side pool: when one fails, those not started
+    yet are dropped (a model server timing out would otherwise hold the pool for each of them in turn)."""
+    import threading
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from gateway.service import _finished
+
+    failed: Future = Future()
+    failed.set_exception(RuntimeError("embedding service timed out after 30s"))
+    release, ran = threading.Event(), []
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(release.wait, 10)  # the pool's one thread is taken: the next job waits in the queue
+        queued = pool.submit(ran.append, "queued")
+        with pytest.raises(RuntimeError, match="timed out"):
+            _finished([failed, queued])
+        release.set()
+        assert busy.result() is True
+    assert queued.cancelled() and ran == []
+    done: Future = Future()
+    done.set_result(3)
+    assert _finished([done]) == [3]
