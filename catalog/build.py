@@ -24,6 +24,8 @@ import numpy as np
 from tqdm import tqdm
 
 from catalog.fetch import FetchError, ImageSource
+from catalog.local_features import manifest_entry as local_manifest_entry
+from catalog.local_features import write_local_features
 from catalog.previous import PreviousVectors, previous_vectors
 from catalog.products import ProductTable, number_of
 from catalog.reader import RowError, iter_catalog
@@ -492,6 +494,7 @@ def build_index(
     shard_rows: int = SHARD_ROWS,
     engine: Engine | None = None,
     milvus: MilvusSettings | None = None,
+    local_features: bool = False,
 ) -> BuildReport:
     """Build and publish a new index version for ``catalog`` at ``output``.
 
@@ -501,7 +504,8 @@ def build_index(
     ``whiten_min`` products get a PCA-whitening fitted on them (a value above the catalog size disables it; see
     docs/QUALITY.md). ``ann``: ``always`` / ``never`` write the HNSW graph (indexstore/ann.py), ``auto`` from
     ``ann_settings.min_products`` products (``ANN_MIN_PRODUCTS``). ``embedder`` may be None when ``engine`` is
-    given (its own workers embed). ``milvus``: the version's Milvus collection is filled before it is published."""
+    given (its own workers embed). ``milvus``: the version's Milvus collection is filled before it is published.
+    ``local_features``: each product's keypoints are stored too (catalog/local_features.py)."""
     if ann not in ANN_CHOICES:
         raise ValueError(f"ann={ann!r}: use one of {', '.join(ANN_CHOICES)}")
     ann_settings = ann_settings or AnnSettings()
@@ -526,8 +530,14 @@ def build_index(
         merged = merge_shards(shards, len(pending), Path(tmp))
         merged.errors = sorted(merged.errors + errors, key=lambda e: e.line)
         with_ann = ann == "always" or (ann == "auto" and len(merged.rows) >= ann_settings.min_products)
+        local = write_local_features(merged.rows, ImageSource(catalog.parent, Path(cache_dir),
+                                                              allow_private=allow_private_hosts),
+                                     Path(tmp), workers) if local_features and len(merged.rows) else {}
         index, extra = finish_version(merged, catalog, backbone_id, rows_read, Path(tmp), whiten_min,
                                       ann_settings if with_ann else None)
+        if local:
+            extra |= local
+            index.manifest["local_features"] = local_manifest_entry()
         version, pruned = _write_fill_publish(store, index, extra, keep, milvus)
         report = BuildReport(version, store.uri, backbone_id, len(merged.rows), merged.errors,
                              shards=len(pending), shards_resumed=len(pending) - len(todo), **merged.counts)

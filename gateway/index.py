@@ -23,6 +23,10 @@ from indexstore.store import (
     APPEARANCE,
     APPEARANCE_VECTORS,
     EMBEDDINGS,
+    LOCAL_COUNTS,
+    LOCAL_DESCRIPTORS,
+    LOCAL_FILES,
+    LOCAL_POINTS,
     CorruptIndex,
     IndexData,
     LocalStore,
@@ -75,6 +79,8 @@ class CatalogIndex:
             ann_path=data.folder / ANN if data.folder is not None and data.has_file(ANN) else None))
         self.appearance, self.appearance_rows = _appearance(data, len(self.products), self.search_dim,
                                                                 info.appearance_descriptor)
+        #: Each product's keypoints, when the version has them (``build_index.py --local-features``).
+        self.keypoints = _keypoints(data, len(self.products), info.local_features)
         #: All that ranking (ranking/) sees of this version.
         self.view = RankingView(self.backend, self.grouping, self.calibration, self.appearance, self.appearance_rows,
                                 self.no_match_percent, self.prices)
@@ -137,6 +143,48 @@ def _appearance(data: IndexData, rows: int, search_dim: int,
             space.projection is not None and space.projection.shape[0] != HIST_SIZE + search_dim):
         raise CorruptIndex(f"version {data.version}: the appearance files do not match the index")
     return space, vectors
+
+
+class KeypointRows:
+    """A version's keypoint files (memory-mapped): one product's ``LocalFeatures`` at a time. A row whose
+    stored values are not keypoints (a count over the width, points not finite) has none: the store is
+    untrusted, and one bad row must not stop the others from being confirmed."""
+
+    def __init__(self, descriptors: np.ndarray, points: np.ndarray, counts: np.ndarray) -> None:
+        self.descriptors, self.points, self.counts = descriptors, points, counts
+
+    def features(self, row: int):  # -> localfeatures.sift.LocalFeatures (imported here: OpenCV is lazy)
+        from localfeatures.sift import NONE, LocalFeatures
+
+        n = int(self.counts[row]) if 0 <= row < len(self.counts) else -1
+        if not 0 <= n <= self.points.shape[1]:
+            return NONE
+        points = np.asarray(self.points[row, :n], dtype=np.float32)
+        if not np.isfinite(points).all():
+            return NONE
+        return LocalFeatures(points, np.asarray(self.descriptors[row, :n]))
+
+
+def _keypoints(data: IndexData, rows: int, descriptor: str | None) -> KeypointRows | None:
+    """The version's keypoint files, checked; None for a version without them or with another descriptor."""
+    if descriptor is None or data.folder is None or not all(data.has_file(name) for name in LOCAL_FILES):
+        return None
+    from localfeatures.sift import DESCRIPTOR, DESCRIPTOR_BYTES, KEYPOINTS
+
+    if descriptor != DESCRIPTOR:
+        log.warning("version %s: local features %r are not this gateway's %r: not used", data.version,
+                    descriptor, DESCRIPTOR)
+        return None
+    try:
+        arrays = [np.load(data.folder / name, mmap_mode="r", allow_pickle=False)
+                  for name in (LOCAL_DESCRIPTORS, LOCAL_POINTS, LOCAL_COUNTS)]
+    except ValueError as exc:
+        raise CorruptIndex(f"version {data.version}: {exc}") from None
+    expected = [(np.uint8, (rows, KEYPOINTS, DESCRIPTOR_BYTES)), (np.float16, (rows, KEYPOINTS, 2)),
+                (np.uint16, (rows,))]
+    if any(a.dtype != dtype or a.shape != shape for a, (dtype, shape) in zip(arrays, expected, strict=True)):
+        raise CorruptIndex(f"version {data.version}: the keypoint files do not match the index")
+    return KeypointRows(*arrays)
 
 
 class IndexManager:

@@ -45,6 +45,8 @@ NONCE_BYTES = 12
 MAX_TOKEN_CHARS = 40_960
 #: The most other items a token carries (the searched one is its query).
 MAX_ITEMS = 3
+#: Longest product id a token carries as the confirmed product (a longer one is not pinned).
+MAX_PINNED_CHARS = 256
 #: Longest image URL a query may name (the service refuses longer ones; a token never cuts one short).
 MAX_URL_CHARS = 2048
 
@@ -64,6 +66,7 @@ class Query:
     hist: np.ndarray | None = None  # its colour histogram (ranking/appearance.py), when there is one
     box: tuple[float, float, float, float] | None = None  # the part of the photo searched (gateway/locate.py)
     items: tuple[QueryItem, ...] = ()  # the photo's other items, when it has them
+    pinned: str = ""  # the product its details confirmed (ranking/verify.py): it stays first on every page
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,10 @@ class QueryTokens:
                   "e": int(now + self.ttl_s), "n": int(np.size(query.vector))}
         if query.box is not None:
             fields["x"] = [float(v) for v in query.box]
+        if query.pinned:
+            if len(query.pinned) > MAX_PINNED_CHARS:
+                raise ValueError(f"a product id of {len(query.pinned)} characters is over {MAX_PINNED_CHARS}")
+            fields["p"] = query.pinned
         if len(query.items) > MAX_ITEMS:
             raise ValueError(f"{len(query.items)} other items are over {MAX_ITEMS}")
         tail = b""
@@ -232,7 +239,11 @@ def _parsed(head: dict, tail: bytes) -> Query:
         others.append(QueryItem(box, item["c"], numbers[:size], numbers[size:] if colours else None))
     if tail:
         raise ValueError("trailing bytes")
-    return Query(vector, str(head["b"]), str(head["u"]), str(head["d"]), hist, _box(head.get("x")), tuple(others))
+    pinned = head.get("p", "")
+    if not isinstance(pinned, str) or len(pinned) > MAX_PINNED_CHARS:
+        raise ValueError("pinned")
+    return Query(vector, str(head["b"]), str(head["u"]), str(head["d"]), hist, _box(head.get("x")), tuple(others),
+                 pinned)
 
 
 _AGAIN = "we could not re-run that search: choose the photo again, or paste its link"

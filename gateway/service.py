@@ -25,6 +25,7 @@ from gateway.locate import LocateSettings, best_window, common_part, other_items
 from gateway.outline import OutlineSettings, heat, outline
 from gateway.query_token import (
     MAX_ITEMS,
+    MAX_PINNED_CHARS,
     MAX_URL_CHARS,
     ExpiredQuery,
     Query,
@@ -38,6 +39,7 @@ from modelio.imaging import ImageError
 from modelserver.client import ModelClient, ModelServerError
 from ranking import Guess, Ranked, RankOptions, rank_product, rank_query
 from ranking.appearance import HIST_SIZE, histogram_of
+from ranking.verify import VerifySettings, confirmed
 from search import SearchUnavailable
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ LOCATE = LocateSettings()
 
 #: How the found item is outlined in a whole photo (gateway/outline.py), chosen on the same tuning half.
 OUTLINE = OutlineSettings()
+#: How the very product is confirmed by its details (ranking/verify.py; docs/QUALITY.md).
+VERIFY = VerifySettings()
 
 #: What a shopper can set on one search (the ranking's options).
 SearchOptions = RankOptions
@@ -99,6 +103,7 @@ class Results:
     box: Crop | None = None  # the part of a whole photo searched, when the gateway found the item in it
     closer_outside_filter: bool = False  # nothing in the shopper's filter is close, but the catalog has it
     items: tuple[Item, ...] = ()  # a photo's items, the searched one first (gateway/locate.py)
+    pinned: str = ""  # the product the photo's details confirmed (ranking/verify.py), first on every page
 
 
 @dataclass(frozen=True)
@@ -215,7 +220,8 @@ class SearchService:
         items = [Item(box, None, known.vector, known.hist),
                  *(Item(Crop(*o.box), o.category or None, o.vector, o.hist) for o in known.items)]
         chosen = items.pop(item)
-        found = self.search_vector(chosen.vector, known.backbone_id, options, chosen.hist)
+        found = self.search_vector(chosen.vector, known.backbone_id, options, chosen.hist,
+                                   pinned=known.pinned if item == 0 else "")
         if item:  # the item searched before is now one of the others: named like them, by its closest product
             items[0] = replace(items[0], category=_category(index, _closest(index, known.vector)))
         return replace(found, box=None if chosen.box == WHOLE else chosen.box,
@@ -234,7 +240,8 @@ class SearchService:
         others = tuple(QueryItem(item.box.fractions(), item.category or "", item.vector, item.hist)
                        for item in found.items[1:MAX_ITEMS + 1] if item.vector is not None)
         token = self.tokens.issue(Query(found.vector, found.model, image_url,
-                                        picture_digest(shown) if shown else "", found.hist, box, others))
+                                        picture_digest(shown) if shown else "", found.hist, box, others,
+                                        found.pinned if len(found.pinned) <= MAX_PINNED_CHARS else ""))
         return Answer(found, token, image_url, shown)
 
     @staticmethod
@@ -264,8 +271,31 @@ class SearchService:
                                                histogram_of(located.part.image)), box=located.box)
         if located is not None:  # the windows looked: the product they found outlines the item
             found = self.outlined(photo, found, options) or found
+        found = self.confirmed(photo, found, options)
         main = Item(found.box or WHOLE, _main_category(self.require_index(), found))
         return replace(found, items=(main, *(located.others if located else ())))
+
+    def confirmed(self, photo: QueryImage, found: Results, options: SearchOptions) -> Results:
+        """``found`` ranked again with the product that the searched part's details confirm first (ranking/verify.py
+        on the CNN's first ``VERIFY.candidates``), or as it is: when the version has no keypoints, nothing is
+        confirmed, or the check fails (logged: it never fails a search)."""
+        index = self.require_index()
+        if index.keypoints is None or found.vector is None or found.model != index.backbone_id:
+            return found
+        from localfeatures.sift import extract, inliers
+
+        try:
+            query = extract((photo if found.box is None else photo.cropped(found.box)).image)
+            rows = _nearest(index, found.vector, VERIFY.candidates).rows
+            best = confirmed([inliers(query, index.keypoints.features(row)) for row in rows], VERIFY)
+        except Exception:  # noqa: BLE001 - OpenCV's own errors: the CNN's answer stands
+            log.exception("the local-feature check failed; the search keeps the CNN's order")
+            return found
+        if best is None:
+            return found
+        again = self.search_vector(found.vector, found.model, options, found.hist,
+                                   pinned=str(index.products[rows[best]]["id"]))
+        return replace(again, box=found.box)
 
     def locate(self, photo: QueryImage, vector: np.ndarray, backbone_id: str) -> Location | None:
         """Where in ``photo`` to search and which other items it shows; None when the whole photo is searched
@@ -358,10 +388,11 @@ class SearchService:
         return vector if model == backbone_id else None
 
     def search_vector(self, vector: np.ndarray, backbone_id: str, options: SearchOptions,
-                      hist: np.ndarray | None = None) -> Results:
+                      hist: np.ndarray | None = None, pinned: str = "") -> Results:
         """Products close to a model vector (a fresh embedding, or a query token's) and, inside a category,
         to its colour histogram ``hist``: 503 when the vector's model is not the index's, since the two
-        spaces cannot be compared."""
+        spaces cannot be compared. ``pinned``: the product id the photo's details confirmed (first, when this
+        version still has it and the shopper's filter lets it answer)."""
         index = self.require_index()
         if backbone_id != index.backbone_id:
             raise Unavailable(NOT_READY, detail=f"the embedding model ({backbone_id}) does not match the index "
@@ -373,8 +404,10 @@ class SearchService:
         look = None
         if index.appearance is not None and hist is not None and np.shape(hist) == (HIST_SIZE,):
             look = index.appearance.vectors(hist, query)[0]
-        found = _results(index, rank_query(index.view, query, options, look))
-        return replace(found, vector=np.asarray(vector, dtype=np.float32), model=backbone_id, hist=hist)
+        row = index.row_of(pinned) if pinned else None
+        found = _results(index, rank_query(index.view, query, options, look, pinned=row))
+        return replace(found, vector=np.asarray(vector, dtype=np.float32), model=backbone_id, hist=hist,
+                       pinned=pinned if row is not None else "")
 
     def similar(self, product_id: str, options: SearchOptions) -> Results:
         """More like this: the stored vector of a product, the product itself left out. No model call.

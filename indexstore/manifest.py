@@ -32,6 +32,7 @@ class Manifest:
     no_match_percent: float | None  # the fitted "no close match" threshold; None: never said
     appearance_descriptor: str | None  # the colour descriptor the appearance files were made with
     appearance_weight: float | None
+    local_features: str | None = None  # the local-feature descriptor of the version's keypoint files
 
     @classmethod
     def parse(cls, raw: object) -> Manifest:
@@ -45,10 +46,12 @@ class Manifest:
         if count > 0 and dim == 0:
             raise ManifestError("dim is 0 for a version with products")
         appearance = _section(raw, "appearance")
+        local = _section(raw, "local_features")
         return cls(_required(raw, "version", str), backbone, count, dim, _calibration(raw),
                    _no_match(raw), None if appearance is None else _required(appearance, "descriptor", str,
                                                                                "appearance."),
-                   None if appearance is None else _number(appearance, "weight", 0, 1, "appearance."))
+                   None if appearance is None else _number(appearance, "weight", 0, 1, "appearance."),
+                   None if local is None else _required(local, "descriptor", str, "local_features."))
 
 
 def _required(raw: dict, key: str, kind: type, where: str = "") -> object:

@@ -46,6 +46,12 @@ WHITENING = "whitening.npz"
 APPEARANCE = "appearance.npz"
 APPEARANCE_VECTORS = "appearance.npy"
 ANN = "ann.faiss"  # optional: the HNSW graph over the search-space vectors (indexstore/ann.py)
+#: Optional (``build_index.py --local-features``): each product's keypoints (localfeatures/sift.py):
+#: uint8 descriptors (count, KEYPOINTS, 128), float16 points (count, KEYPOINTS, 2), uint16 keypoints per row.
+LOCAL_DESCRIPTORS = "local_descriptors.npy"
+LOCAL_POINTS = "local_points.npy"
+LOCAL_COUNTS = "local_counts.npy"
+LOCAL_FILES = (LOCAL_DESCRIPTORS, LOCAL_POINTS, LOCAL_COUNTS)
 MANIFEST = "manifest.json"
 
 
@@ -61,7 +67,8 @@ class CorruptIndex(ValueError):
 #: target) is refused before it can become part of a path.
 VERSION_NAME = re.compile(r"^[0-9]{8}T[0-9]{12}Z-[0-9a-f]{6}$")
 #: The only files a version may list in its manifest.
-FILE_NAMES = frozenset({EMBEDDINGS, PRODUCTS, ERRORS, WHITENING, ANN, APPEARANCE, APPEARANCE_VECTORS})
+FILE_NAMES = frozenset({EMBEDDINGS, PRODUCTS, ERRORS, WHITENING, ANN, APPEARANCE, APPEARANCE_VECTORS,
+                        *LOCAL_FILES})
 #: Bytes per read when a file is streamed (copied and checksummed without holding it in memory).
 CHUNK = 8 << 20
 

@@ -126,12 +126,30 @@ class RankingView:
 
 
 def rank_query(view: RankingView, query: np.ndarray, options: RankOptions, look: np.ndarray | None = None,
-               exclude: frozenset[int] = frozenset()) -> Ranked:
+               exclude: frozenset[int] = frozenset(), pinned: int | None = None) -> Ranked:
     """Rows close to a query's search-space vector; with ``category_first`` (and no category filter) its
     guessed category first, ordered inside by the query's appearance vector ``look`` when given. The "no
-    close match" rule applies. ``exclude``: rows that may not answer (e.g. the query's own twins)."""
+    close match" rule applies. ``exclude``: rows that may not answer (e.g. the query's own twins).
+    ``pinned``: the row its details confirm as the very product (ranking/verify.py): it comes first, its
+    category is the one ranked first, and its match is raised to the list's first (when the filter and the
+    threshold let it answer at all)."""
     vote = options.category_first and not options.category
-    return _rank(view, query, view.where(options, exclude), options, guess_code=None, vote=vote, look=look)
+    where = view.where(options, exclude)
+    if pinned is not None and _admitted(view, query, where, options, pinned):
+        code = int(view.grouping.codes[pinned]) if vote else -1
+        return _rank(view, query, where, options, guess_code=code, look=look, pinned=pinned)
+    return _rank(view, query, where, options, guess_code=None, vote=vote, look=look)
+
+
+def _admitted(view: RankingView, query: np.ndarray, where: Filter, options: RankOptions, row: int) -> bool:
+    """Whether ``row`` may answer this search: in range, let through by the filter, at or above the threshold."""
+    if not 0 <= row < len(view.grouping.codes) or not where.admits(row, int(view.grouping.codes[row])):
+        return False
+    return _score(view, query, row) >= view.calibration.cosine(options.threshold) - THRESHOLD_SLACK
+
+
+def _score(view: RankingView, query: np.ndarray, row: int) -> float:
+    return float(np.dot(np.asarray(view.backend.vector(row), dtype=np.float32), np.asarray(query, np.float32)))
 
 
 def rank_product(view: RankingView, row: int, options: RankOptions) -> Ranked:
@@ -144,7 +162,7 @@ def rank_product(view: RankingView, row: int, options: RankOptions) -> Ranked:
 
 
 def _rank(view: RankingView, query: np.ndarray, where: Filter, options: RankOptions, guess_code: int | None,
-          vote: bool = True, look: np.ndarray | None = None) -> Ranked:
+          vote: bool = True, look: np.ndarray | None = None, pinned: int | None = None) -> Ranked:
     """Candidates → ranked rows. ``guess_code``: None for a query (no-match rule applies; the category is
     voted for when ``vote``), -1 for no category first, else that code. ``look``: the query's appearance
     vector, the colour tie-breaker inside one category (the first group, or a filter's)."""
@@ -167,6 +185,8 @@ def _rank(view: RankingView, query: np.ndarray, where: Filter, options: RankOpti
         below = found[-1][2] if found else 100.0  # the guessed category ranks first: the rest match no more
         found += [(row, score, min(match, below)) for row, score, match in _matched(view, others)]
     found = sorted(found, key=lambda f: -f[2])[:top_k]  # stable: equal matches keep the order above
+    if pinned is not None:
+        found = _first(view, query, found, pinned)[:top_k]
     codes = view.grouping.codes
     first_group = 0 if guess is None else next(
         (i for i, (row, _, _) in enumerate(found) if int(codes[row]) != guess.code), len(found))
@@ -174,6 +194,14 @@ def _rank(view: RankingView, query: np.ndarray, where: Filter, options: RankOpti
     return Ranked([row for row, _, _ in found], [score for _, score, _ in found],
                   _percents(view, [score for _, score, _ in found]), guess, [m for _, _, m in found],
                   max(0, first_group - options.offset), lost and not elsewhere, elsewhere)
+
+
+def _first(view: RankingView, query: np.ndarray, found: list[tuple[int, float, float]], row: int
+           ) -> list[tuple[int, float, float]]:
+    """``found`` with ``row`` first, its match raised to the first's (the number shown never rises down the list)."""
+    rest = [f for f in found if f[0] != row]
+    (_, score, match), = _matched(view, [(row, _score(view, query, row))])
+    return [(row, score, max(match, rest[0][2] if rest else match))] + rest
 
 
 def _filtered(options: RankOptions) -> bool:

@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-rows", type=int, default=SHARD_ROWS,
                         help=f"rows per shard, written to the store when done; a re-run resumes from them "
                              f"(1 to {MAX_SHARD_ROWS:,})")
+    parser.add_argument("--local-features", action="store_true",
+                        help="also store each product's keypoints, so the gateway can confirm the very product a "
+                             "shopper photographed (~5 ms a photo more; docs/QUALITY.md)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if not 1 <= args.shard_rows <= MAX_SHARD_ROWS:
@@ -94,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                              args.cache_dir, workers=args.workers,
                              refresh_cache=args.refresh_cache, progress=not args.no_progress, keep=args.keep,
                              allow_private_hosts=args.allow_private_hosts, ann=args.ann, ann_settings=settings.ann,
-                             shard_rows=args.shard_rows, engine=engine, milvus=settings.milvus)
+                             shard_rows=args.shard_rows, engine=engine, milvus=settings.milvus,
+                             local_features=args.local_features)
     except (CatalogError, ModelServerError, StoreUnavailable, ShardError, ShardFailed, MilvusError) as exc:
         print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2

@@ -630,7 +630,8 @@ def test_the_pipelines_defaults():
                 if p.default is not inspect.Parameter.empty}
     assert defaults == {"workers": 8, "chunk_size": 64, "refresh_cache": False, "progress": True, "keep": 5,
                         "whiten_min": MIN_WHITEN, "allow_private_hosts": False, "vector_cache": None, "ann": "auto",
-                        "ann_settings": None, "shard_rows": build_module.SHARD_ROWS, "engine": None, "milvus": None}
+                        "ann_settings": None, "shard_rows": build_module.SHARD_ROWS, "engine": None, "milvus": None,
+                        "local_features": False}
     assert inspect.signature(LocalEngine.run).parameters["progress"].default is True
 
 

@@ -51,6 +51,9 @@ CORRUPTIONS = [
     ("appearance weight above 1", lambda m: m["appearance"].update(weight=1.5)),
     ("appearance weight NaN", lambda m: m["appearance"].update(weight=NAN)),
     ("appearance descriptor missing", lambda m: m["appearance"].pop("descriptor")),
+    ("local features text", lambda m: m.update(local_features="sift")),
+    ("local features descriptor missing", lambda m: m.update(local_features={"keypoints": 128})),
+    ("local features descriptor a number", lambda m: m.update(local_features={"descriptor": 1})),
     ("appearance descriptor a number", lambda m: m["appearance"].update(descriptor=1)),
 ]
 
@@ -67,6 +70,9 @@ def test_optional_sections_may_be_left_out_or_null_and_the_edges_pass():
     bare = {"version": "v", "backbone": "b" * MAX_BACKBONE_CHARS, "count": 0, "dim": 0}
     info = Manifest.parse(bare | {"calibration": None, "appearance": None})
     assert info.calibration is None and info.no_match_percent is None and info.appearance_descriptor is None
+    assert info.local_features is None
+    assert Manifest.parse(bare | {"local_features": None}).local_features is None
+    assert Manifest.parse(bare | {"local_features": {"descriptor": "sift"}}).local_features == "sift"
     edges = {"points": [[-1, 0], [1, 100]]}
     assert Manifest.parse(bare | {"calibration": edges}).calibration == ((-1.0, 0.0), (1.0, 100.0))
     assert Manifest.parse(bare | {"calibration": {"points": UNCALIBRATED}}).calibration == ((0.0, 0.0), (1.0, 100.0))

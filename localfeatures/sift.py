@@ -1,0 +1,93 @@
+"""Local features of a photo: the details (a logo, a print, a strap, a seam) that tell the very product from
+a lookalike of the same kind, where the CNN's one vector says only what kind of thing it is.
+
+SIFT keypoints (OpenCV, no weights to download): the build keeps each product's strongest ``KEYPOINTS``
+(docs/QUALITY.md "The exact product confirmed by its details"); the gateway extracts a query's from the part
+of the photo it searched and counts, for each of the CNN's first candidates, the matches that pass Lowe's
+ratio test and fit one similarity transform (RANSAC). ranking/verify.py decides what the counts mean.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+#: Identifies the features below: an index made with other ones is not verified by this code.
+DESCRIPTOR = "sift-k128-s320-v1"
+#: The most keypoints kept per photo (the strongest by SIFT's response): 16.5 KB a product in the index.
+KEYPOINTS = 128
+#: Photos are described with their longer side at most this many pixels (a catalog photo, a shopper's crop).
+SIDE = 320
+#: Lowe's ratio test: a match counts when its nearest descriptor is this much closer than the second.
+RATIO = 0.8
+#: A match is an inlier of the transform when it lands within this many pixels.
+RANSAC_PIXELS = 5.0
+#: Fewer matches than this cannot fix a transform worth counting.
+MIN_MATCHES = 4
+DESCRIPTOR_BYTES = 128
+
+cv2.setNumThreads(1)  # one photo per thread: the gateway's and the build's own pools give the parallelism
+_PER_THREAD = threading.local()
+
+
+def _sift() -> cv2.SIFT:
+    """This thread's SIFT detector (OpenCV does not promise one may serve several threads at once)."""
+    if not hasattr(_PER_THREAD, "sift"):
+        _PER_THREAD.sift = cv2.SIFT_create()
+    return _PER_THREAD.sift
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    """One photo's keypoints: ``points`` (n, 2) float32 pixels, ``descriptors`` (n, 128) uint8, n ≤ KEYPOINTS."""
+
+    points: np.ndarray
+    descriptors: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+NONE = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_BYTES), np.uint8))
+
+
+def extract(image: Image.Image) -> LocalFeatures:
+    """The strongest ``KEYPOINTS`` SIFT keypoints of ``image`` (any mode), its longer side first brought down
+    to ``SIDE``; none for a flat image."""
+    grey = image.convert("L")
+    scale = min(1.0, SIDE / max(grey.size))
+    if scale < 1.0:
+        grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))),
+                           Image.BILINEAR)
+    keypoints, descriptors = _sift().detectAndCompute(np.asarray(grey), None)
+    if descriptors is None or not keypoints:
+        return NONE
+    order = np.argsort([-k.response for k in keypoints], kind="stable")[:KEYPOINTS]
+    points = np.array([keypoints[i].pt for i in order], dtype=np.float32)
+    return LocalFeatures(points, np.clip(descriptors[order], 0, 255).astype(np.uint8))
+
+
+def _root(descriptors: np.ndarray) -> np.ndarray:
+    """RootSIFT (Arandjelović & Zisserman, 2012): each descriptor L1-normalised, then its square root, so that
+    Euclidean distance compares them as the Hellinger kernel does (fewer false matches on strong bins)."""
+    x = descriptors.astype(np.float32)
+    return np.sqrt(x / np.maximum(x.sum(axis=1, keepdims=True), 1e-6))
+
+
+def inliers(query: LocalFeatures, candidate: LocalFeatures) -> int:
+    """How many of the query's keypoints match the candidate's and fit one similarity transform (rotation,
+    scale, shift), compared as RootSIFT: the evidence that both photos show the same object."""
+    if len(query) < 2 or len(candidate) < 2:
+        return 0
+    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(_root(query.descriptors), _root(candidate.descriptors), k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
+    if len(good) < MIN_MATCHES:
+        return 0
+    source = query.points[[m.queryIdx for m in good]]
+    target = candidate.points[[m.trainIdx for m in good]]
+    _, mask = cv2.estimateAffinePartial2D(source, target, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS)
+    return 0 if mask is None else int(mask.sum())

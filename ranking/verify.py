@@ -1,0 +1,29 @@
+"""The exact product confirmed by its details: among the CNN's first candidates, the one whose local features
+(localfeatures/sift.py) fit the query's far better than any other's is the photographed product itself,
+and it comes first, whatever its category or colour. Settings chosen on the shopper-photo protocol's tune
+halves (docs/QUALITY.md "The exact product confirmed by its details").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    candidates: int = 30  # the CNN's first candidates whose details are compared
+    min_inliers: int = 6  # the least evidence for "the same object"
+    lead: float = 2.0  # ... and it must be this many times the next candidate's (at least 1)
+
+
+def confirmed(counts: Sequence[int], settings: VerifySettings = VerifySettings()) -> int | None:
+    """Which candidate (an index into ``counts``, the inliers of each, best CNN first) is confirmed as the very
+    product, or None: at least ``min_inliers`` and ``lead`` times the next best count (or 1)."""
+    if not counts:
+        return None
+    best = max(range(len(counts)), key=lambda i: (counts[i], -i))
+    runner_up = max((c for i, c in enumerate(counts) if i != best), default=0)
+    if counts[best] >= settings.min_inliers and counts[best] >= settings.lead * max(runner_up, 1):
+        return best
+    return None
