@@ -190,3 +190,43 @@ def test_a_shoppers_whole_photo_is_searched_on_the_item_the_gateway_outlines(gat
     body = search(gateway, scene.jpeg, threshold="0", top_k="10").json()
     assert body["box"] is not None and box_iou(tuple(body["box"]), scene.box) >= 0.5, (body["box"], scene.box)
     assert body["results"][0]["id"] == pid, [(r["name"], r["match"]) for r in body["results"][:3]]
+
+
+@pytest.fixture(scope="module")
+def detailed_index(torchserve, tmp_path_factory):
+    """The sample catalog indexed through the real TorchServe by the build CLI, with each product's keypoints."""
+    out = tmp_path_factory.mktemp("e2e-details") / "index"
+    assert build_cli(["--catalog", str(DEMO_CSV), "--output", str(out), "--torchserve-url", torchserve.url,
+                      "--cache-dir", str(out.parent / "cache"), "--local-features", "--no-progress"]) == 0
+    return out
+
+
+# cropped scenes whose product the CNN alone does not rank first (in-process: not in its top 10, or 3rd)
+@pytest.mark.parametrize("pid, seed", [("21364", 11), ("17831", 3), ("15729", 7)])
+def test_a_shoppers_cropped_photo_is_confirmed_by_its_details(start_gateway, detailed_index, gateway, torchserve,
+                                                             pid, seed):
+    """An index built with ``--local-features``, through the real TorchServe and gateway: the product the
+    crop's details match comes first and is named ``confirmed``; the matches never increase down the list,
+    and "Show more" from the answer's token continues the same order. The same crop on the index without
+    keypoints (the ``gateway`` fixture) does not bring it first."""
+    import numpy as np
+    from PIL import Image
+
+    from evaluation.scenes import make_scene
+
+    by_id = {p["id"]: p for p in PRODUCTS}
+    clutter = [Image.open(DEMO_CSV.parent / PRODUCTS[i]["image_url"]) for i in (5, 50)]
+    scene = make_scene(Image.open(DEMO_CSV.parent / by_id[pid]["image_url"]), 0, np.random.default_rng(seed), clutter)
+    crop = ",".join(f"{v:.4f}" for v in scene.box)
+    plain = search(gateway, scene.jpeg, crop=crop, threshold="0", top_k="10").json()
+    assert plain["results"][0]["id"] != pid and plain["confirmed"] is None
+    gw = start_gateway(INDEX_URI=str(detailed_index), TORCHSERVE_URL=torchserve.url)
+    body = search(gw, scene.jpeg, crop=crop, threshold="0", top_k="10").json()
+    results = body["results"]
+    assert results[0]["id"] == pid and body["confirmed"] == pid, [(r["name"], r["match"]) for r in results[:3]]
+    matches = [r["match"] for r in results]
+    assert matches == sorted(matches, reverse=True)
+    pages = [requests.post(f"{gw.url}/api/search", json={"query_token": body["query_token"], "threshold": 0,
+                                                         "top_k": 5, "offset": at}, timeout=60).json()
+             for at in (0, 5)]
+    assert [r["id"] for page in pages for r in page["results"]] == [r["id"] for r in results]
