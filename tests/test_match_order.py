@@ -63,6 +63,37 @@ def test_shown_matches_never_increase_down_a_page_or_across_show_more(seed, rows
             assert whole.rows[0] == best and whole.matches[0] == whole.similarities[0]
 
 
+@settings(max_examples=120, deadline=None)
+@given(seed=st.integers(0, 10**6), rows=st.integers(1, 40), top_k=st.integers(1, 8),
+       threshold=st.sampled_from([0.0, 20.0, 50.0, 80.0]), category_first=st.booleans(),
+       category=st.sampled_from([None, "a", "b"]), coloured=st.booleans(), pick=st.floats(0, 1))
+def test_a_confirmed_product_leads_every_page_it_can_answer_and_the_order_still_holds(
+        seed, rows, top_k, threshold, category_first, category, coloured, pick):
+    view, rng = random_view(seed, rows)
+    query = unit(rng.normal(size=6) + 0.8)
+    look = unit(rng.normal(size=3)) if coloured else None
+    pinned = min(int(pick * rows), rows - 1)
+
+    def ranked(k: int, offset: int = 0):
+        return rank_query(view, query, RankOptions(threshold=threshold, top_k=k, category=category,
+                                                   category_first=category_first, offset=offset), look, pinned=pinned)
+
+    first, more, whole = ranked(top_k), ranked(top_k, top_k), ranked(2 * top_k)
+    shown = first.matches + more.matches
+    assert all(a >= b for a, b in zip(shown, shown[1:], strict=False))
+    assert first.rows + more.rows == whole.rows and shown == whole.matches and len(set(whole.rows)) == len(whole.rows)
+    plain = rank_query(view, query, RankOptions(threshold=threshold, top_k=rows, category=category,
+                                                category_first=category_first), look)
+    answers = pinned in plain.rows  # the filter and the threshold let it answer at all
+    assert (whole.rows[:1] == [pinned]) == answers
+    assert all(s >= threshold - 1e-4 for s in whole.similarities)
+    # only the confirmed product's match may be raised above its similarity, and only to the next one's
+    assert all(m <= s + 1e-9 for r, m, s in zip(whole.rows, whole.matches, whole.similarities, strict=True)
+               if r != pinned)
+    if answers and len(whole.rows) > 1:
+        assert whole.matches[0] == pytest.approx(max(whole.matches[1], whole.similarities[0]))
+
+
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 10**6), rows=st.integers(2, 30), top_k=st.integers(1, 6))
 def test_more_like_this_pages_are_ordered_by_the_match_too(seed, rows, top_k):
