@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         print("[demo] starting TorchServe on http://127.0.0.1:8080 (logs in logs/torchserve)", flush=True)
         ts.start().wait_ready()
         images = cache_home(Config.from_env().xdg_cache_home) / "images"
-        report = build_index(args.catalog, args.index, TorchServeClient(ts.url), images)
+        # with each product's keypoints: the sample's shopper photos find the very product (docs/QUALITY.md)
+        report = build_index(args.catalog, args.index, TorchServeClient(ts.url), images, local_features=True)
         print(report.summary(), flush=True)
         env = {**os.environ, "INDEX_URI": args.index, "TORCHSERVE_URL": ts.url,
                "CATALOG_DIR": str(args.catalog.resolve().parent)}
