@@ -255,13 +255,17 @@ class SearchService:
         The colour histogram (~3 ms of CPU) is made from the decoded photo while the model server works on
         the vector. With ``locate``, the part of the photo where the catalog sees a product best is searched
         when it beats the whole (gateway/locate.py; ``Results.box`` says which), and the photo's other items
-        follow the searched one in ``Results.items``."""
+        follow the searched one in ``Results.items``. The photo's keypoints, when the index can confirm a
+        product by them, are extracted beside the vector too."""
+        keys = self._keypoints_of(photo)
         hist = self.side_work.submit(histogram_of, photo.image)
         try:
             vector, backbone_id = self.embed_image(photo.data)
             located = self.locate(photo, vector, backbone_id) if locate else None
         except BaseException:
-            hist.cancel()  # not started yet: a failed query leaves no work (and no image) queued behind it
+            for work in (hist, keys):  # not started yet: a failed query leaves no work (and no image) queued
+                if work is not None:
+                    work.cancel()
             raise
         if located is None or located.box is None:
             found = self.search_vector(vector, backbone_id, options, hist.result())
@@ -271,21 +275,39 @@ class SearchService:
                                                histogram_of(located.part.image)), box=located.box)
         if located is not None:  # the windows looked: the product they found outlines the item
             found = self.outlined(photo, found, options) or found
-        found = self.confirmed(photo, found, options)
+        found = self.confirmed(photo, found, options, keys)
         main = Item(found.box or WHOLE, _main_category(self.require_index(), found))
         return replace(found, items=(main, *(located.others if located else ())))
 
-    def confirmed(self, photo: QueryImage, found: Results, options: SearchOptions) -> Results:
+    def _keypoints_of(self, photo: QueryImage) -> Future | None:
+        """The photo's keypoints, being extracted on the side pool; None when the served index has none."""
+        index = self.indexes.current
+        if index is None or index.keypoints is None:
+            return None
+        from localfeatures.sift import extract
+
+        return self.side_work.submit(extract, photo.image)
+
+    def confirmed(self, photo: QueryImage, found: Results, options: SearchOptions,
+                  keys: Future | None = None) -> Results:
         """``found`` ranked again with the product that the searched part's details confirm first (ranking/verify.py
         on the CNN's first ``VERIFY.candidates``), or as it is: when the version has no keypoints, nothing is
-        confirmed, or the check fails (logged: it never fails a search)."""
+        confirmed, or the check fails (logged: it never fails a search). ``keys``: the whole photo's keypoints
+        being extracted (used when the whole photo was searched, else those of the part searched are)."""
         index = self.require_index()
         if index.keypoints is None or found.vector is None or found.model != index.backbone_id:
+            if keys is not None:
+                keys.cancel()
             return found
         from localfeatures.sift import extract, inliers
 
         try:
-            query = extract((photo if found.box is None else photo.cropped(found.box)).image)
+            if keys is not None and found.box is None:
+                query = keys.result()
+            else:
+                if keys is not None:
+                    keys.cancel()
+                query = extract((photo if found.box is None else photo.cropped(found.box)).image)
             rows = _nearest(index, found.vector, VERIFY.candidates).rows
             best = confirmed([inliers(query, index.keypoints.features(row)) for row in rows], VERIFY)
         except Exception:  # noqa: BLE001 - OpenCV's own errors: the CNN's answer stands

@@ -1,0 +1,391 @@
+"""The very product confirmed by its details: local features (localfeatures/sift.py), the rule that reads
+their counts (ranking/verify.py), the pin it gives the ranking (ranking/rank.py), the version's keypoint files
+(gateway/index.py, catalog/local_features.py) and the service that puts them together (gateway/service.py)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from catalog.fetch import ImageSource
+from catalog.local_features import manifest_entry, row_features, write_local_features
+from gateway.config import Config
+from gateway.images import Crop
+from gateway.index import KeypointRows
+from gateway.query_token import MAX_PINNED_CHARS, Query, QueryTokens
+from gateway.service import SearchOptions, SearchQuery, SearchService
+from indexstore.store import (
+    LOCAL_COUNTS,
+    LOCAL_DESCRIPTORS,
+    LOCAL_POINTS,
+    IndexData,
+    open_store,
+    write_and_publish,
+)
+from localfeatures.sift import DESCRIPTOR_BYTES, KEYPOINTS, NONE, SIDE, LocalFeatures, extract, inliers
+from ranking import RankingView, RankOptions, rank_query
+from ranking.calibration import UNCALIBRATED, Calibration
+from ranking.category_first import CategoryVote, Grouping
+from ranking.verify import VerifySettings, confirmed
+from search import ExactSearch
+
+# --------------------------------------------------------------------------- made-up products with details
+
+
+def product(seed: int, size: int = 200) -> Image.Image:
+    """A studio photo of a made-up product: a white background and a patterned item with many corners."""
+    rng = np.random.default_rng(seed)
+    img = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((20, 20, size - 20, size - 20), fill=tuple(int(v) for v in rng.integers(60, 200, 3)))
+    for _ in range(40):
+        x, y = (int(v) for v in rng.integers(25, size - 45, 2))
+        w, h = (int(v) for v in rng.integers(6, 22, 2))
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        (draw.rectangle if rng.random() < 0.5 else draw.ellipse)((x, y, x + w, y + h), fill=colour)
+    return img
+
+
+def shopper_photo(item: Image.Image, seed: int) -> tuple[bytes, Crop]:
+    """``item`` turned, made smaller and pasted on a busy background, as a JPEG; and its box."""
+    rng = np.random.default_rng(seed)
+    scene = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).resize((640, 480), Image.NEAREST)
+    turned = item.rotate(10, expand=True, fillcolor=(255, 255, 255)).resize((180, 180))
+    scene.paste(turned, (300, 150))
+    buf = io.BytesIO()
+    scene.save(buf, "JPEG", quality=85)
+    return buf.getvalue(), Crop(300 / 640, 150 / 480, 480 / 640, 330 / 480)
+
+
+def jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- local features
+
+
+def test_the_same_product_elsewhere_fits_and_another_does_not():
+    data, box = shopper_photo(product(1), seed=5)
+    scene = Image.open(io.BytesIO(data))
+    query = extract(scene.crop(box.box(*scene.size)))
+    same, other = inliers(query, extract(product(1))), inliers(query, extract(product(2)))
+    assert same >= 20 and other < 8, (same, other)
+
+
+def test_at_most_the_strongest_keypoints_are_kept_as_bytes():
+    features = extract(product(3, size=400))
+    assert 0 < len(features) <= KEYPOINTS
+    assert features.descriptors.dtype == np.uint8 and features.descriptors.shape == (len(features), DESCRIPTOR_BYTES)
+    assert features.points.dtype == np.float32 and features.points.shape == (len(features), 2)
+
+
+def test_a_busy_photo_keeps_exactly_the_keypoints_allowed():
+    rng = np.random.default_rng(0)
+    busy = Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).resize((SIDE, SIDE), Image.NEAREST)
+    assert len(extract(busy)) == KEYPOINTS
+
+
+def test_a_large_photo_is_described_at_the_side_and_a_small_one_as_it_is():
+    big = extract(product(3, size=4 * SIDE))
+    assert big.points.max() < SIDE  # brought down to SIDE pixels first
+    small = extract(product(3, size=SIDE // 2))
+    assert small.points.max() < SIDE // 2 and small.points.max() > SIDE // 4  # not enlarged
+
+
+def test_a_flat_photo_has_no_keypoints_and_fits_nothing():
+    flat = extract(Image.new("RGB", (100, 100), (120, 120, 120)))
+    assert len(flat) == 0
+    assert inliers(flat, extract(product(1))) == 0 and inliers(extract(product(1)), NONE) == 0
+
+
+# --------------------------------------------------------------------------- the rule
+
+
+@pytest.mark.parametrize(("counts", "expected"), [
+    ([], None),
+    ([0, 0, 0], None),
+    ([3, 10, 5], 1),  # exactly the least evidence and exactly twice the next: confirmed
+    ([3, 9, 4], None),  # one inlier short
+    ([3, 10, 6], None),  # the next one too close: below twice
+    ([10], 0),  # alone: twice nothing (taken as 1)
+    ([12, 12], None),  # a tie is no confirmation
+    ([4, 2, 31, 15], 2),
+])
+def test_confirmed_at_the_limits(counts, expected):
+    assert confirmed(counts, VerifySettings(min_inliers=10, lead=2.0)) == expected
+
+
+def test_the_lead_is_measured_against_the_best_other_candidate_not_the_next_in_order():
+    settings = VerifySettings(min_inliers=10, lead=2.0)
+    assert confirmed([9, 20, 1], settings) == 1  # 20 ≥ 2 × 9
+    assert confirmed([11, 20, 1], settings) is None  # 20 < 2 × 11, though 11 comes before it
+    assert confirmed([1, 20, 11], settings) is None  # and after it
+    one = VerifySettings(min_inliers=1, lead=2.0)  # nothing else fits: the lead is over 1, not over 0
+    assert confirmed([1, 0], one) is None and confirmed([2, 0], one) == 0
+
+
+# --------------------------------------------------------------------------- the pin in the ranking
+
+SCALE = Calibration(UNCALIBRATED)
+
+
+def _view(labels: list[str], degrees: list[float], prices=None) -> RankingView:
+    r = np.radians(degrees)
+    x = np.stack([np.cos(r), np.sin(r)], axis=1).astype(np.float32)
+    grouping = Grouping.from_labels(labels, SCALE.percent, CategoryVote(k=2, temperature=1e9))
+    return RankingView(ExactSearch(x, grouping.codes), grouping, SCALE,
+                       prices=None if prices is None else np.array(prices, dtype=np.float64))
+
+
+QUERY = np.array([1.0, 0.0], np.float32)
+LABELS = ["Shoes", "Shoes", "Shoes", "Bags", "Bags"]
+DEGREES = [0, 10, 20, 40, 60]  # the Shoes are closest; the confirmed product is a Bag
+
+
+def test_the_pinned_product_comes_first_with_its_category_and_the_order_of_the_numbers_holds():
+    view = _view(LABELS, DEGREES)
+    plain = rank_query(view, QUERY, RankOptions(0.0, 5))
+    assert plain.rows[0] == 0 and plain.guess.category == "Shoes"
+    pinned = rank_query(view, QUERY, RankOptions(0.0, 5), pinned=4)
+    assert pinned.rows == [4, 3, 0, 1, 2]  # its category ranked first behind it
+    assert pinned.guess.category == "Bags" and pinned.first_group == 2
+    assert pinned.matches[0] == pytest.approx(pinned.matches[1])  # raised to the first's, never above it
+    assert pinned.similarities[0] == pytest.approx(100 * np.cos(np.radians(60)), abs=1e-4)  # its own similarity
+    assert all(a >= b for a, b in zip(pinned.matches, pinned.matches[1:], strict=False))
+
+
+def test_a_pin_by_similarity_alone_keeps_the_rest_in_the_cnns_order():
+    pinned = rank_query(_view(LABELS, DEGREES), QUERY, RankOptions(0.0, 5, category_first=False), pinned=3)
+    assert pinned.rows == [3, 0, 1, 2, 4] and pinned.guess is None
+    assert pinned.matches[0] == pytest.approx(100.0)
+
+
+def test_later_pages_continue_the_pinned_order_without_repeating_it():
+    view = _view(LABELS, DEGREES)
+    whole = rank_query(view, QUERY, RankOptions(0.0, 5), pinned=4).rows
+    pages = [rank_query(view, QUERY, RankOptions(0.0, 2, offset=at), pinned=4).rows for at in (0, 2, 4)]
+    assert sum(pages, []) == whole
+
+
+@pytest.mark.parametrize(("options", "pinned_first"), [
+    (RankOptions(0.0, 5, category="Shoes"), False),  # the shopper's filter leaves it out
+    (RankOptions(0.0, 5, category="Bags"), True),
+    (RankOptions(0.0, 5, min_price=0.0, max_price=4.0), False),  # its price is 5
+    (RankOptions(0.0, 5, min_price=0.0, max_price=5.0), True),
+    (RankOptions(51.0, 5), False),  # below the threshold: cos 60° is 50 %
+    (RankOptions(49.0, 5), True),
+])
+def test_a_pin_the_filter_or_threshold_leaves_out_is_not_shown(options, pinned_first):
+    view = _view(LABELS, DEGREES, prices=[1.0, 2.0, 3.0, 4.0, 5.0])
+    ranked = rank_query(view, QUERY, options, pinned=4)
+    assert (ranked.rows[:1] == [4]) == pinned_first
+    assert (4 in ranked.rows) == pinned_first  # each of these also leaves it out of the list
+
+
+def test_a_pin_outside_the_index_is_ignored():
+    view = _view(LABELS, DEGREES)
+    assert rank_query(view, QUERY, RankOptions(0.0, 5), pinned=99).rows == rank_query(
+        view, QUERY, RankOptions(0.0, 5)).rows
+
+
+# --------------------------------------------------------------------------- the version's keypoint files
+
+
+def _keypoint_arrays(features: list[LocalFeatures]) -> list[np.ndarray]:
+    n = len(features)
+    descriptors = np.zeros((n, KEYPOINTS, DESCRIPTOR_BYTES), np.uint8)
+    points = np.zeros((n, KEYPOINTS, 2), np.float16)
+    counts = np.zeros(n, np.uint16)
+    for row, f in enumerate(features):
+        descriptors[row, :len(f)], points[row, :len(f)], counts[row] = f.descriptors, f.points, len(f)
+    return [descriptors, points, counts]
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+class Client:
+    """The model: every photo's vector is the same, closest to product 0."""
+
+    backbone = "fixed-4d"
+
+    def embed(self, blob: bytes):
+        return np.array([1.0, 0.05, 0.0, 0.0], np.float32), self.backbone
+
+    def probe(self) -> str:
+        return self.backbone
+
+
+PRODUCTS = [{"id": f"p{i}", "name": f"p{i}", "category": "Shoes" if i < 3 else "Bags"} for i in range(6)]
+VECTORS = np.array([[1, 0, 0, 0], [0.9, 0.3, 0, 0], [0.8, 0.5, 0, 0], [0.7, 0.7, 0, 0], [0.6, 0.8, 0, 0],
+                    [0.5, 0.8, 0.3, 0]], np.float32)
+
+
+def _publish(tmp_path, arrays: list[np.ndarray] | None, descriptor: str | None = None) -> Config:
+    x = VECTORS / np.linalg.norm(VECTORS, axis=1, keepdims=True)
+    manifest = {"backbone": Client.backbone}
+    extra = {}
+    if arrays is not None:
+        manifest["local_features"] = {**manifest_entry(), **({"descriptor": descriptor} if descriptor else {})}
+        extra = {name: _npy(a) for name, a in zip((LOCAL_DESCRIPTORS, LOCAL_POINTS, LOCAL_COUNTS), arrays,
+                                                   strict=True)}
+    write_and_publish(open_store(tmp_path / "index"), IndexData(x, PRODUCTS, manifest), extra)
+    return Config(index_uri=str(tmp_path / "index"), index_poll_s=0, index_cache_dir=str(tmp_path / "c"))
+
+
+def _service(config: Config) -> SearchService:
+    svc = SearchService(config, Client())
+    svc.indexes.load()
+    return svc
+
+
+def _all_features() -> list[LocalFeatures]:
+    return [extract(product(10 + i)) for i in range(len(PRODUCTS))]
+
+
+def test_a_cropped_photo_of_a_product_the_cnn_ranks_fourth_comes_back_first(tmp_path):
+    svc = _service(_publish(tmp_path, _keypoint_arrays(_all_features())))
+    data, box = shopper_photo(product(13), seed=7)  # product p3's details
+    answer = svc.search(SearchQuery(upload=data, crop=box), SearchOptions(0.0, 6))
+    assert [h.product["id"] for h in answer.found.hits][:1] == ["p3"] and answer.found.pinned == "p3"
+    matches = [h.match for h in answer.found.hits]
+    assert all(a >= b for a, b in zip(matches, matches[1:], strict=False))
+    # the query token keeps the pin: "Show more" continues the same order, a new threshold keeps it first
+    more = svc.search(SearchQuery(token=answer.token), SearchOptions(0.0, 3, offset=3)).found
+    first = svc.search(SearchQuery(token=answer.token), SearchOptions(0.0, 3)).found
+    assert [h.product["id"] for h in first.hits + more.hits] == [h.product["id"] for h in answer.found.hits]
+
+
+def test_without_keypoint_files_the_cnns_order_stands(tmp_path):
+    svc = _service(_publish(tmp_path, None))
+    data, box = shopper_photo(product(13), seed=7)
+    found = svc.search(SearchQuery(upload=data, crop=box), SearchOptions(0.0, 6)).found
+    assert found.hits[0].product["id"] == "p0" and found.pinned == ""
+
+
+def test_keypoints_of_another_descriptor_are_not_used(tmp_path):
+    svc = _service(_publish(tmp_path, _keypoint_arrays(_all_features()), descriptor="orb-v0"))
+    assert svc.require_index().keypoints is None
+    data, box = shopper_photo(product(13), seed=7)
+    assert svc.search(SearchQuery(upload=data, crop=box), SearchOptions(0.0, 6)).found.pinned == ""
+
+
+def test_a_failing_check_leaves_the_cnns_answer(tmp_path, monkeypatch, caplog):
+    import localfeatures.sift as lf
+
+    svc = _service(_publish(tmp_path, _keypoint_arrays(_all_features())))
+
+    def broken(*args):
+        raise lf.cv2.error("simulated OpenCV failure")
+
+    monkeypatch.setattr(lf, "inliers", broken)
+    data, box = shopper_photo(product(13), seed=7)
+    found = svc.search(SearchQuery(upload=data, crop=box), SearchOptions(0.0, 6)).found
+    assert found.hits[0].product["id"] == "p0" and found.pinned == ""
+    assert "local-feature check failed" in caplog.text
+
+
+@pytest.mark.parametrize("corrupt", [
+    lambda a: a.__setitem__(0, a[0][:, :, :64]),  # descriptors of another width
+    lambda a: a.__setitem__(1, a[1].astype(np.float32)),  # points of another type
+    lambda a: a.__setitem__(2, a[2][:-1]),  # a count short
+])
+def test_keypoint_files_that_do_not_fit_the_index_are_refused(tmp_path, corrupt):
+    arrays = _keypoint_arrays(_all_features())
+    corrupt(arrays)
+    svc = _service(_publish(tmp_path, arrays))
+    assert svc.indexes.current is None and "keypoint files do not match" in svc.indexes.error
+
+
+def test_a_row_with_impossible_keypoints_has_none_and_the_others_still_count():
+    arrays = _keypoint_arrays([extract(product(1)), extract(product(2)), extract(product(3))])
+    arrays[2][0] = KEYPOINTS + 1  # more than the width
+    arrays[1][1, 0, 0] = np.nan
+    rows = KeypointRows(*arrays)
+    assert len(rows.features(0)) == 0 and len(rows.features(1)) == 0 and len(rows.features(-1)) == 0
+    assert len(rows.features(3)) == 0  # past the end
+    assert len(rows.features(2)) == int(arrays[2][2]) > 0
+    arrays[2][0] = KEYPOINTS  # exactly the width is fine
+    assert len(KeypointRows(*arrays).features(0)) == KEYPOINTS
+
+
+def test_the_pass_writes_each_row_and_a_photo_gone_since_has_none(tmp_path, caplog):
+    (tmp_path / "img").mkdir()
+    for i in range(3):
+        product(20 + i).save(tmp_path / "img" / f"{i}.jpg")
+    rows = [{"id": str(i), "image_url": f"img/{i}.jpg"} for i in range(4)]  # the fourth photo is not there
+    paths = write_local_features(rows, ImageSource(tmp_path, tmp_path / "cache"), tmp_path, workers=2)
+    descriptors, points, counts = (np.load(paths[name]) for name in (LOCAL_DESCRIPTORS, LOCAL_POINTS, LOCAL_COUNTS))
+    assert descriptors.shape == (4, KEYPOINTS, DESCRIPTOR_BYTES) and points.shape == (4, KEYPOINTS, 2)
+    expected = extract(Image.open(tmp_path / "img" / "1.jpg"))
+    assert int(counts[1]) == len(expected) and np.array_equal(descriptors[1, :len(expected)], expected.descriptors)
+    assert counts[3] == 0 and "no keypoints for product 3" in caplog.text
+    assert len(row_features(ImageSource(tmp_path, tmp_path / "cache"), {"id": "x", "image_url": "img/9.jpg"})) == 0
+
+
+# --------------------------------------------------------------------------- the token
+
+
+def test_a_token_carries_its_pin_and_refuses_a_too_long_one():
+    tokens = QueryTokens("k", ttl_s=60)
+    query = Query(np.ones(4, np.float32), "b", pinned="p" * MAX_PINNED_CHARS)
+    assert tokens.verify(tokens.issue(query)).pinned == "p" * MAX_PINNED_CHARS
+    assert tokens.verify(tokens.issue(Query(np.ones(4, np.float32), "b"))).pinned == ""
+    with pytest.raises(ValueError):
+        tokens.issue(Query(np.ones(4, np.float32), "b", pinned="p" * (MAX_PINNED_CHARS + 1)))
+
+
+def test_the_photos_keypoints_are_extracted_while_the_model_works_and_dropped_when_it_fails(tmp_path):
+    import threading
+
+    from modelserver.client import ModelServerError
+
+    config = _publish(tmp_path, _keypoint_arrays(_all_features()))
+    started = threading.Event()
+
+    class Waiting(Client):
+        def embed(self, blob: bytes):
+            self.extracted_first = started.wait(5)
+            return super().embed(blob)
+
+    svc = SearchService(config, Waiting())
+    svc.indexes.load()
+    real_submit = svc.side_work.submit
+
+    def submit(fn, *args):
+        if fn.__name__ == "extract":
+            started.set()
+        return real_submit(fn, *args)
+
+    svc.side_work.submit = submit
+    data, box = shopper_photo(product(13), seed=7)
+    found = svc.search(SearchQuery(upload=data, crop=box), SearchOptions(0.0, 6)).found
+    assert svc.client.extracted_first and found.pinned == "p3"
+
+    class Down(Client):
+        def embed(self, blob: bytes):
+            raise ModelServerError("embedding service unreachable")
+
+    down = SearchService(config, Down())
+    down.indexes.load()
+    queued = []
+
+    class QueuedOnly:
+        def submit(self, fn, *args):
+            from concurrent.futures import Future
+
+            queued.append(Future())
+            return queued[-1]
+
+    down.side_work = QueuedOnly()
+    with pytest.raises(ModelServerError):
+        down.search(SearchQuery(upload=data, crop=box), SearchOptions(0.0, 6))
+    assert len(queued) == 2 and all(f.cancelled() for f in queued)  # the keypoints and the histogram
