@@ -10,7 +10,7 @@ from devtools.process import REPO
 
 #: Each production folder and what it holds (README's architecture section says the same).
 PACKAGES = ("catalog", "indexstore", "ranking", "search", "safeio", "handlers", "modelio", "modelserver",
-            "modelarchive", "devtools", "gateway", "evaluation")
+            "modelarchive", "devtools", "gateway", "evaluation", "localfeatures")
 
 
 def modules() -> dict[str, Path]:
@@ -78,7 +78,9 @@ def test_each_folder_holds_its_role_only():
         deps = {d.split(".")[0] for d in imports_of(path, known)}
         if name.startswith(("handlers", "modelio")):
             assert deps <= {"handlers", "modelio"}, name
-        if name.startswith(("ranking", "search", "indexstore", "safeio", "catalog")):
+        if name.startswith("localfeatures"):  # image → keypoints, pure: used by the build and the gateway
+            assert not deps - {"localfeatures"}, name
+        if name.startswith(("ranking", "search", "indexstore", "safeio", "catalog", "localfeatures")):
             assert "gateway" not in deps and "evaluation" not in deps, name
         if not name.startswith("evaluation"):
             assert "evaluation" not in deps, name
