@@ -389,3 +389,23 @@ def test_the_photos_keypoints_are_extracted_while_the_model_works_and_dropped_wh
     with pytest.raises(ModelServerError):
         down.search(SearchQuery(upload=data, crop=box), SearchOptions(0.0, 6))
     assert len(queued) == 2 and all(f.cancelled() for f in queued)  # the keypoints and the histogram
+
+
+def test_the_page_and_the_api_name_the_confirmed_product(tmp_path):
+    from gateway import create_app
+
+    app = create_app(_publish(tmp_path, _keypoint_arrays(_all_features())), client=Client()).test_client()
+    data, box = shopper_photo(product(13), seed=7)
+    crop = ",".join(f"{v:.4f}" for v in box.fractions())
+    body = app.post("/api/search", data={"file": (io.BytesIO(data), "q.jpg"), "crop": crop, "threshold": "0"},
+                    content_type="multipart/form-data").get_json()
+    assert body["confirmed"] == "p3" and body["results"][0]["id"] == "p3"
+    page = app.post("/search", data={"file": (io.BytesIO(data), "q.jpg"), "crop": crop, "threshold": "0"},
+                    content_type="multipart/form-data").get_data(as_text=True)
+    assert page.count("Details match") == 1 and page.index("Details match") < page.index(">p0<")
+    plain = create_app(_publish(tmp_path / "plain", None), client=Client()).test_client()
+    body = plain.post("/api/search", data={"file": (io.BytesIO(data), "q.jpg"), "crop": crop, "threshold": "0"},
+                      content_type="multipart/form-data").get_json()
+    assert body["confirmed"] is None and "Details match" not in plain.post(
+        "/search", data={"file": (io.BytesIO(data), "q.jpg"), "crop": crop, "threshold": "0"},
+        content_type="multipart/form-data").get_data(as_text=True)
