@@ -299,7 +299,7 @@ class SearchService:
             if keys is not None:
                 keys.cancel()
             return found
-        from localfeatures.sift import extract, inliers
+        from localfeatures.sift import extract, inliers_each
 
         try:
             if keys is not None and found.box is None:
@@ -309,7 +309,7 @@ class SearchService:
                     keys.cancel()
                 query = extract((photo if found.box is None else photo.cropped(found.box)).image)
             rows = _nearest(index, found.vector, VERIFY.candidates).rows
-            best = confirmed([inliers(query, index.keypoints.features(row)) for row in rows], VERIFY)
+            best = confirmed(inliers_each(query, [index.keypoints.features(row) for row in rows]), VERIFY)
         except Exception:  # noqa: BLE001 - OpenCV's own errors: the CNN's answer stands
             log.exception("the local-feature check failed; the search keeps the CNN's order")
             return found

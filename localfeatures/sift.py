@@ -81,13 +81,40 @@ def _root(descriptors: np.ndarray) -> np.ndarray:
 def inliers(query: LocalFeatures, candidate: LocalFeatures) -> int:
     """How many of the query's keypoints match the candidate's and fit one similarity transform (rotation,
     scale, shift), compared as RootSIFT: the evidence that both photos show the same object."""
-    if len(query) < 2 or len(candidate) < 2:
-        return 0
-    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(_root(query.descriptors), _root(candidate.descriptors), k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
+    return inliers_each(query, [candidate])[0]
+
+
+def inliers_each(query: LocalFeatures, candidates: list[LocalFeatures]) -> list[int]:
+    """``inliers`` of the query against each candidate, its descriptors compared with all of theirs at once:
+    RootSIFT vectors have unit length, so distance² = 2 − 2 · their dot product, and each query keypoint's two
+    nearest in every candidate come from one matrix product (candidates padded to the longest; a pad never
+    matches)."""
+    sizes = np.array([len(c) for c in candidates], dtype=np.int64)
+    if len(query) < 2 or not (sizes >= 2).any():
+        return [0] * len(candidates)
+    width = int(sizes.max())
+    stacked = np.zeros((len(candidates), width, DESCRIPTOR_BYTES), np.float32)
+    for i, candidate in enumerate(candidates):
+        stacked[i, :len(candidate)] = _root(candidate.descriptors) if len(candidate) else 0.0
+    # (candidate, its keypoint, query keypoint); a pad is never anyone's nearest
+    similarity = (stacked.reshape(-1, DESCRIPTOR_BYTES) @ _root(query.descriptors).T).reshape(
+        len(candidates), width, len(query))
+    similarity = np.where(np.arange(width)[None, :, None] < sizes[:, None, None], similarity, -np.inf)
+    nearest = similarity.argmax(axis=1)  # (candidate, query keypoint)
+    first = np.take_along_axis(similarity, nearest[:, None, :], axis=1)[:, 0, :]
+    np.put_along_axis(similarity, nearest[:, None, :], -np.inf, axis=1)
+    second = similarity.max(axis=1)
+    distance = np.sqrt(np.maximum(2.0 - 2.0 * np.stack([first, second], axis=2), 0.0))
+    good = distance[:, :, 0] < RATIO * distance[:, :, 1]
+    return [_fitted(query, candidate, np.flatnonzero(good[i]), nearest[i]) if sizes[i] >= 2 else 0
+            for i, candidate in enumerate(candidates)]
+
+
+def _fitted(query: LocalFeatures, candidate: LocalFeatures, good: np.ndarray, nearest: np.ndarray) -> int:
+    """How many of the ``good`` matches (query keypoints; ``nearest``: each one's nearest candidate keypoint)
+    one similarity transform explains."""
     if len(good) < MIN_MATCHES:
         return 0
-    source = query.points[[m.queryIdx for m in good]]
-    target = candidate.points[[m.trainIdx for m in good]]
+    source, target = query.points[good], candidate.points[nearest[good]]
     _, mask = cv2.estimateAffinePartial2D(source, target, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS)
     return 0 if mask is None else int(mask.sum())

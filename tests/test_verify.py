@@ -25,7 +25,7 @@ from indexstore.store import (
     open_store,
     write_and_publish,
 )
-from localfeatures.sift import DESCRIPTOR_BYTES, KEYPOINTS, NONE, SIDE, LocalFeatures, extract, inliers
+from localfeatures.sift import DESCRIPTOR_BYTES, KEYPOINTS, NONE, SIDE, LocalFeatures, extract, inliers, inliers_each
 from ranking import RankingView, RankOptions, rank_query
 from ranking.calibration import UNCALIBRATED, Calibration
 from ranking.category_first import CategoryVote, Grouping
@@ -286,7 +286,7 @@ def test_a_failing_check_leaves_the_cnns_answer(tmp_path, monkeypatch, caplog):
     def broken(*args):
         raise lf.cv2.error("simulated OpenCV failure")
 
-    monkeypatch.setattr(lf, "inliers", broken)
+    monkeypatch.setattr(lf, "inliers_each", broken)
     data, box = shopper_photo(product(13), seed=7)
     found = svc.search(SearchQuery(upload=data, crop=box), SearchOptions(0.0, 6)).found
     assert found.hits[0].product["id"] == "p0" and found.pinned == ""
@@ -409,3 +409,18 @@ def test_the_page_and_the_api_name_the_confirmed_product(tmp_path):
     assert body["confirmed"] is None and "Details match" not in plain.post(
         "/search", data={"file": (io.BytesIO(data), "q.jpg"), "crop": crop, "threshold": "0"},
         content_type="multipart/form-data").get_data(as_text=True)
+
+
+def test_all_candidates_at_once_count_as_each_one_alone_and_short_ones_count_nothing():
+    data, box = shopper_photo(product(1), seed=5)
+    scene = Image.open(io.BytesIO(data))
+    query = extract(scene.crop(box.box(*scene.size)))
+    one = LocalFeatures(query.points[:1], query.descriptors[:1])
+    candidates = [extract(product(1)), NONE, extract(product(2)), one, extract(product(1, size=150))]
+    together = inliers_each(query, candidates)
+    alone = [inliers_each(query, [c])[0] for c in candidates]
+    assert together[1] == together[3] == 0  # no keypoints, one keypoint: nothing to fit
+    assert together[0] >= 20 and together[4] >= 6 and together[2] < 6
+    # RANSAC draws at random: the same evidence within a few inliers either way, never bit for bit
+    assert all(abs(a - b) <= max(3, 0.2 * b) for a, b in zip(together, alone, strict=True)), (together, alone)
+    assert inliers_each(one, candidates) == [0] * len(candidates) and inliers_each(query, []) == []
