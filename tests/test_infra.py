@@ -752,3 +752,19 @@ def test_the_ray_job_runs_the_ray_build_on_the_pinned_ray_with_a_torchserve_besi
         assert str(Path(key_file).parent) == mounts["inference-key"]  # where this pod's TorchServe puts its key
         assert worker["image"] == head["containers"][0]["image"] and worker["image"].endswith("photo-indexer:0.1.0")
 
+
+
+@pytest.mark.parametrize("stage", ["gateway", "lambda"])
+def test_each_gateway_image_copies_every_package_the_gateway_and_the_build_import(stage):
+    """A package the gateway or the build imports (even lazily, inside a function) that an image leaves out
+    fails only when that code runs there (e.g. localfeatures/, when an index with keypoints is served)."""
+    from tests.test_layout import imports_of, modules
+
+    known = modules()
+    served = [name for name in known if name.split(".")[0] in {"gateway", "catalog"}]
+    needed = {dep.split(".")[0] for name in served for dep in imports_of(known[name], known)} | {"gateway", "catalog"}
+    copied = set(re.findall(r"^COPY (\w+)/", dockerfile_stage("gateway.Dockerfile", stage), re.M))
+    # handlers/: only `build_index.py --embedder local` imports it (the model in-process needs torch, which these
+    # images leave out on purpose; the indexer embeds through TorchServe)
+    assert needed - {"handlers"} <= copied, needed - copied
+    assert "localfeatures" in needed  # the check sees lazy imports

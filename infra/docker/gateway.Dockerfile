@@ -22,6 +22,7 @@ COPY gateway/ gateway/
 COPY search/ search/
 COPY ranking/ ranking/
 COPY modelio/ modelio/
+COPY localfeatures/ localfeatures/
 COPY modelserver/__init__.py modelserver/client.py modelserver/
 USER 1000:1000
 EXPOSE 5000
@@ -52,6 +53,7 @@ COPY gateway/ ${LAMBDA_TASK_ROOT}/gateway/
 COPY search/ ${LAMBDA_TASK_ROOT}/search/
 COPY ranking/ ${LAMBDA_TASK_ROOT}/ranking/
 COPY modelio/ ${LAMBDA_TASK_ROOT}/modelio/
+COPY localfeatures/ ${LAMBDA_TASK_ROOT}/localfeatures/
 COPY modelserver/__init__.py modelserver/client.py ${LAMBDA_TASK_ROOT}/modelserver/
 # Lambda's filesystem is read-only but /tmp: the local copy of the index lives there.
 ENV INDEX_CACHE_DIR=/tmp/photo-index \
