@@ -18,7 +18,7 @@ returns, so every backend ranks the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -136,8 +136,10 @@ def rank_query(view: RankingView, query: np.ndarray, options: RankOptions, look:
     vote = options.category_first and not options.category
     where = view.where(options, exclude)
     if pinned is not None and _admitted(view, query, where, options, pinned):
+        # ranked without it, then put first: its numbers come one way on every page (_first)
         code = int(view.grouping.codes[pinned]) if vote else -1
-        return _rank(view, query, where, options, guess_code=code, look=look, pinned=pinned)
+        return _rank(view, query, replace(where, exclude_rows=where.exclude_rows | {pinned}), options,
+                     guess_code=code, look=look, pinned=pinned)
     return _rank(view, query, where, options, guess_code=None, vote=vote, look=look)
 
 
@@ -198,10 +200,10 @@ def _rank(view: RankingView, query: np.ndarray, where: Filter, options: RankOpti
 
 def _first(view: RankingView, query: np.ndarray, found: list[tuple[int, float, float]], row: int
            ) -> list[tuple[int, float, float]]:
-    """``found`` with ``row`` first, its match raised to the first's (the number shown never rises down the list)."""
-    rest = [f for f in found if f[0] != row]
+    """``row`` (not in ``found``) before ``found``, its match raised to the first's when lower (the number shown
+    never rises down the list)."""
     (_, score, match), = _matched(view, [(row, _score(view, query, row))])
-    return [(row, score, max(match, rest[0][2] if rest else match))] + rest
+    return [(row, score, max(match, found[0][2] if found else match))] + found
 
 
 def _filtered(options: RankOptions) -> bool:
