@@ -229,7 +229,8 @@ VECTORS = np.array([[1, 0, 0, 0], [0.9, 0.3, 0, 0], [0.8, 0.5, 0, 0], [0.7, 0.7,
                     [0.5, 0.8, 0.3, 0]], np.float32)
 
 
-def _publish(tmp_path, arrays: list[np.ndarray] | None, descriptor: str | None = None) -> Config:
+def _publish(tmp_path, arrays: list[np.ndarray] | None, descriptor: str | None = None,
+             products: list[dict] = PRODUCTS) -> Config:
     x = VECTORS / np.linalg.norm(VECTORS, axis=1, keepdims=True)
     manifest = {"backbone": Client.backbone}
     extra = {}
@@ -237,7 +238,7 @@ def _publish(tmp_path, arrays: list[np.ndarray] | None, descriptor: str | None =
         manifest["local_features"] = {**manifest_entry(), **({"descriptor": descriptor} if descriptor else {})}
         extra = {name: _npy(a) for name, a in zip((LOCAL_DESCRIPTORS, LOCAL_POINTS, LOCAL_COUNTS), arrays,
                                                    strict=True)}
-    write_and_publish(open_store(tmp_path / "index"), IndexData(x, PRODUCTS, manifest), extra)
+    write_and_publish(open_store(tmp_path / "index"), IndexData(x, products, manifest), extra)
     return Config(index_uri=str(tmp_path / "index"), index_poll_s=0, index_cache_dir=str(tmp_path / "c"))
 
 
@@ -424,3 +425,15 @@ def test_all_candidates_at_once_count_as_each_one_alone_and_short_ones_count_not
     # RANSAC draws at random: the same evidence within a few inliers either way, never bit for bit
     assert all(abs(a - b) <= max(3, 0.2 * b) for a, b in zip(together, alone, strict=True)), (together, alone)
     assert inliers_each(one, candidates) == [0] * len(candidates) and inliers_each(query, []) == []
+
+
+@pytest.mark.parametrize(("length", "carried"), [(MAX_PINNED_CHARS, True), (MAX_PINNED_CHARS + 1, False)])
+def test_a_product_id_too_long_for_a_token_is_confirmed_on_the_first_page_only(tmp_path, length, carried):
+    long_id = "x" * length
+    products = [dict(p, id=long_id) if p["id"] == "p3" else p for p in PRODUCTS]
+    svc = _service(_publish(tmp_path, _keypoint_arrays(_all_features()), products=products))
+    data, box = shopper_photo(product(13), seed=7)
+    answer = svc.search(SearchQuery(upload=data, crop=box), SearchOptions(0.0, 6))
+    assert answer.found.pinned == long_id and answer.found.hits[0].product["id"] == long_id
+    again = svc.search(SearchQuery(token=answer.token), SearchOptions(0.0, 6)).found
+    assert (again.hits[0].product["id"] == long_id) == carried and (again.pinned == long_id) == carried
