@@ -437,3 +437,7 @@ def test_a_product_id_too_long_for_a_token_is_confirmed_on_the_first_page_only(t
     assert answer.found.pinned == long_id and answer.found.hits[0].product["id"] == long_id
     again = svc.search(SearchQuery(token=answer.token), SearchOptions(0.0, 6)).found
     assert (again.hits[0].product["id"] == long_id) == carried and (again.pinned == long_id) == carried
+
+
+def test_with_no_lead_asked_a_tie_goes_to_the_cnns_better_candidate():
+    assert confirmed([3, 10, 10], VerifySettings(min_inliers=1, lead=1.0)) == 1
