@@ -305,3 +305,30 @@ def test_abandoned_builds_are_listed_and_deleted_by_name_only(tmp_path, capsys):
     capsys.readouterr()
     assert main([str(tmp_path / "index"), "builds"]) == 0
     assert capsys.readouterr().out.startswith("no build has shards in ")
+
+
+def test_a_build_that_dies_in_the_keypoint_pass_publishes_nothing_and_resumes_every_shard(catalog, tmp_path,
+                                                                                        monkeypatch):
+    """--local-features runs after the shards are merged: dying there leaves no version and every shard done."""
+    import catalog.build as build_module
+    from indexstore.store import LOCAL_FILES
+
+    out = tmp_path / "index"
+    real = build_module.write_local_features
+
+    def dies(*args, **kwargs):
+        real(*args, **kwargs)  # the files are written, then the process dies before the version
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_module, "write_local_features", dies)
+    with pytest.raises(KeyboardInterrupt):
+        build(catalog, out, HashEmbedder(), tmp_path, vectors="v1", local_features=True)
+    assert not (out / "CURRENT").exists() and len(list((out / "builds").glob("*/*.json"))) == 3
+    monkeypatch.setattr(build_module, "write_local_features", real)
+    again = HashEmbedder()
+    report = build(catalog, out, again, tmp_path, vectors="v2", local_features=True)
+    assert (report.shards_resumed, again.embedded) == (3, 0)
+    version = read_current(LocalStore(out))
+    assert set(LOCAL_FILES) <= set(version.manifest["files"]) and version.manifest["local_features"]["keypoints"]
+    plain = build(catalog, tmp_path / "plain", HashEmbedder(), tmp_path, vectors="v3")
+    assert plain.indexed == 11 and "local_features" not in read_current(LocalStore(tmp_path / "plain")).manifest
