@@ -95,7 +95,7 @@ def inliers_each(query: LocalFeatures, candidates: list[LocalFeatures]) -> list[
     width = int(sizes.max())
     stacked = np.zeros((len(candidates), width, DESCRIPTOR_BYTES), np.float32)
     for i, candidate in enumerate(candidates):
-        stacked[i, :len(candidate)] = _root(candidate.descriptors) if len(candidate) else 0.0
+        stacked[i, :len(candidate)] = _root(candidate.descriptors)
     # (candidate, its keypoint, query keypoint); a pad is never anyone's nearest
     similarity = (stacked.reshape(-1, DESCRIPTOR_BYTES) @ _root(query.descriptors).T).reshape(
         len(candidates), width, len(query))

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"(1 to {MAX_SHARD_ROWS:,})")
     parser.add_argument("--local-features", action="store_true",
                         help="also store each product's keypoints, so the gateway can confirm the very product a "
-                             "shopper photographed (~5 ms a photo more; docs/QUALITY.md)")
+                             "shopper photographed (~9 ms of one core a photo more; docs/QUALITY.md)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if not 1 <= args.shard_rows <= MAX_SHARD_ROWS:
