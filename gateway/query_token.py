@@ -66,7 +66,8 @@ class Query:
     hist: np.ndarray | None = None  # its colour histogram (ranking/appearance.py), when there is one
     box: tuple[float, float, float, float] | None = None  # the part of the photo searched (gateway/locate.py)
     items: tuple[QueryItem, ...] = ()  # the photo's other items, when it has them
-    pinned: str = ""  # the product its details confirmed (ranking/verify.py): it stays first on every page
+    pinned: str = ""  # the product its details put first (ranking/verify.py): it stays first on every page ...
+    confirmed: bool = False  # ... confirmed as the very product (not only lifted by its details)
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,8 @@ class QueryTokens:
             if len(query.pinned) > MAX_PINNED_CHARS:
                 raise ValueError(f"a product id of {len(query.pinned)} characters is over {MAX_PINNED_CHARS}")
             fields["p"] = query.pinned
+            if query.confirmed:
+                fields["c"] = 1
         if len(query.items) > MAX_ITEMS:
             raise ValueError(f"{len(query.items)} other items are over {MAX_ITEMS}")
         tail = b""
@@ -239,11 +242,12 @@ def _parsed(head: dict, tail: bytes) -> Query:
         others.append(QueryItem(box, item["c"], numbers[:size], numbers[size:] if colours else None))
     if tail:
         raise ValueError("trailing bytes")
-    pinned = head.get("p", "")
-    if not isinstance(pinned, str) or len(pinned) > MAX_PINNED_CHARS:
+    pinned, confirmed = head.get("p", ""), head.get("c", 0)
+    if not isinstance(pinned, str) or len(pinned) > MAX_PINNED_CHARS or confirmed not in (0, 1) \
+            or isinstance(confirmed, bool) or (confirmed and not pinned):
         raise ValueError("pinned")
     return Query(vector, str(head["b"]), str(head["u"]), str(head["d"]), hist, _box(head.get("x")), tuple(others),
-                 pinned)
+                 pinned, bool(confirmed))
 
 
 _AGAIN = "we could not re-run that search: choose the photo again, or paste its link"

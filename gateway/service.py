@@ -39,7 +39,7 @@ from modelio.imaging import ImageError
 from modelserver.client import ModelClient, ModelServerError
 from ranking import Guess, Ranked, RankOptions, rank_product, rank_query
 from ranking.appearance import HIST_SIZE, histogram_of
-from ranking.verify import VerifySettings, confirmed
+from ranking.verify import VerifySettings, confirmed, lifted
 from search import SearchUnavailable
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,8 @@ class Results:
     box: Crop | None = None  # the part of a whole photo searched, when the gateway found the item in it
     closer_outside_filter: bool = False  # nothing in the shopper's filter is close, but the catalog has it
     items: tuple[Item, ...] = ()  # a photo's items, the searched one first (gateway/locate.py)
-    pinned: str = ""  # the product the photo's details confirmed (ranking/verify.py), first on every page
+    pinned: str = ""  # the product the photo's details put first (ranking/verify.py), first on every page ...
+    confirmed: bool = False  # ... and whether they confirm it as the very product (else they only lifted it)
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,7 @@ class SearchService:
                  *(Item(Crop(*o.box), o.category or None, o.vector, o.hist) for o in known.items)]
         chosen = items.pop(item)
         found = self.search_vector(chosen.vector, known.backbone_id, options, chosen.hist,
-                                   pinned=known.pinned if item == 0 else "")
+                                   pinned=known.pinned if item == 0 else "", confirmed=known.confirmed and item == 0)
         if item:  # the item searched before is now one of the others: named like them, by its closest product
             items[0] = replace(items[0], category=_category(index, _closest(index, known.vector)))
         return replace(found, box=None if chosen.box == WHOLE else chosen.box,
@@ -241,7 +242,8 @@ class SearchService:
                        for item in found.items[1:MAX_ITEMS + 1] if item.vector is not None)
         token = self.tokens.issue(Query(found.vector, found.model, image_url,
                                         picture_digest(shown) if shown else "", found.hist, box, others,
-                                        found.pinned if len(found.pinned) <= MAX_PINNED_CHARS else ""))
+                                        *((found.pinned, found.confirmed) if len(found.pinned) <= MAX_PINNED_CHARS
+                                          else ("", False))))
         return Answer(found, token, image_url, shown)
 
     @staticmethod
@@ -290,10 +292,11 @@ class SearchService:
 
     def confirmed(self, photo: QueryImage, found: Results, options: SearchOptions,
                   keys: Future | None = None) -> Results:
-        """``found`` ranked again with the product that the searched part's details confirm first (ranking/verify.py
-        on the CNN's first ``VERIFY.candidates``), or as it is: when the version has no keypoints, nothing is
-        confirmed, or the check fails (logged: it never fails a search). ``keys``: the whole photo's keypoints
-        being extracted (used when the whole photo was searched, else those of the part searched are)."""
+        """``found`` ranked again with the product that the searched part's details confirm, or else lift, first
+        (ranking/verify.py on the CNN's first ``VERIFY.candidates``), or as it is: when the version has no
+        keypoints, the details change nothing, or the check fails (logged: it never fails a search). ``keys``: the
+        whole photo's keypoints being extracted (used when the whole photo was searched, else those of the part
+        searched are)."""
         index = self.require_index()
         if index.keypoints is None or found.vector is None or found.model != index.backbone_id:
             if keys is not None:
@@ -308,15 +311,17 @@ class SearchService:
                 if keys is not None:
                     keys.cancel()
                 query = extract((photo if found.box is None else photo.cropped(found.box)).image)
-            rows = _nearest(index, found.vector, VERIFY.candidates).rows
-            best = confirmed(inliers_each(query, [index.keypoints.features(row) for row in rows]), VERIFY)
+            nearest = _nearest(index, found.vector, VERIFY.candidates)
+            counts = inliers_each(query, [index.keypoints.features(row) for row in nearest.rows])
         except Exception:  # noqa: BLE001 - OpenCV's own errors: the CNN's answer stands
             log.exception("the local-feature check failed; the search keeps the CNN's order")
             return found
-        if best is None:
+        best = confirmed(counts, VERIFY)
+        first = best if best is not None else lifted(nearest.similarities, counts, VERIFY)
+        if first is None:
             return found
         again = self.search_vector(found.vector, found.model, options, found.hist,
-                                   pinned=str(index.products[rows[best]]["id"]))
+                                   pinned=str(index.products[nearest.rows[first]]["id"]), confirmed=best is not None)
         return replace(again, box=found.box)
 
     def locate(self, photo: QueryImage, vector: np.ndarray, backbone_id: str) -> Location | None:
@@ -410,11 +415,11 @@ class SearchService:
         return vector if model == backbone_id else None
 
     def search_vector(self, vector: np.ndarray, backbone_id: str, options: SearchOptions,
-                      hist: np.ndarray | None = None, pinned: str = "") -> Results:
+                      hist: np.ndarray | None = None, pinned: str = "", confirmed: bool = False) -> Results:
         """Products close to a model vector (a fresh embedding, or a query token's) and, inside a category,
         to its colour histogram ``hist``: 503 when the vector's model is not the index's, since the two
-        spaces cannot be compared. ``pinned``: the product id the photo's details confirmed (first, when this
-        version still has it and the shopper's filter lets it answer)."""
+        spaces cannot be compared. ``pinned``: the product id the photo's details put first (when this version
+        still has it and the shopper's filter lets it answer); ``confirmed``: they confirm it as the very product."""
         index = self.require_index()
         if backbone_id != index.backbone_id:
             raise Unavailable(NOT_READY, detail=f"the embedding model ({backbone_id}) does not match the index "
@@ -429,7 +434,7 @@ class SearchService:
         row = index.row_of(pinned) if pinned else None
         found = _results(index, rank_query(index.view, query, options, look, pinned=row))
         return replace(found, vector=np.asarray(vector, dtype=np.float32), model=backbone_id, hist=hist,
-                       pinned=pinned if row is not None else "")
+                       pinned=pinned if row is not None else "", confirmed=confirmed and row is not None)
 
     def similar(self, product_id: str, options: SearchOptions) -> Results:
         """More like this: the stored vector of a product, the product itself left out. No model call.

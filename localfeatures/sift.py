@@ -3,8 +3,9 @@ a lookalike of the same kind, where the CNN's one vector says only what kind of 
 
 SIFT keypoints (OpenCV, no weights to download): the build keeps each product's strongest ``KEYPOINTS``
 (docs/QUALITY.md "The exact product confirmed by its details"); the gateway extracts a query's from the part
-of the photo it searched and counts, for each of the CNN's first candidates, the matches that pass Lowe's
-ratio test and fit one similarity transform (RANSAC). ranking/verify.py decides what the counts mean.
+of the photo it searched and counts, for each of the CNN's first candidates, the matches that are each
+other's nearest, pass Lowe's ratio test and fit one similarity transform (RANSAC). ranking/verify.py decides
+what the counts mean.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ DESCRIPTOR = "sift-k128-s320-v1"
 KEYPOINTS = 128
 #: Photos are described with their longer side at most this many pixels (a catalog photo, a shopper's crop).
 SIDE = 320
-#: Lowe's ratio test: a match counts when its nearest descriptor is this much closer than the second.
-RATIO = 0.8
+#: Lowe's ratio test: a match counts when its nearest descriptor is this much closer than the second (loose:
+#: the matches must also be mutual, which removes more chance pairs than a strict ratio does).
+RATIO = 0.9
 #: A match is an inlier of the transform when it lands within this many pixels.
 RANSAC_PIXELS = 5.0
 #: Fewer matches than this cannot fix a transform worth counting.
@@ -88,7 +90,7 @@ def inliers_each(query: LocalFeatures, candidates: list[LocalFeatures]) -> list[
     """``inliers`` of the query against each candidate, its descriptors compared with all of theirs at once:
     RootSIFT vectors have unit length, so distance² = 2 − 2 · their dot product, and each query keypoint's two
     nearest in every candidate come from one matrix product (candidates padded to the longest; a pad never
-    matches)."""
+    matches). A match counts only when the query keypoint is its candidate keypoint's nearest too."""
     sizes = np.array([len(c) for c in candidates], dtype=np.int64)
     if len(query) < 2 or not (sizes >= 2).any():
         return [0] * len(candidates)
@@ -101,11 +103,13 @@ def inliers_each(query: LocalFeatures, candidates: list[LocalFeatures]) -> list[
         len(candidates), width, len(query))
     similarity = np.where(np.arange(width)[None, :, None] < sizes[:, None, None], similarity, -np.inf)
     nearest = similarity.argmax(axis=1)  # (candidate, query keypoint)
+    back = similarity.argmax(axis=2)  # (candidate, its keypoint): the nearest query keypoint
+    mutual = np.take_along_axis(back, nearest, axis=1) == np.arange(len(query))[None, :]
     first = np.take_along_axis(similarity, nearest[:, None, :], axis=1)[:, 0, :]
     np.put_along_axis(similarity, nearest[:, None, :], -np.inf, axis=1)
     second = similarity.max(axis=1)
     distance = np.sqrt(np.maximum(2.0 - 2.0 * np.stack([first, second], axis=2), 0.0))
-    good = distance[:, :, 0] < RATIO * distance[:, :, 1]
+    good = (distance[:, :, 0] < RATIO * distance[:, :, 1]) & mutual
     return [_fitted(query, candidate, np.flatnonzero(good[i]), nearest[i]) if sizes[i] >= 2 else 0
             for i, candidate in enumerate(candidates)]
 

@@ -1,7 +1,9 @@
 """The exact product confirmed by its details: among the CNN's first candidates, the one whose local features
 (localfeatures/sift.py) fit the query's far better than any other's is the photographed product itself,
-and it comes first, whatever its category or colour. Settings chosen on the shopper-photo protocol's tune
-halves (docs/QUALITY.md "The exact product confirmed by its details").
+and it comes first, whatever its category or colour. Short of that, the details still weigh: each inlier is
+worth ``weight`` points of similarity, and the candidate that comes out ahead is *lifted* first (without the
+claim that it is the very product). Settings chosen on the shopper-photo protocol's tune halves
+(docs/QUALITY.md "The exact product confirmed by its details").
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ class VerifySettings:
     candidates: int = 30  # the CNN's first candidates whose details are compared
     min_inliers: int = 6  # the least evidence for "the same object"
     lead: float = 2.0  # ... and it must be this many times the next candidate's (at least 1)
+    weight: float = 1.5  # points of similarity each inlier is worth when none is confirmed (0: no lift)
 
 
 def confirmed(counts: Sequence[int], settings: VerifySettings = VerifySettings()) -> int | None:
@@ -27,3 +30,15 @@ def confirmed(counts: Sequence[int], settings: VerifySettings = VerifySettings()
     if counts[best] >= settings.min_inliers and counts[best] >= settings.lead * max(runner_up, 1):
         return best
     return None
+
+
+def lifted(similarities: Sequence[float], counts: Sequence[int],
+           settings: VerifySettings = VerifySettings()) -> int | None:
+    """Which candidate the details lift above the CNN's first (an index into both lists, best CNN first), or
+    None: the highest ``similarity + weight · inliers`` (calibrated points), when it is not the first; a tie
+    keeps the CNN's order."""
+    scores = [s + settings.weight * c for s, c in zip(similarities, counts, strict=True)]
+    if not scores:
+        return None
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    return best if best > 0 else None

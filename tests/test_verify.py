@@ -15,7 +15,7 @@ from catalog.local_features import manifest_entry, row_features, write_local_fea
 from gateway.config import Config
 from gateway.images import Crop
 from gateway.index import KeypointRows
-from gateway.query_token import MAX_PINNED_CHARS, Query, QueryTokens
+from gateway.query_token import MAX_PINNED_CHARS, ExpiredQuery, Query, QueryTokens
 from gateway.service import SearchOptions, SearchQuery, SearchService
 from indexstore.store import (
     LOCAL_COUNTS,
@@ -29,7 +29,7 @@ from localfeatures.sift import DESCRIPTOR_BYTES, KEYPOINTS, NONE, SIDE, LocalFea
 from ranking import RankingView, RankOptions, rank_query
 from ranking.calibration import UNCALIBRATED, Calibration
 from ranking.category_first import CategoryVote, Grouping
-from ranking.verify import VerifySettings, confirmed
+from ranking.verify import VerifySettings, confirmed, lifted
 from search import ExactSearch
 
 # --------------------------------------------------------------------------- made-up products with details
@@ -263,6 +263,7 @@ def test_a_cropped_photo_of_a_product_the_cnn_ranks_fourth_comes_back_first(tmp_
     more = svc.search(SearchQuery(token=answer.token), SearchOptions(0.0, 3, offset=3)).found
     first = svc.search(SearchQuery(token=answer.token), SearchOptions(0.0, 3)).found
     assert [h.product["id"] for h in first.hits + more.hits] == [h.product["id"] for h in answer.found.hits]
+    assert answer.found.confirmed and first.confirmed  # still the very product, not only lifted
 
 
 def test_without_keypoint_files_the_cnns_order_stands(tmp_path):
@@ -441,3 +442,111 @@ def test_a_product_id_too_long_for_a_token_is_confirmed_on_the_first_page_only(t
 
 def test_with_no_lead_asked_a_tie_goes_to_the_cnns_better_candidate():
     assert confirmed([3, 10, 10], VerifySettings(min_inliers=1, lead=1.0)) == 1
+
+
+# --------------------------------------------------------------------------- details that lift without confirming
+
+
+@pytest.mark.parametrize(("similarities", "counts", "expected"), [
+    ([], [], None),
+    ([90.0], [40], None),  # the CNN's first alone: nothing to lift it above
+    ([90.0, 88.0], [0, 1], None),  # 88 + 2 · 1 = 90: a tie keeps the CNN's order
+    ([90.0, 88.0], [0, 2], 1),  # 92 > 90
+    ([90.0, 88.0], [1, 2], None),  # the first's own inliers count too: 92 = 92
+    ([90.0, 88.0, 80.0], [0, 2, 7], 2),  # the highest score: 80 + 14 = 94 against 92
+    ([90.0, 88.0, 80.0], [0, 2, 6], 1),  # 92 against 92: the CNN's better of the two
+    ([90.0, 88.0, 80.0], [0, 3, 6], 1),  # 94 beats 92
+])
+def test_lifted_at_the_limits(similarities, counts, expected):
+    assert lifted(similarities, counts, VerifySettings(weight=2.0)) == expected
+
+
+def test_no_weight_lifts_nothing_and_lists_that_disagree_are_an_error():
+    assert lifted([90.0, 10.0], [0, 100], VerifySettings(weight=0.0)) is None
+    with pytest.raises(ValueError):
+        lifted([90.0, 88.0], [0], VerifySettings(weight=2.0))
+
+
+def test_a_match_counts_only_when_both_keypoints_are_each_others_nearest():
+    """Each of the candidate's keypoints twice in the query, at the same place: without the mutual check both
+    copies pass the ratio test (the candidate has no second look-alike) and fit; with it, one of each pair."""
+    rng = np.random.default_rng(3)
+    n = 30
+    candidate = LocalFeatures(rng.uniform(0, 200, (n, 2)).astype(np.float32),
+                              rng.integers(0, 256, (n, DESCRIPTOR_BYTES)).astype(np.uint8))
+    doubled = LocalFeatures(np.repeat(candidate.points, 2, axis=0), np.repeat(candidate.descriptors, 2, axis=0))
+    assert inliers(candidate, candidate) == n
+    assert inliers(doubled, candidate) == n
+
+
+def _lift_service(tmp_path, monkeypatch, counts: list[int], weight: float):
+    import gateway.service as service
+    import localfeatures.sift as lf
+
+    monkeypatch.setattr(lf, "inliers_each", lambda query, candidates: counts[:len(candidates)])
+    monkeypatch.setattr(service, "VERIFY", VerifySettings(min_inliers=6, lead=2.0, weight=weight))
+    return _service(_publish(tmp_path, _keypoint_arrays(_all_features())))
+
+
+def _gap(svc: SearchService) -> float:
+    """The calibrated similarity between the CNN's first (p0) and second (p1) candidates for Client's vector."""
+    from gateway.service import _nearest
+
+    index = svc.require_index()
+    ranked = _nearest(index, Client().embed(b"")[0], 2)
+    assert [index.products[r]["id"] for r in ranked.rows] == ["p0", "p1"]
+    return ranked.similarities[0] - ranked.similarities[1]
+
+
+@pytest.mark.parametrize(("margin", "lifts"), [(1.01, True), (0.99, False)])
+def test_a_candidate_lifted_by_its_details_comes_first_without_the_badge(tmp_path, monkeypatch, margin, lifts):
+    probe = _lift_service(tmp_path / "probe", monkeypatch, [0] * 6, 1.0)
+    weight = margin * _gap(probe) / 5  # p1's 5 inliers (short of the 6 that confirm) worth the gap, or just not
+    svc = _lift_service(tmp_path, monkeypatch, [0, 5, 0, 0, 0, 0], weight)
+    data, box = shopper_photo(product(11), seed=7)
+    answer = svc.search(SearchQuery(upload=data, crop=box), SearchOptions(0.0, 6))
+    ids = [h.product["id"] for h in answer.found.hits]
+    assert (ids[0] == "p1") == lifts and (answer.found.pinned == "p1") == lifts and not answer.found.confirmed
+    matches = [h.match for h in answer.found.hits]
+    assert all(a >= b for a, b in zip(matches, matches[1:], strict=False))
+    again = svc.search(SearchQuery(token=answer.token), SearchOptions(0.0, 6)).found
+    assert [h.product["id"] for h in again.hits] == ids and not again.confirmed
+
+
+def test_the_api_names_a_lifted_product_but_does_not_call_it_confirmed(tmp_path, monkeypatch):
+    from gateway import create_app
+
+    _lift_service(tmp_path / "x", monkeypatch, [0, 5, 0, 0, 0, 0], 1000.0)
+    app = create_app(_publish(tmp_path, _keypoint_arrays(_all_features())), client=Client()).test_client()
+    data, box = shopper_photo(product(11), seed=7)
+    form = {"crop": ",".join(f"{v:.4f}" for v in box.fractions()), "threshold": "0"}
+    body = app.post("/api/search", data={"file": (io.BytesIO(data), "q.jpg"), **form},
+                    content_type="multipart/form-data").get_json()
+    assert body["results"][0]["id"] == "p1" and body["confirmed"] is None and body["first_by_details"] == "p1"
+    page = app.post("/search", data={"file": (io.BytesIO(data), "q.jpg"), **form},
+                    content_type="multipart/form-data").get_data(as_text=True)
+    assert "Details match" not in page
+    confirmed_body = create_app(_publish(tmp_path / "c", _keypoint_arrays(_all_features())), client=Client())
+    monkeypatch.setattr("localfeatures.sift.inliers_each", lambda query, candidates: [0, 9, 0, 0, 0, 0])
+    body = confirmed_body.test_client().post("/api/search", data={"file": (io.BytesIO(data), "q.jpg"), **form},
+                                             content_type="multipart/form-data").get_json()
+    assert body["confirmed"] == "p1" and body["first_by_details"] == "p1"
+
+
+def test_a_token_says_whether_its_pin_was_confirmed_and_refuses_a_claim_without_a_pin():
+    import json
+    import struct
+
+    tokens = QueryTokens("k", ttl_s=60)
+    vector = np.ones(4, np.float32)
+    for confirmed_ in (True, False):
+        query = tokens.verify(tokens.issue(Query(vector, "b", pinned="p1", confirmed=confirmed_)))
+        assert query.pinned == "p1" and query.confirmed is confirmed_
+    head = {"b": "b", "u": "", "d": "", "e": 2**40, "n": 4}
+    sealed = lambda extra: tokens._seal(struct.pack("<H", len(raw := json.dumps({**head, **extra}).encode()))  # noqa: E731
+                                        + raw + vector.tobytes())
+    assert tokens.verify(sealed({"p": "p1", "c": 1})).confirmed
+    assert not tokens.verify(sealed({"p": "p1", "c": 0})).confirmed
+    for bad in ({"c": 1}, {"p": "p1", "c": 2}, {"p": "p1", "c": True}, {"p": "p1", "c": "1"}):
+        with pytest.raises(ExpiredQuery):
+            tokens.verify(sealed(bad))

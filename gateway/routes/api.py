@@ -35,7 +35,8 @@ def api_answer(found: Results, started: float, token: str | None = None) -> Resp
     items = [{"box": [round(v, 4) for v in item.box.fractions()], "category": item.category} for item in found.items]
     return jsonify(results=[result_json(h) for h in found.hits], category_first=guess, box=box, items=items,
                    no_close_match=found.no_close_match, closer_outside_filter=found.closer_outside_filter,
-                   confirmed=found.pinned or None, model=found.index_model,
+                   confirmed=found.pinned if found.confirmed else None, first_by_details=found.pinned or None,
+                   model=found.index_model,
                    index_version=found.index_version, took_ms=round((time.perf_counter() - started) * 1000, 1), **extra)
 
 
