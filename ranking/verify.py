@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class VerifySettings:
-    candidates: int = 30  # the CNN's first candidates whose details are compared
+    candidates: int = 100  # the CNN's first candidates whose details are compared
     min_inliers: int = 6  # the least evidence for "the same object"
     lead: float = 2.0  # ... and it must be this many times the next candidate's (at least 1)
-    weight: float = 1.5  # points of similarity each inlier is worth when none is confirmed (0: no lift)
+    weight: float = 2.0  # points of similarity each inlier is worth when none is confirmed (0: no lift)
 
 
 def confirmed(counts: Sequence[int], settings: VerifySettings = VerifySettings()) -> int | None:

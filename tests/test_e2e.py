@@ -230,3 +230,31 @@ def test_a_shoppers_cropped_photo_is_confirmed_by_its_details(start_gateway, det
                                                          "top_k": 5, "offset": at}, timeout=60).json()
              for at in (0, 5)]
     assert [r["id"] for page in pages for r in page["results"]] == [r["id"] for r in results]
+
+
+# cropped scenes whose product the CNN ranks 2nd / 8th and whose details are a little stronger than any other's,
+# short of the confirmation rule's lead (in-process: 11 inliers against 6, 6 against 4)
+@pytest.mark.parametrize("pid, seed", [("11052", 10), ("16940", 4)])
+def test_a_shoppers_cropped_photo_is_lifted_by_its_details_without_the_badge(start_gateway, detailed_index, gateway,
+                                                                            torchserve, pid, seed):
+    """The same index and servers: a product whose details count for more than the CNN's small lead comes
+    first, named by ``first_by_details`` but not ``confirmed``, and the page has no "Details match" badge."""
+    import numpy as np
+    from PIL import Image
+
+    from evaluation.scenes import make_scene
+
+    by_id = {p["id"]: p for p in PRODUCTS}
+    clutter = [Image.open(DEMO_CSV.parent / PRODUCTS[i]["image_url"]) for i in (5, 50)]
+    scene = make_scene(Image.open(DEMO_CSV.parent / by_id[pid]["image_url"]), 0, np.random.default_rng(seed), clutter)
+    crop = ",".join(f"{v:.4f}" for v in scene.box)
+    plain = search(gateway, scene.jpeg, crop=crop, threshold="0", top_k="10").json()
+    assert plain["results"][0]["id"] != pid and plain["first_by_details"] is None
+    gw = start_gateway(INDEX_URI=str(detailed_index), TORCHSERVE_URL=torchserve.url)
+    body = search(gw, scene.jpeg, crop=crop, threshold="0", top_k="10").json()
+    assert body["results"][0]["id"] == pid and body["first_by_details"] == pid and body["confirmed"] is None
+    matches = [r["match"] for r in body["results"]]
+    assert matches == sorted(matches, reverse=True)
+    page = requests.post(f"{gw.url}/search", files={"file": ("q.jpg", scene.jpeg, "image/jpeg")},
+                         data={"crop": crop, "threshold": "0"}, timeout=60)
+    assert page.status_code == 200 and "Details match" not in page.text and pid in page.text
