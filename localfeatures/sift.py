@@ -89,27 +89,28 @@ def inliers(query: LocalFeatures, candidate: LocalFeatures) -> int:
 def inliers_each(query: LocalFeatures, candidates: list[LocalFeatures]) -> list[int]:
     """``inliers`` of the query against each candidate, its descriptors compared with all of theirs at once:
     RootSIFT vectors have unit length, so distance² = 2 − 2 · their dot product, and each query keypoint's two
-    nearest in every candidate come from one matrix product (candidates padded to the longest; a pad never
-    matches). A match counts only when the query keypoint is its candidate keypoint's nearest too."""
+    nearest in every candidate come from one matrix product (candidates padded to the longest with a vector no
+    RootSIFT is near: a pad never matches). A match counts only when the query keypoint is its candidate
+    keypoint's nearest too. Laid out (query keypoint, candidate, its keypoint): every reduction runs over
+    contiguous memory or over the leading axis, which numpy vectorises."""
     sizes = np.array([len(c) for c in candidates], dtype=np.int64)
     if len(query) < 2 or not (sizes >= 2).any():
         return [0] * len(candidates)
     width = int(sizes.max())
-    stacked = np.zeros((len(candidates), width, DESCRIPTOR_BYTES), np.float32)
-    for i, candidate in enumerate(candidates):
+    stacked = np.full((len(candidates), width, DESCRIPTOR_BYTES), -1.0, np.float32)  # RootSIFT is ≥ 0: a pad's
+    for i, candidate in enumerate(candidates):  # similarity to any query keypoint is below every real one's
         stacked[i, :len(candidate)] = _root(candidate.descriptors)
-    # (candidate, its keypoint, query keypoint); a pad is never anyone's nearest
-    similarity = (stacked.reshape(-1, DESCRIPTOR_BYTES) @ _root(query.descriptors).T).reshape(
-        len(candidates), width, len(query))
-    similarity = np.where(np.arange(width)[None, :, None] < sizes[:, None, None], similarity, -np.inf)
-    nearest = similarity.argmax(axis=1)  # (candidate, query keypoint)
-    back = similarity.argmax(axis=2)  # (candidate, its keypoint): the nearest query keypoint
-    mutual = np.take_along_axis(back, nearest, axis=1) == np.arange(len(query))[None, :]
-    first = np.take_along_axis(similarity, nearest[:, None, :], axis=1)[:, 0, :]
-    np.put_along_axis(similarity, nearest[:, None, :], -np.inf, axis=1)
-    second = similarity.max(axis=1)
-    distance = np.sqrt(np.maximum(2.0 - 2.0 * np.stack([first, second], axis=2), 0.0))
-    good = (distance[:, :, 0] < RATIO * distance[:, :, 1]) & mutual
+    similarity = (_root(query.descriptors) @ stacked.reshape(-1, DESCRIPTOR_BYTES).T).reshape(
+        len(query), len(candidates), width)
+    nearest = similarity.argmax(axis=2)  # (query keypoint, candidate)
+    first = np.take_along_axis(similarity, nearest[:, :, None], axis=2)[:, :, 0]
+    # mutual: no other query keypoint is closer to that candidate keypoint (a tie counts for both)
+    mutual = first >= similarity.max(axis=0)[np.arange(len(candidates))[None, :], nearest]
+    np.put_along_axis(similarity, nearest[:, :, None], -np.inf, axis=2)
+    second = similarity.max(axis=2)
+    distance = np.sqrt(np.maximum(2.0 - 2.0 * np.stack([first, second]), 0.0))
+    good = ((distance[0] < RATIO * distance[1]) & mutual).T  # (candidate, query keypoint)
+    nearest = nearest.T
     return [_fitted(query, candidate, np.flatnonzero(good[i]), nearest[i]) if sizes[i] >= 2 else 0
             for i, candidate in enumerate(candidates)]
 

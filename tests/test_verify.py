@@ -468,13 +468,17 @@ def test_no_weight_lifts_nothing_and_lists_that_disagree_are_an_error():
 
 
 def test_a_match_counts_only_when_both_keypoints_are_each_others_nearest():
-    """Each of the candidate's keypoints twice in the query, at the same place: without the mutual check both
-    copies pass the ratio test (the candidate has no second look-alike) and fit; with it, one of each pair."""
+    """Each of the candidate's keypoints twice in the query at the same place, once as it is and once a little
+    changed: without the mutual check both copies pass the ratio test (the candidate has no second look-alike)
+    and fit; with it, only the copy that is the candidate keypoint's nearest."""
     rng = np.random.default_rng(3)
     n = 30
     candidate = LocalFeatures(rng.uniform(0, 200, (n, 2)).astype(np.float32),
                               rng.integers(0, 256, (n, DESCRIPTOR_BYTES)).astype(np.uint8))
-    doubled = LocalFeatures(np.repeat(candidate.points, 2, axis=0), np.repeat(candidate.descriptors, 2, axis=0))
+    changed = candidate.descriptors.copy()
+    changed[:, :8] = np.clip(changed[:, :8].astype(np.int16) + 9, 0, 255).astype(np.uint8)
+    doubled = LocalFeatures(np.repeat(candidate.points, 2, axis=0),
+                            np.stack([candidate.descriptors, changed], axis=1).reshape(2 * n, DESCRIPTOR_BYTES))
     assert inliers(candidate, candidate) == n
     assert inliers(doubled, candidate) == n
 
