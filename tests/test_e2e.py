@@ -201,14 +201,9 @@ def detailed_index(torchserve, tmp_path_factory):
     return out
 
 
-# cropped scenes whose product the CNN alone does not rank first (in-process: not in its top 10, or 3rd)
-@pytest.mark.parametrize("pid, seed", [("21364", 11), ("17831", 3), ("15729", 7)])
-def test_a_shoppers_cropped_photo_is_confirmed_by_its_details(start_gateway, detailed_index, gateway, torchserve,
-                                                             pid, seed):
-    """An index built with ``--local-features``, through the real TorchServe and gateway: the product the
-    crop's details match comes first and is named ``confirmed``; the matches never increase down the list,
-    and "Show more" from the answer's token continues the same order. The same crop on the index without
-    keypoints (the ``gateway`` fixture) does not bring it first."""
+def _cropped_scene(pid: str, seed: int):
+    """A shopper-style scene of sample product ``pid`` (seeded, two fixed products lying around) and its item's
+    box as the ``crop`` field."""
     import numpy as np
     from PIL import Image
 
@@ -217,7 +212,18 @@ def test_a_shoppers_cropped_photo_is_confirmed_by_its_details(start_gateway, det
     by_id = {p["id"]: p for p in PRODUCTS}
     clutter = [Image.open(DEMO_CSV.parent / PRODUCTS[i]["image_url"]) for i in (5, 50)]
     scene = make_scene(Image.open(DEMO_CSV.parent / by_id[pid]["image_url"]), 0, np.random.default_rng(seed), clutter)
-    crop = ",".join(f"{v:.4f}" for v in scene.box)
+    return scene, ",".join(f"{v:.4f}" for v in scene.box)
+
+
+# cropped scenes whose product the CNN alone does not rank first (in-process: not in its top 10, or 3rd)
+@pytest.mark.parametrize("pid, seed", [("21364", 11), ("17831", 3), ("15729", 7)])
+def test_a_shoppers_cropped_photo_is_confirmed_by_its_details(start_gateway, detailed_index, gateway, torchserve,
+                                                             pid, seed):
+    """An index built with ``--local-features``, through the real TorchServe and gateway: the product the
+    crop's details match comes first and is named ``confirmed``; the matches never increase down the list,
+    and "Show more" from the answer's token continues the same order. The same crop on the index without
+    keypoints (the ``gateway`` fixture) does not bring it first."""
+    scene, crop = _cropped_scene(pid, seed)
     plain = search(gateway, scene.jpeg, crop=crop, threshold="0", top_k="10").json()
     assert plain["results"][0]["id"] != pid and plain["confirmed"] is None
     gw = start_gateway(INDEX_URI=str(detailed_index), TORCHSERVE_URL=torchserve.url)
@@ -239,15 +245,7 @@ def test_a_shoppers_cropped_photo_is_lifted_by_its_details_without_the_badge(sta
                                                                             torchserve, pid, seed):
     """The same index and servers: a product whose details count for more than the CNN's small lead comes
     first, named by ``first_by_details`` but not ``confirmed``, and the page has no "Details match" badge."""
-    import numpy as np
-    from PIL import Image
-
-    from evaluation.scenes import make_scene
-
-    by_id = {p["id"]: p for p in PRODUCTS}
-    clutter = [Image.open(DEMO_CSV.parent / PRODUCTS[i]["image_url"]) for i in (5, 50)]
-    scene = make_scene(Image.open(DEMO_CSV.parent / by_id[pid]["image_url"]), 0, np.random.default_rng(seed), clutter)
-    crop = ",".join(f"{v:.4f}" for v in scene.box)
+    scene, crop = _cropped_scene(pid, seed)
     plain = search(gateway, scene.jpeg, crop=crop, threshold="0", top_k="10").json()
     assert plain["results"][0]["id"] != pid and plain["first_by_details"] is None
     gw = start_gateway(INDEX_URI=str(detailed_index), TORCHSERVE_URL=torchserve.url)
