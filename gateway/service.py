@@ -240,10 +240,11 @@ class SearchService:
         box = None if found.box is None else found.box.fractions()
         others = tuple(QueryItem(item.box.fractions(), item.category or "", item.vector, item.hist)
                        for item in found.items[1:MAX_ITEMS + 1] if item.vector is not None)
+        carried = len(found.pinned) <= MAX_PINNED_CHARS  # a longer id stays first on this page only
         token = self.tokens.issue(Query(found.vector, found.model, image_url,
                                         picture_digest(shown) if shown else "", found.hist, box, others,
-                                        *((found.pinned, found.confirmed) if len(found.pinned) <= MAX_PINNED_CHARS
-                                          else ("", False))))
+                                        pinned=found.pinned if carried else "",
+                                        confirmed=found.confirmed and carried))
         return Answer(found, token, image_url, shown)
 
     @staticmethod

@@ -483,12 +483,17 @@ def test_a_match_counts_only_when_both_keypoints_are_each_others_nearest():
     assert inliers(doubled, candidate) == n
 
 
-def _lift_service(tmp_path, monkeypatch, counts: list[int], weight: float):
+def _stub_details(monkeypatch, counts: list[int], weight: float) -> None:
+    """Every candidate's inliers are ``counts`` (the CNN's order); each is worth ``weight`` points."""
     import gateway.service as service
     import localfeatures.sift as lf
 
     monkeypatch.setattr(lf, "inliers_each", lambda query, candidates: counts[:len(candidates)])
     monkeypatch.setattr(service, "VERIFY", VerifySettings(min_inliers=6, lead=2.0, weight=weight))
+
+
+def _lift_service(tmp_path, monkeypatch, counts: list[int], weight: float) -> SearchService:
+    _stub_details(monkeypatch, counts, weight)
     return _service(_publish(tmp_path, _keypoint_arrays(_all_features())))
 
 
@@ -520,7 +525,7 @@ def test_a_candidate_lifted_by_its_details_comes_first_without_the_badge(tmp_pat
 def test_the_api_names_a_lifted_product_but_does_not_call_it_confirmed(tmp_path, monkeypatch):
     from gateway import create_app
 
-    _lift_service(tmp_path / "x", monkeypatch, [0, 5, 0, 0, 0, 0], 1000.0)
+    _stub_details(monkeypatch, [0, 5, 0, 0, 0, 0], 1000.0)
     app = create_app(_publish(tmp_path, _keypoint_arrays(_all_features())), client=Client()).test_client()
     data, box = shopper_photo(product(11), seed=7)
     form = {"crop": ",".join(f"{v:.4f}" for v in box.fractions()), "threshold": "0"}
@@ -530,8 +535,8 @@ def test_the_api_names_a_lifted_product_but_does_not_call_it_confirmed(tmp_path,
     page = app.post("/search", data={"file": (io.BytesIO(data), "q.jpg"), **form},
                     content_type="multipart/form-data").get_data(as_text=True)
     assert "Details match" not in page
+    _stub_details(monkeypatch, [0, 9, 0, 0, 0, 0], 1000.0)  # 6 or more and twice any other's: confirmed
     confirmed_body = create_app(_publish(tmp_path / "c", _keypoint_arrays(_all_features())), client=Client())
-    monkeypatch.setattr("localfeatures.sift.inliers_each", lambda query, candidates: [0, 9, 0, 0, 0, 0])
     body = confirmed_body.test_client().post("/api/search", data={"file": (io.BytesIO(data), "q.jpg"), **form},
                                              content_type="multipart/form-data").get_json()
     assert body["confirmed"] == "p1" and body["first_by_details"] == "p1"
