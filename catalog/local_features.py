@@ -4,8 +4,8 @@ the gateway can confirm the very product a shopper photographed (ranking/verify.
 
 It reads each product's photo once more (from the download cache for remote images) and runs SIFT beside
 nothing else: 9.2 ms a Myntra photo on one core with its read and decode (measured, docs/QUALITY.md), so it
-is off by default. It is
-not resumable: a build that dies in it runs it again from the start (the embedding shards are kept).
+is off by default. It is not resumable: a build that dies in it runs it again from the start (the embedding
+shards are kept).
 """
 
 from __future__ import annotations

@@ -753,7 +753,6 @@ def test_the_ray_job_runs_the_ray_build_on_the_pinned_ray_with_a_torchserve_besi
         assert worker["image"] == head["containers"][0]["image"] and worker["image"].endswith("photo-indexer:0.1.0")
 
 
-
 @pytest.mark.parametrize("stage", ["gateway", "lambda"])
 def test_each_gateway_image_copies_every_package_the_gateway_and_the_build_import(stage):
     """A package the gateway or the build imports (even lazily, inside a function) that an image leaves out
