@@ -47,6 +47,7 @@ from indexstore.store import (
     APPEARANCE,
     APPEARANCE_VECTORS,
     ERRORS,
+    PROTOTYPES,
     WHITENING,
     IndexData,
     Store,
@@ -62,6 +63,8 @@ from ranking.appearance import HIST_SIZE, colour_column, colour_histogram_or_non
 from ranking.calibration import Calibration, fit_calibration
 from ranking.category_first import Grouping
 from ranking.no_match import fit_no_match
+from ranking.prototypes import PrototypeSettings, fit_prototypes
+from ranking.prototypes import to_bytes as prototypes_bytes
 from ranking.whitening import Transformed, Whitening, fit_whitening
 from safeio.paths import printable, redact_url
 from safeio.rowfile import RowFile, RowWriter, blocks, take
@@ -71,6 +74,7 @@ log = logging.getLogger(__name__)
 
 #: PCA-whitening fitted on the catalog (see docs/QUALITY.md for how these were chosen).
 WHITENING_SETTINGS = {"dims": 512, "power": 0.5, "shrink": 0.1}
+PROTOTYPE_SETTINGS = PrototypeSettings()
 #: Below this many products the covariance is too poorly estimated to whiten with.
 MIN_WHITEN = 2000
 #: Rows the whitening and the appearance space are fitted on, at most (a seeded sample of bigger catalogs):
@@ -329,6 +333,7 @@ def finish_version(merged: Merged, catalog: Path, backbone_id: str, rows_read: i
                  if count >= max(whiten_min, 2) else None)
     if whitening is not None:
         extra[WHITENING] = whitening.to_bytes()
+    manifest["prototypes"] = _prototypes(merged.embeddings, extra) if count else None
     searchable = _search_space(merged.embeddings, whitening, folder / "search.npy")
     manifest["whitening"] = WHITENING_SETTINGS if whitening is not None else None
     labels = [str(p.get("category", "")) for p in merged.rows]
@@ -345,6 +350,14 @@ def finish_version(merged: Merged, catalog: Path, backbone_id: str, rows_read: i
         manifest["ann"] = {"library": "faiss", "index": "HNSWFlat", "metric": "inner_product",
                            "connectivity": ann.connectivity, "expansion_add": ann.expansion_add}
     return IndexData(embeddings=merged.embeddings, products=merged.rows, manifest=manifest), extra
+
+
+def _prototypes(embeddings: np.ndarray | RowFile, extra: dict[str, bytes | Path]) -> dict:
+    """The catalog's prototypes (ranking/prototypes.py), fitted on a sample of rows; their manifest entry."""
+    rows = fit_rows(len(embeddings), PROTOTYPE_SETTINGS.sample)
+    prototypes = fit_prototypes(take(embeddings, rows), PROTOTYPE_SETTINGS)
+    extra[PROTOTYPES] = prototypes_bytes(prototypes)
+    return {"count": len(prototypes), "fitted_on": len(rows), "iterations": PROTOTYPE_SETTINGS.iterations}
 
 
 def return_freed_memory() -> None:

@@ -27,6 +27,7 @@ from indexstore.store import (
     LOCAL_DESCRIPTORS,
     LOCAL_FILES,
     LOCAL_POINTS,
+    PROTOTYPES,
     CorruptIndex,
     IndexData,
     LocalStore,
@@ -42,6 +43,7 @@ from ranking import RankingView
 from ranking.appearance import DESCRIPTOR, HIST_SIZE, Appearance
 from ranking.calibration import UNCALIBRATED, Calibration
 from ranking.category_first import Grouping
+from ranking.prototypes import from_bytes as prototypes_from_bytes
 from search import BackendSettings, BackendSource, SearchBackend, open_backend
 from search.factory import DEFAULT_BACKENDS, needs_matrix
 
@@ -81,6 +83,9 @@ class CatalogIndex:
                                                                 info.appearance_descriptor)
         #: Each product's keypoints, when the version has them (``build_index.py --local-features``).
         self.keypoints = _keypoints(data, len(self.products), info.local_features)
+        #: What the catalog's products look like (ranking/prototypes.py), when the version has them: a whole
+        #: photo's item is found where its feature map looks like any of them (gateway/outline.py).
+        self.prototypes = _prototypes(data, self.model_dim)
         #: All that ranking (ranking/) sees of this version.
         self.view = RankingView(self.backend, self.grouping, self.calibration, self.appearance, self.appearance_rows,
                                 self.no_match_percent, self.prices)
@@ -163,6 +168,16 @@ class KeypointRows:
         if not np.isfinite(points).all():
             return NONE
         return LocalFeatures(points, np.asarray(self.descriptors[row, :n]))
+
+
+def _prototypes(data: IndexData, dim: int) -> np.ndarray | None:
+    """The version's prototypes, checked (the store is untrusted); None for a version built before them."""
+    if not data.has_file(PROTOTYPES):
+        return None
+    try:
+        return prototypes_from_bytes(data.file_bytes(PROTOTYPES), dim)
+    except ValueError as exc:
+        raise CorruptIndex(f"version {data.version}: {exc}") from None
 
 
 def _keypoints(data: IndexData, rows: int, descriptor: str | None) -> KeypointRows | None:

@@ -46,6 +46,8 @@ WHITENING = "whitening.npz"
 APPEARANCE = "appearance.npz"
 APPEARANCE_VECTORS = "appearance.npy"
 ANN = "ann.faiss"  # optional: the HNSW graph over the search-space vectors (indexstore/ann.py)
+#: Optional: what the catalog's products look like, a few hundred unit model vectors (ranking/prototypes.py).
+PROTOTYPES = "prototypes.npz"
 #: Optional (``build_index.py --local-features``): each product's keypoints (localfeatures/sift.py):
 #: uint8 descriptors (count, KEYPOINTS, 128), float16 points (count, KEYPOINTS, 2), uint16 keypoints per row.
 LOCAL_DESCRIPTORS = "local_descriptors.npy"
@@ -68,7 +70,7 @@ class CorruptIndex(ValueError):
 VERSION_NAME = re.compile(r"^[0-9]{8}T[0-9]{12}Z-[0-9a-f]{6}$")
 #: The only files a version may list in its manifest.
 FILE_NAMES = frozenset({EMBEDDINGS, PRODUCTS, ERRORS, WHITENING, ANN, APPEARANCE, APPEARANCE_VECTORS,
-                        *LOCAL_FILES})
+                        PROTOTYPES, *LOCAL_FILES})
 #: Bytes per read when a file is streamed (copied and checksummed without holding it in memory).
 CHUNK = 8 << 20
 

@@ -927,3 +927,32 @@ def test_products_are_written_as_utf8_whatever_the_text(tmp_path):
     merged = merge_shards(shards, 1, tmp_path)
     assert merged.rows[0]["name"] == "Café ☕ \u00e9"
     assert "Café ☕".encode() in (tmp_path / "products.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("count", [0, 12])
+def test_the_catalogs_prototypes_are_fitted_on_a_sample_and_stored(tmp_path, monkeypatch, count):
+    """Fitted on the model vectors of at most ``PrototypeSettings.sample`` rows (here 5 of 12), stored with the
+    version and said in its manifest; a version of no products has none."""
+    from dataclasses import replace
+
+    from indexstore.store import PROTOTYPES
+    from ranking.prototypes import from_bytes
+
+    seen = []
+    real = build_module.fit_prototypes
+
+    def fit(vectors, settings):
+        seen.append(np.asarray(vectors).copy())
+        return real(vectors, settings)
+
+    monkeypatch.setattr(build_module, "fit_prototypes", fit)
+    monkeypatch.setattr(build_module, "PROTOTYPE_SETTINGS", replace(build_module.PROTOTYPE_SETTINGS, count=3, sample=5))
+    merged = merged_of(count)
+    index, extra = finish_version(merged, tmp_path / "c.csv", "bb", count, tmp_path)
+    if not count:
+        assert index.manifest["prototypes"] is None and PROTOTYPES not in extra and not seen
+        return
+    assert index.manifest["prototypes"] == {"count": 3, "fitted_on": 5, "iterations": 15}
+    rows = build_module.fit_rows(count, 5)
+    assert len(seen) == 1 and np.array_equal(seen[0], np.asarray(merged.embeddings)[rows])
+    assert from_bytes(extra[PROTOTYPES], 8).shape == (3, 8)

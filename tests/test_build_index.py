@@ -68,7 +68,7 @@ def test_build_reports_bad_rows_and_indexes_the_rest(messy_catalog, local_embedd
     manifest = index.manifest
     assert manifest["backbone"] == local_embedder.backbone_id and manifest["count"] == 4 and manifest["dim"] == 1280
     assert set(manifest["files"]) == {"embeddings.npy", "products.jsonl", "errors.csv", "appearance.npz",
-                                      "appearance.npy"}
+                                      "appearance.npy", "prototypes.npz"}
     # four products are too few to fit a colour projection: the histogram alone orders inside a category
     assert manifest["appearance"]["projection"] is None and manifest["appearance"]["column"] == "colour"
     errors_file = out / "versions" / manifest["version"] / "errors.csv"

@@ -409,3 +409,29 @@ def test_polling_starts_only_with_an_interval_and_picks_up_a_new_version(tmp_pat
     while manager.current.version != newer and time.monotonic() < deadline:  # bounded: at most 10 s
         time.sleep(0.02)
     assert manager.current.version == newer
+
+
+# --- the catalog's prototypes (ranking/prototypes.py) ----------------------------------------------------------
+
+
+def test_a_versions_prototypes_are_read_and_one_built_before_them_has_none(tmp_path):
+    from indexstore.store import PROTOTYPES
+    from ranking.prototypes import to_bytes
+
+    prototypes = np.eye(2, 4, dtype=np.float32)
+    _publish(tmp_path / "with", files={PROTOTYPES: to_bytes(prototypes)})
+    assert _loaded(tmp_path / "with").current.prototypes.tolist() == prototypes.tolist()
+    _publish(tmp_path / "without")
+    assert _loaded(tmp_path / "without").current.prototypes is None
+
+
+@pytest.mark.parametrize("prototypes", [np.eye(2, 3, dtype=np.float32), np.full((2, 4), np.nan, np.float32)])
+def test_prototypes_that_do_not_fit_the_model_are_refused(tmp_path, prototypes):
+    """Rows of another model's length, or not numbers: the version is corrupt, and never served."""
+    from indexstore.store import PROTOTYPES
+    from ranking.prototypes import to_bytes
+
+    version = _publish(tmp_path, files={PROTOTYPES: to_bytes(prototypes)})
+    manager = IndexManager(str(tmp_path / "index"), tmp_path / "copy", 0)
+    manager.load()
+    assert manager.current is None and f"version {version}: malformed prototypes file" in manager.error
