@@ -33,6 +33,7 @@ class OutlineSettings:
     refine: int = 4  # the map is interpolated to this many points a cell each way: edges finer than a cell
     guides: int = 5  # the catalog's closest products to the found item that each outline it (one map for all)
     slack: float = 2.0  # the best box is searched unless its closest product is more points below the search's
+    anywhere_level: float = 0.6  # ``level`` of the map of any product's likeness (``likeness``)
 
     def keeps(self, before: float, outlined: float) -> bool:
         """Whether a box whose closest product is ``outlined`` percent close replaces a search whose closest
@@ -43,10 +44,20 @@ class OutlineSettings:
 def heat(fmap: np.ndarray, to_space: Callable[[np.ndarray], np.ndarray], product: np.ndarray) -> np.ndarray:
     """(h, w): each cell's cosine to ``product`` (a unit vector of the index's search space); ``fmap`` is
     (C, h, w) and ``to_space`` takes (n, C) model vectors into the search space (the index's whitening)."""
-    channels, height, width = fmap.shape
-    cells = np.asarray(to_space(fmap.reshape(channels, -1).T), dtype=np.float32)
-    cells = cells / np.maximum(np.linalg.norm(cells, axis=1, keepdims=True), 1e-12)
-    return (cells @ np.asarray(product, dtype=np.float32)).reshape(height, width)
+    return (_cells(fmap, to_space) @ np.asarray(product, dtype=np.float32)).reshape(fmap.shape[1:])
+
+
+def likeness(fmap: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
+    """(h, w): how much each cell looks like *any* product, its best cosine to the catalog's prototypes (unit
+    model vectors, ranking/prototypes.py): no product need be known, and a room's patterns look like none."""
+    return (_cells(fmap, lambda cells: cells) @ np.asarray(prototypes, dtype=np.float32).T).max(axis=1).reshape(
+        fmap.shape[1:])
+
+
+def _cells(fmap: np.ndarray, to_space: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """(h·w, d): the map's cells as unit rows, taken into a space by ``to_space``."""
+    cells = np.asarray(to_space(fmap.reshape(fmap.shape[0], -1).T), dtype=np.float32)
+    return cells / np.maximum(np.linalg.norm(cells, axis=1, keepdims=True), 1e-12)
 
 
 def outline(cosines: np.ndarray, settings: OutlineSettings = OutlineSettings()) -> Crop | None:  # noqa: B008

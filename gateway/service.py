@@ -22,7 +22,7 @@ from gateway.errors import BadRequest, NotFound, Unavailable
 from gateway.images import Crop, DecodeSlots, FetchSlots, QueryImage, query_image
 from gateway.index import CatalogIndex, IndexManager
 from gateway.locate import LocateSettings, best_window, common_part, other_items, windows
-from gateway.outline import OutlineSettings, heat, outline
+from gateway.outline import OutlineSettings, heat, likeness, outline
 from gateway.query_token import (
     MAX_ITEMS,
     MAX_PINNED_CHARS,
@@ -39,7 +39,7 @@ from modelio.imaging import ImageError
 from modelserver.client import ModelClient, ModelServerError
 from ranking import Guess, Ranked, RankOptions, rank_product, rank_query
 from ranking.appearance import HIST_SIZE, histogram_of
-from ranking.verify import VerifySettings, confirmed, lifted
+from ranking.verify import VerifySettings, confirmed, lifted, strongest
 from search import SearchUnavailable
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ LOCATE = LocateSettings()
 
 #: How the found item is outlined in a whole photo (gateway/outline.py), chosen on the same tuning half.
 OUTLINE = OutlineSettings()
+ANYWHERE = replace(OUTLINE, level=OUTLINE.anywhere_level)  # the outline of any product's likeness
 #: How the very product is confirmed by its details (ranking/verify.py; docs/QUALITY.md).
 VERIFY = VerifySettings()
 
@@ -105,6 +106,16 @@ class Results:
     items: tuple[Item, ...] = ()  # a photo's items, the searched one first (gateway/locate.py)
     pinned: str = ""  # the product the photo's details put first (ranking/verify.py), first on every page ...
     confirmed: bool = False  # ... and whether they confirm it as the very product (else they only lifted it)
+
+
+@dataclass(frozen=True)
+class Outlines:
+    """What a whole photo's feature map gave (``SearchService.outlined``): the search of the box the catalog sees
+    best, other boxes' searches whose details may weigh more, and the map itself (None: no map)."""
+
+    best: Results | None = None
+    rivals: tuple[Results, ...] = ()
+    fmap: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -276,9 +287,13 @@ class SearchService:
             hist.cancel()
             found = replace(self.search_vector(located.vector, backbone_id, options,
                                                histogram_of(located.part.image)), box=located.box)
+        outlines = Outlines()
         if located is not None:  # the windows looked: the product they found outlines the item
-            found = self.outlined(photo, found, options) or found
-        found = self.confirmed(photo, found, options, keys)
+            outlines = self.outlined(photo, found, options)
+            found = outlines.best or found
+        found = self.confirmed(photo, found, options, keys, outlines.rivals)
+        if found.confirmed and outlines.fmap is not None:  # the very product outlines its item best
+            found = self.reoutlined(photo, found, outlines.fmap, options) or found
         main = Item(found.box or WHOLE, _main_category(self.require_index(), found))
         return replace(found, items=(main, *(located.others if located else ())))
 
@@ -292,38 +307,49 @@ class SearchService:
         return self.side_work.submit(extract, photo.image)
 
     def confirmed(self, photo: QueryImage, found: Results, options: SearchOptions,
-                  keys: Future | None = None) -> Results:
+                  keys: Future | None = None, rivals: tuple[Results, ...] = ()) -> Results:
         """``found`` ranked again with the product that the searched part's details confirm, or else lift, first
         (ranking/verify.py on the CNN's first ``VERIFY.candidates``), or as it is: when the version has no
         keypoints, the details change nothing, or the check fails (logged: it never fails a search). ``keys``: the
         whole photo's keypoints being extracted (used when the whole photo was searched, else those of the part
-        searched are)."""
+        searched are). ``rivals``: other searches of the same photo (other boxes around its item); the search
+        whose details weigh most (``strongest``) is the one answered, ``found`` on a tie."""
         index = self.require_index()
+        searches = [found, *(r for r in rivals if r.box != found.box and r.vector is not None)]
         if index.keypoints is None or found.vector is None or found.model != index.backbone_id:
-            if keys is not None:
-                keys.cancel()
+            searches = []
+        if keys is not None and not any(search.box is None for search in searches):
+            keys.cancel()
+        if not searches:
             return found
-        from localfeatures.sift import extract, inliers_each
-
         try:
-            if keys is not None and found.box is None:
-                query = keys.result()
-            else:
-                if keys is not None:
-                    keys.cancel()
-                query = extract((photo if found.box is None else photo.cropped(found.box)).image)
-            nearest = _nearest(index, found.vector, VERIFY.candidates)
-            counts = inliers_each(query, [index.keypoints.features(row) for row in nearest.rows])
+            jobs = [self.side_work.submit(self._details, index, photo, search, keys) for search in searches[1:]]
+            checks = [self._details(index, photo, found, keys), *_finished(jobs)]
         except Exception:  # noqa: BLE001 - OpenCV's own errors: the CNN's answer stands
             log.exception("the local-feature check failed; the search keeps the CNN's order")
             return found
+        pick = strongest([(nearest.similarities, counts) for nearest, counts in checks], VERIFY)
+        (nearest, counts), chosen = checks[pick], searches[pick]
         best = confirmed(counts, VERIFY)
         first = best if best is not None else lifted(nearest.similarities, counts, VERIFY)
         if first is None:
-            return found
-        again = self.search_vector(found.vector, found.model, options, found.hist,
+            return chosen
+        again = self.search_vector(chosen.vector, chosen.model, options, chosen.hist,
                                    pinned=str(index.products[nearest.rows[first]]["id"]), confirmed=best is not None)
-        return replace(again, box=found.box)
+        return replace(again, box=chosen.box)
+
+    def _details(self, index: CatalogIndex, photo: QueryImage, search: Results, keys: Future | None
+                 ) -> tuple[Ranked, list[int]]:
+        """The CNN's first ``VERIFY.candidates`` of ``search`` and the inliers of each with the keypoints of the
+        part of ``photo`` it searched (``keys``: the whole photo's, when it searched the whole)."""
+        from localfeatures.sift import extract, inliers_each
+
+        if keys is not None and search.box is None:
+            query = keys.result()
+        else:
+            query = extract((photo if search.box is None else photo.cropped(search.box)).image)
+        nearest = _nearest(index, search.vector, VERIFY.candidates)
+        return nearest, inliers_each(query, [index.keypoints.features(row) for row in nearest.rows])
 
     def locate(self, photo: QueryImage, vector: np.ndarray, backbone_id: str) -> Location | None:
         """Where in ``photo`` to search and which other items it shows; None when the whole photo is searched
@@ -348,31 +374,63 @@ class SearchService:
                        for i in other_items(crops, scores, rows, box, row, least, LOCATE))
         return Location(None if searched is None else box, part, found, others)
 
-    def outlined(self, photo: QueryImage, found: Results, options: SearchOptions) -> Results | None:
-        """``found``'s search again on the outline of the item in ``photo`` (gateway/outline.py): where the
-        photo's feature map looks like one of the catalog's closest products to ``found``, the box the catalog
-        sees best. None when there is no outline (an empty catalog, a map of another model, no region that
-        stands out, a box too small to search, one seen less well than ``found``) or it cannot be made (an
-        older archive refuses feature maps, a backend fails): the located search stands, and the log says why."""
+    def outlined(self, photo: QueryImage, found: Results, options: SearchOptions) -> Outlines:
+        """``Outlines.best``: ``found``'s search again on the outline of the item in ``photo`` (gateway/outline.py):
+        of the boxes where the photo's feature map looks like one of the catalog's closest products to ``found``,
+        or like any product (the version's prototypes), the box the catalog sees best. None when there is no
+        outline (an empty catalog, a map of another model, no region that stands out, a box too small to search,
+        one seen less well than ``found``) or it cannot be made (an older archive refuses feature maps, a
+        backend fails): the located search stands, and the log says why. ``Outlines.rivals``: the search of the
+        any-product box when it is not the best and the version has keypoints (its details may prefer it)."""
         index = self.indexes.current
         mapper = getattr(self.client, "feature_map", None)  # a client without maps (a test's stub) outlines nothing
         if index is None or found.vector is None or mapper is None:
-            return None
+            return Outlines()
         nearest = _nearest(index, found.vector, OUTLINE.guides)
         try:
-            best = self._best_box(index, photo, _outline_boxes(index, mapper, photo.data, nearest.rows))
+            fmap = _feature_map(index, mapper, photo.data)
+            guided, anywhere = _outline_boxes(index, fmap, nearest.rows)
+            scored = self._scored_boxes(index, photo, guided if anywhere is None else [*guided, anywhere])
         except (ImageError, ModelServerError, SearchUnavailable) as exc:
             log.warning("no outline of the item: %s", exc)
+            return Outlines()
+        best = max(scored, key=lambda box: box[0], default=None)  # the first of equals: a product's outline
+        if best is not None and not OUTLINE.keeps(nearest.similarities[0], best[0]):
+            best = None
+        rival = next((box for box in scored if box[1] == anywhere), None) if index.keypoints is not None else None
+        rivals = () if rival is None or rival is best else (self._box_search(index, rival, options),)
+        return Outlines(self._box_search(index, best, options), rivals, fmap)
+
+    def reoutlined(self, photo: QueryImage, found: Results, fmap: np.ndarray, options: SearchOptions
+                   ) -> Results | None:
+        """``found`` (its first product confirmed by its details) searched again on the outline of that very
+        product in the photo's feature map ``fmap``, still first and confirmed; None when the outline is the
+        box searched already, or there is none (no region stands out, too small to search, not embedded)."""
+        index = self.indexes.current
+        row = None if index is None else index.row_of(found.pinned)
+        if row is None or fmap is None:
             return None
-        if best is None or not OUTLINE.keeps(nearest.similarities[0], best[0]):
+        box = outline(_item_heat(index, fmap, row), OUTLINE)
+        scored = [] if box is None or box == found.box else self._scored_boxes(index, photo, [box])
+        if not scored:
             return None
-        _, box, part, vector = best
+        _, box, part, vector = scored[0]
+        again = self.search_vector(vector, index.backbone_id, options, histogram_of(part.image), pinned=found.pinned,
+                                   confirmed=True)
+        return replace(again, box=box)
+
+    def _box_search(self, index: CatalogIndex, scored: tuple[float, Crop, QueryImage, np.ndarray] | None,
+                    options: SearchOptions) -> Results | None:
+        """The search of one of ``_scored_boxes``; None for none."""
+        if scored is None:
+            return None
+        _, box, part, vector = scored
         return replace(self.search_vector(vector, index.backbone_id, options, histogram_of(part.image)), box=box)
 
-    def _best_box(self, index: CatalogIndex, photo: QueryImage, boxes: list[Crop]
-                  ) -> tuple[float, Crop, QueryImage, np.ndarray] | None:
-        """Of ``boxes`` in ``photo``, the one whose closest product is closest: its similarity, box, image and
-        vector (embedded at once on the side pool); None when none can be searched."""
+    def _scored_boxes(self, index: CatalogIndex, photo: QueryImage, boxes: list[Crop]
+                      ) -> list[tuple[float, Crop, QueryImage, np.ndarray]]:
+        """Each of ``boxes`` in ``photo`` that can be searched, with the similarity of its closest product, its
+        image and its vector (embedded at once on the side pool)."""
         parts = []
         for box in boxes:
             try:
@@ -381,12 +439,8 @@ class SearchService:
                 continue
         vectors = _finished([self.side_work.submit(self._window_vector, part.data, index.backbone_id)
                              for _, part in parts])
-        best = None
-        for (box, part), vector in zip(parts, vectors, strict=True):
-            score = None if vector is None else _closest(index, vector)[0]
-            if score is not None and (best is None or score > best[0]):
-                best = (score, box, part, vector)
-        return best
+        return [(_closest(index, vector)[0], box, part, vector)
+                for (box, part), vector in zip(parts, vectors, strict=True) if vector is not None]
 
     def _searched(self, index: CatalogIndex, photo: QueryImage, tried: tuple[list, list, list, list], whole: float
                   ) -> tuple[Crop, QueryImage, np.ndarray, int | None] | None:
@@ -511,18 +565,26 @@ def _closest(index: CatalogIndex, vector: np.ndarray) -> tuple[float, int | None
     return (ranked.similarities[0], ranked.rows[0]) if ranked.similarities else (float("-inf"), None)
 
 
-def _outline_boxes(index: CatalogIndex, mapper: Callable, data: bytes, rows: list[int]) -> list[Crop]:
-    """The outlines of products ``rows`` in the photo ``data`` (one feature map, which ``mapper`` gives), each
-    box once: none for a map of another model, or a product whose region does not stand out."""
+def _feature_map(index: CatalogIndex, mapper: Callable, data: bytes) -> np.ndarray | None:
+    """The photo ``data``'s feature map at ``OUTLINE.side`` (which ``mapper`` gives); None for a map of another
+    model."""
     fmap, model = mapper(data, OUTLINE.side)
-    if model != index.backbone_id or fmap.shape[0] != index.model_dim:
-        return []
+    return fmap if model == index.backbone_id and fmap.shape[0] == index.model_dim else None
+
+
+def _outline_boxes(index: CatalogIndex, fmap: np.ndarray | None, rows: list[int]) -> tuple[list[Crop], Crop | None]:
+    """From one feature map of a photo: the outlines of products ``rows``, each box once, and the outline of where
+    it looks like any product (the version's prototypes; None without them, or when no region stands out).
+    Nothing without a map."""
+    if fmap is None:
+        return [], None
     boxes: list[Crop] = []
     for row in rows:
         box = outline(_item_heat(index, fmap, row), OUTLINE)
         if box is not None and box not in boxes:
             boxes.append(box)
-    return boxes
+    anywhere = None if index.prototypes is None else outline(likeness(fmap, index.prototypes), ANYWHERE)
+    return boxes, anywhere
 
 
 def _item_heat(index: CatalogIndex, fmap: np.ndarray, row: int) -> np.ndarray:

@@ -18,6 +18,7 @@ class VerifySettings:
     min_inliers: int = 6  # the least evidence for "the same object"
     lead: float = 2.0  # ... and it must be this many times the next candidate's (at least 1)
     weight: float = 2.0  # points of similarity each inlier is worth when none is confirmed (0: no lift)
+    rival_lead: float = 0.0  # points by which another search of the photo must outweigh the first (``strongest``)
 
 
 def confirmed(counts: Sequence[int], settings: VerifySettings = VerifySettings()) -> int | None:
@@ -42,3 +43,19 @@ def lifted(similarities: Sequence[float], counts: Sequence[int],
         return None
     best = max(range(len(scores)), key=lambda i: (scores[i], -i))
     return best if best > 0 else None
+
+
+def weight(similarities: Sequence[float], counts: Sequence[int], settings: VerifySettings = VerifySettings()) -> float:
+    """How strongly one search's candidates hold a product by its details: the highest ``similarity + weight ·
+    inliers`` among them (the score ``lifted`` ranks by); -inf for none."""
+    return max((s + settings.weight * c for s, c in zip(similarities, counts, strict=True)), default=float("-inf"))
+
+
+def strongest(checks: Sequence[tuple[Sequence[float], Sequence[int]]],
+              settings: VerifySettings = VerifySettings()) -> int:
+    """Which of several searches of one photo (each its candidates' similarities and inliers, e.g. boxes around
+    its item) the details hold most strongly (``weight``); the first unless another leads it by ``rival_lead``
+    points, and the first of equals."""
+    weights = [weight(similarities, counts, settings) - (settings.rival_lead if i else 0.0)
+               for i, (similarities, counts) in enumerate(checks)]
+    return max(range(len(weights)), key=lambda i: (weights[i], -i))

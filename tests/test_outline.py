@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from gateway.images import Crop
-from gateway.outline import OutlineSettings, heat, outline
+from gateway.outline import OutlineSettings, heat, likeness, outline
 from gateway.service import SearchOptions, SearchQuery
 from tests.conftest import demo_image
 
@@ -305,10 +305,54 @@ def test_each_close_product_outlines_the_item_and_the_box_seen_best_is_searched(
         svc = SearchService(Config(index_uri=str(small_index), index_poll_s=0,
                                    index_cache_dir=str(tmp_path / f"c{guides}")), stub)
         svc.indexes.load()
+        svc.require_index().prototypes = None  # the guides alone (the any-product outline: the next test)
         found[guides] = svc.search(SearchQuery(upload=photo), SearchOptions(threshold=0, top_k=3)).found
         assert len(guided) == guides and len(set(guided)) == guides  # each guide once, one map
     assert box_iou(found[5].box.fractions(), truth) >= 0.5 and found[5].hits[0].product["id"] == "11837"
     assert box_iou(found[1].box.fractions(), truth) < 0.5 and found[1].box.fractions()[:2] != (0.0, 0.0)
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_where_the_photo_looks_like_any_product_outlines_the_item_when_the_guides_mislead(small_index, stub, tmp_path,
+                                                                                          monkeypatch, seed):
+    """The same misled closest product and one guide: the version's prototypes outline the item without knowing
+    which product it is, and that box, seen better than the corner, is searched; without them the corner's
+    search loses to the windows' box, which misses the item (the test above)."""
+    from dataclasses import replace
+
+    import gateway.service as service_module
+    from evaluation.scenes import box_iou
+    from gateway.config import Config
+    from gateway.service import SearchService
+
+    def misled(index, fmap, row):
+        corner = np.zeros(fmap.shape[1:], np.float32)
+        corner[:3, :3] = 1.0
+        return corner
+
+    monkeypatch.setattr(service_module, "OUTLINE", replace(service_module.OUTLINE, guides=1))
+    monkeypatch.setattr(service_module, "_item_heat", misled)
+    photo, truth = busy_scene("11837", seed)
+    svc = SearchService(Config(index_uri=str(small_index), index_poll_s=0, index_cache_dir=str(tmp_path / "c")),
+                        stub)
+    svc.indexes.load()
+    assert svc.require_index().prototypes is not None  # the build fitted them
+    found = svc.search(SearchQuery(upload=photo), SearchOptions(threshold=0, top_k=3)).found
+    assert box_iou(found.box.fractions(), truth) >= 0.5 and found.hits[0].product["id"] == "11837"
+
+
+def test_likeness_is_each_cells_best_cosine_to_any_prototype():
+    prototypes = np.eye(4, dtype=np.float32)[:2]  # two "products": the first two axes
+    fmap = np.zeros((4, 2, 3), np.float32)  # (C, h, w)
+    fmap[0, 0, 0] = 5.0  # exactly the first prototype, any length
+    fmap[1, 0, 1] = 1.0  # the second
+    fmap[:, 1, 2] = [1.0, 1.0, 0.0, 0.0]  # between both: cos 0.707 to each
+    fmap[2, 1, 0] = 1.0  # like neither
+    seen = likeness(fmap, prototypes)
+    assert seen.shape == (2, 3) and seen.dtype == np.float32
+    assert seen[0, 0] == pytest.approx(1.0) and seen[0, 1] == pytest.approx(1.0)
+    assert seen[1, 2] == pytest.approx(2 ** -0.5) and seen[1, 0] == pytest.approx(0.0)
+    assert seen[0, 2] == pytest.approx(0.0)  # an all-zero cell: no product, and no NaN
 
 
 def test_a_failed_job_cancels_the_side_work_queued_behind_it():
@@ -333,3 +377,51 @@ def test_a_failed_job_cancels_the_side_work_queued_behind_it():
     done: Future = Future()
     done.set_result(3)
     assert _finished([done]) == [3]
+
+
+def test_the_product_its_details_confirm_outlines_its_item_again(small_index, stub, tmp_path):
+    """A confirmed product is the very thing photographed: its own outline replaces a box that misses the item,
+    and the answer keeps it first and confirmed; when its outline is the box searched already, nothing changes."""
+    from dataclasses import replace
+
+    from evaluation.scenes import box_iou
+    from gateway.config import Config
+    from gateway.images import QueryImage
+    from gateway.service import SearchService
+
+    svc = SearchService(Config(index_uri=str(small_index), index_poll_s=0, index_cache_dir=str(tmp_path / "c")), stub)
+    svc.indexes.load()
+    photo, truth = busy_scene("11837", 3)
+    image = QueryImage.decode(photo, 10_000_000)
+    options = SearchOptions(threshold=0, top_k=3)
+    vector, model = stub.embed(photo)
+    corner = Crop(0.0, 0.0, 0.3, 0.3)
+    found = replace(svc.search_vector(vector, model, options, pinned="11837", confirmed=True), box=corner)
+    fmap, _ = stub.feature_map(photo, 448)
+    again = svc.reoutlined(image, found, fmap, options)
+    assert box_iou(again.box.fractions(), truth) >= 0.5 and box_iou(corner.fractions(), truth) < 0.5
+    assert again.hits[0].product["id"] == "11837" and again.pinned == "11837" and again.confirmed
+    assert svc.reoutlined(image, replace(found, box=again.box), fmap, options) is None
+    assert svc.reoutlined(image, replace(found, pinned="no such product"), fmap, options) is None
+
+
+@pytest.mark.parametrize("confirmed", [True, False])
+def test_only_a_confirmed_product_outlines_the_item_again(small_index, stub, tmp_path, monkeypatch, confirmed):
+    """A product the details only lift may be a lookalike: its outline is not searched."""
+    from dataclasses import replace
+
+    import gateway.service as service_module
+    from gateway.config import Config
+    from gateway.service import SearchService
+
+    asked = []
+    monkeypatch.setattr(service_module.SearchService, "confirmed",
+                        lambda self, photo, found, options, keys=None, rivals=(): replace(
+                            found, pinned=found.hits[0].product["id"], confirmed=confirmed))
+    monkeypatch.setattr(service_module.SearchService, "reoutlined",
+                        lambda self, photo, found, fmap, options: asked.append(fmap.shape) or None)
+    svc = SearchService(Config(index_uri=str(small_index), index_poll_s=0, index_cache_dir=str(tmp_path / "c")), stub)
+    svc.indexes.load()
+    photo, _ = busy_scene("11837", 3)
+    svc.search(SearchQuery(upload=photo), SearchOptions(threshold=0, top_k=3))
+    assert len(asked) == int(confirmed)

@@ -29,7 +29,7 @@ from localfeatures.sift import DESCRIPTOR_BYTES, KEYPOINTS, NONE, SIDE, LocalFea
 from ranking import RankingView, RankOptions, rank_query
 from ranking.calibration import UNCALIBRATED, Calibration
 from ranking.category_first import CategoryVote, Grouping
-from ranking.verify import VerifySettings, confirmed, lifted
+from ranking.verify import VerifySettings, confirmed, lifted, strongest, weight
 from search import ExactSearch
 
 # --------------------------------------------------------------------------- made-up products with details
@@ -559,3 +559,95 @@ def test_a_token_says_whether_its_pin_was_confirmed_and_refuses_a_claim_without_
     for bad in ({"c": 1}, {"p": "p1", "c": 2}, {"p": "p1", "c": True}, {"p": "p1", "c": "1"}):
         with pytest.raises(ExpiredQuery):
             tokens.verify(sealed(bad))
+
+
+# --------------------------------------------------------------------------- other boxes of the photo as rivals
+
+
+@pytest.mark.parametrize(("checks", "lead", "expected"), [
+    ([([90.0], [0])], 0.0, 0),  # one search: itself
+    ([([90.0, 80.0], [0, 5]), ([95.0], [0])], 0.0, 1),  # 95 against the first's best, 90 (80 + 2 · 5)
+    ([([90.0], [0]), ([88.0], [1])], 0.0, 0),  # 90 = 90: a tie keeps the first (the box searched first)
+    ([([90.0], [0]), ([88.0], [2])], 0.0, 1),  # 92 > 90
+    ([([90.0], [0]), ([88.0], [2])], 2.0, 0),  # 92 leads by 2, the lead asked: not more
+    ([([90.0], [0]), ([88.0], [3])], 2.0, 1),  # 94 leads by 4
+    ([([90.0], [0]), ([88.0], [2]), ([70.0], [20])], 0.0, 2),  # the strongest of three
+    ([([90.0], [0]), ([], [])], 0.0, 0),  # a search with no candidates holds nothing
+])
+def test_the_search_whose_details_weigh_most_is_answered(checks, lead, expected):
+    assert strongest(checks, VerifySettings(weight=2.0, rival_lead=lead)) == expected
+
+
+def test_a_searchs_weight_is_its_best_candidates_similarity_and_inliers():
+    assert weight([90.0, 80.0, 70.0], [0, 6, 3], VerifySettings(weight=2.0)) == 92.0
+    assert weight([], [], VerifySettings()) == float("-inf")
+    with pytest.raises(ValueError):
+        weight([90.0], [1, 2], VerifySettings())
+
+
+def _rival_service(tmp_path, monkeypatch, counts_by_box: dict) -> SearchService:
+    """A keypoint index whose candidates' inliers depend only on the box searched (``counts_by_box``)."""
+    import gateway.service as service
+
+    svc = _service(_publish(tmp_path, _keypoint_arrays(_all_features())))
+    monkeypatch.setattr(service, "VERIFY", VerifySettings(weight=100.0))  # an inlier outweighs these made-up gaps
+
+    def details(self, index, photo, search, keys):
+        from gateway.service import _nearest
+
+        nearest = _nearest(index, search.vector, service.VERIFY.candidates)
+        return nearest, counts_by_box[search.box][:len(nearest.rows)]
+
+    monkeypatch.setattr(service.SearchService, "_details", details)
+    return svc
+
+
+@pytest.mark.parametrize(("rival_counts", "answered"), [([0, 0, 0, 9, 0, 0], "rival"), ([0] * 6, "found")])
+def test_another_box_of_the_photo_is_answered_when_its_details_weigh_more(tmp_path, monkeypatch, rival_counts,
+                                                                          answered):
+    """Of the searched box and a rival box (the any-product outline), the one whose candidates the details hold
+    more strongly is answered, box, pin and all; with nothing in the rival's details the searched box stands."""
+    from gateway.images import QueryImage
+
+    near, far = Crop(0.1, 0.1, 0.5, 0.5), Crop(0.4, 0.4, 0.9, 0.9)
+    svc = _rival_service(tmp_path, monkeypatch, {near: [0] * 6, far: rival_counts})
+    data, _ = shopper_photo(product(13), seed=7)
+    options = SearchOptions(0.0, 6)
+    vector, model = Client().embed(data)
+    found = replace_box(svc.search_vector(vector, model, options), near)
+    rival = replace_box(svc.search_vector(vector, model, options), far)
+    photo = QueryImage.decode(data, 10_000_000)
+    out = svc.confirmed(photo, found, options, rivals=(rival,))
+    if answered == "rival":
+        assert out.box == far and out.pinned == "p3" and out.confirmed and out.hits[0].product["id"] == "p3"
+    else:
+        assert out is found and out.pinned == ""
+
+
+def replace_box(found, box):
+    from dataclasses import replace
+
+    return replace(found, box=box)
+
+
+def test_rivals_are_not_checked_without_keypoints_or_when_they_search_the_same_box(tmp_path, monkeypatch):
+    import gateway.service as service
+    from gateway.images import QueryImage
+
+    seen = []
+
+    def details(self, index, photo, search, keys):
+        seen.append(search.box)
+        raise AssertionError("not reached") if index.keypoints is None else None
+        return service._nearest(index, search.vector, 6), [0] * 6
+
+    monkeypatch.setattr(service.SearchService, "_details", details)
+    data, _ = shopper_photo(product(13), seed=7)
+    photo, options = QueryImage.decode(data, 10_000_000), SearchOptions(0.0, 6)
+    vector, model = Client().embed(data)
+    box = Crop(0.1, 0.1, 0.5, 0.5)
+    for arrays in (None, _keypoint_arrays(_all_features())):
+        svc = _service(_publish(tmp_path / str(arrays is None), arrays))
+        found = replace_box(svc.search_vector(vector, model, options), box)
+        svc.confirmed(photo, found, options, rivals=(found, replace_box(found, box)))
+    assert seen == [box]  # the keypoint index checked the searched box once; the plain one nothing
