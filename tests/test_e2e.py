@@ -238,6 +238,24 @@ def test_a_shoppers_cropped_photo_is_confirmed_by_its_details(start_gateway, det
     assert [r["id"] for page in pages for r in page["results"]] == [r["id"] for r in results]
 
 
+# whole scenes (in-process): 14869's windows guide the outline to a lookalike (14842 came first), and where the
+# photo looks like any product its details find it; 14468 is confirmed on a box that misses most of it (IoU 0.38)
+# and its own outline covers it (0.65)
+@pytest.mark.parametrize("pid, seed", [("14869", 7), ("14468", 3)])
+def test_a_shoppers_whole_photo_is_outlined_where_it_looks_like_a_product_and_by_its_details(
+        start_gateway, detailed_index, torchserve, pid, seed):
+    """The index built ``--local-features`` (and, as every build, the catalog's prototypes), the real TorchServe
+    and gateway, the photo uploaded whole: the product comes first and the box searched overlaps the item by
+    half or more."""
+    from evaluation.scenes import box_iou
+
+    scene, _ = _cropped_scene(pid, seed)
+    gw = start_gateway(INDEX_URI=str(detailed_index), TORCHSERVE_URL=torchserve.url)
+    body = search(gw, scene.jpeg, threshold="0", top_k="10").json()
+    assert body["results"][0]["id"] == pid, [(r["name"], r["match"]) for r in body["results"][:3]]
+    assert body["box"] is not None and box_iou(tuple(body["box"]), scene.box) >= 0.5, (body["box"], scene.box)
+
+
 # cropped scenes whose product the CNN ranks 2nd / 8th and whose details are a little stronger than any other's,
 # short of the confirmation rule's lead (in-process: 11 inliers against 6, 6 against 4)
 @pytest.mark.parametrize("pid, seed", [("11052", 10), ("16940", 4)])
