@@ -22,6 +22,11 @@ def test_prototypes_are_unit_centres_of_the_catalogs_clusters():
     assert np.allclose(np.linalg.norm(centres, axis=1), 1.0, atol=1e-5)
     best = np.abs(centres @ np.eye(8)[[0, 3, 6]].T).max(axis=0)  # each direction has a centre on it
     assert (best > 0.99).all(), best
+    unit = clusters() / np.linalg.norm(clusters(), axis=1, keepdims=True)
+    nearest = np.argmax(unit @ centres.T, axis=1)  # converged: each centre is the middle of the rows it wins
+    for k, centre in enumerate(centres):
+        middle = unit[nearest == k].sum(axis=0)
+        assert np.allclose(centre, middle / np.linalg.norm(middle), atol=1e-5)
 
 
 def test_each_iteration_brings_the_centres_closer_to_their_rows():
@@ -42,6 +47,15 @@ def test_there_are_as_many_prototypes_as_asked_or_as_rows(rows, count, expected)
     assert fit_prototypes(vectors, PrototypeSettings(count=count)).shape == (expected, 6)
 
 
+def test_the_seeds_are_distinct_rows_and_the_centres_float32_whatever_the_input():
+    """With as many centres as rows, each row seeds one (drawn without replacement); float64 in, float32 out."""
+    vectors = np.random.default_rng(3).normal(size=(50, 6))
+    seeds = fit_prototypes(vectors, PrototypeSettings(count=50, iterations=0))
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert seeds.dtype == np.float32 and np.allclose(seeds, unit, atol=1e-6)  # every row once, in row order
+    assert fit_prototypes(vectors, PrototypeSettings(count=7)).dtype == np.float32
+
+
 def test_the_fit_is_seeded():
     vectors = np.random.default_rng(2).normal(size=(200, 6)).astype(np.float32)
     settings = PrototypeSettings(count=10)
@@ -57,13 +71,28 @@ def test_a_centre_that_wins_no_row_keeps_its_place_and_nothing_is_nan():
 
 
 def test_no_vectors_have_no_prototypes():
-    with pytest.raises(ValueError, match="no vectors"):
+    with pytest.raises(ValueError, match="^no vectors to fit prototypes on$"):
         fit_prototypes(np.zeros((0, 4), np.float32))
 
 
 def test_stored_prototypes_read_back_as_they_were():
     centres = fit_prototypes(clusters(), PrototypeSettings(count=3))
     assert np.array_equal(from_bytes(to_bytes(centres), 8), centres)
+    assert from_bytes(to_bytes(centres.astype(np.float64)), 8).dtype == np.float32  # stored as float32 always
+
+
+def test_pickled_prototypes_are_never_unpickled():
+    """An npz of Python objects would run code from the store when loaded: refused, and never loaded."""
+    from tests.pickled import Payload
+
+    evil = np.empty(2, dtype=object)
+    evil[:] = [Payload(), Payload()]
+    buf = io.BytesIO()
+    np.savez(buf, prototypes=evil)
+    Payload.ran = 0
+    with pytest.raises(ValueError, match="unreadable prototypes file"):
+        from_bytes(buf.getvalue(), 8)
+    assert Payload.ran == 0
 
 
 def _npz(**arrays) -> bytes:
