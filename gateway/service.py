@@ -405,13 +405,18 @@ class SearchService:
                    ) -> Results | None:
         """``found`` (its first product confirmed by its details) searched again on the outline of that very
         product in the photo's feature map ``fmap``, still first and confirmed; None when the outline is the
-        box searched already, or there is none (no region stands out, too small to search, not embedded)."""
+        box searched already, there is none (no region stands out, too small to search, not embedded) or it
+        cannot be made (the model server or the backend fails: logged, the confirmed answer stands)."""
         index = self.indexes.current
         row = None if index is None else index.row_of(found.pinned)
         if row is None or fmap is None:
             return None
-        box = outline(_item_heat(index, fmap, row), OUTLINE)
-        scored = [] if box is None or box == found.box else self._scored_boxes(index, photo, [box])
+        try:
+            box = outline(_item_heat(index, fmap, row), OUTLINE)
+            scored = [] if box is None or box == found.box else self._scored_boxes(index, photo, [box])
+        except (ImageError, ModelServerError, SearchUnavailable) as exc:
+            log.warning("no outline of the confirmed product: %s", exc)
+            return None
         if not scored:
             return None
         _, box, part, vector = scored[0]

@@ -425,3 +425,35 @@ def test_only_a_confirmed_product_outlines_the_item_again(small_index, stub, tmp
     photo, _ = busy_scene("11837", 3)
     svc.search(SearchQuery(upload=photo), SearchOptions(threshold=0, top_k=3))
     assert len(asked) == int(confirmed)
+
+
+@pytest.mark.parametrize("failure", ["model", "backend"])
+def test_when_the_confirmed_products_outline_cannot_be_made_the_confirmed_answer_stands(small_index, stub, tmp_path,
+                                                                                       monkeypatch, caplog, failure):
+    from dataclasses import replace
+
+    import gateway.service as service_module
+    from gateway.config import Config
+    from gateway.images import QueryImage
+    from gateway.service import SearchService
+    from modelserver.client import ModelServerError
+    from search import SearchUnavailable
+
+    svc = SearchService(Config(index_uri=str(small_index), index_poll_s=0, index_cache_dir=str(tmp_path / "c")), stub)
+    svc.indexes.load()
+    photo, _ = busy_scene("11837", 3)
+    options = SearchOptions(threshold=0, top_k=3)
+    vector, model = stub.embed(photo)
+    found = replace(svc.search_vector(vector, model, options, pinned="11837", confirmed=True),
+                    box=Crop(0.0, 0.0, 0.3, 0.3))
+    fmap, _ = stub.feature_map(photo, 448)
+
+    def fails(*args):
+        raise ModelServerError("embedding service timed out") if failure == "model" else SearchUnavailable("gone")
+
+    monkeypatch.setattr(service_module.SearchService, "_window_vector", lambda self, data, model: fails())
+    if failure == "backend":
+        monkeypatch.setattr(service_module, "_item_heat", lambda index, fmap, row: fails())
+    with caplog.at_level("WARNING"):
+        assert svc.reoutlined(QueryImage.decode(photo, 10_000_000), found, fmap, options) is None
+    assert "no outline of the confirmed product: " in caplog.text
