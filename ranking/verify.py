@@ -38,7 +38,7 @@ def lifted(similarities: Sequence[float], counts: Sequence[int],
     """Which candidate the details lift above the CNN's first (an index into both lists, best CNN first), or
     None: the highest ``similarity + weight · inliers`` (calibrated points), when it is not the first; a tie
     keeps the CNN's order."""
-    scores = [s + settings.weight * c for s, c in zip(similarities, counts, strict=True)]
+    scores = _scores(similarities, counts, settings)
     if not scores:
         return None
     best = max(range(len(scores)), key=lambda i: (scores[i], -i))
@@ -48,7 +48,12 @@ def lifted(similarities: Sequence[float], counts: Sequence[int],
 def weight(similarities: Sequence[float], counts: Sequence[int], settings: VerifySettings = VerifySettings()) -> float:
     """How strongly one search's candidates hold a product by its details: the highest ``similarity + weight ·
     inliers`` among them (the score ``lifted`` ranks by); -inf for none."""
-    return max((s + settings.weight * c for s, c in zip(similarities, counts, strict=True)), default=float("-inf"))
+    return max(_scores(similarities, counts, settings), default=float("-inf"))
+
+
+def _scores(similarities: Sequence[float], counts: Sequence[int], settings: VerifySettings) -> list[float]:
+    """Each candidate's ``similarity + weight · inliers`` (calibrated points)."""
+    return [s + settings.weight * c for s, c in zip(similarities, counts, strict=True)]
 
 
 def strongest(checks: Sequence[tuple[Sequence[float], Sequence[int]]],
