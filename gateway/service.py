@@ -294,6 +294,8 @@ class SearchService:
         found = self.confirmed(photo, found, options, keys, outlines.rivals)
         if found.confirmed and outlines.fmap is not None:  # the very product outlines its item best
             found = self.reoutlined(photo, found, outlines.fmap, options) or found
+        if located is not None:  # the first product's details place its item more tightly than any outline
+            found = self.placed(photo, found, options) or found
         main = Item(found.box or WHOLE, _main_category(self.require_index(), found))
         return replace(found, items=(main, *(located.others if located else ())))
 
@@ -422,6 +424,38 @@ class SearchService:
         _, box, part, vector = scored[0]
         again = self.search_vector(vector, index.backbone_id, options, histogram_of(part.image), pinned=found.pinned,
                                    confirmed=True)
+        return replace(again, box=box)
+
+    def placed(self, photo: QueryImage, found: Results, options: SearchOptions) -> Results | None:
+        """``found`` searched again on the box where its first product lies in ``photo`` by their details: the
+        extent of that product's keypoints, carried into the photo by the similarity transform that at least
+        ``VERIFY.min_inliers`` of their matches fit (``_placed_box``; docs/QUALITY.md). None when the version has
+        no keypoints, nothing was located, the details do not place it, the box is the one searched or too small,
+        or its search puts another product first; a failure (the model server, the backend, OpenCV) is logged
+        and the answer stands."""
+        index = self.indexes.current
+        if index is None or index.keypoints is None or found.box is None or not found.hits:
+            return None
+        first = str(found.hits[0].product["id"])
+        row = index.row_of(first)
+        if row is None:
+            return None
+        try:
+            box = _placed_box(index, photo, found.box, row)
+            scored = [] if box is None or box == found.box else self._scored_boxes(index, photo, [box])
+        except (ImageError, ModelServerError, SearchUnavailable) as exc:
+            log.warning("no box placed by the details: %s", exc)
+            return None
+        except Exception:  # noqa: BLE001 - OpenCV's own errors: the answer stands
+            log.exception("the details could not place the item; the answer keeps its box")
+            return None
+        if not scored:
+            return None
+        _, box, part, vector = scored[0]
+        again = self.search_vector(vector, index.backbone_id, options, histogram_of(part.image),
+                                   pinned=found.pinned, confirmed=found.confirmed)
+        if not again.hits or str(again.hits[0].product["id"]) != first:
+            return None
         return replace(again, box=box)
 
     def _box_search(self, index: CatalogIndex, scored: tuple[float, Crop, QueryImage, np.ndarray] | None,
@@ -590,6 +624,36 @@ def _outline_boxes(index: CatalogIndex, fmap: np.ndarray | None, rows: list[int]
             boxes.append(box)
     anywhere = None if index.prototypes is None else outline(likeness(fmap, index.prototypes), ANYWHERE)
     return boxes, anywhere
+
+
+def _placed_box(index: CatalogIndex, photo: QueryImage, searched: Crop, row: int) -> Crop | None:
+    """Where product ``row`` lies in ``photo`` by its details, found in the ``searched`` part: the box around its
+    keypoints (on a studio photo, the product's own extent) carried into the photo by the transform their matches
+    fit; None for fewer than ``VERIFY.min_inliers`` that fit, or a box whose centre is outside the searched one or
+    whose area is under ``VERIFY.place_least`` of its (a transform gone astray)."""
+    from localfeatures.sift import described_size, extract, placement
+
+    width, height = photo.image.size
+    left, top, right, bottom = searched.box(width, height)
+    region = photo.image.crop((left, top, right, bottom))
+    product = index.keypoints.features(row)
+    place = placement(extract(region), product)
+    if place is None or place.inliers < VERIFY.min_inliers:
+        return None
+    described = described_size(*region.size)
+    x_scale, y_scale = region.width / described[0], region.height / described[1]
+    x0, y0, x1, y1 = place.extent(product.points)
+    box = Crop(max(0.0, (left + x0 * x_scale) / width), max(0.0, (top + y0 * y_scale) / height),
+               min(1.0, (left + x1 * x_scale) / width), min(1.0, (top + y1 * y_scale) / height))
+    centre = ((box.left + box.right) / 2, (box.top + box.bottom) / 2)
+    if not (searched.left <= centre[0] <= searched.right and searched.top <= centre[1] <= searched.bottom):
+        return None
+    return box if _area(box) >= VERIFY.place_least * _area(searched) else None
+
+
+def _area(box: Crop) -> float:
+    """A box's area, as a share of the photo's (0 for an empty one)."""
+    return max(0.0, box.right - box.left) * max(0.0, box.bottom - box.top)
 
 
 def _item_heat(index: CatalogIndex, fmap: np.ndarray, row: int) -> np.ndarray:

@@ -61,16 +61,24 @@ def extract(image: Image.Image) -> LocalFeatures:
     """The strongest ``KEYPOINTS`` SIFT keypoints of ``image`` (any mode), its longer side first brought down
     to ``SIDE``; none for a flat image."""
     grey = image.convert("L")
-    scale = min(1.0, SIDE / max(grey.size))
-    if scale < 1.0:
-        grey = grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))),
-                           Image.BILINEAR)
+    size = described_size(*grey.size)
+    if size != grey.size:
+        grey = grey.resize(size, Image.BILINEAR)
     keypoints, descriptors = _sift().detectAndCompute(np.asarray(grey), None)
     if descriptors is None or not keypoints:
         return NONE
     order = np.argsort([-k.response for k in keypoints], kind="stable")[:KEYPOINTS]
     points = np.array([keypoints[i].pt for i in order], dtype=np.float32)
     return LocalFeatures(points, np.clip(descriptors[order], 0, 255).astype(np.uint8))
+
+
+def described_size(width: int, height: int) -> tuple[int, int]:
+    """The size a ``width`` × ``height`` photo is described at (``extract``): its longer side at most ``SIDE``;
+    keypoints are pixels of that size."""
+    scale = min(1.0, SIDE / max(width, height, 1))
+    if scale >= 1.0:
+        return width, height
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def _root(descriptors: np.ndarray) -> np.ndarray:
@@ -96,7 +104,15 @@ def inliers_each(query: LocalFeatures, candidates: list[LocalFeatures]) -> list[
     sizes = np.array([len(c) for c in candidates], dtype=np.int64)
     if len(query) < 2 or not (sizes >= 2).any():
         return [0] * len(candidates)
-    width = int(sizes.max())
+    good, nearest = _matches(query, candidates)
+    return [_fitted(query, candidate, np.flatnonzero(good[i]), nearest[i]) if sizes[i] >= 2 else 0
+            for i, candidate in enumerate(candidates)]
+
+
+def _matches(query: LocalFeatures, candidates: list[LocalFeatures]) -> tuple[np.ndarray, np.ndarray]:
+    """``inliers_each``'s matches: (candidate, query keypoint) whether the pair is a good match, and each query
+    keypoint's nearest keypoint of each candidate."""
+    width = max(len(c) for c in candidates)
     stacked = np.full((len(candidates), width, DESCRIPTOR_BYTES), -1.0, np.float32)  # RootSIFT is ≥ 0: a pad's
     for i, candidate in enumerate(candidates):  # similarity to any query keypoint is below every real one's
         stacked[i, :len(candidate)] = _root(candidate.descriptors)
@@ -109,10 +125,7 @@ def inliers_each(query: LocalFeatures, candidates: list[LocalFeatures]) -> list[
     np.put_along_axis(similarity, nearest[:, :, None], -np.inf, axis=2)
     second = similarity.max(axis=2)
     distance = np.sqrt(np.maximum(2.0 - 2.0 * np.stack([first, second]), 0.0))
-    good = ((distance[0] < RATIO * distance[1]) & mutual).T  # (candidate, query keypoint)
-    nearest = nearest.T
-    return [_fitted(query, candidate, np.flatnonzero(good[i]), nearest[i]) if sizes[i] >= 2 else 0
-            for i, candidate in enumerate(candidates)]
+    return ((distance[0] < RATIO * distance[1]) & mutual).T, nearest.T  # (candidate, query keypoint)
 
 
 def _fitted(query: LocalFeatures, candidate: LocalFeatures, good: np.ndarray, nearest: np.ndarray) -> int:
@@ -123,3 +136,37 @@ def _fitted(query: LocalFeatures, candidate: LocalFeatures, good: np.ndarray, ne
     source, target = query.points[good], candidate.points[nearest[good]]
     _, mask = cv2.estimateAffinePartial2D(source, target, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS)
     return 0 if mask is None else int(mask.sum())
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a candidate lies in the query: the similarity transform (2 × 3, candidate pixels → query pixels)
+    that their matched keypoints fit, and how many of them fit it."""
+
+    matrix: np.ndarray
+    inliers: int
+
+    def extent(self, points: np.ndarray) -> tuple[float, float, float, float]:
+        """The box (left, top, right, bottom; query pixels) that the box around ``points`` (candidate pixels,
+        e.g. all its keypoints: the product's own extent on a studio photo) covers, carried into the query."""
+        (left, top), (right, bottom) = points.min(axis=0), points.max(axis=0)
+        corners = np.array([[left, top], [right, top], [left, bottom], [right, bottom]], np.float64)
+        moved = corners @ self.matrix[:, :2].T + self.matrix[:, 2]
+        (left, top), (right, bottom) = moved.min(axis=0), moved.max(axis=0)
+        return float(left), float(top), float(right), float(bottom)
+
+
+def placement(query: LocalFeatures, candidate: LocalFeatures) -> Placement | None:
+    """Where ``candidate`` lies in ``query`` by their details (the matches ``inliers`` counts, fitted from the
+    candidate's side); None when fewer than ``MIN_MATCHES`` match or no transform fits them."""
+    if len(query) < 2 or len(candidate) < 2:
+        return None
+    good, nearest = _matches(query, [candidate])
+    chosen = np.flatnonzero(good[0])
+    if len(chosen) < MIN_MATCHES:
+        return None
+    matrix, mask = cv2.estimateAffinePartial2D(candidate.points[nearest[0][chosen]], query.points[chosen],
+                                               method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS)
+    if matrix is None or mask is None or not np.isfinite(matrix).all():
+        return None
+    return Placement(matrix, int(mask.sum()))

@@ -19,6 +19,8 @@ class VerifySettings:
     lead: float = 2.0  # ... and it must be this many times the next candidate's (at least 1)
     weight: float = 2.0  # points of similarity each inlier is worth when none is confirmed (0: no lift)
     rival_lead: float = 0.0  # points by which another search of the photo must outweigh the first (``strongest``)
+    place_least: float = 0.25  # a box placed by the details, centred in the box searched, is at least this share
+    # of its area (else the transform went astray: a fragment of the item, or a lookalike detail)
 
 
 def confirmed(counts: Sequence[int], settings: VerifySettings = VerifySettings()) -> int | None:

@@ -25,7 +25,18 @@ from indexstore.store import (
     open_store,
     write_and_publish,
 )
-from localfeatures.sift import DESCRIPTOR_BYTES, KEYPOINTS, NONE, SIDE, LocalFeatures, extract, inliers, inliers_each
+from localfeatures.sift import (
+    DESCRIPTOR_BYTES,
+    KEYPOINTS,
+    MIN_MATCHES,
+    NONE,
+    SIDE,
+    LocalFeatures,
+    extract,
+    inliers,
+    inliers_each,
+    placement,
+)
 from ranking import RankingView, RankOptions, rank_query
 from ranking.calibration import UNCALIBRATED, Calibration
 from ranking.category_first import CategoryVote, Grouping
@@ -650,3 +661,182 @@ def test_rivals_are_not_checked_without_keypoints_or_when_they_search_the_same_b
         found = replace_box(svc.search_vector(vector, model, options), box)
         svc.confirmed(photo, found, options, rivals=(found, replace_box(found, box)))
     assert seen == [box]  # the keypoint index checked the searched box once; the plain one nothing
+
+
+# --------------------------------------------------------------------------- the item placed by its details
+
+
+def _similarity(scale: float, degrees: float, shift: tuple[float, float]) -> np.ndarray:
+    turn = np.radians(degrees)
+    return np.array([[scale * np.cos(turn), -scale * np.sin(turn), shift[0]],
+                     [scale * np.sin(turn), scale * np.cos(turn), shift[1]]])
+
+
+def _moved(features: LocalFeatures, matrix: np.ndarray, keep: int | None = None) -> LocalFeatures:
+    """``features`` carried by ``matrix`` (the same descriptors), the first ``keep`` of them."""
+    points = (features.points.astype(np.float64) @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
+    return LocalFeatures(points[:keep], features.descriptors[:keep])
+
+
+def _random_features(n: int, seed: int = 0) -> LocalFeatures:
+    rng = np.random.default_rng(seed)
+    return LocalFeatures(rng.uniform(10, 190, (n, 2)).astype(np.float32),
+                         rng.integers(0, 256, (n, DESCRIPTOR_BYTES), dtype=np.uint8))
+
+
+def test_a_placement_recovers_the_transform_and_carries_the_products_extent():
+    product_features = _random_features(60)
+    matrix = _similarity(0.5, 12.0, (40.0, 25.0))
+    place = placement(_moved(product_features, matrix), product_features)
+    assert place is not None and place.inliers == 60
+    np.testing.assert_allclose(place.matrix, matrix, atol=1e-3)
+    corners = np.array([[0, 0], [100, 0], [0, 50], [100, 50]], np.float32)
+    expected = corners.astype(np.float64) @ matrix[:, :2].T + matrix[:, 2]
+    np.testing.assert_allclose(place.extent(corners), [*expected.min(axis=0), *expected.max(axis=0)], atol=1e-2)
+
+
+@pytest.mark.parametrize(("kept", "placed"), [(MIN_MATCHES - 1, False), (MIN_MATCHES, True)])
+def test_a_placement_needs_the_fewest_matches_that_fix_a_transform(kept, placed):
+    product_features = _random_features(60)
+    query = _moved(product_features, _similarity(0.8, -5.0, (3.0, 9.0)), keep=kept)
+    assert (placement(query, product_features) is not None) is placed
+    assert placement(query, NONE) is None and placement(NONE, product_features) is None
+
+
+def _item_box(item: Image.Image, seed: int) -> tuple[bytes, Crop]:
+    """``shopper_photo`` of ``item`` and the box of the item itself (its coloured part, without the white)."""
+    data, pasted = shopper_photo(item, seed)
+    turned = np.asarray(item.rotate(10, expand=True, fillcolor=(255, 255, 255)).resize((180, 180)))
+    ys, xs = np.nonzero((turned < 235).any(axis=2))
+    return data, Crop((300 + xs.min()) / 640, (150 + ys.min()) / 480, (301 + xs.max()) / 640, (151 + ys.max()) / 480)
+
+
+def _found_on(svc: SearchService, data: bytes, box: Crop, pinned: str = "p3"):
+    """The search of ``box`` of the photo ``data`` with ``pinned`` first, as the outline would answer it."""
+    from gateway.images import QueryImage
+
+    vector, model = Client().embed(data)
+    found = replace_box(svc.search_vector(vector, model, SearchOptions(0.0, 6), pinned=pinned), box)
+    return QueryImage.decode(data, 10_000_000), found
+
+
+def test_the_first_products_details_place_its_item_tighter_than_the_box_searched(tmp_path):
+    from gateway.locate import iou
+
+    svc = _service(_publish(tmp_path, _keypoint_arrays(_all_features())))
+    data, item = _item_box(product(13), seed=7)  # product p3 in the photo, which is made twice as large: the
+    data = jpeg(Image.open(io.BytesIO(data)).resize((1280, 960), Image.BICUBIC))  # part searched is described
+    loose = Crop(item.left - 0.12, item.top - 0.02, item.right + 0.05, item.bottom + 0.15)  # smaller than it is
+    photo, found = _found_on(svc, data, loose)
+    placed = svc.placed(photo, found, SearchOptions(0.0, 6))
+    assert iou(loose, item) < 0.4 and placed is not None and iou(placed.box, item) > 0.7, placed
+    assert placed.hits[0].product["id"] == "p3" and placed.pinned == "p3" and not placed.confirmed
+
+
+def test_a_whole_photo_is_answered_with_the_placed_box_and_a_drawn_box_is_kept(tmp_path, monkeypatch):
+    import gateway.service as service
+
+    svc = _service(_publish(tmp_path, _keypoint_arrays(_all_features())))
+    data, item = _item_box(product(13), seed=7)
+    placed_box = Crop(0.4, 0.3, 0.8, 0.7)
+    monkeypatch.setattr(service, "_placed_box", lambda *args: placed_box)
+    drawn = svc.search(SearchQuery(upload=data, crop=item), SearchOptions(0.0, 6)).found
+    assert drawn.box == item  # the shopper's own box is never moved
+    photo, found = _found_on(svc, data, item)
+    located = service.Location(item, photo.cropped(item), found.vector, ())
+    monkeypatch.setattr(service.SearchService, "locate", lambda *args: located)
+    whole = svc.search(SearchQuery(upload=data), SearchOptions(0.0, 6)).found
+    assert whole.box == placed_box and whole.hits[0].product["id"] == "p3"
+
+
+def _placing_service(tmp_path, monkeypatch, inliers: int, scale: float = 1.0, shift: float = 0.0
+                     ) -> tuple[SearchService, Crop, Crop]:
+    """A keypoint service whose details place p3 with ``inliers``; the box searched (100 px from the photo's
+    left, 80 from its top, as large as p3's keypoints spread: described as it is, under ``SIDE``), and where
+    the placement carries p3's keypoints: their box, ``scale`` times as large about the searched box's centre
+    and moved right by ``shift`` of its width."""
+    import localfeatures.sift as lf
+
+    (x0, y0), (x1, y1) = (float(v) for v in _all_features()[3].points.min(axis=0)), \
+        (float(v) for v in _all_features()[3].points.max(axis=0))
+    w, h = x1 - x0, y1 - y0
+    matrix = np.array([[scale, 0.0, -scale * x0 + (1 - scale) * w / 2 + shift * w],
+                       [0.0, scale, -scale * y0 + (1 - scale) * h / 2]])
+    monkeypatch.setattr(lf, "placement", lambda query, candidate: lf.Placement(matrix, inliers))
+    searched = Crop(100 / 640, 80 / 480, (100 + w) / 640, (80 + h) / 480)
+    expected = Crop((100 + (1 - scale) * w / 2 + shift * w) / 640, (80 + (1 - scale) * h / 2) / 480,
+                    (100 + (1 + scale) * w / 2 + shift * w) / 640, (80 + (1 + scale) * h / 2) / 480)
+    return _service(_publish(tmp_path, _keypoint_arrays(_all_features()))), searched, expected
+
+
+def _placed(svc: SearchService, searched: Crop):
+    data, _ = _item_box(product(13), seed=7)
+    photo, found = _found_on(svc, data, searched)
+    return svc.placed(photo, found, SearchOptions(0.0, 6))
+
+
+@pytest.mark.parametrize(("inliers", "placed"), [(VerifySettings().min_inliers - 1, False),
+                                                 (VerifySettings().min_inliers, True)])
+def test_the_details_place_the_item_only_with_enough_inliers(tmp_path, monkeypatch, inliers, placed):
+    from gateway.locate import iou
+
+    svc, searched, expected = _placing_service(tmp_path, monkeypatch, inliers, scale=0.8)
+    out = _placed(svc, searched)
+    assert (out is not None) is placed
+    if placed:  # the placed box is where the transform carried the keypoints' box, in the photo's fractions
+        assert iou(out.box, expected) > 0.97, (out.box, expected)
+
+
+@pytest.mark.parametrize(("scale", "placed"), [(0.26 ** 0.5, True), (0.24 ** 0.5, False)])
+def test_a_placed_box_is_at_least_a_quarter_of_the_box_searched(tmp_path, monkeypatch, scale, placed):
+    svc, searched, _ = _placing_service(tmp_path, monkeypatch, 30, scale=scale)
+    assert (_placed(svc, searched) is not None) is placed
+
+
+@pytest.mark.parametrize(("shift", "placed"), [(0.49, True), (0.51, False)])
+def test_a_placed_box_is_centred_in_the_box_searched(tmp_path, monkeypatch, shift, placed):
+    svc, searched, _ = _placing_service(tmp_path, monkeypatch, 30, shift=shift)
+    assert (_placed(svc, searched) is not None) is placed
+
+
+def test_no_placement_when_nothing_was_located_the_box_is_the_one_searched_or_its_search_puts_another_first(
+        tmp_path, monkeypatch):
+    import gateway.service as service
+
+    svc = _service(_publish(tmp_path, _keypoint_arrays(_all_features())))
+    data, item = _item_box(product(13), seed=7)
+    photo, found = _found_on(svc, data, Crop(0.3, 0.2, 0.9, 0.9))
+    tried, elsewhere = [], Crop(0.35, 0.25, 0.85, 0.85)
+    monkeypatch.setattr(service, "_placed_box", lambda index, photo, searched, row: tried.append(row) or elsewhere)
+    assert svc.placed(photo, found, SearchOptions(0.0, 6)).box == elsewhere  # placed: the control
+    assert svc.placed(photo, replace_box(found, None), SearchOptions(0.0, 6)) is None  # nothing was located ...
+    assert len(tried) == 1  # ... so nothing was tried
+    unpinned = __import__("dataclasses").replace(found, pinned="")  # p3 first, but its search gives p0 first
+    assert svc.placed(photo, unpinned, SearchOptions(0.0, 6)) is None
+    monkeypatch.setattr(service, "_placed_box", lambda *args: found.box)
+    assert svc.placed(photo, found, SearchOptions(0.0, 6)) is None
+
+
+def test_a_failing_placement_leaves_the_answer(tmp_path, monkeypatch, caplog):
+    import gateway.service as service
+    import localfeatures.sift as lf
+    from modelserver.client import ModelServerError
+
+    svc = _service(_publish(tmp_path, _keypoint_arrays(_all_features())))
+    data, item = _item_box(product(13), seed=7)
+    photo, found = _found_on(svc, data, Crop(0.3, 0.2, 0.9, 0.9))
+
+    def broken(*args):
+        raise lf.cv2.error("simulated OpenCV failure")
+
+    monkeypatch.setattr(lf, "placement", broken)
+    assert svc.placed(photo, found, SearchOptions(0.0, 6)) is None
+    assert "could not place the item" in caplog.text
+
+    def down(*args):
+        raise ModelServerError("embedding service timed out")
+
+    monkeypatch.setattr(service, "_placed_box", lambda *args: Crop(0.4, 0.3, 0.8, 0.7))
+    monkeypatch.setattr(service.SearchService, "_window_vector", down)
+    assert svc.placed(photo, found, SearchOptions(0.0, 6)) is None
+    assert "no box placed by the details: embedding service timed out" in caplog.text
