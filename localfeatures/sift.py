@@ -75,10 +75,10 @@ def extract(image: Image.Image) -> LocalFeatures:
 def described_size(width: int, height: int) -> tuple[int, int]:
     """The size a ``width`` × ``height`` photo is described at (``extract``): its longer side at most ``SIDE``;
     keypoints are pixels of that size."""
-    scale = min(1.0, SIDE / max(width, height, 1))
-    if scale >= 1.0:
+    longer = max(width, height)
+    if longer <= SIDE:
         return width, height
-    return max(1, round(width * scale)), max(1, round(height * scale))
+    return max(1, round(width * SIDE / longer)), max(1, round(height * SIDE / longer))
 
 
 def _root(descriptors: np.ndarray) -> np.ndarray:
@@ -150,7 +150,7 @@ class Placement:
         """The box (left, top, right, bottom; query pixels) that the box around ``points`` (candidate pixels,
         e.g. all its keypoints: the product's own extent on a studio photo) covers, carried into the query."""
         (left, top), (right, bottom) = points.min(axis=0), points.max(axis=0)
-        corners = np.array([[left, top], [right, top], [left, bottom], [right, bottom]], np.float64)
+        corners = np.array([[left, top], [right, top], [left, bottom], [right, bottom]])
         moved = corners @ self.matrix[:, :2].T + self.matrix[:, 2]
         (left, top), (right, bottom) = moved.min(axis=0), moved.max(axis=0)
         return float(left), float(top), float(right), float(bottom)
@@ -159,7 +159,7 @@ class Placement:
 def placement(query: LocalFeatures, candidate: LocalFeatures) -> Placement | None:
     """Where ``candidate`` lies in ``query`` by their details (the matches ``inliers`` counts, fitted from the
     candidate's side); None when fewer than ``MIN_MATCHES`` match or no transform fits them."""
-    if len(query) < 2 or len(candidate) < 2:
+    if min(len(query), len(candidate)) < MIN_MATCHES:
         return None
     good, nearest = _matches(query, [candidate])
     chosen = np.flatnonzero(good[0])
@@ -167,6 +167,6 @@ def placement(query: LocalFeatures, candidate: LocalFeatures) -> Placement | Non
         return None
     matrix, mask = cv2.estimateAffinePartial2D(candidate.points[nearest[0][chosen]], query.points[chosen],
                                                method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS)
-    if matrix is None or mask is None or not np.isfinite(matrix).all():
+    if matrix is None:  # OpenCV answers (None, None) when nothing fits
         return None
     return Placement(matrix, int(mask.sum()))

@@ -5,6 +5,7 @@ their counts (ranking/verify.py), the pin it gives the ranking (ranking/rank.py)
 from __future__ import annotations
 
 import io
+import logging
 
 import numpy as np
 import pytest
@@ -30,14 +31,17 @@ from localfeatures.sift import (
     KEYPOINTS,
     MIN_MATCHES,
     NONE,
+    RANSAC_PIXELS,
     SIDE,
     LocalFeatures,
+    described_size,
     extract,
     inliers,
     inliers_each,
     placement,
 )
 from ranking import RankingView, RankOptions, rank_query
+from ranking.appearance import histogram_of
 from ranking.calibration import UNCALIBRATED, Calibration
 from ranking.category_first import CategoryVote, Grouping
 from ranking.verify import VerifySettings, confirmed, lifted, strongest, weight
@@ -695,12 +699,47 @@ def test_a_placement_recovers_the_transform_and_carries_the_products_extent():
     np.testing.assert_allclose(place.extent(corners), [*expected.min(axis=0), *expected.max(axis=0)], atol=1e-2)
 
 
+@pytest.mark.parametrize("cut", ["query", "candidate"])
 @pytest.mark.parametrize(("kept", "placed"), [(MIN_MATCHES - 1, False), (MIN_MATCHES, True)])
-def test_a_placement_needs_the_fewest_matches_that_fix_a_transform(kept, placed):
+def test_a_placement_needs_the_fewest_matches_that_fix_a_transform(kept, placed, cut):
     product_features = _random_features(60)
-    query = _moved(product_features, _similarity(0.8, -5.0, (3.0, 9.0)), keep=kept)
-    assert (placement(query, product_features) is not None) is placed
+    matrix = _similarity(0.8, -5.0, (3.0, 9.0))
+    query, candidate = _moved(product_features, matrix), product_features
+    if cut == "query":
+        query = _moved(product_features, matrix, keep=kept)
+    else:
+        candidate = LocalFeatures(product_features.points[:kept], product_features.descriptors[:kept])
+    assert (placement(query, candidate) is not None) is placed
     assert placement(query, NONE) is None and placement(NONE, product_features) is None
+
+
+def test_matches_that_fit_no_transform_place_nothing():
+    """Every candidate keypoint at one point: no similarity transform can be fitted from them."""
+    product_features = _random_features(60)
+    query = _moved(product_features, _similarity(1.0, 0.0, (20.0, 10.0)))
+    candidate = LocalFeatures(np.full_like(product_features.points, 50.0), product_features.descriptors)
+    assert placement(query, candidate) is None
+
+
+def test_a_placement_counts_matches_within_its_pixels_of_the_transform():
+    """Every other match off the transform by 4 px: within ``RANSAC_PIXELS`` (5), most of them fit (53 of 60;
+    37 within 3 px)."""
+    product_features = _random_features(60)
+    query = _moved(product_features, _similarity(1.0, 0.0, (20.0, 10.0)))
+    query.points[::2, 0] += 4.0
+    assert RANSAC_PIXELS == 5.0 and placement(query, product_features).inliers > 45
+
+
+@pytest.mark.parametrize(("size", "described"), [
+    ((SIDE, SIDE // 2), (SIDE, SIDE // 2)),  # at the side: as it is
+    ((200, 100), (200, 100)),  # smaller: never enlarged
+    ((SIDE + 1, 10), (SIDE, 10)),
+    ((10, 2 * SIDE), (5, SIDE)),  # the longer side counts, whichever it is
+    ((4 * SIDE, 1), (SIDE, 1)),  # a side never below one pixel
+    ((1, 4 * SIDE), (1, SIDE)),
+])
+def test_a_photo_is_described_with_its_longer_side_at_most_the_side(size, described):
+    assert described_size(*size) == described
 
 
 def _item_box(item: Image.Image, seed: int) -> tuple[bytes, Crop]:
@@ -711,12 +750,13 @@ def _item_box(item: Image.Image, seed: int) -> tuple[bytes, Crop]:
     return data, Crop((300 + xs.min()) / 640, (150 + ys.min()) / 480, (301 + xs.max()) / 640, (151 + ys.max()) / 480)
 
 
-def _found_on(svc: SearchService, data: bytes, box: Crop, pinned: str = "p3"):
+def _found_on(svc: SearchService, data: bytes, box: Crop, pinned: str = "p3", confirmed: bool = False):
     """The search of ``box`` of the photo ``data`` with ``pinned`` first, as the outline would answer it."""
     from gateway.images import QueryImage
 
     vector, model = Client().embed(data)
-    found = replace_box(svc.search_vector(vector, model, SearchOptions(0.0, 6), pinned=pinned), box)
+    found = replace_box(svc.search_vector(vector, model, SearchOptions(0.0, 6), pinned=pinned, confirmed=confirmed),
+                        box)
     return QueryImage.decode(data, 10_000_000), found
 
 
@@ -749,30 +789,39 @@ def test_a_whole_photo_is_answered_with_the_placed_box_and_a_drawn_box_is_kept(t
     assert whole.box == placed_box and whole.hits[0].product["id"] == "p3"
 
 
-def _placing_service(tmp_path, monkeypatch, inliers: int, scale: float = 1.0, shift: float = 0.0
+#: The part searched in ``_placing_service``'s tests: 400 × 300 px in the middle of the 640 × 480 photo,
+#: described smaller.
+REGION = (120, 90, 520, 390)
+
+
+def _placing_service(tmp_path, monkeypatch, inliers: int, area: float = 0.5, shift: tuple[float, float] = (0, 0)
                      ) -> tuple[SearchService, Crop, Crop]:
-    """A keypoint service whose details place p3 with ``inliers``; the box searched (100 px from the photo's
-    left, 80 from its top, as large as p3's keypoints spread: described as it is, under ``SIDE``), and where
-    the placement carries p3's keypoints: their box, ``scale`` times as large about the searched box's centre
-    and moved right by ``shift`` of its width."""
+    """A keypoint service whose details place p3 with ``inliers``; the box searched (``REGION``), and the box
+    where the placement carries p3's keypoints' box: ``area`` times the searched box's area, centred in it, moved
+    by ``shift`` of its width and height (clipped to the photo)."""
     import localfeatures.sift as lf
 
-    (x0, y0), (x1, y1) = (float(v) for v in _all_features()[3].points.min(axis=0)), \
-        (float(v) for v in _all_features()[3].points.max(axis=0))
-    w, h = x1 - x0, y1 - y0
-    matrix = np.array([[scale, 0.0, -scale * x0 + (1 - scale) * w / 2 + shift * w],
-                       [0.0, scale, -scale * y0 + (1 - scale) * h / 2]])
+    points = _all_features()[3].points.astype(np.float64)
+    (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
+    left, top, right, bottom = REGION
+    wide, high = described_size(right - left, bottom - top)
+    x_ratio, y_ratio = (right - left) / wide, (bottom - top) / high
+    assert (wide, high) != (right - left, bottom - top)  # described at another size than the photo's pixels
+    scale = (area * (right - left) * (bottom - top) / ((x1 - x0) * (y1 - y0) * x_ratio * y_ratio)) ** 0.5
+    dx, dy = wide * (0.5 + shift[0]) - scale * (x0 + x1) / 2, high * (0.5 + shift[1]) - scale * (y0 + y1) / 2
+    matrix = np.array([[scale, 0.0, dx], [0.0, scale, dy]])
     monkeypatch.setattr(lf, "placement", lambda query, candidate: lf.Placement(matrix, inliers))
-    searched = Crop(100 / 640, 80 / 480, (100 + w) / 640, (80 + h) / 480)
-    expected = Crop((100 + (1 - scale) * w / 2 + shift * w) / 640, (80 + (1 - scale) * h / 2) / 480,
-                    (100 + (1 + scale) * w / 2 + shift * w) / 640, (80 + (1 + scale) * h / 2) / 480)
+    searched = Crop(left / 640, top / 480, right / 640, bottom / 480)
+    x = (left + (scale * np.array([x0, x1]) + dx) * x_ratio) / 640
+    y = (top + (scale * np.array([y0, y1]) + dy) * y_ratio) / 480
+    expected = Crop(max(0.0, x[0]), max(0.0, y[0]), min(1.0, x[1]), min(1.0, y[1]))
     return _service(_publish(tmp_path, _keypoint_arrays(_all_features()))), searched, expected
 
 
-def _placed(svc: SearchService, searched: Crop):
+def _placed(svc: SearchService, searched: Crop, confirmed: bool = False):
     data, _ = _item_box(product(13), seed=7)
-    photo, found = _found_on(svc, data, searched)
-    return svc.placed(photo, found, SearchOptions(0.0, 6))
+    photo, found = _found_on(svc, data, searched, confirmed=confirmed)
+    return svc.placed(photo, found, SearchOptions(0.0, 6)), photo
 
 
 @pytest.mark.parametrize(("inliers", "placed"), [(VerifySettings().min_inliers - 1, False),
@@ -780,23 +829,50 @@ def _placed(svc: SearchService, searched: Crop):
 def test_the_details_place_the_item_only_with_enough_inliers(tmp_path, monkeypatch, inliers, placed):
     from gateway.locate import iou
 
-    svc, searched, expected = _placing_service(tmp_path, monkeypatch, inliers, scale=0.8)
-    out = _placed(svc, searched)
+    svc, searched, expected = _placing_service(tmp_path, monkeypatch, inliers)
+    out, photo = _placed(svc, searched)
     assert (out is not None) is placed
-    if placed:  # the placed box is where the transform carried the keypoints' box, in the photo's fractions
-        assert iou(out.box, expected) > 0.97, (out.box, expected)
+    if placed:  # the placed box is where the transform carried the keypoints' box, in the photo's fractions,
+        assert iou(out.box, expected) > 0.99, (out.box, expected)  # searched with its own colour
+        np.testing.assert_allclose(out.hist, histogram_of(photo.cropped(out.box).image))
 
 
-@pytest.mark.parametrize(("scale", "placed"), [(0.26 ** 0.5, True), (0.24 ** 0.5, False)])
-def test_a_placed_box_is_at_least_a_quarter_of_the_box_searched(tmp_path, monkeypatch, scale, placed):
-    svc, searched, _ = _placing_service(tmp_path, monkeypatch, 30, scale=scale)
-    assert (_placed(svc, searched) is not None) is placed
+@pytest.mark.parametrize("confirmed", [True, False])
+def test_a_placed_search_keeps_the_pin_and_its_confirmation(tmp_path, monkeypatch, confirmed):
+    svc, searched, _ = _placing_service(tmp_path, monkeypatch, 30)
+    out, _ = _placed(svc, searched, confirmed=confirmed)
+    assert out.pinned == "p3" and out.confirmed is confirmed
 
 
-@pytest.mark.parametrize(("shift", "placed"), [(0.49, True), (0.51, False)])
+def test_a_placed_box_larger_than_the_photo_is_cut_to_it(tmp_path, monkeypatch):
+    svc, searched, expected = _placing_service(tmp_path, monkeypatch, 30, area=5.0)
+    out, _ = _placed(svc, searched)
+    assert out.box.fractions() == expected.fractions() == (0.0, 0.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize(("area", "placed"), [(0.26, True), (0.24, False)])
+def test_a_placed_box_is_at_least_a_quarter_of_the_box_searched(tmp_path, monkeypatch, area, placed):
+    svc, searched, _ = _placing_service(tmp_path, monkeypatch, 30, area=area)
+    assert (_placed(svc, searched)[0] is not None) is placed
+
+
+@pytest.mark.parametrize(("shift", "placed"), [((0.49, 0), True), ((0.51, 0), False), ((-0.49, 0), True),
+                                               ((-0.51, 0), False), ((0, 0.49), True), ((0, 0.51), False),
+                                               ((0, -0.49), True), ((0, -0.51), False)])
 def test_a_placed_box_is_centred_in_the_box_searched(tmp_path, monkeypatch, shift, placed):
-    svc, searched, _ = _placing_service(tmp_path, monkeypatch, 30, shift=shift)
-    assert (_placed(svc, searched) is not None) is placed
+    svc, searched, _ = _placing_service(tmp_path, monkeypatch, 30, area=0.26, shift=shift)  # never cut to the photo
+    assert (_placed(svc, searched)[0] is not None) is placed
+
+
+def test_nothing_is_placed_without_keypoints(tmp_path, monkeypatch, caplog):
+    import gateway.service as service
+
+    svc = _service(_publish(tmp_path, None))
+    monkeypatch.setattr(service, "_placed_box", lambda *args: Crop(0.35, 0.25, 0.85, 0.85))
+    data, _ = _item_box(product(13), seed=7)
+    photo, found = _found_on(svc, data, Crop(0.3, 0.2, 0.9, 0.9))
+    assert svc.placed(photo, found, SearchOptions(0.0, 6)) is None
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # not tried, so nothing failed
 
 
 def test_no_placement_when_nothing_was_located_the_box_is_the_one_searched_or_its_search_puts_another_first(
@@ -831,7 +907,9 @@ def test_a_failing_placement_leaves_the_answer(tmp_path, monkeypatch, caplog):
 
     monkeypatch.setattr(lf, "placement", broken)
     assert svc.placed(photo, found, SearchOptions(0.0, 6)) is None
-    assert "could not place the item" in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "the details could not place the item; the answer keeps its box"]
+    caplog.clear()
 
     def down(*args):
         raise ModelServerError("embedding service timed out")
@@ -839,4 +917,5 @@ def test_a_failing_placement_leaves_the_answer(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(service, "_placed_box", lambda *args: Crop(0.4, 0.3, 0.8, 0.7))
     monkeypatch.setattr(service.SearchService, "_window_vector", down)
     assert svc.placed(photo, found, SearchOptions(0.0, 6)) is None
-    assert "no box placed by the details: embedding service timed out" in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "no box placed by the details: embedding service timed out"]
