@@ -95,12 +95,8 @@ def inliers(query: LocalFeatures, candidate: LocalFeatures) -> int:
 
 
 def inliers_each(query: LocalFeatures, candidates: list[LocalFeatures]) -> list[int]:
-    """``inliers`` of the query against each candidate, its descriptors compared with all of theirs at once:
-    RootSIFT vectors have unit length, so distance² = 2 − 2 · their dot product, and each query keypoint's two
-    nearest in every candidate come from one matrix product (candidates padded to the longest with a vector no
-    RootSIFT is near: a pad never matches). A match counts only when the query keypoint is its candidate
-    keypoint's nearest too. Laid out (query keypoint, candidate, its keypoint): every reduction runs over
-    contiguous memory or over the leading axis, which numpy vectorises."""
+    """``inliers`` of the query against each candidate, its descriptors compared with all of theirs at once
+    (``_matches``)."""
     sizes = np.array([len(c) for c in candidates], dtype=np.int64)
     if len(query) < 2 or not (sizes >= 2).any():
         return [0] * len(candidates)
@@ -110,8 +106,13 @@ def inliers_each(query: LocalFeatures, candidates: list[LocalFeatures]) -> list[
 
 
 def _matches(query: LocalFeatures, candidates: list[LocalFeatures]) -> tuple[np.ndarray, np.ndarray]:
-    """``inliers_each``'s matches: (candidate, query keypoint) whether the pair is a good match, and each query
-    keypoint's nearest keypoint of each candidate."""
+    """The query's matches with each candidate: (candidate, query keypoint) whether that keypoint's nearest in the
+    candidate is a good match, and which keypoint it is. RootSIFT vectors have unit length, so distance² = 2 − 2 ·
+    their dot product, and each query keypoint's two nearest in every candidate come from one matrix product
+    (candidates padded to the longest with a vector no RootSIFT is near: a pad never matches). A match is good
+    when it passes the ratio test and the query keypoint is its candidate keypoint's nearest too. Laid out (query
+    keypoint, candidate, its keypoint): every reduction runs over contiguous memory or over the leading axis,
+    which numpy vectorises."""
     width = max(len(c) for c in candidates)
     stacked = np.full((len(candidates), width, DESCRIPTOR_BYTES), -1.0, np.float32)  # RootSIFT is ≥ 0: a pad's
     for i, candidate in enumerate(candidates):  # similarity to any query keypoint is below every real one's
