@@ -785,8 +785,12 @@ def test_a_whole_photo_is_answered_with_the_placed_box_and_a_drawn_box_is_kept(t
     photo, found = _found_on(svc, data, item)
     located = service.Location(item, photo.cropped(item), found.vector, ())
     monkeypatch.setattr(service.SearchService, "locate", lambda *args: located)
-    whole = svc.search(SearchQuery(upload=data), SearchOptions(0.0, 6)).found
+    answer = svc.search(SearchQuery(upload=data), SearchOptions(0.0, 6))
+    whole = answer.found
     assert whole.box == placed_box and whole.hits[0].product["id"] == "p3"
+    # the token carries the placed box's search: "Show more" continues its order
+    pages = [svc.search(SearchQuery(token=answer.token), SearchOptions(0.0, 3, offset=at)).found for at in (0, 3)]
+    assert [h.product["id"] for page in pages for h in page.hits] == [h.product["id"] for h in whole.hits]
 
 
 #: The part searched in ``_placing_service``'s tests: 400 × 300 px in the middle of the 640 × 480 photo,
