@@ -84,7 +84,8 @@ def common_part(crops: list[Crop], scores: list[float | None], agree: int, width
     return Crop(left, top, right, bottom) if big else None
 
 
-def _area(box: Crop) -> float:
+def area(box: Crop) -> float:
+    """A box's area, as a share of the photo's (``box`` a box: left < right, top < bottom)."""
     return (box.right - box.left) * (box.bottom - box.top)
 
 
@@ -97,14 +98,14 @@ def _inter(a: Crop, b: Crop) -> float:
 def iou(a: Crop, b: Crop) -> float:
     """Intersection over union of two boxes (fractions of one photo)."""
     inter = _inter(a, b)
-    return inter / (_area(a) + _area(b) - inter) if inter else 0.0
+    return inter / (area(a) + area(b) - inter) if inter else 0.0
 
 
 def same_item(a: Crop, b: Crop, settings: LocateSettings = LocateSettings()) -> bool:  # noqa: B008
     """Whether two windows show one item: they overlap by ``settings.overlap`` (IoU), or the smaller lies
     ``settings.inside`` within the larger (a big window around a small item)."""
     inter = _inter(a, b)
-    return iou(a, b) >= settings.overlap or inter >= settings.inside * min(_area(a), _area(b))
+    return iou(a, b) >= settings.overlap or inter >= settings.inside * min(area(a), area(b))
 
 
 def other_items(crops: list[Crop], scores: list[float | None], products: list[int | None], searched: Crop,

@@ -21,7 +21,7 @@ from gateway.config import Config
 from gateway.errors import BadRequest, NotFound, Unavailable
 from gateway.images import Crop, DecodeSlots, FetchSlots, QueryImage, query_image
 from gateway.index import CatalogIndex, IndexManager
-from gateway.locate import LocateSettings, best_window, common_part, other_items, windows
+from gateway.locate import LocateSettings, area, best_window, common_part, other_items, windows
 from gateway.outline import OutlineSettings, heat, likeness, outline
 from gateway.query_token import (
     MAX_ITEMS,
@@ -630,7 +630,7 @@ def _placed_box(index: CatalogIndex, photo: QueryImage, searched: Crop, row: int
     """Where product ``row`` lies in ``photo`` by its details, found in the ``searched`` part: the box around its
     keypoints (on a studio photo, the product's own extent) carried into the photo by the transform their matches
     fit; None for fewer than ``VERIFY.min_inliers`` that fit, or a box whose centre is outside the searched one or
-    whose area is under ``VERIFY.place_least`` of its (a transform gone astray)."""
+    whose area is under ``VERIFY.place_least`` of the searched one's (a transform gone astray)."""
     from localfeatures.sift import described_size, extract, placement
 
     width, height = photo.image.size
@@ -645,15 +645,11 @@ def _placed_box(index: CatalogIndex, photo: QueryImage, searched: Crop, row: int
     x0, y0, x1, y1 = place.extent(product.points)
     box = Crop(max(0.0, (left + x0 * x_scale) / width), max(0.0, (top + y0 * y_scale) / height),
                min(1.0, (left + x1 * x_scale) / width), min(1.0, (top + y1 * y_scale) / height))
+    # a box carried off the photo (cut to an empty one) has its centre off it too: it never reaches ``area``
     centre = ((box.left + box.right) / 2, (box.top + box.bottom) / 2)
     if not (searched.left <= centre[0] <= searched.right and searched.top <= centre[1] <= searched.bottom):
         return None
-    return box if _area(box) >= VERIFY.place_least * _area(searched) else None
-
-
-def _area(box: Crop) -> float:
-    """A box's area, as a share of the photo's (0 for an empty one)."""
-    return max(0.0, box.right - box.left) * max(0.0, box.bottom - box.top)
+    return box if area(box) >= VERIFY.place_least * area(searched) else None
 
 
 def _item_heat(index: CatalogIndex, fmap: np.ndarray, row: int) -> np.ndarray:
