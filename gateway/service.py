@@ -419,12 +419,7 @@ class SearchService:
         except (ImageError, ModelServerError, SearchUnavailable) as exc:
             log.warning("no outline of the confirmed product: %s", exc)
             return None
-        if not scored:
-            return None
-        _, box, part, vector = scored[0]
-        again = self.search_vector(vector, index.backbone_id, options, histogram_of(part.image), pinned=found.pinned,
-                                   confirmed=True)
-        return replace(again, box=box)
+        return self._box_search(index, scored[0] if scored else None, options, found.pinned, confirmed=True)
 
     def placed(self, photo: QueryImage, found: Results, options: SearchOptions) -> Results | None:
         """``found`` searched again on the box where its first product lies in ``photo`` by their details: the
@@ -449,22 +444,20 @@ class SearchService:
         except Exception:  # noqa: BLE001 - OpenCV's own errors: the answer stands
             log.exception("the details could not place the item; the answer keeps its box")
             return None
-        if not scored:
+        again = self._box_search(index, scored[0] if scored else None, options, found.pinned, found.confirmed)
+        if again is None or not again.hits or str(again.hits[0].product["id"]) != first:
             return None
-        _, box, part, vector = scored[0]
-        again = self.search_vector(vector, index.backbone_id, options, histogram_of(part.image),
-                                   pinned=found.pinned, confirmed=found.confirmed)
-        if not again.hits or str(again.hits[0].product["id"]) != first:
-            return None
-        return replace(again, box=box)
+        return again
 
     def _box_search(self, index: CatalogIndex, scored: tuple[float, Crop, QueryImage, np.ndarray] | None,
-                    options: SearchOptions) -> Results | None:
-        """The search of one of ``_scored_boxes``; None for none."""
+                    options: SearchOptions, pinned: str = "", confirmed: bool = False) -> Results | None:
+        """The search of one of ``_scored_boxes`` (``pinned`` first, ``confirmed``: as ``search_vector``); None for
+        none."""
         if scored is None:
             return None
         _, box, part, vector = scored
-        return replace(self.search_vector(vector, index.backbone_id, options, histogram_of(part.image)), box=box)
+        return replace(self.search_vector(vector, index.backbone_id, options, histogram_of(part.image), pinned=pinned,
+                                          confirmed=confirmed), box=box)
 
     def _scored_boxes(self, index: CatalogIndex, photo: QueryImage, boxes: list[Crop]
                       ) -> list[tuple[float, Crop, QueryImage, np.ndarray]]:
