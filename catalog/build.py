@@ -389,10 +389,9 @@ def _appearance(merged: Merged, searchable: np.ndarray | RowFile, extra: dict[st
     colours = [str(p.get(column) or "").strip() for p in merged.rows] if column else [""] * len(merged.hists)
     fit = fit_rows(len(merged.hists))
     space, info = fit_appearance(take(merged.hists, fit), take(searchable, fit), [colours[i] for i in fit])
-    del colours
     out: RowWriter | None = None
-    for (_, hists), (_, search) in zip(blocks(merged.hists), blocks(searchable), strict=True):
-        vectors = space.vectors(hists, search)
+    for (start, hists), (_, search) in zip(blocks(merged.hists), blocks(searchable), strict=True):
+        vectors = space.catalog_vectors(hists, search, colours[start:start + len(hists)])
         out = out or RowWriter(folder / APPEARANCE_VECTORS, len(merged.hists), vectors.shape[1])
         out.append(vectors)
     extra[APPEARANCE], extra[APPEARANCE_VECTORS] = space.to_bytes(), out.close().path

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from evaluation.ranked import gallery_view, ranked_rows
-from ranking import MatchPoints
+from ranking import MatchSettings
 from ranking.appearance import AppearanceSettings, fit_appearance
 from ranking.calibration import Calibration, fit_calibration
 from ranking.category_first import Grouping
@@ -111,7 +111,7 @@ def precision_report(top: np.ndarray, query_labels: np.ndarray, gallery_labels: 
 def evaluate_held_out(vectors: np.ndarray, categories: np.ndarray, labels: np.ndarray, image_keys: np.ndarray,
                       split: Split, whitening: dict | None, ks: tuple[int, ...] = (1, 5, 10),
                       hists: np.ndarray | None = None, colours: np.ndarray | None = None,
-                      settings: AppearanceSettings | None = None, points: MatchPoints | None = None) -> dict:
+                      settings: AppearanceSettings | None = None, match: MatchSettings | None = None) -> dict:
     """Held-out figures for both rankings (category-first, similarity alone), for the category and for
     ``labels`` (e.g. type + colour). ``vectors`` are model vectors of every row; only gallery rows are fitted.
     With ``hists`` (colour histograms) the category-first ranking orders inside the category by appearance,
@@ -125,10 +125,11 @@ def evaluate_held_out(vectors: np.ndarray, categories: np.ndarray, labels: np.nd
         gallery_colours = [str(c) for c in (colours[gallery] if colours is not None else [""] * len(gallery))]
         appearance, info = fit_appearance(hists[gallery], space_g, gallery_colours,
                                           settings or AppearanceSettings())
-        looks_q, looks_g = appearance.vectors(hists[queries], space_q), appearance.vectors(hists[gallery], space_g)
+        looks_q = appearance.vectors(hists[queries], space_q)  # a query's colour is always guessed
+        looks_g = appearance.catalog_vectors(hists[gallery], space_g, gallery_colours)
     report: dict = {"gallery": int(len(gallery)), "queries": int(len(queries)),
                     "twin_pairs_excluded": int(excluded.sum()), "appearance": info}
-    view = gallery_view(space_g, fitted.grouping, fitted.calibration, appearance, looks_g, points or MatchPoints())
+    view = gallery_view(space_g, fitted.grouping, fitted.calibration, appearance, looks_g, match or MatchSettings())
     for name, grouped in (("category_first", True), ("similarity_alone", False)):
         top = ranked_rows(view, space_q, max(ks), grouped, looks_q, excluded)
         report[name] = {"category": precision_report(top, categories[queries], categories[gallery], excluded, ks),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ranking import MatchPoints, RankingView, RankOptions, rank_query
+from ranking import MatchSettings, RankingView, RankOptions, rank_query
 from ranking.appearance import Appearance
 from ranking.calibration import Calibration
 from ranking.category_first import Grouping
@@ -18,10 +18,10 @@ from search import ExactSearch
 
 def gallery_view(space: np.ndarray, grouping: Grouping, calibration: Calibration,
                  appearance: Appearance | None = None, looks: np.ndarray | None = None,
-                 points: MatchPoints | None = None) -> RankingView:
+                 match: MatchSettings | None = None) -> RankingView:
     """A gallery (search-space rows) as the ranking sees an index version; no "no close match" rule."""
     return RankingView(ExactSearch(space, grouping.codes), grouping, calibration, appearance,
-                       None if appearance is None else np.asarray(looks, np.float32), points=points or MatchPoints())
+                       None if appearance is None else np.asarray(looks, np.float32), settings=match or MatchSettings())
 
 
 def ranked_rows(view: RankingView, queries: np.ndarray, k: int, category_first: bool,

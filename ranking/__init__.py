@@ -8,7 +8,7 @@ figures in docs/QUALITY.md measure the code that ships. See ranking/rank.py.
 from ranking.rank import (
     THRESHOLD_SLACK,
     Guess,
-    MatchPoints,
+    MatchSettings,
     Ranked,
     RankingView,
     RankOptions,
@@ -16,5 +16,5 @@ from ranking.rank import (
     rank_query,
 )
 
-__all__ = ["THRESHOLD_SLACK", "Guess", "MatchPoints", "RankOptions", "Ranked", "RankingView", "rank_product",
+__all__ = ["THRESHOLD_SLACK", "Guess", "MatchSettings", "RankOptions", "Ranked", "RankingView", "rank_product",
            "rank_query"]

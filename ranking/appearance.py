@@ -2,13 +2,15 @@
 
 The CNN vector says *what* a photo shows (a dress, a watch) far better than its colour: its last layer
 pools colour away. So inside one category (the guessed one, the anchor's, or a category filter) the
-appearance cosine lowers each candidate's match by up to ``MatchPoints.colour`` points, the CNN's closest
-excepted (ranking/rank.py), while the category vote, the threshold and the "no close match" rule stay the
+appearance cosine sets the share of its similarity each candidate keeps as its match (``MatchSettings``), the
+CNN's closest excepted (ranking/rank.py), while the category vote, the threshold and the "no close match" rule stay the
 CNN's. (The stored ``weight`` is kept in the file for older readers; the ranking no longer uses it.)
 The appearance vector of a photo is a colour histogram of its foreground (hue × saturation
 × value, plus greys; the background is the colour of the border); when the catalog has a colour column
 (e.g. ``base_colour``) the build fits a small ridge projection from [histogram, CNN vector] to those
-colours, on catalog rows only, like the whitening. docs/QUALITY.md has every variant tried and its numbers.
+colours, on catalog rows only, like the whitening, and a catalog product whose colour is one of them is
+described by that colour itself (the label says it better than a guess from its photo); the query's colour is
+always the projection's guess. docs/QUALITY.md has every variant tried and its numbers.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class Appearance:
     weight: float
     mean: np.ndarray | None = None  # centring of [histogram, search vector]; None: the histogram alone
     projection: np.ndarray | None = None  # (HIST_SIZE + search dim) × colours
+    colours: tuple[str, ...] = ()  # the projection's colours, in its column order (() in files before them)
 
     def vectors(self, hists: np.ndarray, search_vectors: np.ndarray) -> np.ndarray:
         """Unit appearance vectors of photos (rows) from their histograms and search-space vectors."""
@@ -82,11 +85,24 @@ class Appearance:
             return _unit(np.sqrt(np.maximum(np.atleast_2d(hists), 0)))
         return _unit((_features(hists, search_vectors) - self.mean) @ self.projection)
 
+    def catalog_vectors(self, hists: np.ndarray, search_vectors: np.ndarray, colours: list[str]) -> np.ndarray:
+        """Unit appearance vectors of catalog products: their own colour (one-hot) where it is one the projection
+        knows, else ``vectors`` (the guess from the photo)."""
+        out = self.vectors(hists, search_vectors)
+        column = {name: i for i, name in enumerate(self.colours)}
+        known = [(row, column[c]) for row, c in enumerate(colours) if c in column]
+        if known:
+            rows, cols = np.array(known).T
+            out[rows] = 0.0
+            out[rows, cols] = 1.0
+        return out
+
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
         arrays = {"weight": np.float32(self.weight)}
         if self.projection is not None:
-            arrays |= {"mean": self.mean.astype(np.float32), "projection": self.projection.astype(np.float32)}
+            arrays |= {"mean": self.mean.astype(np.float32), "projection": self.projection.astype(np.float32),
+                       "colours": np.array(self.colours)}
         np.savez(buf, **arrays)
         return buf.getvalue()
 
@@ -98,12 +114,15 @@ class Appearance:
                 weight = float(npz["weight"])
                 mean = npz["mean"] if "mean" in npz else None
                 projection = npz["projection"] if "projection" in npz else None
+                colours = tuple(str(c) for c in npz["colours"]) if "colours" in npz else ()
         except Exception as exc:  # noqa: BLE001 - any unreadable file is the same refusal
             raise ValueError(f"unreadable appearance file: {exc}") from None
         if not 0 <= weight <= 1 or (projection is not None and (mean is None or projection.ndim != 2
                                                                   or mean.shape != (projection.shape[0],))):
             raise ValueError("malformed appearance file")
-        return cls(weight, mean, projection)
+        if colours and (projection is None or len(colours) != projection.shape[1]):
+            raise ValueError("malformed appearance file: its colours do not name the projection's columns")
+        return cls(weight, mean, projection, colours)
 
 
 def _ridge(hists: np.ndarray, search_vectors: np.ndarray, rows: np.ndarray, labels: np.ndarray, classes: int,
@@ -132,17 +151,17 @@ def fit_appearance(hists: np.ndarray, search_vectors: np.ndarray, colours: list[
     counts = Counter(c for c in colours if c)
     named = sorted(c for c, n in counts.items() if n >= 2)
     code = {c: i for i, c in enumerate(named)}
-    rows = np.array([i for i, c in enumerate(colours) if c in code], dtype=np.int64)
+    rows = np.array([i for i, c in enumerate(colours) if c in code])  # ints (an empty one returns below)
     info: dict = {"descriptor": DESCRIPTOR, "depth": RERANK_DEPTH}
     if len(rows) < settings.min_labelled or len(named) < settings.min_colours:
         info |= {"weight": settings.unsupervised_weight, "projection": None,
                  "source": f"colour histogram: {len(rows)} products in {len(named)} colours with 2+ products "
                            f"(a projection needs {settings.min_labelled} in {settings.min_colours})"}
         return Appearance(settings.unsupervised_weight), info
-    labels = np.array([code[colours[i]] for i in rows], dtype=np.int64)
+    labels = np.array([code[colours[i]] for i in rows])
     mean, projection = _ridge(hists, np.asarray(search_vectors), rows, labels, len(named), settings.ridge)
     info |= {"weight": settings.weight, "projection": {"colours": len(named), "fitted_on": len(rows),
                                                          "ridge": settings.ridge},
              "source": "ridge projection onto the catalog's colours"}
-    return Appearance(settings.weight, mean.astype(np.float32), projection.astype(np.float32)), info
+    return Appearance(settings.weight, mean.astype(np.float32), projection.astype(np.float32), tuple(named)), info
 

@@ -5,15 +5,17 @@ is it the same kind of thing at all) and guesses the query's category by a vote 
 (ranking/category_first.py). Every result then gets one number, its **match** (percent), and the list is
 sorted by it, so the order and the number a shopper sees always agree, down a page and across pages:
 
-    match = similarity − colour · (1 − appearance cosine) / 2    inside the category ranked first (never < 0)
-    match = similarity                                           for the category's CNN-closest product
-    match = min(similarity, the category's last match)           for products of other categories, after it
+    match = similarity · ((1 + a) / (1 + a_best)) ^ power    inside the category ranked first
+    match = similarity                                        for the category's CNN-closest product
+    match = min(similarity, the category's last match)        for products of other categories, after it
 
-The similarity is the CNN's (ranking/calibration.py). The colour (ranking/appearance.py) is a bounded
-tie-breaker: it reorders products the CNN finds about equally near, and it never moves the CNN's closest,
-so the exact product of a shopper's photo is never pushed below a lookalike colour. Without a category
-ranked first (similarity alone) the match is the similarity. Every step works on what the backend
-returns, so every backend ranks the same way.
+The similarity is the CNN's (ranking/calibration.py); ``a`` is a product's appearance cosine to the query
+(ranking/appearance.py) and ``a_best`` the highest of the category's other candidates, so the products of
+the colour nearest the query's keep their similarity and the others keep a share of it that falls with their
+colour. The colour never moves the CNN's closest, so the exact product of a shopper's photo is never pushed
+below a lookalike colour, and no match is above the similarity. Without a category ranked first (similarity
+alone) the match is the similarity. Every step works on what the backend returns, so every backend ranks
+the same way.
 """
 
 from __future__ import annotations
@@ -34,11 +36,11 @@ THRESHOLD_SLACK = 1e-6
 
 
 @dataclass(frozen=True)
-class MatchPoints:
-    """How far the colour moves a product's match (percent points); chosen on the tuning halves of the
-    shopper-photo and held-out protocols (docs/QUALITY.md)."""
+class MatchSettings:
+    """How far the colour moves a product's match inside one category; chosen on the tuning halves of the
+    held-out and shopper-photo protocols (docs/QUALITY.md)."""
 
-    colour: float = 100.0  # the most a colour unlike the query's lowers the match, inside one category
+    colour_power: float = 2.0  # the exponent of the colour's share: 0 = the match is the similarity
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ class RankingView:
     appearance_rows: np.ndarray | None = None  # ... and each row's appearance vector
     no_match_percent: float | None = None  # the fitted "no close match" rule (ranking/no_match.py); None: never
     prices: np.ndarray | None = None  # price per row, NaN where unknown; None: no prices
-    points: MatchPoints = MatchPoints()  # how far the colour moves the match
+    settings: MatchSettings = MatchSettings()  # how far the colour moves the match
 
     @cached_property
     def _codes_by_name(self) -> dict[str, frozenset[int]]:
@@ -215,10 +217,10 @@ def _percents(view: RankingView, scores: list[float]) -> list[float]:
     return [float(p) for p in view.calibration.percent(np.array(scores, dtype=np.float64))]
 
 
-def _matched(view: RankingView, found: list[tuple[int, float]], shift: float | np.ndarray = 0.0
+def _matched(view: RankingView, found: list[tuple[int, float]], share: float | np.ndarray = 1.0
              ) -> list[tuple[int, float, float]]:
-    """(row, cosine, match): the match is the calibrated similarity plus ``shift`` points (per row or one)."""
-    percents = np.maximum(np.asarray(_percents(view, [score for _, score in found]), dtype=np.float64) + shift, 0.0)
+    """(row, cosine, match): the match is the calibrated similarity times ``share`` (per row or one, in [0, 1])."""
+    percents = np.asarray(_percents(view, [score for _, score in found]), dtype=np.float64) * share
     return [(row, score, float(match)) for (row, score), match in zip(found, percents, strict=True)]
 
 
@@ -247,8 +249,18 @@ def _in_category(view: RankingView, query: np.ndarray, cands: Candidates, where:
         return []
     rows = np.array([row for row, _ in deep])
     alike = np.clip(np.asarray(view.appearance_rows[rows] @ look, dtype=np.float64), -1.0, 1.0)
-    alike[0] = 1.0  # deep is best first: the CNN's closest keeps its similarity (the exact product stays on top)
-    return _matched(view, deep, -view.points.colour * (1.0 - alike) / 2.0)
+    return _matched(view, deep, colour_shares(alike, view.settings.colour_power))
+
+
+def colour_shares(alike: np.ndarray, power: float) -> np.ndarray:
+    """The share of its similarity each candidate keeps for its colour, from its appearance cosines ``alike``
+    (the CNN's order, best first): 1 for the first (the CNN's closest: the exact product stays on top) and for
+    the rest's colour nearest the query's, ``((1 + a) / (1 + a_best)) ** power`` for the others."""
+    shares = np.ones(len(alike))
+    near = 1.0 + np.asarray(alike[1:])  # 0 (the opposite colour) to 2 (the same): only ratios of it count
+    if len(near) and near.max() > 0:
+        shares[1:] = (near / near.max()) ** power
+    return shares
 
 
 def _best(view: RankingView, query: np.ndarray, cands: Candidates, where: Filter, k: int,

@@ -29,7 +29,7 @@ from evaluation.metrics import evaluate, labelled_rows
 from gateway.config import Config
 from indexstore.store import IndexNotFound, open_store, read_current
 from modelio.imaging import DEFAULT_MAX_PIXELS, ImageError
-from ranking import MatchPoints
+from ranking import MatchSettings
 from ranking.appearance import HIST_SIZE, AppearanceSettings, colour_column, colour_histogram
 from ranking.calibration import UNCALIBRATED, Calibration, fit_calibration
 from ranking.category_first import Grouping
@@ -125,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--scenes", type=int, default=200, help="shopper-photo: scenes per run")
     parser.add_argument("--part", choices=("tune", "report"), default="report",
                         help="shopper-photo: which half of the products the scenes show")
-    parser.add_argument("--colour-points", type=float, help="try this colour tie-breaker, in points (tuning)")
+    parser.add_argument("--colour-power", type=float, help="try this colour exponent in the match (tuning)")
     parser.add_argument("--save-scenes", type=int, default=0, help="shopper-photo: write this many scenes as JPEGs")
     return parser
 
@@ -194,7 +194,7 @@ def held_out_main(args: argparse.Namespace) -> int:
               "split": args.split, "seed": args.seed, "per_label": args.split_per_label,
               "labels": args.split_labels, "whitening": settings,
               **evaluate_held_out(np.asarray(index.embeddings), categories, labels, keys, split, settings,
-                                  hists=hists, colours=colours, settings=tuned, points=match_points(args))}
+                                  hists=hists, colours=colours, settings=tuned, match=match_settings(args))}
     (args.out / "held_out.json").write_text(json.dumps(report, indent=2))
     (args.out / "held_out.md").write_text(held_out_markdown(report))
     print(held_out_markdown(report))
@@ -213,7 +213,7 @@ def shopper_photo_main(args: argparse.Namespace) -> int:
     service = SearchService(config, EmbedderClient(Embedder.from_archive(args.archive)))
     service.indexes.load()
     index = service.require_index()
-    index.view = replace(index.view, points=match_points(args))
+    index.view = replace(index.view, settings=match_settings(args))
     source = ImageSource(args.catalog.parent, args.cache_dir)
 
     def photo(row: int):
@@ -234,9 +234,9 @@ def shopper_photo_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def match_points(args: argparse.Namespace) -> MatchPoints:
-    """The shipped ``MatchPoints``, or the colour points ``--colour-points`` tries instead."""
-    return MatchPoints() if args.colour_points is None else MatchPoints(colour=args.colour_points)
+def match_settings(args: argparse.Namespace) -> MatchSettings:
+    """The shipped ``MatchSettings``, or the colour exponent ``--colour-power`` tries instead."""
+    return MatchSettings() if args.colour_power is None else MatchSettings(colour_power=args.colour_power)
 
 
 def shopper_photo_markdown(report: dict) -> str:

@@ -101,11 +101,48 @@ def test_the_space_round_trips_and_a_malformed_file_is_refused():
     space, _ = fit_appearance(hists, search, names)
     again = Appearance.from_bytes(space.to_bytes())
     assert again.weight == pytest.approx(space.weight) and np.array_equal(again.projection, space.projection)
+    assert again.colours == space.colours == ("blue", "green", "red")
+    assert space.mean.dtype == again.mean.dtype == again.projection.dtype == np.float32  # the stored files' type
     assert Appearance.from_bytes(Appearance(0.3).to_bytes()).projection is None
+    mean, projection = np.zeros(4, np.float32), np.zeros((4, 2), np.float32)
+    older = Appearance(0.5, mean, projection)  # a file written before the colours were stored
+    assert Appearance.from_bytes(older.to_bytes()).colours == ()
+    assert Appearance.from_bytes(Appearance(0.5, mean, projection, ("a", "b")).to_bytes()).colours == ("a", "b")
     for bad in (b"junk", Appearance(1.5).to_bytes(),
-                Appearance(0.5, np.zeros(3, np.float32), np.zeros((4, 2), np.float32)).to_bytes()):
+                Appearance(0.5, np.zeros(3, np.float32), projection).to_bytes(),
+                Appearance(0.5, mean, projection, ("a",)).to_bytes(),  # one name for two columns
+                Appearance(0.5, mean, projection, ("a", "b", "c")).to_bytes()):
         with pytest.raises(ValueError):
             Appearance.from_bytes(bad)
+
+
+def test_a_pickled_appearance_file_is_never_unpickled():
+    """Its colour names as Python objects would run code from the store when loaded: refused, never loaded."""
+    from tests.pickled import Payload
+
+    evil = np.empty(2, dtype=object)
+    evil[:] = [Payload(), Payload()]
+    buf = io.BytesIO()
+    np.savez(buf, weight=np.float32(0.5), mean=np.zeros(4, np.float32), projection=np.zeros((4, 2), np.float32),
+             colours=evil)
+    Payload.ran = 0
+    with pytest.raises(ValueError, match="unreadable appearance file"):
+        Appearance.from_bytes(buf.getvalue())
+    assert Payload.ran == 0
+
+
+def test_a_catalog_product_is_described_by_its_own_colour_where_the_projection_knows_it():
+    hists, search, names = labelled(20)
+    space, _ = fit_appearance(hists, search, names)
+    colours = ["red", "purple", "", "blue"]  # purple: not one of the projection's colours
+    rows = space.catalog_vectors(hists[:4], search[:4], colours)
+    assert np.array_equal(rows[0], [0, 0, 1]) and np.array_equal(rows[3], [1, 0, 0])  # blue, green, red
+    guessed = space.vectors(hists[:4], search[:4])
+    assert np.allclose(rows[1:3], guessed[1:3], atol=1e-6)  # unknown or no colour: the guess from the photo
+    assert np.allclose(space.catalog_vectors(hists[:2], search[:2], ["", ""]), guessed[:2], atol=1e-6)
+    plain = Appearance(0.85)  # no projection (no colour column): the histogram, whatever a label says
+    assert np.allclose(plain.catalog_vectors(hists[:2], search[:2], ["red", "blue"]),
+                       plain.vectors(hists[:2], search[:2]), atol=1e-6)
 
 
 # --------------------------------------------------------------------------- through the gateway
@@ -169,7 +206,8 @@ def test_inside_the_category_the_colour_breaks_ties_below_the_cnns_closest(tmp_p
     assert [round(h.score, 2) for h in red.hits[:3]] == [0.99, 0.97, 0.98]
     matches = [h.match for h in red.hits]
     assert matches == sorted(matches, reverse=True) and matches[0] == red.hits[0].similarity
-    assert red.hits[1].match < red.hits[1].similarity and red.hits[2].match < red.hits[1].match
+    # below the first, the colour nearest the query's keeps its similarity, another colour only a share of it
+    assert red.hits[1].match == red.hits[1].similarity and red.hits[2].match < red.hits[2].similarity
     alone = svc.search_image(shot(RED), SearchOptions(threshold=0, top_k=4, category_first=False))
     assert names(alone)[:3] == ["green top", "blue top", "red top"]  # similarity alone: the CNN's order
     assert [h.match for h in alone.hits] == [h.similarity for h in alone.hits]

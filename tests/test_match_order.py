@@ -9,10 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ranking import MatchPoints, RankingView, RankOptions, rank_product, rank_query
+from ranking import MatchSettings, RankingView, RankOptions, rank_product, rank_query
 from ranking.appearance import Appearance
 from ranking.calibration import UNCALIBRATED, Calibration
 from ranking.category_first import CategoryVote, Grouping
+from ranking.rank import colour_shares
 from search import ExactSearch
 
 SCALE = Calibration(UNCALIBRATED)  # percent = 100 × cosine
@@ -22,14 +23,15 @@ def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-9)).astype(np.float32)
 
 
-def random_view(seed: int, rows: int, points: float = MatchPoints().colour) -> tuple[RankingView, np.random.Generator]:
+def random_view(seed: int, rows: int, power: float = MatchSettings().colour_power
+                ) -> tuple[RankingView, np.random.Generator]:
     rng = np.random.default_rng(seed)
     labels = [str(c) for c in rng.choice(["a", "b", "c", ""], rows)]
     grouping = Grouping.from_labels(labels, SCALE.percent, CategoryVote(k=4, temperature=2.0))
     vectors = unit(rng.normal(size=(rows, 6)) + 0.8)  # mostly positive cosines, like a catalog's
     looks = unit(rng.normal(size=(rows, 3)))
     view = RankingView(ExactSearch(vectors, grouping.codes), grouping, SCALE, Appearance(weight=0.85), looks,
-                       points=MatchPoints(colour=points))
+                       settings=MatchSettings(colour_power=power))
     return view, rng
 
 
@@ -104,23 +106,34 @@ def test_more_like_this_pages_are_ordered_by_the_match_too(seed, rows, top_k):
     assert all(a >= b for a, b in zip(shown, shown[1:], strict=False)) and 0 not in first.rows + more.rows
 
 
-def test_the_colour_moves_a_product_by_at_most_its_points_and_never_above_the_cnns_closest():
-    grouping = Grouping.from_labels(["a"] * 3, SCALE.percent, CategoryVote(k=3, temperature=1e9))
-    vectors = unit(np.array([[1, 0.10], [1, 0.12], [1, 0.5]], np.float32))
-    looks = unit(np.array([[0, 1], [1, 0], [-1, 0]], np.float32))  # row 1 the query's colour, row 2 its opposite
-    view = RankingView(ExactSearch(vectors, grouping.codes), grouping, SCALE, Appearance(weight=0.85), looks)
-    found = rank_query(view, unit(np.array([1, 0.1], np.float32)), RankOptions(threshold=0, top_k=3),
-                       np.array([1, 0], np.float32))
-    assert found.rows == [0, 1, 2]  # row 0 is the CNN's closest: it stays first though its colour differs
+def test_the_colour_keeps_a_share_of_the_similarity_and_never_moves_the_cnns_closest():
+    grouping = Grouping.from_labels(["a"] * 4, SCALE.percent, CategoryVote(k=4, temperature=1e9))
+    vectors = unit(np.array([[1, 0.10], [1, 0.12], [1, 0.3], [1, 0.5]], np.float32))
+    # row 0 another colour, row 1 the query's, row 2 halfway (cosine 0), row 3 the opposite
+    looks = unit(np.array([[0, 1], [1, 0], [0, 1], [-1, 0]], np.float32))
+    query, look = unit(np.array([1, 0.1], np.float32)), np.array([1, 0], np.float32)
+
+    def ranked(power: float):
+        view = RankingView(ExactSearch(vectors, grouping.codes), grouping, SCALE, Appearance(weight=0.85), looks,
+                           settings=MatchSettings(colour_power=power))
+        return rank_query(view, query, RankOptions(threshold=0, top_k=4), look)
+
+    found = ranked(2.0)
+    assert found.rows == [0, 1, 2, 3]  # row 0 is the CNN's closest: it stays first though its colour differs
     assert found.matches[0] == found.similarities[0]  # no colour term on it
     assert found.matches[1] == found.similarities[1]  # the query's own colour: nothing lost
-    assert found.matches[2] == 0.0  # the opposite colour: all 100 points, and a match is never below 0 %
+    assert found.matches[2] == pytest.approx(found.similarities[2] * 0.25)  # halfway: (1/2) ** 2 of it
+    assert found.matches[3] == 0.0  # the opposite colour keeps nothing
+    assert ranked(1.0).matches[2] == pytest.approx(found.similarities[2] * 0.5)  # the power sets the share
+    assert ranked(0.0).matches == ranked(0.0).similarities  # power 0: the match is the similarity
 
-    def ranked(points: float):
-        space = RankingView(view.backend, grouping, SCALE, Appearance(weight=0.85), looks, points=MatchPoints(points))
-        return rank_query(space, unit(np.array([1, 0.1], np.float32)), RankOptions(threshold=0, top_k=3),
-                          np.array([1, 0], np.float32))
 
-    ten = ranked(10.0)
-    assert ten.matches[2] == pytest.approx(ten.similarities[2] - 10.0)  # the opposite colour loses all 10 points
-    assert ranked(0.0).matches == ranked(0.0).similarities  # no colour points: the match is the similarity
+@pytest.mark.parametrize(("alike", "shares"), [
+    ([-1.0, 1.0, 0.0, -1.0], [1.0, 1.0, 0.25, 0.0]),  # the first keeps all whatever its colour
+    ([1.0, 0.0, -1.0], [1.0, 1.0, 0.0]),  # the best of the rest keeps all, even at cosine 0
+    ([0.2, -1.0, -1.0], [1.0, 1.0, 1.0]),  # every other one the opposite colour: no colour tells them apart
+    ([0.5], [1.0]),  # one candidate
+    ([], []),
+])
+def test_colour_shares_are_relative_to_the_best_colour_after_the_first(alike, shares):
+    assert colour_shares(np.array(alike), 2.0) == pytest.approx(np.array(shares))
