@@ -242,13 +242,14 @@ def _in_category(view: RankingView, query: np.ndarray, cands: Candidates, where:
                  min_score: float, look: np.ndarray | None) -> list[tuple[int, float, float]]:
     """``_best`` rows of one category with their match; with ``look`` and a version with appearance vectors,
     its best ``RERANK_DEPTH`` (by the CNN, over the threshold) get the colour tie-breaker (ranking/appearance.py)."""
-    if look is None or view.appearance is None or view.appearance_rows is None:
+    if look is None or view.appearance_rows is None:
         return _matched(view, _best(view, query, cands, where, k, min_score))
     deep = _best(view, query, cands, where, max(k, RERANK_DEPTH), min_score)
     if not deep:
         return []
     rows = np.array([row for row, _ in deep])
-    alike = np.clip(np.asarray(view.appearance_rows[rows] @ look, dtype=np.float64), -1.0, 1.0)
+    # a cosine, whatever a stored row's length (the index store is untrusted): -1 (opposite) to 1 (the same)
+    alike = np.clip(np.asarray(view.appearance_rows[rows] @ look), -1.0, 1.0)
     return _matched(view, deep, colour_shares(alike, view.settings.colour_power))
 
 

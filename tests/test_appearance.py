@@ -108,11 +108,17 @@ def test_the_space_round_trips_and_a_malformed_file_is_refused():
     older = Appearance(0.5, mean, projection)  # a file written before the colours were stored
     assert Appearance.from_bytes(older.to_bytes()).colours == ()
     assert Appearance.from_bytes(Appearance(0.5, mean, projection, ("a", "b")).to_bytes()).colours == ("a", "b")
-    for bad in (b"junk", Appearance(1.5).to_bytes(),
-                Appearance(0.5, np.zeros(3, np.float32), projection).to_bytes(),
-                Appearance(0.5, mean, projection, ("a",)).to_bytes(),  # one name for two columns
-                Appearance(0.5, mean, projection, ("a", "b", "c")).to_bytes()):
-        with pytest.raises(ValueError):
+    assert [Appearance.from_bytes(Appearance(w).to_bytes()).weight for w in (0.0, 1.0)] == [0.0, 1.0]  # both ends
+    no_mean = io.BytesIO()
+    np.savez(no_mean, weight=np.float32(0.5), projection=projection)  # a projection without its centring
+    malformed, unnamed = "^malformed appearance file$", "^malformed appearance file: its colours do not name"
+    for bad, message in ((b"junk", "^unreadable appearance file: "), (Appearance(1.5).to_bytes(), malformed),
+                         (Appearance(1.0001).to_bytes(), malformed), (Appearance(-0.0001).to_bytes(), malformed),
+                         (no_mean.getvalue(), malformed),
+                         (Appearance(0.5, np.zeros(3, np.float32), projection).to_bytes(), malformed),
+                         (Appearance(0.5, mean, projection, ("a",)).to_bytes(), unnamed),  # one name, two columns
+                         (Appearance(0.5, mean, projection, ("a", "b", "c")).to_bytes(), unnamed)):
+        with pytest.raises(ValueError, match=message):
             Appearance.from_bytes(bad)
 
 

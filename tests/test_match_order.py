@@ -128,6 +128,20 @@ def test_the_colour_keeps_a_share_of_the_similarity_and_never_moves_the_cnns_clo
     assert ranked(0.0).matches == ranked(0.0).similarities  # power 0: the match is the similarity
 
 
+def test_a_stored_appearance_row_of_any_length_counts_as_a_cosine():
+    """The index store is untrusted: a row twice too long is never more than the same colour, nor less than the
+    opposite one."""
+    grouping = Grouping.from_labels(["a"] * 4, SCALE.percent, CategoryVote(k=4, temperature=1e9))
+    vectors = unit(np.array([[1, 0.10], [1, 0.12], [1, 0.3], [1, 0.5]], np.float32))
+    looks = np.array([[0, 1], [2, 0], [-2, 0], [1, 0]], np.float32)  # rows 1 and 2 twice too long
+    view = RankingView(ExactSearch(vectors, grouping.codes), grouping, SCALE, Appearance(weight=0.85), looks)
+    found = rank_query(view, unit(np.array([1, 0.1], np.float32)), RankOptions(threshold=0, top_k=4),
+                       np.array([1, 0], np.float32))
+    assert found.rows == [0, 1, 3, 2]
+    assert found.matches[:3] == found.similarities[:3]  # the too-long row does not lower the true same colour
+    assert found.matches[3] == 0.0  # nor does the too-long opposite keep a share
+
+
 @pytest.mark.parametrize(("alike", "shares"), [
     ([-1.0, 1.0, 0.0, -1.0], [1.0, 1.0, 0.25, 0.0]),  # the first keeps all whatever its colour
     ([1.0, 0.0, -1.0], [1.0, 1.0, 0.0]),  # the best of the rest keeps all, even at cosine 0
