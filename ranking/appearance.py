@@ -65,7 +65,7 @@ class AppearanceSettings:
 
     weight: float = 0.85  # of the appearance cosine in the fused score, with a colour column
     unsupervised_weight: float = 0.85  # the same for the plain histogram (no colour column)
-    ridge: float = 1.0  # ridge regularisation of the projection
+    ridge: float = 5.0  # ridge regularisation of the projection (it guesses the query's colour)
     min_labelled: int = 50  # colour-labelled products needed to fit the projection ...
     min_colours: int = 2  # ... in at least this many colours with 2+ products each
 
