@@ -28,6 +28,7 @@ import numpy as np
 
 from catalog.reader import RowError
 from indexstore.store import CHUNK, CorruptIndex, IndexNotFound, Store, file_sha
+from modelio.colour import DESCRIPTOR
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,9 @@ COUNTS = ("embedded", "reused", "resumed", "downloaded", "cache_hits")
 
 
 def build_id(catalog: Path, backbone_id: str, shard_rows: int) -> str:
-    """The name of a build's shard folder: the same catalog bytes, backbone and shard size give the same one."""
-    digest = hashlib.sha256(f"{SHARD_FORMAT}\n{backbone_id}\n{shard_rows}\n".encode())
+    """The name of a build's shard folder: the same catalog bytes, backbone, colour descriptor and shard size give
+    the same one (a build never resumes shards whose histograms another descriptor wrote)."""
+    digest = hashlib.sha256(f"{SHARD_FORMAT}\n{backbone_id}\n{DESCRIPTOR}\n{shard_rows}\n".encode())
     with open(catalog, "rb") as fh:
         while chunk := fh.read(CHUNK):
             digest.update(chunk)

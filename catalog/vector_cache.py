@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from modelio.colour import DESCRIPTOR, HIST_SIZE
+
 
 class VectorCache:
     def __init__(self, root: Path, backbone: str) -> None:
@@ -25,9 +27,14 @@ class VectorCache:
     def get(self, digest: str) -> np.ndarray | None:
         return self._load(self._path(digest))
 
+    def _colour_path(self, digest: str) -> Path:
+        """Named by the colour descriptor: a histogram another descriptor wrote is never read as this one."""
+        return self._path(digest).with_suffix(f".{DESCRIPTOR}.npy")
+
     def get_colour(self, digest: str) -> np.ndarray | None:
-        """The image's colour histogram, when it was kept with its vector."""
-        return self._load(self._path(digest).with_suffix(".colour.npy"))
+        """The image's colour descriptor, when it was kept with its vector (and has the descriptor's size)."""
+        colour = self._load(self._colour_path(digest))
+        return colour if colour is not None and colour.shape == (HIST_SIZE,) else None
 
     @staticmethod
     def _load(path: Path) -> np.ndarray | None:
@@ -42,7 +49,7 @@ class VectorCache:
         path = self._path(digest)
         path.parent.mkdir(parents=True, exist_ok=True)
         if colour is not None:
-            self._write(path.with_suffix(".colour.npy"), colour)
+            self._write(self._colour_path(digest), colour)
         self._write(path, vector)
 
     @staticmethod

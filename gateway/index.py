@@ -40,7 +40,7 @@ from indexstore.store import (
     sync_version,
 )
 from ranking import RankingView
-from ranking.appearance import DESCRIPTOR, HIST_SIZE, Appearance
+from ranking.appearance import COARSE_SIZE, DESCRIPTOR, FEATURE_SIZE, Appearance
 from ranking.calibration import UNCALIBRATED, Calibration
 from ranking.category_first import Grouping
 from ranking.prototypes import from_bytes as prototypes_from_bytes
@@ -143,9 +143,9 @@ def _appearance(data: IndexData, rows: int, search_dim: int,
                    else np.load(io.BytesIO(data.file_bytes(APPEARANCE_VECTORS)), allow_pickle=False))
     except ValueError as exc:
         raise CorruptIndex(f"version {data.version}: {exc}") from None
-    width = HIST_SIZE if space.projection is None else space.projection.shape[1]
+    width = COARSE_SIZE if space.projection is None else space.projection.shape[1]
     if vectors.dtype != np.float32 or vectors.shape != (rows, width) or (
-            space.projection is not None and space.projection.shape[0] != HIST_SIZE + search_dim):
+            space.projection is not None and space.projection.shape[0] != FEATURE_SIZE + search_dim):
         raise CorruptIndex(f"version {data.version}: the appearance files do not match the index")
     return space, vectors
 

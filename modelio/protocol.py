@@ -8,9 +8,9 @@ the same vector, without formatting and parsing 1,280 decimal numbers per image 
 One request may carry several images (``{"images": [base64, ...]}``, at most ``MAX_IMAGES``): its answer is
 ``{"model", "runtime", "results": [...]}``, one entry per image in order, each an image's answer or
 ``{"error": reason}``: a bad image fails alone, and a build pays the per-request costs once per group. With
-``"colour": true`` in that request each image's entry also carries ``"colour_b64"``: its colour histogram
-(modelio/colour.py, ``HIST_SIZE`` little-endian float32), from the same decode as its vector, so the index
-build never decodes a photo itself.
+``"colour": true`` in that request each image's entry also carries ``"colour_b64"``: its colour descriptor
+(modelio/colour.py's histograms, ``HIST_SIZE`` little-endian float32), from the same decode as its vector, so
+the index build never decodes a photo itself.
 
 A feature-map request (``{"feature_map": base64 image, "side": pixels}``) is answered with the backbone's
 last feature map of that image before pooling: ``{"model", "shape": [C, h, w], "map_b64"}`` (little-endian
@@ -82,7 +82,8 @@ def decode_colour(body: dict) -> np.ndarray | None:
         return None
     hist = np.frombuffer(base64.b64decode(body["colour_b64"], validate=True), dtype="<f4").astype(np.float32)
     if hist.shape != (HIST_SIZE,) or not np.isfinite(hist).all() or (hist < 0).any():
-        raise ValueError(f"a colour histogram must be {HIST_SIZE} finite, non-negative floats")
+        raise ValueError(f"a colour histogram must be {HIST_SIZE} finite, non-negative floats, got {hist.size} "
+                         "(an archive built by other code sends another size: rebuild it, make mar)")
     return hist
 
 

@@ -5,9 +5,10 @@ pools colour away. So inside one category (the guessed one, the anchor's, or a c
 appearance cosine sets the share of its similarity each candidate keeps as its match (``MatchSettings``), the
 CNN's closest excepted (ranking/rank.py), while the category vote, the threshold and the "no close match" rule stay the
 CNN's. (The stored ``weight`` is kept in the file for older readers; the ranking no longer uses it.)
-The appearance vector of a photo is a colour histogram of its foreground (hue × saturation
-× value, plus greys; the background is the colour of the border); when the catalog has a colour column
-(e.g. ``base_colour``) the build fits a small ridge projection from [histogram, CNN vector] to those
+A photo's colour descriptor (modelio/colour.py) holds histograms (hue × saturation × value, plus greys) of
+its foreground (the background is the colour of the border) and of its centre without skin; without a colour
+column the appearance vector is the foreground's coarse histogram. When the catalog has a colour column
+(e.g. ``base_colour``) the build fits a small ridge projection from [histograms, CNN vector] to those
 colours, on catalog rows only, like the whitening, and a catalog product whose colour is one of them is
 described by that colour itself (the label says it better than a guess from its photo); the query's colour is
 always the projection's guess. docs/QUALITY.md has every variant tried and its numbers.
@@ -21,7 +22,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from modelio.colour import DESCRIPTOR, HIST_SIZE, SIDE, histogram_of  # noqa: F401 - HIST_SIZE re-exported
+from modelio.colour import (  # noqa: F401 - HIST_SIZE and DESCRIPTOR re-exported
+    COARSE_SIZE,
+    DESCRIPTOR,
+    FINE_SIZE,
+    HIST_SIZE,
+    SIDE,
+    centre_of,
+    coarse_of,
+    histogram_of,
+)
 from modelio.imaging import ImageError, decode_image
 
 #: How many of the best candidates of a category are re-ordered (by the CNN first, so deep enough).
@@ -43,10 +53,21 @@ def colour_histogram_or_none(data: bytes, max_pixels: int) -> np.ndarray | None:
         return None
 
 
+#: What the projection reads of a colour descriptor: its three histograms (coarse, fine, the centre's).
+FEATURE_SIZE = COARSE_SIZE + FINE_SIZE + COARSE_SIZE
+
+
+def _root(hists: np.ndarray) -> np.ndarray:
+    """Unit √histograms (rows): the Hellinger form, where a cosine compares two histograms."""
+    return _unit(np.sqrt(np.maximum(hists, 0)))
+
+
 def _features(hists: np.ndarray, search_vectors: np.ndarray) -> np.ndarray:
-    """What the projection reads: the unit √histogram beside the search-space (whitened CNN) vector."""
-    h = _unit(np.sqrt(np.maximum(np.atleast_2d(hists), 0)))
-    return np.hstack([h, np.atleast_2d(search_vectors).astype(np.float32)])
+    """What the projection reads: the colour descriptor's three histograms, each a unit √histogram (the whole
+    foreground's coarse and fine, the centre's without skin), beside the search-space (whitened CNN) vector."""
+    d = np.atleast_2d(hists)
+    return np.hstack([_root(coarse_of(d)), _root(d[:, :FINE_SIZE]), _root(centre_of(d)),
+                      np.atleast_2d(search_vectors).astype(np.float32)])
 
 
 def colour_column(products: list[dict]) -> str | None:
@@ -76,13 +97,13 @@ class Appearance:
 
     weight: float
     mean: np.ndarray | None = None  # centring of [histogram, search vector]; None: the histogram alone
-    projection: np.ndarray | None = None  # (HIST_SIZE + search dim) × colours
+    projection: np.ndarray | None = None  # (FEATURE_SIZE + search dim) × colours
     colours: tuple[str, ...] = ()  # the projection's colours, in its column order (() in files before them)
 
     def vectors(self, hists: np.ndarray, search_vectors: np.ndarray) -> np.ndarray:
         """Unit appearance vectors of photos (rows) from their histograms and search-space vectors."""
         if self.projection is None:
-            return _unit(np.sqrt(np.maximum(np.atleast_2d(hists), 0)))
+            return _root(coarse_of(np.atleast_2d(hists)))
         return _unit((_features(hists, search_vectors) - self.mean) @ self.projection)
 
     def catalog_vectors(self, hists: np.ndarray, search_vectors: np.ndarray, colours: list[str]) -> np.ndarray:

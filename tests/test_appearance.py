@@ -16,7 +16,22 @@ from gateway.images import QueryImage
 from gateway.query_token import Query, QueryTokens
 from gateway.service import SearchOptions, SearchService
 from indexstore.store import APPEARANCE, APPEARANCE_VECTORS, IndexData, open_store, write_and_publish
-from modelio.colour import FOREGROUND, GREY_BINS, HUE_BINS, MIN_FOREGROUND, SAT_BINS, SIDE, VAL_BINS, _hsv
+from modelio.colour import (
+    COARSE_SIZE,
+    FINE_SIZE,
+    FOREGROUND,
+    GREY_BINS,
+    HUE_BINS,
+    MIN_CENTRE,
+    MIN_FOREGROUND,
+    SAT_BINS,
+    SIDE,
+    VAL_BINS,
+    _hsv,
+    _skin,
+    centre_of,
+    coarse_of,
+)
 from ranking.appearance import (
     DESCRIPTOR,
     HIST_SIZE,
@@ -53,7 +68,8 @@ def test_a_picture_only_the_model_reads_has_no_histogram():
 
 def test_the_histogram_describes_the_product_not_the_background():
     red_on_white, red_on_grey = histogram_of(photo(RED)), histogram_of(photo(RED, background=(128, 128, 128)))
-    assert red_on_white.shape == (HIST_SIZE,) and red_on_white.sum() == pytest.approx(1.0)
+    assert red_on_white.shape == (HIST_SIZE,) and red_on_white.sum() == pytest.approx(2.0)  # two histograms
+    assert red_on_white[:FINE_SIZE].sum() == pytest.approx(1.0) and centre_of(red_on_white).sum() == pytest.approx(1.0)
     assert float(red_on_white @ red_on_grey) > 0.95 * float(red_on_white @ red_on_white)  # background ignored
     assert float(red_on_white @ histogram_of(photo(BLUE))) == 0.0  # different hue bins
     plain = histogram_of(Image.new("RGB", (64, 64), "white"))  # no foreground: the whole photo, all grey
@@ -287,7 +303,8 @@ def _npy(x: np.ndarray) -> bytes:
 def test_a_plain_photo_falls_in_one_hand_computed_bin(rgb, bin_index):
     """A photo of one colour has no foreground, so it is described whole: every pixel in one bin."""
     hist = histogram_of(Image.new("RGB", (80, 80), rgb))
-    assert hist[bin_index] == pytest.approx(1.0), np.flatnonzero(hist)
+    assert coarse_of(hist)[0, bin_index] == pytest.approx(1.0), np.flatnonzero(hist)
+    assert centre_of(hist)[0, bin_index] == pytest.approx(1.0)  # no centre without skin apart: the whole photo's
 
 
 def test_the_foreground_threshold_on_both_sides():
@@ -295,7 +312,7 @@ def test_the_foreground_threshold_on_both_sides():
     def background_share(delta: int) -> float:
         img = Image.new("RGB", (64, 64), (128, 128, 128))  # grey bin 2
         img.paste((128 - delta,) * 3, (8, 8, 56, 56))  # a darker grey product (bin 1), 2304 of 4096 pixels
-        return float(histogram_of(img)[108 + 2])
+        return float(coarse_of(histogram_of(img))[0, 108 + 2])
 
     assert background_share(int(FOREGROUND * 255) + 2) == 0.0  # over: only the product is described
     assert background_share(int(FOREGROUND * 255) - 2) == pytest.approx(1 - 2304 / 4096)  # under: the whole photo
@@ -305,7 +322,7 @@ def test_a_small_foreground_is_not_enough():
     img = Image.new("RGB", (64, 64), (255, 255, 255))
     img.paste((255, 0, 0), (30, 30, 33, 33))  # 9 of 4096 pixels: under MIN_FOREGROUND
     hist = histogram_of(img)
-    assert hist[108 + 3] > 0.9  # described whole: mostly white
+    assert coarse_of(hist)[0, 108 + 3] > 0.9 and centre_of(hist)[0, 108 + 3] > 0.9  # described whole: mostly white
 
 
 def test_hsv_equals_the_standard_conversion():
@@ -334,7 +351,7 @@ def _histogram_as_first_written(img: Image.Image) -> np.ndarray:
     hue = np.where(spread > 1e-6, (hue / 6.0) % 1.0, 0.0)
     sat, val = np.where(top > 1e-6, spread / np.where(top > 1e-6, top, 1.0), 0.0), top
     chroma = (sat > 0.2) & (val > 0.2)
-    hist = np.zeros(HIST_SIZE, np.float64)
+    hist = np.zeros(COARSE_SIZE, np.float64)
     hi = np.minimum((hue * HUE_BINS).astype(int), HUE_BINS - 1)
     si = np.minimum(((sat - 0.2) / 0.8 * SAT_BINS).astype(int), SAT_BINS - 1)
     vi = np.minimum(((val - 0.2) / 0.8 * VAL_BINS).astype(int), VAL_BINS - 1)
@@ -344,10 +361,10 @@ def _histogram_as_first_written(img: Image.Image) -> np.ndarray:
     return (hist / max(hist.sum(), 1)).astype(np.float32)
 
 
-def test_the_descriptor_is_the_one_indexes_were_built_with():
-    """The fast histogram (colour planes, bincount) puts every pixel in the bin the first one did, for every
-    image mode and for a photo with no clear background: an index built before needs no rebuild. One pixel
-    in another bin moves two bins by 1/4096, far above the tolerance."""
+def test_the_coarse_histogram_is_the_one_indexes_were_first_built_with():
+    """The whole foreground's coarse histogram (summed from the fine one) puts every pixel in the bin the first
+    histogram did, for every image mode and for a photo with no clear background: without a colour column it is
+    the appearance vector, as it was. One pixel in another bin moves two bins by 1/4096, far above the tolerance."""
     rng = np.random.default_rng(3)
     scenes = [photo(RED), photo(BLUE, background=(128, 128, 128)), Image.new("RGB", (64, 64), "white")]
     for _ in range(12):
@@ -356,14 +373,14 @@ def test_the_descriptor_is_the_one_indexes_were_built_with():
     for img in scenes:
         hist = histogram_of(img)
         assert hist.dtype == np.float32 and hist.shape == (HIST_SIZE,)
-        assert np.allclose(hist, _histogram_as_first_written(img), rtol=0, atol=1e-7), img.mode
+        assert np.allclose(coarse_of(hist)[0], _histogram_as_first_written(img), rtol=0, atol=1e-7), img.mode
 
 
 def test_a_half_colour_half_grey_product_splits_its_histogram_evenly():
     img = Image.new("RGB", (64, 64), (255, 255, 255))
     img.paste((200, 20, 20), (8, 8, 32, 56))  # red left half of the product
     img.paste((60, 60, 60), (32, 8, 56, 56))  # dark grey right half
-    hist = histogram_of(img)
+    hist = coarse_of(histogram_of(img))[0]
     assert hist.sum() == pytest.approx(1.0)
     grey = HUE_BINS * SAT_BINS * VAL_BINS + 0  # the darkest grey bin (value 60/255 < 1/4)
     assert hist[grey] == pytest.approx(0.5, abs=0.02) and hist.max() == pytest.approx(0.5, abs=0.02)
@@ -376,8 +393,14 @@ def test_the_fitted_projection_is_the_ridge_solution():
     colours = ["red"] * 25 + ["blue"] * 25 + ["green"] * 2 + ["pink"] + [""] * 7
     space, info = fit_appearance(hists, vectors, colours, AppearanceSettings(ridge=2.0, min_labelled=52))
     rows = list(range(52))  # pink has one product: not a colour to learn; unlabelled rows neither
-    x = np.hstack([np.sqrt(hists[rows]) / np.linalg.norm(np.sqrt(hists[rows]), axis=1, keepdims=True),
-                   vectors[rows]]).astype(np.float64)
+
+    def root(h: np.ndarray) -> np.ndarray:
+        return np.sqrt(h) / np.linalg.norm(np.sqrt(h), axis=1, keepdims=True)
+
+    fine = hists[rows, :FINE_SIZE]
+    coarse = np.hstack([fine[:, :216].reshape(52, 12, 2, 9).sum(axis=2).reshape(52, 108),
+                        fine[:, 216:].reshape(52, 4, 2).sum(axis=2)])
+    x = np.hstack([root(coarse), root(fine), root(hists[rows, FINE_SIZE:]), vectors[rows]]).astype(np.float64)
     y = np.eye(3)[[{"blue": 0, "green": 1, "red": 2}[colours[i]] for i in rows]]
     xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
     expected = np.linalg.solve(xc.T @ xc + 2.0 * np.eye(x.shape[1]), xc.T @ yc)
@@ -411,3 +434,115 @@ def test_the_projection_summed_in_blocks_is_the_whole_least_squares_fit(block):
     expected = np.linalg.solve(centred.T @ centred + np.eye(x.shape[1]), centred.T @ (targets - targets.mean(axis=0)))
     np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-10)
     np.testing.assert_allclose(projection, expected, rtol=1e-6, atol=1e-9)
+
+
+def _descriptor_pixel_by_pixel(img: Image.Image) -> np.ndarray:
+    """The descriptor written plainly, one pixel at a time with ``colorsys``: the fine histogram of the
+    foreground, then the coarse one of the centre's foreground without skin (the foreground's when too few)."""
+    x = np.asarray(img.convert("RGB").resize((SIDE, SIDE), Image.BILINEAR), dtype=np.float32) / 255
+    border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
+    fg = np.abs(x - np.median(border, axis=0)).max(axis=-1) > FOREGROUND
+    fg = fg if fg.mean() >= MIN_FOREGROUND else np.ones_like(fg)
+
+    def bin_of(px: np.ndarray, hues: int, greys: int) -> int:
+        hue, sat, val = colorsys.rgb_to_hsv(*px.astype(np.float64))
+        r, g, b = px * 255
+        if sat > 0.2 and val > 0.2:
+            return (min(int(hue * hues), hues - 1) * 9 + min(int((sat - 0.2) / 0.8 * 3), 2) * 3
+                    + min(int((val - 0.2) / 0.8 * 3), 2))
+        return hues * 9 + min(int(val * greys), greys - 1)
+
+    def skin(px: np.ndarray) -> bool:
+        r, g, b = px * 255
+        return r > 95 and g > 40 and b > 20 and abs(r - g) > 15 and r > g and r > b
+
+    fine, centre = np.zeros(FINE_SIZE), np.zeros(COARSE_SIZE)
+    worn = [(i, j) for i in range(16, 48) for j in range(16, 48) if fg[i, j] and not skin(x[i, j])]
+    for i, j in zip(*np.nonzero(fg), strict=True):
+        fine[bin_of(x[i, j], 24, 8)] += 1
+    for i, j in worn if len(worn) >= MIN_CENTRE else zip(*np.nonzero(fg), strict=True):
+        centre[bin_of(x[i, j], 12, 4)] += 1
+    return np.concatenate([fine / fine.sum(), centre / centre.sum()])
+
+
+def test_the_descriptor_is_its_plain_definition():
+    """Every pixel in the bins the plain definition gives, for a product on a background, person-like scenes,
+    a photo with no clear background, and noise of colours off every bin edge (every hue, greys, skin tones:
+    8-bit colours often fall exactly on an edge, where float32 and float64 may round apart)."""
+    rng = np.random.default_rng(5)
+    scenes = [photo(RED), photo(BLUE, background=(128, 128, 128)), Image.new("RGB", (64, 64), "white"), _worn(),
+              _worn(300)]
+    palette = _off_edge_colours(rng, 60)
+    scenes += [Image.fromarray(palette[rng.integers(0, len(palette), (64, 64))]) for _ in range(4)]
+    for img in scenes:
+        assert np.allclose(histogram_of(img), _descriptor_pixel_by_pixel(img), rtol=0, atol=1e-6)
+
+
+def _off_edge_colours(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` 8-bit colours whose hue, saturation and value are each at least 0.01 of a bin from any bin edge."""
+    out: list[np.ndarray] = []
+    while len(out) < n:
+        px = rng.integers(0, 256, 3).astype(np.uint8)
+        hue, sat, val = colorsys.rgb_to_hsv(*(px / 255))
+        marks = [hue * 24, (sat - 0.2) / 0.8 * 3, (val - 0.2) / 0.8 * 3, val * 8, sat / 0.2, val / 0.2]
+        if all(abs(m - round(m)) > 0.01 for m in marks):
+            out.append(px)
+    return np.array(out)
+
+
+def _worn(blue_pixels: int = 32 * 32) -> Image.Image:
+    """A person-like photo on white: skin over the whole centre, ``blue_pixels`` of it a blue garment, and a
+    red bag outside the centre."""
+    img = Image.new("RGB", (64, 64), (255, 255, 255))
+    img.paste((224, 172, 140), (16, 16, 48, 48))  # skin
+    garment = np.array(img)
+    rows, cols = np.divmod(np.arange(blue_pixels), 32)
+    garment[16 + rows, 16 + cols] = BLUE
+    img = Image.fromarray(garment)
+    img.paste(RED, (2, 52, 14, 62))  # the bag, outside the middle half
+    return img
+
+
+def test_the_centre_describes_what_is_worn_not_the_wearer_or_the_bag():
+    hist = histogram_of(_worn(32 * 16))  # half the centre blue, half skin
+    centre, fine = centre_of(hist)[0], hist[:FINE_SIZE]
+    blue = 7 * 9 + 2 * 3 + 2  # hue 0.648 → 7.8 of 12, saturation 0.9 → 2.6 of 3, value 0.78 → 2.2 of 3
+    assert centre[blue] == pytest.approx(1.0)  # only the garment
+    assert fine[np.flatnonzero(fine)].size >= 3  # the whole foreground: skin, garment and bag
+    assert coarse_of(hist)[0, blue] == pytest.approx(512 / (1024 + 120), abs=0.01)
+
+
+@pytest.mark.parametrize(("garment", "alone"), [(MIN_CENTRE, True), (MIN_CENTRE - 1, False)])
+def test_too_few_worn_pixels_describe_the_centre_by_the_whole_foreground(garment, alone):
+    """At ``MIN_CENTRE`` pixels the centre is the garment's; one fewer, it is the whole foreground's."""
+    hist = histogram_of(_worn(garment))
+    centre = centre_of(hist)[0]
+    assert bool(centre.max() == pytest.approx(1.0)) is alone
+    if not alone:
+        assert np.allclose(centre, coarse_of(hist)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize(("rgb", "skin"), [
+    ((200, 150, 120), True), ((96, 60, 40), True),
+    ((94, 60, 40), False),  # red at or under 95
+    ((150, 40, 30), False), ((150, 42, 30), True),  # green at or under 40, just over
+    ((150, 100, 20), False), ((150, 100, 22), True),  # blue at or under 20, just over
+    ((150, 135, 100), False), ((150, 134, 100), True),  # red and green within 15, just over
+    ((120, 140, 60), False),  # green over red
+    ((120, 60, 130), False),  # blue over red
+    ((120, 60, 120), False),  # blue as red: not over it
+])
+def test_the_skin_rule_on_both_sides_of_each_limit(rgb, skin):
+    planes = np.array(rgb, np.float32).reshape(3, 1) / 255
+    assert bool(_skin(planes)[0]) is skin
+
+
+def test_the_fine_histogram_splits_each_coarse_hue_and_grey_in_two():
+    """Two hues of one coarse bin (either side of 1/24) and two greys of one (either side of 1/8) are told apart
+    by the fine histogram and summed again by ``coarse_of``."""
+    for left, right, coarse in (((255, 20, 0), (255, 80, 0), 0 * 9 + 2 * 3 + 2),  # hue 0.013 and 0.052
+                                ((20, 20, 20), (40, 40, 40), 108)):  # value 0.08 and 0.16, either side of 1/8
+        img = Image.new("RGB", (64, 64), left)
+        img.paste(right, (0, 0, 64, 32))
+        hist = histogram_of(img)
+        assert np.count_nonzero(hist[:FINE_SIZE]) == 2 and coarse_of(hist)[0, coarse] == pytest.approx(1.0)

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
+from modelio.colour import HIST_SIZE
 from modelio.imaging import ImageError
 from modelio.protocol import COMPACT
 from modelserver.client import ModelServerError, TorchServeClient
@@ -546,7 +547,7 @@ def _colour_group(body: bytes):
         return 200, {"embedding": [float(len(body))], "dim": 1, "model": "m-1"}
     request = json.loads(body)
     entries = [{"embedding": [float(len(base64.b64decode(b)))], "dim": 1,
-                **({"colour_b64": base64.b64encode(np.eye(1, 112, dtype="<f4").tobytes()).decode()}
+                **({"colour_b64": base64.b64encode(np.eye(1, HIST_SIZE, dtype="<f4").tobytes()).decode()}
                    if request.get("colour") else {})} for b in request["images"]]
     return 200, {"model": "m-1", "results": entries}
 

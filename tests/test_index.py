@@ -27,7 +27,7 @@ from indexstore.store import (
     publish,
     write_version,
 )
-from ranking.appearance import DESCRIPTOR, HIST_SIZE, Appearance
+from ranking.appearance import DESCRIPTOR, FEATURE_SIZE, Appearance
 from ranking.whitening import fit_whitening
 from search import BackendSettings
 from tests.pickled import Payload
@@ -171,7 +171,7 @@ def _appearance_version(tmp_path, space: Appearance, vectors: np.ndarray, descri
 
 
 def _projected(rows: int = 3, search_dim: int = 4, colours: int = 2) -> tuple[Appearance, np.ndarray]:
-    width = HIST_SIZE + search_dim
+    width = FEATURE_SIZE + search_dim
     space = Appearance(0.5, np.zeros(width, np.float32), np.ones((width, colours), np.float32))
     return space, np.ones((rows, colours), np.float32)
 
@@ -180,7 +180,7 @@ def test_a_projected_appearance_space_is_read_memory_mapped(tmp_path):
     space, vectors = _projected()
     _appearance_version(tmp_path, space, vectors)
     index = _loaded(tmp_path).current
-    assert index.appearance.projection.shape == (HIST_SIZE + 4, 2)
+    assert index.appearance.projection.shape == (FEATURE_SIZE + 4, 2)
     assert isinstance(index.appearance_rows, np.memmap) and index.appearance_rows.shape == (3, 2)
     assert index.view.appearance_rows is index.appearance_rows
 
@@ -213,19 +213,19 @@ def test_another_appearance_descriptor_is_not_used_and_says_so(tmp_path, caplog)
 
 
 @pytest.mark.parametrize(("space_rows", "vector_shape", "dtype"), [
-    (HIST_SIZE + 4, (3, 2), np.float32),  # the good one
-    (HIST_SIZE + 3, (3, 2), np.float32),  # a projection for another search space
-    (HIST_SIZE + 5, (3, 2), np.float32),
-    (HIST_SIZE + 4, (3, 3), np.float32),  # vectors of another width ...
-    (HIST_SIZE + 4, (2, 2), np.float32),  # ... or for fewer products
-    (HIST_SIZE + 4, (3, 2), np.float64),
+    (FEATURE_SIZE + 4, (3, 2), np.float32),  # the good one
+    (FEATURE_SIZE + 3, (3, 2), np.float32),  # a projection for another search space
+    (FEATURE_SIZE + 5, (3, 2), np.float32),
+    (FEATURE_SIZE + 4, (3, 3), np.float32),  # vectors of another width ...
+    (FEATURE_SIZE + 4, (2, 2), np.float32),  # ... or for fewer products
+    (FEATURE_SIZE + 4, (3, 2), np.float64),
 ])
 def test_appearance_files_are_checked_against_the_index(tmp_path, space_rows, vector_shape, dtype):
     space = Appearance(0.5, np.zeros(space_rows, np.float32), np.ones((space_rows, 2), np.float32))
     version = _appearance_version(tmp_path, space, np.ones(vector_shape, dtype))
     manager = IndexManager(str(tmp_path / "index"), tmp_path / "copy", 0)
     manager.load()
-    if space_rows == HIST_SIZE + 4 and vector_shape == (3, 2) and dtype == np.float32:
+    if space_rows == FEATURE_SIZE + 4 and vector_shape == (3, 2) and dtype == np.float32:
         assert manager.current is not None and manager.current.appearance is not None
     else:
         assert manager.current is None

@@ -237,7 +237,7 @@ def test_kill_minus_9_build_process_then_rerun(index_uri, tmp_path):
     vectors = tmp_path / "vectors"
 
     def kept() -> int:  # the vector files (each has its colour histogram beside it)
-        return sum(not p.name.endswith(".colour.npy") for p in vectors.rglob("*.npy"))
+        return sum(p.name.count(".") == 1 for p in vectors.rglob("*.npy"))  # <sha>.npy, not <sha>.<descriptor>.npy
 
     done_before = kept()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -61,6 +61,10 @@ def test_a_colour_histogram_round_trips_and_a_malformed_one_is_refused():
         with pytest.raises(ValueError, match="colour histogram"):
             decode_colour(entry)
     assert decode_colour({}) is None
+    older = {"colour_b64": base64.b64encode(np.full(112, 1 / 112, "<f4").tobytes()).decode()}  # the 112-bin one
+    with pytest.raises(ValueError, match=rf"^a colour histogram must be {HIST_SIZE} .*, got 112 \(an archive built "
+                                         r"by other code sends another size: rebuild it, make mar\)$"):
+        decode_colour(older)
 
 
 def test_a_feature_map_round_trips_as_float16():

@@ -61,12 +61,15 @@ def test_shards_spool_every_row_once_in_order(tmp_path, n, counts):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"rows-{i:05d}.jsonl" for i in range(len(counts))]
 
 
-def test_the_build_id_follows_the_catalog_the_model_and_the_shard_size(tmp_path):
+def test_the_build_id_follows_the_catalog_the_model_the_colour_descriptor_and_the_shard_size(tmp_path, monkeypatch):
     csv = tmp_path / "p.csv"
     csv.write_text("id\n1\n")
     first = build_id(csv, "a", 4)
     assert first == build_id(csv, "a", 4)
     assert len({first, build_id(csv, "b", 4), build_id(csv, "a", 5)}) == 3
+    monkeypatch.setattr("catalog.shards.DESCRIPTOR", "hsv-other-v0")  # shards of another histogram: not resumed
+    assert build_id(csv, "a", 4) != first
+    monkeypatch.undo()
     csv.write_text("id\n2\n")
     assert build_id(csv, "a", 4) != first
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from catalog.vector_cache import VectorCache
+from modelio.colour import DESCRIPTOR, HIST_SIZE
 
 DIGEST = "ab" + "0" * 62
 
@@ -43,3 +44,21 @@ def test_a_cache_file_that_needs_pickle_is_never_loaded(tmp_path):
     path = next(tmp_path.rglob(f"{DIGEST}.npy"))
     np.save(path, np.array([{"run": "code"}], dtype=object), allow_pickle=True)
     assert cache.get(DIGEST) is None
+
+
+def test_a_colour_is_read_only_as_the_descriptor_that_wrote_it(tmp_path):
+    """Named by the descriptor: an older build's ``.colour.npy`` (another histogram) is never read as this one,
+    and a file of another size under this name is not either (the build decodes the photo again)."""
+    cache = VectorCache(tmp_path, "backbone-a")
+    colour = np.linspace(0, 1, HIST_SIZE, dtype=np.float32)
+    cache.put(DIGEST, np.ones(2, np.float32), colour)
+    path = next(tmp_path.rglob(f"{DIGEST}.{DESCRIPTOR}.npy"))
+    assert cache.get_colour(DIGEST).tolist() == colour.tolist()
+    np.save(path.with_name(f"{DIGEST}.colour.npy"), np.ones(112, np.float32))  # what the 112-bin code wrote
+    path.unlink()
+    assert cache.get_colour(DIGEST) is None and cache.get(DIGEST) is not None
+    for size in (HIST_SIZE - 1, HIST_SIZE + 1):
+        np.save(path, np.ones(size, np.float32))
+        assert cache.get_colour(DIGEST) is None
+    np.save(path, np.ones(HIST_SIZE, np.float32))
+    assert cache.get_colour(DIGEST) is not None
