@@ -66,8 +66,7 @@ def _features(hists: np.ndarray, search_vectors: np.ndarray) -> np.ndarray:
     """What the projection reads: the colour descriptor's three histograms, each a unit √histogram (the whole
     foreground's coarse and fine, the centre's without skin), beside the search-space (whitened CNN) vector."""
     d = np.atleast_2d(hists)
-    return np.hstack([_root(coarse_of(d)), _root(d[:, :FINE_SIZE]), _root(centre_of(d)),
-                      np.atleast_2d(search_vectors).astype(np.float32)])
+    return np.hstack([_root(coarse_of(d)), _root(d[:, :FINE_SIZE]), _root(centre_of(d)), np.atleast_2d(search_vectors)])
 
 
 def colour_column(products: list[dict]) -> str | None:

@@ -546,3 +546,26 @@ def test_the_fine_histogram_splits_each_coarse_hue_and_grey_in_two():
         img.paste(right, (0, 0, 64, 32))
         hist = histogram_of(img)
         assert np.count_nonzero(hist[:FINE_SIZE]) == 2 and coarse_of(hist)[0, coarse] == pytest.approx(1.0)
+
+
+def test_a_projected_appearance_vector_is_its_definition():
+    """unit((features − mean) · projection), the features being the unit √ of the foreground's coarse histogram,
+    of its fine one and of the centre's, then the search vector, in that order."""
+    rng = np.random.default_rng(9)
+    hists = np.hstack([rng.random((3, FINE_SIZE)), rng.random((3, COARSE_SIZE))]).astype(np.float32)
+    search = rng.normal(size=(3, 5)).astype(np.float32)
+    width = 2 * COARSE_SIZE + FINE_SIZE + 5
+    mean, projection = rng.normal(size=width).astype(np.float32), rng.normal(size=(width, 4)).astype(np.float32)
+
+    def root(h: np.ndarray) -> np.ndarray:
+        return np.sqrt(h) / np.linalg.norm(np.sqrt(h), axis=1, keepdims=True)
+
+    fine = hists[:, :FINE_SIZE].astype(np.float64)
+    coarse = np.hstack([fine[:, :216].reshape(3, 12, 2, 9).sum(axis=2).reshape(3, 108),
+                        fine[:, 216:].reshape(3, 4, 2).sum(axis=2)])
+    features = np.hstack([root(coarse), root(fine), root(hists[:, FINE_SIZE:].astype(np.float64)), search])
+    raw = (features - mean) @ projection
+    got = Appearance(0.5, mean, projection).vectors(hists, search)
+    assert got.dtype == np.float32
+    assert np.allclose(got, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-5)
+    assert np.allclose(Appearance(0.5).vectors(hists, search), root(coarse), atol=1e-6)  # no projection

@@ -54,7 +54,10 @@ def test_a_colour_histogram_round_trips_and_a_malformed_one_is_refused():
     body = json.loads(encode_answers([EmbedResult(vector=np.ones(4, np.float32), colour=hist),
                                       EmbedResult(vector=np.ones(4, np.float32))], "m", "eager", compact=True))
     first, second = decode_answers(body, 2)
-    assert np.array_equal(first.colour, hist) and second.colour is None
+    assert np.array_equal(first.colour, hist) and second.colour is None and first.colour.dtype == np.float32
+    good = base64.b64encode(np.asarray(hist, "<f4").tobytes()).decode()
+    with pytest.raises(ValueError):  # a character outside base64 is refused, not skipped
+        decode_colour({"colour_b64": good[:8] + "!" + good[8:]})
     for bad in (hist[:-1], np.append(hist, 0.5), np.where(np.arange(HIST_SIZE) == 3, -0.1, hist),
                 np.where(np.arange(HIST_SIZE) == 3, np.nan, hist)):
         entry = {"colour_b64": base64.b64encode(np.asarray(bad, "<f4").tobytes()).decode()}
