@@ -64,12 +64,10 @@ def _coarse_bins() -> np.ndarray:
 
 
 def coarse_of(descriptors: np.ndarray) -> np.ndarray:
-    """The coarse histogram of the whole foreground (rows) from descriptors' fine histograms (rows)."""
+    """The coarse histogram of the whole foreground (rows) from descriptors' fine histograms (rows): each fine bin
+    added to its coarse one."""
     fine = np.atleast_2d(descriptors)[:, :FINE_SIZE]
-    chroma = HUE_BINS * SAT_BINS * VAL_BINS
-    hues = fine[:, :2 * chroma].reshape(len(fine), HUE_BINS, 2, SAT_BINS * VAL_BINS).sum(axis=2)
-    greys = fine[:, 2 * chroma:].reshape(len(fine), GREY_BINS, 2).sum(axis=2)
-    return np.hstack([hues.reshape(len(fine), chroma), greys])
+    return fine @ np.eye(COARSE_SIZE, dtype=fine.dtype)[_coarse_bins()]
 
 
 def centre_of(descriptors: np.ndarray) -> np.ndarray:
