@@ -86,8 +86,9 @@ def _binned(hue: np.ndarray, sat: np.ndarray, val: np.ndarray, hues: int, greys:
 
 
 def _counts(bins: np.ndarray, size: int) -> np.ndarray:
-    hist = np.bincount(bins, minlength=size).astype(np.float64)
-    return hist / max(hist.sum(), 1)
+    """The histogram of ``bins`` (never empty: the foreground has at least ``MIN_FOREGROUND`` of the photo and the
+    centre at least ``MIN_CENTRE`` pixels)."""
+    return np.bincount(bins, minlength=size) / bins.size
 
 
 def _skin(x: np.ndarray) -> np.ndarray:

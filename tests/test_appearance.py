@@ -523,11 +523,11 @@ def test_too_few_worn_pixels_describe_the_centre_by_the_whole_foreground(garment
 
 
 @pytest.mark.parametrize(("rgb", "skin"), [
-    ((200, 150, 120), True), ((96, 60, 40), True),
-    ((94, 60, 40), False),  # red at or under 95
-    ((150, 40, 30), False), ((150, 42, 30), True),  # green at or under 40, just over
-    ((150, 100, 20), False), ((150, 100, 22), True),  # blue at or under 20, just over
-    ((150, 135, 100), False), ((150, 134, 100), True),  # red and green within 15, just over
+    ((200, 150, 120), True),
+    ((95, 60, 40), False), ((96, 60, 40), True),  # red at 95 and just over (8-bit values stay exact: x·255)
+    ((150, 40, 30), False), ((150, 41, 30), True),  # green at 40, just over
+    ((150, 100, 20), False), ((150, 100, 21), True),  # blue at 20, just over
+    ((150, 135, 100), False), ((150, 134, 100), True),  # red and green 15 apart, 16
     ((120, 140, 60), False),  # green over red
     ((120, 60, 130), False),  # blue over red
     ((120, 60, 120), False),  # blue as red: not over it
