@@ -67,7 +67,7 @@ def coarse_of(descriptors: np.ndarray) -> np.ndarray:
     """The coarse histogram of the whole foreground (rows) from descriptors' fine histograms (rows): each fine bin
     added to its coarse one."""
     fine = np.atleast_2d(descriptors)[:, :FINE_SIZE]
-    return fine @ np.eye(COARSE_SIZE, dtype=fine.dtype)[_coarse_bins()]
+    return fine @ np.eye(COARSE_SIZE)[_coarse_bins()]
 
 
 def centre_of(descriptors: np.ndarray) -> np.ndarray:
