@@ -92,10 +92,10 @@ def _counts(bins: np.ndarray, size: int) -> np.ndarray:
 
 
 def _skin(x: np.ndarray) -> np.ndarray:
-    """Pixels of skin tones of the colour planes ``x`` (0–1): Kovač et al.'s rule for daylight photos, whose
-    max − min > 15 follows from |r − g| > 15."""
+    """Pixels of skin tones of the colour planes ``x`` (0–1): Kovač et al.'s rule for daylight photos (its
+    |r − g| > 15 and r > g are r − g > 15 here, and its max − min > 15 follows from them)."""
     r, g, b = x * 255
-    return (r > 95) & (g > 40) & (b > 20) & (np.abs(r - g) > 15) & (r > g) & (r > b)
+    return (r > 95) & (g > 40) & (b > 20) & (r - g > 15) & (r > b)
 
 
 def _hsv(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
