@@ -51,23 +51,27 @@ def histogram_of(img: Image.Image) -> np.ndarray:
     worn = (fg & centre & ~_skin(x)).ravel()
     whole = fg.ravel()
     parts = (_counts(fine[whole], FINE_SIZE),
-             _counts(_coarse_bins()[fine[worn] if worn.sum() >= MIN_CENTRE else fine[whole]], COARSE_SIZE))
+             _counts(_COARSE_BIN[fine[worn] if worn.sum() >= MIN_CENTRE else fine[whole]], COARSE_SIZE))
     return np.concatenate(parts).astype(np.float32)
 
 
 def _coarse_bins() -> np.ndarray:
-    """The coarse bin of each fine bin (two hues, or two greys, make one); a few microseconds, made per call."""
+    """The coarse bin of each fine bin (two hues, or two greys, make one)."""
     chroma = HUE_BINS * SAT_BINS * VAL_BINS
     fine = np.arange(FINE_SIZE)
     return np.where(fine < 2 * chroma, (fine // (2 * SAT_BINS * VAL_BINS)) * SAT_BINS * VAL_BINS
                     + fine % (SAT_BINS * VAL_BINS), chroma + (fine - 2 * chroma) // 2)
 
 
+#: Made once: the coarse bin of each fine bin, and the same as a (fine × coarse) 0/1 matrix.
+_COARSE_BIN = _coarse_bins()
+_TO_COARSE = np.eye(COARSE_SIZE, dtype=np.float32)[_COARSE_BIN]
+
+
 def coarse_of(descriptors: np.ndarray) -> np.ndarray:
     """The coarse histogram of the whole foreground (rows) from descriptors' fine histograms (rows): each fine bin
     added to its coarse one."""
-    fine = np.atleast_2d(descriptors)[:, :FINE_SIZE]
-    return fine @ np.eye(COARSE_SIZE)[_coarse_bins()]
+    return np.atleast_2d(descriptors)[:, :FINE_SIZE] @ _TO_COARSE
 
 
 def centre_of(descriptors: np.ndarray) -> np.ndarray:
