@@ -95,7 +95,7 @@ class Appearance:
     """A fitted appearance space: what a photo's histogram (and search vector) map to, and its weight."""
 
     weight: float
-    mean: np.ndarray | None = None  # centring of [histogram, search vector]; None: the histogram alone
+    mean: np.ndarray | None = None  # centring of ``_features``; None: the histogram alone
     projection: np.ndarray | None = None  # (FEATURE_SIZE + search dim) × colours
     colours: tuple[str, ...] = ()  # the projection's colours, in its column order (() in files before them)
 
@@ -167,7 +167,8 @@ def _ridge(hists: np.ndarray, search_vectors: np.ndarray, rows: np.ndarray, labe
 def fit_appearance(hists: np.ndarray, search_vectors: np.ndarray, colours: list[str],
                    settings: AppearanceSettings = AppearanceSettings()) -> tuple[Appearance, dict]:
     """The appearance space of a catalog, and what the manifest says of it. With enough colour labels: a
-    ridge projection of [histogram, search vector] onto the catalog's colours (one-hot); else the histogram."""
+    ridge projection of ``_features`` (three √histograms, search vector) onto the catalog's colours (one-hot);
+    else the histogram."""
     counts = Counter(c for c in colours if c)
     named = sorted(c for c, n in counts.items() if n >= 2)
     code = {c: i for i, c in enumerate(named)}
