@@ -7,7 +7,9 @@ that product is high are the item's. The outline is the connected region of high
 and its bounding box is searched as a drawn box is (gateway/images.py). The product's own catalog vector is
 the guide: the photo's vector would light up its background as much as the item (docs/QUALITY.md has both).
 The found product may be a lookalike of the item, and its map then lights the lookalike's shape: each of the
-catalog's few closest products outlines once, and the box the catalog sees best is searched.
+catalog's few closest products outlines once, and the box the catalog sees best is searched. The windows may
+have found another product of the photo first (a smaller thing lying beside the item, seen more exactly): the
+products every window found outline too, and where most of them agree (``agreed``) is one more box to search.
 No other model and no other weights: the same backbone, asked for its map (modelio/protocol.py).
 """
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway.images import Crop
+from gateway.locate import iou
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class OutlineSettings:
     guides: int = 5  # the catalog's closest products to the found item that each outline it (one map for all)
     slack: float = 2.0  # the best box is searched unless its closest product is more points below the search's
     anywhere_level: float = 0.6  # ``level`` of the map of any product's likeness (``likeness``)
+    agree_overlap: float = 0.7  # ``agreed``: two outlines agree when they overlap this much (IoU) ...
+    agree_base: float = 60.0  # ... and each weighs its product's similarity (percent) above this
 
     def keeps(self, before: float, outlined: float) -> bool:
         """Whether a box whose closest product is ``outlined`` percent close replaces a search whose closest
@@ -76,6 +81,18 @@ def outline(cosines: np.ndarray, settings: OutlineSettings = OutlineSettings()) 
     if rows.max() - rows.min() + 1 < least or cols.max() - cols.min() + 1 < least:
         return None
     return Crop(cols.min() / width, rows.min() / height, (cols.max() + 1) / width, (rows.max() + 1) / height)
+
+
+def agreed(outlines: list[tuple[float, Crop]], settings: OutlineSettings = OutlineSettings()  # noqa: B008
+           ) -> Crop | None:
+    """Of ``outlines`` (each the outline of one product, with that product's similarity in percent), the one
+    that most agree with: the greatest sum of ``similarity - settings.agree_base`` over the outlines that overlap
+    it by ``settings.agree_overlap`` (itself included), the closer product's on a tie; None for none. The photo's
+    subject is where the products the windows found outline alike, not where the single closest one lies."""
+    def support(box: Crop) -> float:
+        near = settings.agree_overlap
+        return sum(score - settings.agree_base for score, other in outlines if iou(box, other) >= near)
+    return max(outlines, key=lambda pair: (support(pair[1]), pair[0]), default=(0.0, None))[1]
 
 
 def _interpolated(cells: np.ndarray, points: int) -> np.ndarray:

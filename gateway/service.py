@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from gateway.errors import BadRequest, NotFound, Unavailable
 from gateway.images import Crop, DecodeSlots, FetchSlots, QueryImage, query_image
 from gateway.index import CatalogIndex, IndexManager
 from gateway.locate import LocateSettings, area, best_window, common_part, other_items, windows
-from gateway.outline import OutlineSettings, heat, likeness, outline
+from gateway.outline import OutlineSettings, agreed, heat, likeness, outline
 from gateway.query_token import (
     MAX_ITEMS,
     MAX_PINNED_CHARS,
@@ -289,7 +289,7 @@ class SearchService:
                                                histogram_of(located.part.image)), box=located.box)
         outlines = Outlines()
         if located is not None:  # the windows looked: the product they found outlines the item
-            outlines = self.outlined(photo, found, options)
+            outlines = self.outlined(photo, found, options, located.seen)
             found = outlines.best or found
         found = self.confirmed(photo, found, options, keys, outlines.rivals)
         if found.confirmed and outlines.fmap is not None:  # the very product outlines its item best
@@ -374,16 +374,18 @@ class SearchService:
         least = max(LOCATE.item_least, index.view.no_match_percent or 0.0)
         others = tuple(Item(crops[i], _category(index, closest[i]), vectors[i], histogram_of(parts[i].image))
                        for i in other_items(crops, scores, rows, box, row, least, LOCATE))
-        return Location(None if searched is None else box, part, found, others)
+        return Location(None if searched is None else box, part, found, others, _seen(closest))
 
-    def outlined(self, photo: QueryImage, found: Results, options: SearchOptions) -> Outlines:
+    def outlined(self, photo: QueryImage, found: Results, options: SearchOptions,
+                 seen: dict[int, float] | None = None) -> Outlines:
         """``Outlines.best``: ``found``'s search again on the outline of the item in ``photo`` (gateway/outline.py):
         of the boxes where the photo's feature map looks like one of the catalog's closest products to ``found``,
         or like any product (the version's prototypes), the box the catalog sees best. None when there is no
         outline (an empty catalog, a map of another model, no region that stands out, a box too small to search,
         one seen less well than ``found``) or it cannot be made (an older archive refuses feature maps, a
         backend fails): the located search stands, and the log says why. ``Outlines.rivals``: the search of the
-        any-product box when it is not the best and the version has keypoints (its details may prefer it)."""
+        any-product box when it is not the best and the version has keypoints (its details may prefer it).
+        ``seen``: the products the photo's windows found, whose outlines' ``agreed`` box is one more to search."""
         index = self.indexes.current
         mapper = getattr(self.client, "feature_map", None)  # a client without maps (a test's stub) outlines nothing
         if index is None or found.vector is None or mapper is None:
@@ -391,7 +393,7 @@ class SearchService:
         nearest = _nearest(index, found.vector, OUTLINE.guides)
         try:
             fmap = _feature_map(index, mapper, photo.data)
-            guided, anywhere = _outline_boxes(index, fmap, nearest.rows)
+            guided, anywhere = _outline_boxes(index, fmap, nearest.rows, seen or {})
             scored = self._scored_boxes(index, photo, guided if anywhere is None else [*guided, anywhere])
         except (ImageError, ModelServerError, SearchUnavailable) as exc:
             log.warning("no outline of the item: %s", exc)
@@ -560,13 +562,14 @@ class SearchService:
 
 @dataclass(frozen=True)
 class Location:
-    """Where in a photo to search: the box (None: the whole photo), its image and vector; and the photo's other
-    items, best first."""
+    """Where in a photo to search: the box (None: the whole photo), its image and vector; the photo's other
+    items, best first; and the products the windows found (row: the similarity of its closest window, percent)."""
 
     box: Crop | None
     part: QueryImage | None
     vector: np.ndarray | None
     others: tuple[Item, ...]
+    seen: dict[int, float] = field(default_factory=dict)
 
 
 def _finished(jobs: list[Future]) -> list:
@@ -597,6 +600,16 @@ def _closest(index: CatalogIndex, vector: np.ndarray) -> tuple[float, int | None
     return (ranked.similarities[0], ranked.rows[0]) if ranked.similarities else (float("-inf"), None)
 
 
+def _seen(closest: list[tuple[float | None, int | None]]) -> dict[int, float]:
+    """The products the windows found (``closest``: each window's similarity and closest product, ``(None, None)``
+    for one not embedded), each with the similarity of its closest window."""
+    seen: dict[int, float] = {}
+    for score, product in closest:
+        if product is not None and score > seen.get(product, float("-inf")):
+            seen[product] = score
+    return seen
+
+
 def _feature_map(index: CatalogIndex, mapper: Callable, data: bytes) -> np.ndarray | None:
     """The photo ``data``'s feature map at ``OUTLINE.side`` (which ``mapper`` gives); None for a map of another
     model."""
@@ -604,10 +617,12 @@ def _feature_map(index: CatalogIndex, mapper: Callable, data: bytes) -> np.ndarr
     return fmap if model == index.backbone_id and fmap.shape[0] == index.model_dim else None
 
 
-def _outline_boxes(index: CatalogIndex, fmap: np.ndarray | None, rows: list[int]) -> tuple[list[Crop], Crop | None]:
-    """From one feature map of a photo: the outlines of products ``rows``, each box once, and the outline of where
-    it looks like any product (the version's prototypes; None without them, or when no region stands out).
-    Nothing without a map."""
+def _outline_boxes(index: CatalogIndex, fmap: np.ndarray | None, rows: list[int], seen: dict[int, float]
+                   ) -> tuple[list[Crop], Crop | None]:
+    """From one feature map of a photo: the outlines of products ``rows``, each box once, then the ``agreed`` one of
+    the outlines of the products ``seen`` (row: similarity) when it is another; and the outline of where it looks
+    like any product (the version's prototypes; None without them, or when no region stands out). Nothing without
+    a map."""
     if fmap is None:
         return [], None
     boxes: list[Crop] = []
@@ -615,6 +630,11 @@ def _outline_boxes(index: CatalogIndex, fmap: np.ndarray | None, rows: list[int]
         box = outline(_item_heat(index, fmap, row), OUTLINE)
         if box is not None and box not in boxes:
             boxes.append(box)
+    outlines = [(score, box) for row, score in seen.items()
+                if (box := outline(_item_heat(index, fmap, row), OUTLINE)) is not None]
+    subject = agreed(outlines, OUTLINE)
+    if subject is not None and subject not in boxes:
+        boxes.append(subject)
     anywhere = None if index.prototypes is None else outline(likeness(fmap, index.prototypes), ANYWHERE)
     return boxes, anywhere
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from gateway.images import Crop
-from gateway.outline import OutlineSettings, heat, likeness, outline
+from gateway.outline import OutlineSettings, agreed, heat, likeness, outline
 from gateway.service import SearchOptions, SearchQuery
 from tests.conftest import demo_image
 
@@ -298,6 +298,8 @@ def test_each_close_product_outlines_the_item_and_the_box_seen_best_is_searched(
 
     photo, truth = busy_scene("11837", seed)
     found = {}
+    boxes = service_module._outline_boxes  # the guides alone: the windows' products outline in the test below
+    monkeypatch.setattr(service_module, "_outline_boxes", lambda index, fmap, rows, seen: boxes(index, fmap, rows, {}))
     for guides in (1, 5):
         monkeypatch.setattr(service_module, "OUTLINE", replace(service_module.OUTLINE, guides=guides))
         monkeypatch.setattr(service_module, "_item_heat", misled)
@@ -339,6 +341,72 @@ def test_where_the_photo_looks_like_any_product_outlines_the_item_when_the_guide
     assert svc.require_index().prototypes is not None  # the build fitted them
     found = svc.search(SearchQuery(upload=photo), SearchOptions(threshold=0, top_k=3)).found
     assert box_iou(found.box.fractions(), truth) >= 0.5 and found.hits[0].product["id"] == "11837"
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_where_the_products_the_windows_found_agree_outlines_the_item_when_the_guide_misleads(
+        small_index, stub, tmp_path, monkeypatch, seed):
+    """The misled closest product as the only guide, no prototypes: the products the windows found each outline
+    the photo too, their agreed box holds the item and is searched; without it the windows' box stands (above)."""
+    from dataclasses import replace
+
+    import gateway.service as service_module
+    from evaluation.scenes import box_iou
+    from gateway.config import Config
+    from gateway.service import SearchService
+
+    real, calls = service_module._item_heat, []
+
+    def misled(index, fmap, row):
+        calls.append(row)
+        if len(calls) > 1:
+            return real(index, fmap, row)
+        corner = np.zeros(fmap.shape[1:], np.float32)
+        corner[:3, :3] = 1.0
+        return corner
+
+    monkeypatch.setattr(service_module, "OUTLINE", replace(service_module.OUTLINE, guides=1))
+    monkeypatch.setattr(service_module, "_item_heat", misled)
+    photo, truth = busy_scene("11837", seed)
+    svc = SearchService(Config(index_uri=str(small_index), index_poll_s=0, index_cache_dir=str(tmp_path / "c")),
+                        stub)
+    svc.indexes.load()
+    svc.require_index().prototypes = None
+    found = svc.search(SearchQuery(upload=photo), SearchOptions(threshold=0, top_k=3)).found
+    assert len(calls) > 1  # the windows' products were outlined on the same map
+    assert box_iou(found.box.fractions(), truth) >= 0.5 and found.hits[0].product["id"] == "11837"
+
+
+def box(left: float, top: float, right: float, bottom: float) -> Crop:
+    return Crop(left, top, right, bottom)
+
+
+def test_the_agreed_outline_is_where_most_products_outline_alike_not_the_closest_ones():
+    lone, item = box(0.0, 0.0, 0.2, 0.2), box(0.4, 0.3, 0.8, 0.9)
+    close_to_item = box(0.41, 0.31, 0.8, 0.9)
+    # the lone outline's product is closest (80: 20 above the base); the item's three weigh 10 + 8 + 6 = 24
+    outlines = [(80.0, lone), (70.0, item), (68.0, close_to_item), (66.0, item)]
+    assert agreed(outlines) == item  # of the three equals by support, the closer product's
+    assert agreed([(80.0, lone), (70.0, item), (66.0, close_to_item)]) == lone  # 20 against 10 + 6 = 16
+    # a tie of support (10 and 6 + 4): the closer product's, wherever it stands in the list
+    assert agreed([(66.0, item), (64.0, close_to_item), (70.0, lone)]) == lone
+    assert agreed([]) is None
+    assert agreed([(50.0, item)]) == item  # one outline, even under the base
+
+
+def test_the_agreed_outlines_limits_overlap_and_base_on_both_sides():
+    from gateway.locate import iou
+
+    lone, item, near = box(0.0, 0.0, 0.2, 0.2), box(0.4, 0.3, 0.8, 0.9), box(0.4, 0.3, 0.8, 0.75)
+    overlap = iou(item, near)  # 0.75
+    outlines = [(75.0, lone), (70.0, item), (66.0, near)]  # 15 against 10 + 6 when the two agree
+    assert agreed(outlines, OutlineSettings(agree_overlap=overlap)) == item
+    assert agreed(outlines, OutlineSettings(agree_overlap=float(np.nextafter(overlap, 1.0)))) == lone
+    # the base: at 59 the lone one weighs 16 against 11 + 7 = 18; at 61.5, 13.5 against 8.5 + 4.5 = 13
+    assert agreed(outlines, OutlineSettings(agree_overlap=overlap, agree_base=59.0)) == item
+    assert agreed(outlines, OutlineSettings(agree_overlap=overlap, agree_base=61.5)) == lone
+    # an outline under the base takes weight away from those it agrees with
+    assert agreed([(75.0, lone), (76.0, item), (50.0, near)], OutlineSettings(agree_overlap=overlap)) == lone
 
 
 def test_likeness_is_each_cells_best_cosine_to_any_prototype():

@@ -387,11 +387,20 @@ def test_the_common_part_of_the_best_windows_is_searched_when_it_scores_as_well(
     where = svc.locate(photo, vector, model)
     assert where.box == Crop(0, 0, 0.25, 0.25) and int(np.argmax(where.vector)) == 0
     assert where.part.image.size == (100, 100)
+    assert where.seen == {0: 90.0, 1: 70.0, 2: 65.0}  # what each window found, for the outlines to agree on
     others = {o.box.fractions(): o for o in where.others}
     assert set(others) == {(0.5, 0, 1, 0.5), (0, 0.5, 0.5, 1)}  # the green and blue quarters: other items
     for other in others.values():
         part = photo.cropped(other.box)
         assert np.array_equal(other.hist, histogram_of(part.image)) and other.category == "Shoes"
+
+
+def test_each_product_the_windows_found_is_seen_once_with_its_closest_windows_similarity():
+    from gateway.service import _seen
+
+    closest = [(70.0, 1), (None, None), (80.0, 1), (65.0, 2), (75.0, 1), (float("-inf"), None)]
+    assert _seen(closest) == {1: 80.0, 2: 65.0}
+    assert _seen([(40.0, 3), (40.0, 3)]) == {3: 40.0} and _seen([]) == {}
 
 
 def test_the_common_part_must_score_at_least_the_best_window_less_the_slack(located, monkeypatch):
