@@ -112,14 +112,10 @@ def _interpolated(cells: np.ndarray, points: int) -> np.ndarray:
 
 
 def _region(mask: np.ndarray, seed: tuple[int, int]) -> np.ndarray:
-    """The 4-connected cells of ``mask`` reachable from ``seed`` (which is in it)."""
-    region = np.zeros_like(mask, dtype=bool)
-    region[seed] = True
-    stack = [seed]
-    while stack:
-        row, col = stack.pop()
-        for r, c in ((row + 1, col), (row - 1, col), (row, col + 1), (row, col - 1)):
-            if 0 <= r < mask.shape[0] and 0 <= c < mask.shape[1] and mask[r, c] and not region[r, c]:
-                region[r, c] = True
-                stack.append((r, c))
-    return region
+    """The 4-connected cells of ``mask`` reachable from ``seed`` (which is in it): OpenCV's connected components
+    (the gateway's image has it for the keypoints), a few microseconds where a Python flood fill took a
+    millisecond a map."""
+    import cv2
+
+    _, labels = cv2.connectedComponents(np.asarray(mask, dtype=np.uint8), connectivity=4)
+    return labels == labels[seed]

@@ -409,6 +409,37 @@ def test_the_agreed_outlines_limits_overlap_and_base_on_both_sides():
     assert agreed([(75.0, lone), (76.0, item), (50.0, near)], OutlineSettings(agree_overlap=overlap)) == lone
 
 
+def _flood(mask: np.ndarray, seed: tuple[int, int]) -> np.ndarray:
+    """A plain 4-connected flood fill: the reference ``_region`` is checked against."""
+    region = np.zeros_like(mask, dtype=bool)
+    region[seed] = True
+    stack = [seed]
+    while stack:
+        row, col = stack.pop()
+        for r, c in ((row + 1, col), (row - 1, col), (row, col + 1), (row, col - 1)):
+            if 0 <= r < mask.shape[0] and 0 <= c < mask.shape[1] and mask[r, c] and not region[r, c]:
+                region[r, c] = True
+                stack.append((r, c))
+    return region
+
+
+def test_the_region_is_the_4_connected_flood_fill_from_the_seed_on_random_masks():
+    from gateway.outline import _region
+
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        height, width = (int(v) for v in rng.integers(1, 60, 2))
+        mask = rng.random((height, width)) < rng.uniform(0.2, 0.8)
+        rows, cols = np.nonzero(mask)
+        if len(rows) == 0:
+            continue
+        pick = int(rng.integers(len(rows)))
+        seed = (int(rows[pick]), int(cols[pick]))
+        assert np.array_equal(_region(mask, seed), _flood(mask, seed))
+    diagonal = np.eye(3, dtype=bool)  # corners do not join
+    assert _region(diagonal, (1, 1)).sum() == 1
+
+
 def test_likeness_is_each_cells_best_cosine_to_any_prototype():
     prototypes = np.eye(4, dtype=np.float32)[:2]  # two "products": the first two axes
     fmap = np.zeros((4, 2, 3), np.float32)  # (C, h, w)
