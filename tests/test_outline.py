@@ -377,6 +377,33 @@ def test_where_the_products_the_windows_found_agree_outlines_the_item_when_the_g
     assert box_iou(found.box.fractions(), truth) >= 0.5 and found.hits[0].product["id"] == "11837"
 
 
+def test_the_agreed_box_of_the_windows_products_is_added_to_the_guides_boxes_once(small_index, tmp_path, monkeypatch):
+    import gateway.service as service_module
+    from gateway.config import Config
+    from gateway.service import SearchService, _outline_boxes
+
+    svc = SearchService(Config(index_uri=str(small_index), index_poll_s=0, index_cache_dir=str(tmp_path / "c")), None)
+    svc.indexes.load()
+    index = svc.require_index()
+    index.prototypes = None
+    places = {0: (slice(1, 4), slice(1, 4)), 1: (slice(5, 8), slice(4, 7)), 2: (slice(1, 4), slice(1, 4))}
+
+    def heat_of(index, fmap, row):
+        cos = np.zeros(fmap.shape[1:], np.float32)
+        cos[places[row]] = 1.0
+        return cos
+
+    monkeypatch.setattr(service_module, "_item_heat", heat_of)
+    fmap = np.zeros((index.model_dim, 9, 8), np.float32)
+    guide = outline(heat_of(index, fmap, 0), service_module.OUTLINE)
+    other = outline(heat_of(index, fmap, 1), service_module.OUTLINE)
+    assert guide is not None and other is not None and guide != other
+    assert _outline_boxes(index, fmap, [0], {}) == ([guide], None)
+    assert _outline_boxes(index, fmap, [0], {1: 80.0, 2: 65.0}) == ([guide, other], None)  # 20 against 5
+    assert _outline_boxes(index, fmap, [0], {1: 70.0, 2: 75.0}) == ([guide], None)  # the guide's box: not twice
+    assert _outline_boxes(index, None, [0], {1: 80.0}) == ([], None)  # no map, no outline
+
+
 def box(left: float, top: float, right: float, bottom: float) -> Crop:
     return Crop(left, top, right, bottom)
 
