@@ -314,32 +314,44 @@ def test_each_close_product_outlines_the_item_and_the_box_seen_best_is_searched(
     assert box_iou(found[1].box.fractions(), truth) < 0.5 and found[1].box.fractions()[:2] != (0.0, 0.0)
 
 
+def corner(fmap: np.ndarray) -> np.ndarray:
+    """A misled product's heat: the photo's top left corner lit, nothing else."""
+    cos = np.zeros(fmap.shape[1:], np.float32)
+    cos[:3, :3] = 1.0
+    return cos
+
+
+def one_guide_search(small_index, stub, tmp_path, monkeypatch, heat, seed: int, prototypes: bool):
+    """A busy scene searched whole with one guide and ``heat`` as every product's heat; the version's prototypes
+    kept or dropped. The answer and the pasted item's box."""
+    from dataclasses import replace
+
+    import gateway.service as service_module
+    from gateway.config import Config
+    from gateway.service import SearchService
+
+    monkeypatch.setattr(service_module, "OUTLINE", replace(service_module.OUTLINE, guides=1))
+    monkeypatch.setattr(service_module, "_item_heat", heat)
+    photo, truth = busy_scene("11837", seed)
+    svc = SearchService(Config(index_uri=str(small_index), index_poll_s=0, index_cache_dir=str(tmp_path / "c")),
+                        stub)
+    svc.indexes.load()
+    assert svc.require_index().prototypes is not None  # the build fitted them
+    if not prototypes:
+        svc.require_index().prototypes = None
+    return svc.search(SearchQuery(upload=photo), SearchOptions(threshold=0, top_k=3)).found, truth
+
+
 @pytest.mark.parametrize("seed", [3, 11])
 def test_where_the_photo_looks_like_any_product_outlines_the_item_when_the_guides_mislead(small_index, stub, tmp_path,
                                                                                           monkeypatch, seed):
     """The same misled closest product and one guide: the version's prototypes outline the item without knowing
     which product it is, and that box, seen better than the corner, is searched; without them the corner's
     search loses to the windows' box, which misses the item (the test above)."""
-    from dataclasses import replace
-
-    import gateway.service as service_module
     from evaluation.scenes import box_iou
-    from gateway.config import Config
-    from gateway.service import SearchService
 
-    def misled(index, fmap, row):
-        corner = np.zeros(fmap.shape[1:], np.float32)
-        corner[:3, :3] = 1.0
-        return corner
-
-    monkeypatch.setattr(service_module, "OUTLINE", replace(service_module.OUTLINE, guides=1))
-    monkeypatch.setattr(service_module, "_item_heat", misled)
-    photo, truth = busy_scene("11837", seed)
-    svc = SearchService(Config(index_uri=str(small_index), index_poll_s=0, index_cache_dir=str(tmp_path / "c")),
-                        stub)
-    svc.indexes.load()
-    assert svc.require_index().prototypes is not None  # the build fitted them
-    found = svc.search(SearchQuery(upload=photo), SearchOptions(threshold=0, top_k=3)).found
+    found, truth = one_guide_search(small_index, stub, tmp_path, monkeypatch, lambda index, fmap, row: corner(fmap),
+                                    seed, prototypes=True)
     assert box_iou(found.box.fractions(), truth) >= 0.5 and found.hits[0].product["id"] == "11837"
 
 
@@ -348,31 +360,16 @@ def test_where_the_products_the_windows_found_agree_outlines_the_item_when_the_g
         small_index, stub, tmp_path, monkeypatch, seed):
     """The misled closest product as the only guide, no prototypes: the products the windows found each outline
     the photo too, their agreed box holds the item and is searched; without it the windows' box stands (above)."""
-    from dataclasses import replace
-
     import gateway.service as service_module
     from evaluation.scenes import box_iou
-    from gateway.config import Config
-    from gateway.service import SearchService
 
     real, calls = service_module._item_heat, []
 
     def misled(index, fmap, row):
         calls.append(row)
-        if len(calls) > 1:
-            return real(index, fmap, row)
-        corner = np.zeros(fmap.shape[1:], np.float32)
-        corner[:3, :3] = 1.0
-        return corner
+        return real(index, fmap, row) if len(calls) > 1 else corner(fmap)
 
-    monkeypatch.setattr(service_module, "OUTLINE", replace(service_module.OUTLINE, guides=1))
-    monkeypatch.setattr(service_module, "_item_heat", misled)
-    photo, truth = busy_scene("11837", seed)
-    svc = SearchService(Config(index_uri=str(small_index), index_poll_s=0, index_cache_dir=str(tmp_path / "c")),
-                        stub)
-    svc.indexes.load()
-    svc.require_index().prototypes = None
-    found = svc.search(SearchQuery(upload=photo), SearchOptions(threshold=0, top_k=3)).found
+    found, truth = one_guide_search(small_index, stub, tmp_path, monkeypatch, misled, seed, prototypes=False)
     assert len(calls) > 1  # the windows' products were outlined on the same map
     assert box_iou(found.box.fractions(), truth) >= 0.5 and found.hits[0].product["id"] == "11837"
 
