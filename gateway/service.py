@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -376,8 +376,8 @@ class SearchService:
                        for i in other_items(crops, scores, rows, box, row, least, LOCATE))
         return Location(None if searched is None else box, part, found, others, _seen(closest))
 
-    def outlined(self, photo: QueryImage, found: Results, options: SearchOptions,
-                 seen: dict[int, float] | None = None) -> Outlines:
+    def outlined(self, photo: QueryImage, found: Results, options: SearchOptions, seen: dict[int, float]
+                 ) -> Outlines:
         """``Outlines.best``: ``found``'s search again on the outline of the item in ``photo`` (gateway/outline.py):
         of the boxes where the photo's feature map looks like one of the catalog's closest products to ``found``,
         or like any product (the version's prototypes), the box the catalog sees best. None when there is no
@@ -393,7 +393,7 @@ class SearchService:
         nearest = _nearest(index, found.vector, OUTLINE.guides)
         try:
             fmap = _feature_map(index, mapper, photo.data)
-            guided, anywhere = _outline_boxes(index, fmap, nearest.rows, seen or {})
+            guided, anywhere = _outline_boxes(index, fmap, nearest.rows, seen)
             scored = self._scored_boxes(index, photo, guided if anywhere is None else [*guided, anywhere])
         except (ImageError, ModelServerError, SearchUnavailable) as exc:
             log.warning("no outline of the item: %s", exc)
@@ -569,7 +569,7 @@ class Location:
     part: QueryImage | None
     vector: np.ndarray | None
     others: tuple[Item, ...]
-    seen: dict[int, float] = field(default_factory=dict)
+    seen: dict[int, float]
 
 
 def _finished(jobs: list[Future]) -> list:

@@ -783,7 +783,7 @@ def test_a_whole_photo_is_answered_with_the_placed_box_and_a_drawn_box_is_kept(t
     drawn = svc.search(SearchQuery(upload=data, crop=item), SearchOptions(0.0, 6)).found
     assert drawn.box == item  # the shopper's own box is never moved
     photo, found = _found_on(svc, data, item)
-    located = service.Location(item, photo.cropped(item), found.vector, ())
+    located = service.Location(item, photo.cropped(item), found.vector, (), {})
     monkeypatch.setattr(service.SearchService, "locate", lambda *args: located)
     answer = svc.search(SearchQuery(upload=data), SearchOptions(0.0, 6))
     whole = answer.found
