@@ -35,6 +35,20 @@ def test_ready_and_catalog_image_ranks_first(gateway):
         assert body["model"] == ready["model"] and body["took_ms"] > 0
 
 
+def test_the_photo_sent_as_the_body_is_searched_as_an_upload_is(gateway):
+    """``curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg'``: the settings in the query string, no form."""
+    blob = demo_image("10109")
+    upload = search(gateway, blob, threshold="0", top_k="5").json()
+    for media in ("image/jpeg", "application/octet-stream"):
+        body = requests.post(f"{gateway.url}/api/search", params={"threshold": "0", "top_k": "5"}, data=blob,
+                             headers={"Content-Type": media}, timeout=60)
+        assert body.status_code == 200, body.text[:300]
+        assert [(r["id"], r["score"]) for r in body.json()["results"]] == [
+            (r["id"], r["score"]) for r in upload["results"]]
+    empty = requests.post(f"{gateway.url}/api/search", data=b"", headers={"Content-Type": "image/jpeg"}, timeout=60)
+    assert empty.status_code == 400 and empty.json()["error"] == "the uploaded file is empty"
+
+
 def test_same_category_precision_at_5(gateway):
     """Leave-one-out over the sample catalog, every product's photo as a query through the whole stack.
 

@@ -59,6 +59,17 @@ def test_health_and_a_search_through_api_gateway_events(lambda_module):
     assert refused["statusCode"] == 400 and "not a picture we can open" in json.loads(refused["body"])["error"]
 
 
+def test_a_photo_sent_as_the_body_through_api_gateway(lambda_module):
+    """The photo itself as the body (``image/*`` is one of the API's binary media types): base64 in the event."""
+    sent = event("POST", "/api/search", demo_image("10109"), {"Content-Type": "image/jpeg"})
+    query = {"threshold": "0", "top_k": "2"}
+    sent["queryStringParameters"], sent["multiValueQueryStringParameters"] = query, {k: [v] for k, v in query.items()}
+    found = lambda_module.handler(sent, None)
+    assert found["statusCode"] == 200, found["body"]
+    assert [r["id"] for r in json.loads(found["body"])["results"]][:1] == ["10109"]
+    assert len(json.loads(found["body"])["results"]) == 2  # the query string's settings were read
+
+
 def test_index_poll_happens_on_requests_not_in_a_thread(lambda_module):
     svc = lambda_module.app.extensions["photo"]
     assert svc.config.index_poll_on_request and svc.indexes.poll_s > 0 and not svc.indexes.polling

@@ -547,6 +547,36 @@ def test_a_photo_too_large_to_send_names_the_limit(client):
         "that photo is too large to send (over 1 MB): choose a smaller one, or take it at a lower resolution")
 
 
+def raw(client, body: bytes, media: str = "image/jpeg", query: str = ""):
+    return client.post(f"/api/search{query}", data=body, content_type=media)
+
+
+@pytest.mark.parametrize("media", ["image/jpeg", "image/png", "application/octet-stream"])
+def test_a_photo_sent_as_the_body_is_searched_with_the_query_strings_settings(client, svc, media):
+    sent = raw(client, jpeg_bytes(), media, f"?threshold=0&top_k={N}").get_json()
+    upload = photo(client, threshold="0", top_k=str(N)).get_json()
+    assert len(sent["results"]) == N and sent["results"] == upload["results"]
+
+
+@pytest.mark.parametrize(("media", "error"), [
+    ("text/plain", "no image: choose or drop a photo, or paste a link to one"),  # not a photo: not read as one
+    ("image/jpeg", "the uploaded file is empty"),
+])
+def test_a_body_that_is_no_photo_is_refused_in_words(client, media, error):
+    answer = raw(client, b"", media)
+    assert answer.status_code == 400 and answer.get_json()["error"] == error
+
+
+def test_a_photo_body_is_held_to_the_upload_limit_on_both_sides(client):
+    limit = 1024 * 1024  # max_upload_mb=1
+    at = raw(client, b"x" * limit)  # read to the end: not a picture, but not too large
+    assert at.status_code == 400 and "not a picture we can open" in at.get_json()["error"]
+    for size in (limit + 1, limit + 70 * 1024):  # our own count, then Werkzeug's declared-length check
+        over = raw(client, b"x" * size)
+        assert over.status_code == 413 and over.get_json()["error"] == (
+            "that photo is too large to send (over 1 MB): choose a smaller one, or take it at a lower resolution")
+
+
 def test_other_http_errors_keep_their_words(client):
     assert client.get("/api/nothing-here").get_json() == {
         "error": "The requested URL was not found on the server. If you entered the URL manually please check your "

@@ -8,6 +8,7 @@ import re
 from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, Response, current_app, request, url_for
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from catalog.products import PRODUCT_URL
 from gateway.config import FALSE_WORDS, TRUE_WORDS
@@ -183,11 +184,29 @@ bp.after_app_request(security_headers)  # not a decorator: mutmut leaves decorat
 
 
 def search_query(params: dict, with_picture: bool) -> SearchQuery:
-    """The request's query as the service takes it: the upload's bytes, the image URL, the query token (and
-    the picture a page sent back with it), the crop."""
+    """The request's query as the service takes it: the upload's bytes (a multipart ``file``, or a body that is
+    the photo itself), the image URL, the query token (and the picture a page sent back with it), the crop."""
     upload = request.files.get("file")
-    return SearchQuery(upload=upload.read() if upload is not None and upload.filename else None,
+    return SearchQuery(upload=upload.read() if upload is not None and upload.filename else photo_body(),
                        image_url=str(params.get("image_url") or "").strip(),
                        token=str(params.get("query_token") or ""), crop=Crop.parse(params.get("crop")),
                        with_picture=with_picture, picture=str(params.get("query_picture") or ""),
                        item=_number(params, "item", 0, 0, MAX_ITEMS, kind=int))
+
+
+def is_photo_body(mimetype: str) -> bool:
+    """Whether a body of this media type is the photo itself: ``image/...`` or ``application/octet-stream``."""
+    return mimetype.startswith("image/") or mimetype == "application/octet-stream"
+
+
+def photo_body() -> bytes | None:
+    """The request's body when it is the photo itself (``curl --data-binary @photo.jpg -H 'Content-Type:
+    image/jpeg'``: no form to build or parse), else None; an empty one is b"" (the service says it is empty).
+    Over ``MAX_UPLOAD_MB``: 413, as for an uploaded file."""
+    if not is_photo_body(request.mimetype):
+        return None
+    limit = int(service().config.max_upload_mb * 1024 * 1024)
+    data = request.stream.read(limit + 1)  # Werkzeug has refused a longer declared length already (413)
+    if len(data) > limit:
+        raise RequestEntityTooLarge()
+    return data
