@@ -552,18 +552,19 @@ def raw(client, body: bytes, media: str = "image/jpeg", query: str = ""):
 
 
 @pytest.mark.parametrize("media", ["image/jpeg", "image/png", "application/octet-stream"])
-def test_a_photo_sent_as_the_body_is_searched_with_the_query_strings_settings(client, svc, media):
+def test_a_photo_sent_as_the_body_is_searched_with_the_query_strings_settings(client, media):
     sent = raw(client, jpeg_bytes(), media, f"?threshold=0&top_k={N}").get_json()
     upload = photo(client, threshold="0", top_k=str(N)).get_json()
     assert len(sent["results"]) == N and sent["results"] == upload["results"]
 
 
-@pytest.mark.parametrize(("media", "error"), [
-    ("text/plain", "no image: choose or drop a photo, or paste a link to one"),  # not a photo: not read as one
-    ("image/jpeg", "the uploaded file is empty"),
+@pytest.mark.parametrize(("media", "body", "error"), [
+    # a photo's bytes under another media type are not read as a photo
+    ("text/plain", jpeg_bytes(), "no image: choose or drop a photo, or paste a link to one"),
+    ("image/jpeg", b"", "the uploaded file is empty"),
 ])
-def test_a_body_that_is_no_photo_is_refused_in_words(client, media, error):
-    answer = raw(client, b"", media)
+def test_a_body_that_is_no_photo_is_refused_in_words(client, media, body, error):
+    answer = raw(client, body, media)
     assert answer.status_code == 400 and answer.get_json()["error"] == error
 
 

@@ -194,7 +194,7 @@ def search_query(params: dict, with_picture: bool) -> SearchQuery:
                        item=_number(params, "item", 0, 0, MAX_ITEMS, kind=int))
 
 
-def is_photo_body(mimetype: str) -> bool:
+def _is_photo_body(mimetype: str) -> bool:
     """Whether a body of this media type is the photo itself: ``image/...`` or ``application/octet-stream``."""
     return mimetype.startswith("image/") or mimetype == "application/octet-stream"
 
@@ -203,7 +203,7 @@ def photo_body() -> bytes | None:
     """The request's body when it is the photo itself (``curl --data-binary @photo.jpg -H 'Content-Type:
     image/jpeg'``: no form to build or parse), else None; an empty one is b"" (the service says it is empty).
     Over ``MAX_UPLOAD_MB``: 413, as for an uploaded file."""
-    if not is_photo_body(request.mimetype):
+    if not _is_photo_body(request.mimetype):
         return None
     limit = int(service().config.max_upload_mb * 1024 * 1024)
     data = request.stream.read(limit + 1)  # Werkzeug has refused a longer declared length already (413)
