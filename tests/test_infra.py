@@ -112,6 +112,15 @@ def test_torchserve_loads_models_only_from_local_files(name):
     assert props.get("enable_model_api", "false") == "false"
 
 
+@pytest.mark.parametrize("name", ["config.properties", "config.container.properties", "config.sagemaker.properties"])
+def test_every_torchserve_config_waits_a_little_for_a_batch(name):
+    """``maxBatchDelay`` 0 is not "no wait" in TorchServe 0.12: one client's p50 was 117 ms against 17 ms at 2 ms
+    (docs/PERFORMANCE.md, session 20)."""
+    models = json.loads(properties(name)["models"])
+    delays = [version["maxBatchDelay"] for model in models.values() for version in model.values()]
+    assert delays and all(delay >= 1 for delay in delays), delays
+
+
 def test_upload_limits_fit_every_path():
     container = int(properties("config.container.properties")["max_request_size"])
     sagemaker = int(properties("config.sagemaker.properties")["max_request_size"])
