@@ -31,18 +31,29 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def fit_prototypes(vectors: np.ndarray, settings: PrototypeSettings = PrototypeSettings()) -> np.ndarray:  # noqa: B008
     """(k, dim) unit float32 centres of ``vectors`` (model vectors, rows), k = min(count, rows): spherical
-    k-means from a seeded choice of rows; a centre that loses every row keeps its place."""
+    k-means from a seeded choice of rows, at most ``iterations`` rounds; a centre that loses every row keeps its
+    place. It stops once a round gives every row the centre it had: the same rows would give the same centres
+    in every later round, so the result is the one all the rounds give."""
     points = _unit(np.atleast_2d(vectors))
     if not len(points):
         raise ValueError("no vectors to fit prototypes on")
     rng = np.random.default_rng(settings.seed)
     centres = points[np.sort(rng.choice(len(points), min(settings.count, len(points)), replace=False))].copy()
+    previous = None
     for _ in range(settings.iterations):
-        nearest = np.argmax(points @ centres.T, axis=1)
+        nearest = nearest_centres(points, centres)
+        if previous is not None and np.array_equal(nearest, previous):
+            break
+        previous = nearest
         order = np.argsort(nearest, kind="stable")
         won, starts = np.unique(nearest[order], return_index=True)  # the centres that won rows, and where
         centres[won] = _unit(np.add.reduceat(points[order], starts, axis=0))
     return centres
+
+
+def nearest_centres(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Each row's closest centre (cosine: both are unit rows)."""
+    return np.argmax(points @ centres.T, axis=1)
 
 
 def to_bytes(prototypes: np.ndarray) -> bytes:

@@ -118,3 +118,42 @@ def test_a_prototypes_file_that_is_not_what_a_build_writes_is_refused(data, said
     with pytest.raises(ValueError, match=said):
         from_bytes(data, 8)
     assert from_bytes(_npz(prototypes=GOOD), 8).shape == (3, 8)  # the same file, well made, is read
+
+
+def all_rounds(vectors: np.ndarray, settings: PrototypeSettings) -> np.ndarray:
+    """The fit without its early stop: every one of ``settings.iterations`` rounds, written out here."""
+    points = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    rng = np.random.default_rng(settings.seed)
+    centres = points[np.sort(rng.choice(len(points), min(settings.count, len(points)), replace=False))].copy()
+    for _ in range(settings.iterations):
+        nearest = np.argmax(points @ centres.T, axis=1)
+        order = np.argsort(nearest, kind="stable")
+        won, starts = np.unique(nearest[order], return_index=True)
+        merged = np.add.reduceat(points[order], starts, axis=0)
+        centres[won] = merged / np.maximum(np.linalg.norm(merged, axis=1, keepdims=True), 1e-12)
+    return centres
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_stopping_once_no_row_changes_centre_gives_what_every_round_gives(seed):
+    """Rows of overlapping clusters, so that the fit takes several rounds to settle and then stops early."""
+    rng = np.random.default_rng(seed)
+    vectors = (rng.normal(size=(6, 16))[rng.integers(0, 6, 300)] + rng.normal(0, 0.8, (300, 16))).astype(np.float32)
+    settings = PrototypeSettings(count=12, iterations=40)
+    assert np.allclose(fit_prototypes(vectors, settings), all_rounds(vectors, settings), atol=1e-6)
+
+
+def test_the_fit_stops_at_the_first_round_that_changes_no_rows_centre(monkeypatch):
+    import ranking.prototypes as prototypes
+
+    seen: list[np.ndarray] = []
+
+    def counted(points, centres):
+        seen.append(np.argmax(points @ centres.T, axis=1))
+        return seen[-1]
+
+    monkeypatch.setattr(prototypes, "nearest_centres", counted)
+    fit_prototypes(clusters(), PrototypeSettings(count=3, iterations=15))
+    assert 2 <= len(seen) < 15  # well-separated clusters settle at once
+    assert np.array_equal(seen[-1], seen[-2])
+    assert not any(np.array_equal(a, b) for a, b in zip(seen[:-2], seen[1:-1], strict=True))
