@@ -31,10 +31,10 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from devtools.process import REPO, wait_for_http  # noqa: E402
+from devtools.process import REPO, free_ports, wait_for_http  # noqa: E402
 from indexstore.ann import AnnSettings, build_ann, open_ann  # noqa: E402
 from indexstore.store import ANN, IndexData, IndexNotFound, open_store, read_current, write_and_publish  # noqa: E402
-from scripts.bench import free_port, p50_ms, write_report  # noqa: E402
+from scripts.bench import p50_ms, write_report  # noqa: E402
 from scripts.bench_build_memory import measure as measure_build_memory  # noqa: E402
 from search import ExactSearch  # noqa: E402
 from search.ann import AnnSearch  # noqa: E402
@@ -149,9 +149,9 @@ def pss_mb(pid: int) -> float:
 def bench_gateway(index: Path, work: Path, n: int, raw_bytes: int, workers: int = 2, backend: str = "auto",
                   queries: int = 400) -> dict:
     """Serve the index with gunicorn (``SEARCH_BACKEND=backend``), query it, measure the memory of all processes."""
-    port = free_port()
+    port, nothing_there = free_ports(2)  # distinct: two free_port() calls in a row can return the same port
     env = {**os.environ, "INDEX_URI": str(index), "INDEX_CACHE_DIR": str(work / "gateway-cache"),
-           "INDEX_POLL_S": "0", "TORCHSERVE_URL": f"http://127.0.0.1:{free_port()}", "SEARCH_BACKEND": backend}
+           "INDEX_POLL_S": "0", "TORCHSERVE_URL": f"http://127.0.0.1:{nothing_there}", "SEARCH_BACKEND": backend}
     rng = np.random.default_rng(1)
     with open(work / "gateway.log", "wb") as log:
         started = time.perf_counter()

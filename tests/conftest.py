@@ -18,7 +18,7 @@ import requests
 from PIL import Image
 
 from catalog.build import build_index
-from devtools.process import REPO, TorchServe, models_setting
+from devtools.process import REPO, TorchServe, free_ports, models_setting
 from gateway import create_app
 from gateway.config import Config
 from modelio.imaging import ImageError
@@ -228,9 +228,9 @@ ADMIN = {"photo.admin_listener": True}
 
 class GatewayProcess:
     def __init__(self, env: dict[str, str], workdir: Path) -> None:
-        self.port = free_port()
+        self.port, admin_port = free_ports(2)  # two free_port() calls in a row can return the same port
         self.url = f"http://127.0.0.1:{self.port}"
-        self.admin_port = int(env.setdefault("GATEWAY_ADMIN_PORT", str(free_port())))
+        self.admin_port = int(env.setdefault("GATEWAY_ADMIN_PORT", str(admin_port)))
         self.admin_url = f"http://127.0.0.1:{self.admin_port}"
         self.log_path = workdir / "gateway.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115

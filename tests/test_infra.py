@@ -18,9 +18,9 @@ import pytest
 import requests
 import yaml
 
-from devtools.process import REPO, TorchServe
+from devtools.process import REPO, TorchServe, free_ports
 from gateway.config import Config
-from tests.conftest import demo_image, free_port
+from tests.conftest import demo_image
 
 INFRA = REPO / "infra"
 #: Read outside Config: gunicorn's (gateway/__main__.py), boto3's, and TorchServe's thread share.
@@ -263,7 +263,8 @@ class ImageRun:
         text = (INFRA / "torchserve" / config).read_text()
         (self.home / "config.properties").write_text(text.replace("/home/model-server", str(self.home))
                                                      .replace("/opt/ml", str(self.opt_ml)))
-        self.ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc_i", "grpc_m")}
+        names = ("inference", "management", "metrics", "grpc_i", "grpc_m")
+        self.ports = dict(zip(names, free_ports(len(names)), strict=True))  # distinct: held open until all chosen
         self.url = f"http://127.0.0.1:{self.ports['inference']}"
         venv_bin = Path(sys.executable).parent
         self.env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}", "PHOTO_HOME": str(self.home),
@@ -665,10 +666,10 @@ def test_the_gateway_image_command_serves_and_passes_its_health_check(demo_index
 
     stage = dockerfile_stage("gateway.Dockerfile", "gateway")
     env = dict(re.findall(r"(\w+)=(\S+)", next(line for line in stage.splitlines() if line.startswith("ENV "))))
-    port = free_port()
+    port, nothing_there = free_ports(2)
     env |= {"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "PYTHONPATH": str(REPO),
             "XDG_CACHE_HOME": str(tmp_path / "cache"), "INDEX_URI": str(demo_index),
-            "TORCHSERVE_URL": f"http://127.0.0.1:{free_port()}"}
+            "TORCHSERVE_URL": f"http://127.0.0.1:{nothing_there}"}
     command = [sys.executable if a == "python" else a for a in exec_form(stage, "CMD")]
     assert command[1:] == ["-m", "gateway"]
     log = open(tmp_path / "gateway.out", "wb")  # noqa: SIM115
