@@ -34,6 +34,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture
+def refusing_url() -> Iterator[str]:
+    """The URL of a loopback port where nothing listens, bound for the test's length: connections to it are
+    refused, and no port chosen meanwhile (a gateway's own) can be it, as a closed ``free_port()`` could."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
 def jpeg_bytes(color=(200, 30, 30), size=(64, 48)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, format="JPEG")

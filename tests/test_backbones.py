@@ -14,7 +14,7 @@ from torchvision.models import resnet18
 from handlers import backbones
 from handlers.backbones import WeightsUnavailable, resolve_weights
 from handlers.embedder import Embedder
-from tests.conftest import demo_image, free_port
+from tests.conftest import demo_image
 from tests.pickled import Payload
 
 
@@ -54,9 +54,9 @@ def test_no_resnet18_weights_is_a_clear_error(empty_hub):
     assert "--weights" in message and str(empty_hub) in message and "--download" in message
 
 
-def test_failed_download_is_a_clear_error(empty_hub, monkeypatch):
-    # A closed port on loopback stands in for "no internet": nothing leaves the machine.
-    monkeypatch.setattr(backbones, "RESNET18_URL", f"http://127.0.0.1:{free_port()}/resnet18-f37072fd.pth")
+def test_failed_download_is_a_clear_error(empty_hub, monkeypatch, refusing_url):
+    # A refusing port on loopback stands in for "no internet": nothing leaves the machine.
+    monkeypatch.setattr(backbones, "RESNET18_URL", f"{refusing_url}/resnet18-f37072fd.pth")
     with pytest.raises(WeightsUnavailable, match="download from .* failed"):
         resolve_weights("resnet18", download=True)
     assert not empty_hub.exists()

@@ -499,12 +499,10 @@ def test_a_photo_over_the_limit_the_browser_cannot_shrink_is_stopped_with_every_
 
 
 def test_a_search_the_service_could_not_answer_keeps_the_photo_and_search_sends_it_again(browser, start_gateway,
-                                                                                      demo_index):
+                                                                                      demo_index, refusing_url):
     """The model server is down: the error page keeps the photo (shown, no token) and the settings, and the next
     Search sends that photo again without choosing it."""
-    from tests.conftest import free_port
-
-    gw = start_gateway(INDEX_URI=str(demo_index), TORCHSERVE_URL=f"http://127.0.0.1:{free_port()}",
+    gw = start_gateway(INDEX_URI=str(demo_index), TORCHSERVE_URL=refusing_url,
                        CATALOG_DIR=str(DEMO_CSV.parent))
     context = browser.new_context(viewport={"width": 1200, "height": 900})
     page = context.new_page()

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from safeio.logs import JsonFormatter, gunicorn_config
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
 
 
 def record(message: str = "hello %s", args=("world",), **extra) -> logging.LogRecord:
@@ -78,10 +78,10 @@ def test_each_request_is_logged_with_its_id_route_status_and_duration(client, ca
 
 
 @pytest.mark.integration
-def test_the_served_gateway_logs_json_lines_with_request_ids(start_gateway, demo_index):
+def test_the_served_gateway_logs_json_lines_with_request_ids(start_gateway, demo_index, refusing_url):
     """Under gunicorn: every line of the log is a JSON object, INFO such as the served version is kept, and a
     request's line carries the id its answer returned."""
-    gw = start_gateway(INDEX_URI=str(demo_index), TORCHSERVE_URL=f"http://127.0.0.1:{free_port()}")
+    gw = start_gateway(INDEX_URI=str(demo_index), TORCHSERVE_URL=refusing_url)
     answer = requests.get(f"{gw.url}/healthz", timeout=10)
     rid = answer.headers["X-Request-Id"]
     gw.stop()
